@@ -1,0 +1,4 @@
+"""python -m geoclf"""
+from geoclf.cli import main
+
+main()

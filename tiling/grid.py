@@ -1,0 +1,99 @@
+"""The chip grid: square cells snapped to multiples of the stride in a raster's CRS.
+
+Snapping cells to the CRS (not to each raster's corner) is what lets two NAIP years of one place, or two
+neighbouring quarter-quads, produce the very same chips: change analysis compares cells, and mosaics
+place one pixel per cell.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from shapely import box
+
+from tiling.io import SceneInfo
+
+
+@dataclass(frozen=True)
+class ChipGrid:
+    """Square cells of ``size`` CRS units, at ``stride`` spacing, anchored at the CRS origin.
+
+    Cell ``(ix, iy)`` spans x in ``[ix*stride, ix*stride + size)`` and y in ``[iy*stride, iy*stride + size)``.
+
+    Args:
+        crs: the grid's CRS (a projected CRS in metres, e.g. a UTM zone).
+        size: cell side in CRS units (metres).
+        stride: spacing between cells; defaults to ``size`` (no overlap, no gaps).
+    """
+
+    crs: CRS
+    size: float
+    stride: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.size <= 0:
+            raise ValueError("chip size must be positive")
+        if self.stride is None:
+            object.__setattr__(self, "stride", float(self.size))
+        elif self.stride <= 0:
+            raise ValueError("stride must be positive")
+
+    @property
+    def step(self) -> float:
+        """Spacing between neighbouring cells (the stride)."""
+        return float(self.stride)  # type: ignore[arg-type]
+
+    def cell_bounds(self, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+        """(n, 4) array of (left, bottom, right, top) for the cells ``(ix, iy)``."""
+        left = np.asarray(ix, dtype=float) * self.step
+        bottom = np.asarray(iy, dtype=float) * self.step
+        return np.stack([left, bottom, left + self.size, bottom + self.size], axis=1)
+
+    def cells_within(self, bounds: tuple[float, float, float, float], tolerance: float = 0.0) -> tuple[
+            np.ndarray, np.ndarray]:
+        """Indices ``(ix, iy)`` of every cell lying inside ``bounds`` (within ``tolerance`` units).
+
+        Cells are ordered top row first, left to right, like pixels.
+        """
+        left, bottom, right, top = bounds
+        ix0 = math.ceil((left - tolerance) / self.step)
+        ix1 = math.floor((right + tolerance - self.size) / self.step)
+        iy0 = math.ceil((bottom - tolerance) / self.step)
+        iy1 = math.floor((top + tolerance - self.size) / self.step)
+        if ix1 < ix0 or iy1 < iy0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        iy, ix = np.meshgrid(np.arange(iy1, iy0 - 1, -1), np.arange(ix0, ix1 + 1), indexing="ij")
+        return ix.ravel().astype(np.int64), iy.ravel().astype(np.int64)
+
+    def cell_id(self, ix: int, iy: int) -> str:
+        """A stable text key of a cell, the same for every raster on this grid."""
+        return f"{self.crs.to_string()}:{self.size:g}:{self.step:g}:{ix}:{iy}"
+
+    def footprint(self, ix: int, iy: int):  # -> shapely Polygon
+        """The cell's square footprint in the grid CRS."""
+        return box(*self.cell_bounds(np.array([ix]), np.array([iy]))[0])
+
+
+def scene_windows(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
+    """Pixel windows of grid cells in a scene, as an (n, 4) int array of (col_off, row_off, width, height).
+
+    Offsets and sizes are rounded to whole pixels: a cell edge that falls inside a pixel moves by at most
+    half a pixel. Readers resample each window to the model's input size.
+    """
+    bounds = grid.cell_bounds(ix, iy)
+    res_x, res_y = scene.res
+    left0, top0 = scene.transform.c, scene.transform.f
+    col0 = np.rint((bounds[:, 0] - left0) / res_x)
+    col1 = np.rint((bounds[:, 2] - left0) / res_x)
+    row0 = np.rint((top0 - bounds[:, 3]) / res_y)
+    row1 = np.rint((top0 - bounds[:, 1]) / res_y)
+    return np.stack([col0, row0, col1 - col0, row1 - row0], axis=1).astype(np.int64)
+
+
+def as_window(row: tuple[int, int, int, int]) -> Window:
+    """A rasterio ``Window`` from ``(col_off, row_off, width, height)``."""
+    return Window(*map(int, row))

@@ -1,0 +1,228 @@
+"""Raster I/O: open NAIP and NLCD rasters with clear errors, describe scenes, read chip windows."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from tiling.errors import InputError
+
+PathLike = str | os.PathLike[str]
+
+#: Band numbers (1-based) of NAIP's red, green, blue and near-infrared. Some NAIP files tag band 4 as
+#: "alpha"; it holds NIR all the same, so band meaning is taken from position, never from colour tags.
+NAIP_BANDS: dict[str, int] = {"red": 1, "green": 2, "blue": 3, "nir": 4}
+
+_DATE_IN_NAME = re.compile(r"(?:^|_)((?:19|20)\d{2})(\d{2})(\d{2})(?=$|[_.-])")
+
+# GDAL settings that make reading COGs over HTTP cheap: no directory listing, no sidecar probing. They are
+# set as environment defaults (GDAL reads its config from there) so worker processes inherit them; a user's
+# own setting wins.
+_GDAL_HTTP_ENV = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "VSI_CACHE": "TRUE",
+}
+for _key, _value in _GDAL_HTTP_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+
+def is_remote(path: PathLike) -> bool:
+    """True for URLs GDAL reads over the network (http, https, s3, gs, az, /vsi...)."""
+    text = os.fspath(path)
+    return bool(re.match(r"^(https?|s3|gs|az|abfs)://", text)) or text.startswith("/vsi")
+
+
+def normalize_source(path: PathLike) -> str:
+    """An absolute path for local files, the URL unchanged for remote ones."""
+    return os.fspath(path) if is_remote(path) else str(Path(path).resolve())
+
+
+@contextmanager
+def open_raster(path: PathLike) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster for reading; any failure becomes an :class:`InputError` naming the file."""
+    source = os.fspath(path)
+    if not is_remote(source) and not Path(source).exists():
+        raise InputError("no such file", source)
+    try:
+        with rasterio.open(source) as dataset:
+            yield dataset
+    except RasterioError as exc:
+        raise InputError(f"cannot be read as a raster ({_first_line(exc)})", source) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What tiling needs to know about one NAIP raster.
+
+    Attributes:
+        source: absolute path or URL.
+        name: the file's stem, used as the scene name in chip ids.
+        crs: the raster's CRS.
+        transform: pixel -> CRS affine transform.
+        width, height: size in pixels.
+        count: number of bands.
+        nodata: declared nodata value, if any.
+        date: acquisition date, from the file name (NAIP's ``_YYYYMMDD``) or the ``ACQUISITION_DATE`` tag.
+    """
+
+    source: str
+    name: str
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    nodata: float | None
+    date: dt.date | None
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y) in CRS units, both positive."""
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the raster's CRS."""
+        left, top = self.transform.c, self.transform.f
+        return left, top - self.height * self.res[1], left + self.width * self.res[0], top
+
+
+def scene_date(name: str, tags: dict[str, str] | None = None) -> dt.date | None:
+    """Acquisition date of a scene from its NAIP-style name (``m_4709963_se_14_1_20090818``) or tags."""
+    tags = tags or {}
+    for key in ("ACQUISITION_DATE", "acquisition_date", "TIFFTAG_DATETIME"):
+        if key in tags:
+            match = re.match(r"(\d{4})[-:](\d{2})[-:](\d{2})", tags[key])
+            if match:
+                return dt.date(*map(int, match.groups()))
+    for match in _DATE_IN_NAME.finditer(name):
+        try:
+            return dt.date(*map(int, match.groups()))
+        except ValueError:
+            continue
+    return None
+
+
+def describe_naip(path: PathLike, min_bands: int = 3) -> SceneInfo:
+    """Open a NAIP-like raster and check it can be tiled: a CRS, a north-up transform, >= ``min_bands``."""
+    source = normalize_source(path)
+    with open_raster(source) as ds:
+        if ds.crs is None:
+            raise InputError("has no CRS (a georeferenced raster is needed)", source)
+        if ds.count < min_bands:
+            raise InputError(f"has {ds.count} band(s); NAIP imagery needs at least {min_bands} (R, G, B[, NIR])",
+                             source)
+        if ds.transform.b != 0 or ds.transform.d != 0 or ds.transform.e >= 0:
+            raise InputError("is rotated or not north-up; warp it to a north-up grid first", source)
+        if ds.dtypes[0] != "uint8":
+            raise InputError(f"has {ds.dtypes[0]} pixels; NAIP imagery is 8-bit (uint8)", source)
+        stem = Path(source.split("?")[0]).stem
+        return SceneInfo(source=source, name=stem, crs=ds.crs, transform=ds.transform, width=ds.width,
+                         height=ds.height, count=ds.count, nodata=ds.nodata,
+                         date=scene_date(stem, ds.tags()))
+
+
+class ChipReader:
+    """Reads chip windows from many rasters, keeping each raster open between reads.
+
+    Opening a GeoTIFF costs far more than reading one 224x224 window from it, so a reader holds its
+    datasets until :meth:`close` (or the end of a ``with`` block). Not thread-safe: use one per worker.
+
+    Args:
+        bands: 1-based band numbers to read, in output order (default: R, G, B, NIR).
+        size: output side length in pixels; windows of another size are resampled (bilinear).
+    """
+
+    def __init__(self, bands: Sequence[int] = (1, 2, 3, 4), size: int = 224) -> None:
+        self.bands = list(bands)
+        self.size = int(size)
+        self._open: dict[str, rasterio.DatasetReader] = {}
+
+    def _dataset(self, source: str) -> rasterio.DatasetReader:
+        dataset = self._open.get(source)
+        if dataset is None:
+            try:
+                dataset = rasterio.open(source)
+            except RasterioError as exc:
+                raise InputError(f"cannot be read as a raster ({_first_line(exc)})", source) from exc
+            if dataset.count < max(self.bands):
+                dataset.close()
+                raise InputError(f"has {dataset.count} band(s); band {max(self.bands)} was asked for", source)
+            self._open[source] = dataset
+        return dataset
+
+    def read(self, source: str, window: Window | tuple[int, int, int, int]) -> np.ndarray:
+        """Read one chip as a ``(bands, size, size)`` uint8 array; parts outside the raster are 0.
+
+        Args:
+            source: raster path or URL.
+            window: a rasterio ``Window`` or ``(col_off, row_off, width, height)`` in source pixels.
+        """
+        if not isinstance(window, Window):
+            window = Window(*window)
+        dataset = self._dataset(source)
+        col, row = int(window.col_off), int(window.row_off)
+        width, height = int(window.width), int(window.height)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, dataset.width), min(row + height, dataset.height)
+        if c1 <= c0 or r1 <= r0:
+            return np.zeros((len(self.bands), self.size, self.size), dtype=np.uint8)
+        inside = Window(c0, r0, c1 - c0, r1 - r0)
+        try:
+            if (c0, r0, c1, r1) == (col, row, col + width, row + height):
+                return dataset.read(self.bands, window=inside, out_shape=(len(self.bands), self.size, self.size),
+                                    resampling=Resampling.bilinear)
+            block = dataset.read(self.bands, window=inside)
+        except RasterioError as exc:
+            raise InputError(f"window {window} cannot be read ({_first_line(exc)})", source) from exc
+        full = np.zeros((len(self.bands), height, width), dtype=block.dtype)
+        full[:, r0 - row:r1 - row, c0 - col:c1 - col] = block
+        if (height, width) == (self.size, self.size):
+            return full
+        return _resize(full, self.size)
+
+    def close(self) -> None:
+        """Close every raster this reader opened."""
+        for dataset in self._open.values():
+            dataset.close()
+        self._open.clear()
+
+    def __enter__(self) -> ChipReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a reader left to the garbage collector still releases its files
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _resize(array: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a (bands, h, w) uint8 array to (bands, size, size)."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(b).resize((size, size), Image.BILINEAR)) for b in array])
