@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,10 +215,8 @@ class ChipReader:
         self.close()
 
     def __del__(self) -> None:  # a reader left to the garbage collector still releases its files
-        try:
+        with suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 def _resize(array: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,336 @@
+"""The chip index: NAIP rasters x NLCD -> one GeoParquet row per labeled 224 x 224 chip."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from rasterio.crs import CRS
+
+from tiling.classes import ClassScheme
+from tiling.errors import InputError
+from tiling.grid import ChipGrid, scene_windows
+from tiling.io import PathLike, SceneInfo, describe_naip, normalize_source
+from tiling.labels import NlcdInfo, check_overlap, chip_fractions, describe_nlcd
+from tiling.parallel import Scheduler, dask_client, map_tasks
+from tiling.split import SPLIT_METHODS, assign_split, balance_classes, block_keys
+
+#: CRS of the index geometry when the rasters are in several CRSes: NLCD's equal-area CONUS Albers.
+MULTI_CRS_INDEX = "EPSG:5070"
+
+#: Cells per labeling task: big enough to amortize opening the rasters, small enough to spread a scene.
+_CELLS_PER_TASK = 2048
+
+
+@dataclass
+class TileParams:
+    """Parameters of a tiling run (stored with the index).
+
+    Attributes:
+        chip_size: chip side in pixels, the model input size.
+        chip_size_m: chip side in metres; default ``chip_size`` times the first raster's pixel size, so
+            rasters of other resolutions over the same place share one grid (their windows are resampled).
+        stride_m: spacing of chips in metres; default the chip size (no overlap).
+        min_purity: keep a chip when its majority class covers at least this fraction of its valid area.
+            0.6 keeps chips a person would call by one class while leaving enough mixed edges that the
+            classifier sees realistic chips.
+        max_nodata: keep a chip when at most this fraction has no data (NAIP collar or outside NLCD).
+        samples: NLCD sample points per chip side (see ``tiling.labels``).
+        split: ``"blocks"`` (spatial blocks) or ``"scene"`` (whole rasters).
+        block_size_m: side of a spatial block; default five chips.
+        val_fraction: share of chips, per class, aimed for the validation split.
+        balance: undersample every class to the rarest one within each split.
+        seed: seed of the split and of balancing.
+        aoi_predicate: ``"intersects"`` or ``"within"``: which chips an AOI keeps.
+    """
+
+    chip_size: int = 224
+    chip_size_m: float | None = None
+    stride_m: float | None = None
+    min_purity: float = 0.6
+    max_nodata: float = 0.05
+    samples: int = 32
+    split: str = "blocks"
+    block_size_m: float | None = None
+    val_fraction: float = 0.2
+    balance: bool = False
+    seed: int = 0
+    aoi_predicate: str = "intersects"
+    classes: dict[str, list[int]] = field(default_factory=lambda: ClassScheme.default().to_dict())
+
+    def validate(self) -> None:
+        """Raise an :class:`InputError` for out-of-range parameters."""
+        if self.chip_size < 8:
+            raise InputError(f"chip size must be at least 8 pixels, not {self.chip_size}")
+        if not 0 <= self.min_purity <= 1:
+            raise InputError(f"min purity must be between 0 and 1, not {self.min_purity}")
+        if not 0 <= self.max_nodata <= 1:
+            raise InputError(f"max nodata must be between 0 and 1, not {self.max_nodata}")
+        if self.split not in SPLIT_METHODS:
+            raise InputError(f"unknown split method {self.split!r}; choose one of {', '.join(SPLIT_METHODS)}")
+        if self.aoi_predicate not in ("intersects", "within"):
+            raise InputError(f"unknown AOI predicate {self.aoi_predicate!r}; choose intersects or within")
+        for name in ("chip_size_m", "stride_m", "block_size_m"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise InputError(f"{name.replace('_', ' ')} must be positive, not {value}")
+
+
+@dataclass(frozen=True)
+class _Task:
+    scene: SceneInfo
+    grid: ChipGrid
+    ix: np.ndarray
+    iy: np.ndarray
+
+
+def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | None = None,
+               nlcd: NlcdInfo | None = None) -> tuple[list[SceneInfo], list[_Task], dict[str, int]]:
+    """Describe the scenes and list the grid cells to label, in tasks of at most a few thousand cells.
+
+    Returns the scenes, the tasks and counts of candidate cells before and after the AOI filter.
+    """
+    if not naip:
+        raise InputError("no NAIP rasters given")
+    scenes = [describe_naip(path) for path in naip]
+    names = pd.Series([s.name for s in scenes])
+    if names.duplicated().any():
+        dup = names[names.duplicated()].iloc[0]
+        raise InputError(f"two NAIP rasters share the name {dup!r}; scene names must be unique")
+    if nlcd is not None:
+        for scene in scenes:
+            check_overlap(scene, nlcd)
+    size_m = params.chip_size_m or params.chip_size * scenes[0].res[0]
+    aoi_shapes = _read_aoi(aoi) if aoi is not None else None
+    tasks: list[_Task] = []
+    counts = {"cells": 0, "in_aoi": 0}
+    for scene in scenes:
+        grid = ChipGrid(scene.crs, size_m, params.stride_m)
+        ix, iy = grid.cells_within(scene.bounds, tolerance=0.5 * scene.res[0])
+        counts["cells"] += len(ix)
+        if aoi_shapes is not None and len(ix):
+            shape = aoi_shapes.to_crs(scene.crs).union_all()
+            boxes = shapely.box(*grid.cell_bounds(ix, iy).T)
+            keep = (shapely.within(boxes, shape) if params.aoi_predicate == "within"
+                    else shapely.intersects(boxes, shape))
+            ix, iy = ix[keep], iy[keep]
+        counts["in_aoi"] += len(ix)
+        for start in range(0, len(ix), _CELLS_PER_TASK):
+            stop = start + _CELLS_PER_TASK
+            tasks.append(_Task(scene, grid, ix[start:stop], iy[start:stop]))
+    return scenes, tasks, counts
+
+
+def _read_aoi(path: PathLike) -> gpd.GeoSeries:
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:
+        raise InputError(f"cannot be read as a vector file ({str(exc).splitlines()[0]})", os.fspath(path)) from exc
+    if frame.crs is None:
+        raise InputError("has no CRS; the AOI needs one to be matched with the rasters", os.fspath(path))
+    if frame.empty:
+        raise InputError("holds no shapes", os.fspath(path))
+    return frame.geometry
+
+
+def _label_task(task: _Task, nlcd: NlcdInfo | None, scheme: ClassScheme, samples: int,
+                block_size_m: float | None) -> pd.DataFrame:
+    """Label one task's cells: a plain DataFrame (geometry is built once, on the client)."""
+    scene, grid = task.scene, task.grid
+    fractions = chip_fractions(scene, grid, task.ix, task.iy, nlcd, scheme, samples)
+    windows = scene_windows(scene, grid, task.ix, task.iy)
+    bounds = grid.cell_bounds(task.ix, task.iy)
+    crs = scene.crs.to_string()
+    frame = pd.DataFrame({
+        "chip_id": [f"{scene.name}:{x}_{y}" for x, y in zip(task.ix, task.iy, strict=True)],
+        "cell": [grid.cell_id(x, y) for x, y in zip(task.ix, task.iy, strict=True)],
+        "ix": task.ix, "iy": task.iy,
+        "scene": scene.name, "source": scene.source,
+        "date": pd.Series([scene.date] * len(task.ix), dtype="object"),
+        "crs": crs,
+        "col_off": windows[:, 0], "row_off": windows[:, 1], "width": windows[:, 2], "height": windows[:, 3],
+        "minx": bounds[:, 0], "miny": bounds[:, 1], "maxx": bounds[:, 2], "maxy": bounds[:, 3],
+    })
+    if nlcd is not None:
+        names = scheme.names
+        best = fractions.classes.argmax(axis=1)
+        purity = fractions.classes.max(axis=1)
+        frame["label"] = pd.Series(np.array(names, dtype=object)[best]).where(purity > 0, None)
+        frame["purity"] = purity
+        for i, name in enumerate(names):
+            frame[f"frac_{name}"] = fractions.classes[:, i]
+        frame["frac_unmapped"] = fractions.unmapped
+    frame["nodata_frac"] = fractions.nodata
+    frame["block"] = block_keys(frame["crs"], bounds[:, 0], bounds[:, 1], block_size_m or 5 * grid.size).to_numpy()
+    return frame
+
+
+def tile(naip: Sequence[PathLike], nlcd: PathLike | None = None, out: PathLike | None = None, *,
+         params: TileParams | None = None, aoi: PathLike | None = None, scheduler: Scheduler = "sync",
+         progress: bool = True) -> gpd.GeoDataFrame:
+    """Cut NAIP rasters into chips on a snapped grid and label them from NLCD.
+
+    Args:
+        naip: NAIP raster paths or URLs (GDAL-readable, e.g. COGs over HTTP).
+        nlcd: the NLCD raster; ``None`` for unlabeled chips (scoring), then no label, purity or split.
+        out: directory to write ``chips.parquet`` into (atomically); nothing is written when ``None``.
+        params: tiling parameters (defaults: 224 px chips, purity >= 0.6, block split).
+        aoi: optional vector file; chips outside it are dropped.
+        scheduler: ``"sync"``, ``None``/``"local"`` (LocalCluster), a scheduler address or a client.
+        progress: show a progress bar.
+
+    Returns:
+        The chip index (see docs/architecture.md for its columns); run parameters in ``.attrs["geoclf"]``.
+
+    Raises:
+        InputError: unreadable rasters, a missing CRS, rasters that do not overlap, non-NLCD values, or no
+            chip left after a filter (the message says which).
+    """
+    params = params or TileParams()
+    params.validate()
+    scheme = ClassScheme.from_mapping(params.classes)
+    nlcd_info = describe_nlcd(normalize_source(nlcd)) if nlcd is not None else None
+    scenes, tasks, counts = plan_chips(naip, params, aoi, nlcd_info)
+    if counts["cells"] == 0:
+        raise InputError("no whole chip fits in the NAIP rasters; use a smaller chip size")
+    if counts["in_aoi"] == 0:
+        raise InputError(f"the AOI misses every chip of the {len(scenes)} NAIP raster(s)", os.fspath(aoi))
+    with dask_client(scheduler) as client:
+        parts = map_tasks(_label_task, tasks, client, nlcd_info, scheme, params.samples, params.block_size_m,
+                          desc="labeling chips", progress=progress)
+    frame = pd.concat(parts, ignore_index=True)
+    frame = _filter(frame, params, labeled=nlcd_info is not None)
+    frame = _dedupe_overlaps(frame)
+    index_crs = _index_crs(scenes)
+    index = _with_geometry(frame, index_crs)
+    if nlcd_info is not None:
+        index = _split(index, params)
+    index = index.reset_index(drop=True)
+    index.attrs["geoclf"] = {
+        "params": asdict(params),
+        "naip": [s.source for s in scenes],
+        "nlcd": None if nlcd_info is None else nlcd_info.source,
+        "aoi": None if aoi is None else normalize_source(aoi),
+        "classes": scheme.names,
+    }
+    if out is not None:
+        write_index(index, Path(out) / "chips.parquet")
+    return index
+
+
+def _filter(frame: pd.DataFrame, params: TileParams, labeled: bool) -> pd.DataFrame:
+    total = len(frame)
+    frame = frame[frame["nodata_frac"] <= params.max_nodata]
+    if frame.empty:
+        raise InputError(f"no chip left: all {total} candidate chips have more than "
+                         f"{params.max_nodata:.0%} nodata (raise --max-nodata, or check the rasters overlap)")
+    if labeled:
+        kept = frame[(frame["purity"] >= params.min_purity) & frame["label"].notna()]
+        if kept.empty:
+            raise InputError(f"no chip left: none of the {len(frame)} chips with data has a land-use class "
+                             f"covering {params.min_purity:.0%} of it (lower --min-purity)")
+        frame = kept
+    return frame
+
+
+def _dedupe_overlaps(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep one chip per grid cell and date where neighbouring rasters overlap (the one with most data)."""
+    key = frame["cell"] + "|" + frame["date"].astype(str)
+    order = frame.assign(_key=key).sort_values(["_key", "nodata_frac", "scene"], kind="stable")
+    return order.drop_duplicates("_key").drop(columns="_key").sort_index()
+
+
+def _index_crs(scenes: Sequence[SceneInfo]) -> CRS:
+    crses = {s.crs.to_string() for s in scenes}
+    return scenes[0].crs if len(crses) == 1 else CRS.from_string(MULTI_CRS_INDEX)
+
+
+def _with_geometry(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
+    """Footprints in the index CRS; native bounds dropped (they follow from the grid cell)."""
+    geometry = gpd.GeoSeries(index=frame.index, dtype="geometry", crs=index_crs)
+    for crs, rows in frame.groupby("crs", sort=False):
+        native = gpd.GeoSeries(shapely.box(rows["minx"], rows["miny"], rows["maxx"], rows["maxy"]),
+                               index=rows.index, crs=crs)
+        geometry.loc[rows.index] = native.to_crs(index_crs)
+    return gpd.GeoDataFrame(frame.drop(columns=["minx", "miny", "maxx", "maxy"]), geometry=geometry,
+                            crs=index_crs)
+
+
+def _split(index: gpd.GeoDataFrame, params: TileParams) -> gpd.GeoDataFrame:
+    if params.split == "scene":
+        if index["scene"].nunique() < 2:
+            raise InputError("a split by scene needs at least two NAIP rasters; use --split blocks")
+        groups = index["scene"]
+    else:
+        groups = index["block"]
+    index = index.assign(split=assign_split(groups, index["label"], params.val_fraction, params.seed).to_numpy())
+    if params.balance:
+        keep = balance_classes(index["label"], index["split"], params.seed)
+        index = index.loc[index.index.isin(keep)]
+    return index
+
+
+def write_index(index: gpd.GeoDataFrame, path: PathLike) -> Path:
+    """Write a chip index as GeoParquet, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        frame = index.copy()
+        frame.attrs = json.loads(json.dumps(index.attrs, default=str))
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_index(path: PathLike) -> gpd.GeoDataFrame:
+    """Read a chip index written by :func:`tile` (a directory holding ``chips.parquet`` or the file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "chips.parquet"
+    if not path.exists():
+        raise InputError("no such chip index", path)
+    try:
+        index = gpd.read_parquet(path)
+    except Exception as exc:
+        raise InputError(f"is not a chip index ({str(exc).splitlines()[0]})", path) from exc
+    missing = {"chip_id", "source", "col_off", "row_off", "width", "height"} - set(index.columns)
+    if missing:
+        raise InputError(f"is not a chip index (missing columns: {', '.join(sorted(missing))})", path)
+    return index
+
+
+def index_hash(path: PathLike) -> str:
+    """SHA-256 of a chip index file: identifies the data a model was trained on."""
+    digest = hashlib.sha256()
+    with open(Path(path) / "chips.parquet" if Path(path).is_dir() else path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def summarize(index: gpd.GeoDataFrame) -> pd.DataFrame:
+    """Chips per class and split, with totals: what ``geoclf tile`` prints."""
+    if "label" not in index.columns:
+        return pd.DataFrame({"chips": [len(index)]}, index=["all"])
+    table = pd.crosstab(index["label"], index["split"], margins=True, margins_name="total")
+    return table
+
+
+def params_from(index: gpd.GeoDataFrame) -> dict[str, Any]:
+    """The tiling parameters stored with an index (empty for indexes written by other tools)."""
+    return dict(index.attrs.get("geoclf", {}).get("params", {}))
