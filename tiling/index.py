@@ -22,7 +22,7 @@ from tiling.errors import InputError
 from tiling.grid import ChipGrid, scene_windows
 from tiling.io import PathLike, SceneInfo, describe_naip, normalize_source
 from tiling.labels import NlcdInfo, check_overlap, chip_fractions, describe_nlcd
-from tiling.parallel import Scheduler, dask_client, map_tasks
+from tiling.parallel import Scheduler, dask_client, for_tasks, map_tasks
 from tiling.split import SPLIT_METHODS, assign_split, balance_classes, block_keys
 
 #: CRS of the index geometry when the rasters are in several CRSes: NLCD's equal-area CONUS Albers.
@@ -205,7 +205,7 @@ def tile(naip: Sequence[PathLike], nlcd: PathLike | None = None, out: PathLike |
         raise InputError("no whole chip fits in the NAIP rasters; use a smaller chip size")
     if counts["in_aoi"] == 0:
         raise InputError(f"the AOI misses every chip of the {len(scenes)} NAIP raster(s)", os.fspath(aoi))
-    with dask_client(scheduler) as client:
+    with dask_client(for_tasks(scheduler, len(tasks))) as client:
         parts = map_tasks(_label_task, tasks, client, nlcd_info, scheme, params.samples, params.block_size_m,
                           desc="labeling chips", progress=progress)
     frame = pd.concat(parts, ignore_index=True)

@@ -39,6 +39,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def for_tasks(scheduler: Scheduler, n_tasks: int) -> Scheduler:
+    """``"sync"`` instead of a new LocalCluster when there is a single task: workers would cost more than it."""
+    return "sync" if n_tasks <= 1 and scheduler in (None, "local") else scheduler
+
+
 @contextmanager
 def dask_client(scheduler: Scheduler = None, n_workers: int | None = None, threads_per_worker: int = 1,
                 memory_limit: str | None = "auto") -> Iterator[Any]:

@@ -14,6 +14,7 @@ from tiling.errors import InputError
 
 # command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
+    "tile": "geoclf.cli.tile:tile",
 }
 
 

