@@ -1,0 +1,144 @@
+"""Tiling's contract with bad input: one line naming the file, exit status 2, nothing half-written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from geoclf.cli import main
+from tiling.classes import NLCD_COLORS
+
+UTM19 = "EPSG:26919"
+ALBERS = "EPSG:5070"
+
+
+def write_naip(path: Path, crs: str | None = UTM19, bands: int = 4, size: int = 600, origin=(300_000, 4_700_000),
+               res: float = 1.0) -> Path:
+    """A small NAIP-like raster (random pixels are enough for input checks)."""
+    rng = np.random.default_rng(1)
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint8",
+               "transform": from_origin(*origin, res, res)}
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(rng.integers(1, 255, (bands, size, size), dtype=np.uint8))
+    return path
+
+
+def write_nlcd_over(path: Path, naip: Path, codes: list[int] = (41, 82), crs: str = ALBERS) -> Path:
+    """An NLCD-like raster in Albers covering ``naip`` with stripes of ``codes``."""
+    with rasterio.open(naip) as src:
+        bounds = rasterio.warp.transform_bounds(src.crs, crs, *src.bounds)
+    left, bottom, right, top = bounds[0] - 300, bounds[1] - 300, bounds[2] + 300, bounds[3] + 300
+    width, height = int((right - left) // 30) + 1, int((top - bottom) // 30) + 1
+    data = np.zeros((height, width), dtype=np.uint8)
+    for i, code in enumerate(codes):
+        data[:, i * width // len(codes):(i + 1) * width // len(codes)] = code
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs=crs,
+                       transform=from_origin(left, top, 30, 30), nodata=255) as dst:
+        dst.write(data, 1)
+        dst.write_colormap(1, {k: (*v, 255) for k, v in NLCD_COLORS.items()})
+    return path
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    return exited.value.code, capsys.readouterr().err
+
+
+@pytest.fixture
+def good_pair(tmp_path: Path) -> tuple[Path, Path]:
+    naip = write_naip(tmp_path / "naip.tif")
+    return naip, write_nlcd_over(tmp_path / "nlcd.tif", naip)
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("geoclf: error:")]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_good_pair_tiles(good_pair, tmp_path, capsys):
+    naip, nlcd = good_pair
+    main(["tile", "--naip", str(naip), "--nlcd", str(nlcd), "--out", str(tmp_path / "out"), "--scheduler",
+          "sync", "--chip-size", "100"])
+    assert (tmp_path / "out" / "chips.parquet").exists()
+
+
+def test_raster_without_crs(good_pair, tmp_path, capsys):
+    _, nlcd = good_pair
+    naip = write_naip(tmp_path / "nocrs.tif", crs=None)
+    code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(nlcd), "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, "nocrs.tif", "no CRS")
+    assert not (tmp_path / "o" / "chips.parquet").exists()
+
+
+def test_rasters_that_do_not_overlap(good_pair, tmp_path, capsys):
+    _, nlcd = good_pair
+    far = write_naip(tmp_path / "far.tif", origin=(700_000, 5_200_000))
+    code, err = run_cli(["tile", "--naip", str(far), "--nlcd", str(nlcd), "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, "far.tif", "does not overlap", "nlcd.tif")
+
+
+def test_corrupt_file(good_pair, tmp_path, capsys):
+    _, nlcd = good_pair
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(b"II*\x00" + b"\x13" * 500)
+    code, err = run_cli(["tile", "--naip", str(bad), "--nlcd", str(nlcd), "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, "corrupt.tif", "cannot be read")
+
+
+def test_too_few_bands(good_pair, tmp_path, capsys):
+    _, nlcd = good_pair
+    two = write_naip(tmp_path / "two.tif", bands=2)
+    code, err = run_cli(["tile", "--naip", str(two), "--nlcd", str(nlcd), "--out", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, "two.tif", "2 band")
+
+
+def test_values_that_are_not_nlcd_codes(good_pair, tmp_path, capsys):
+    naip, _ = good_pair
+    bogus = write_nlcd_over(tmp_path / "bogus.tif", naip, codes=[41, 7])
+    code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(bogus), "--out", str(tmp_path / "o"),
+                         "--scheduler", "sync"], capsys)
+    assert_one_line_error(code, err, "bogus.tif", "not NLCD codes", "7")
+    assert not list((tmp_path / "o").glob("*")) if (tmp_path / "o").exists() else True
+
+
+def test_empty_result_names_the_filter(good_pair, tmp_path, capsys):
+    naip, _ = good_pair
+    water = write_nlcd_over(tmp_path / "water.tif", naip, codes=[11])
+    code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(water), "--out", str(tmp_path / "o"),
+                         "--scheduler", "sync", "--chip-size", "100"], capsys)
+    assert_one_line_error(code, err, "min-purity")
+    assert not (tmp_path / "o" / "chips.parquet").exists()
+
+
+def test_aoi_that_misses_every_chip(good_pair, tmp_path, capsys):
+    import geopandas as gpd
+    from shapely import box
+
+    naip, nlcd = good_pair
+    aoi = tmp_path / "aoi.geojson"
+    gpd.GeoDataFrame(geometry=[box(-100, 40, -99.9, 40.1)], crs="EPSG:4326").to_file(aoi)
+    code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(nlcd), "--out", str(tmp_path / "o"),
+                         "--aoi", str(aoi), "--chip-size", "100"], capsys)
+    assert_one_line_error(code, err, "aoi.geojson", "misses")
+
+
+def test_tiling_never_imports_torch():
+    code = ("import sys, tiling, tiling.index, tiling.labels, tiling.materialize, tiling.parallel, tiling.split\n"
+            "import importlib.util\n"
+            "if importlib.util.find_spec('tiling.synth'): import tiling.synth\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'geoclf'))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
