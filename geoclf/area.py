@@ -1,0 +1,475 @@
+"""Error-adjusted area estimates and accuracy, with confidence intervals, from a stratified reference sample.
+
+Counting a map's pixels (or chips) gives biased areas whenever the map has errors: omission and commission
+do not cancel, and for rare classes such as change they rarely come close. The remedy described by
+Olofsson et al. (2014, "Good practices for estimating area and assessing accuracy of land change", Remote
+Sensing of Environment 148: 42-57) is a probability sample of reference labels, stratified by the map, and
+stratified estimators of the area proportions, the user's, producer's and overall accuracies and their
+standard errors. This module implements those estimators from the formulas (the paper's eqs. 4-11), the
+chip sampling that feeds them, and the sample size of its eq. 13.
+
+Notation (the paper's): map class ``i`` is stratum ``i`` with mapped area ``A_i`` and weight
+``W_i = A_i / A``; ``n_ij`` sample units were mapped ``i`` and are ``j`` in the reference; ``n_i.`` is the
+stratum's sample size. The estimated proportion of the area that is mapped ``i`` and truly ``j`` is
+``p_ij = W_i n_ij / n_i.``.
+
+The estimators are those of stratified random sampling with the map classes as strata. They are unbiased
+when the sample was drawn that way (as :func:`stratified_sample` does); for a simple random sample they are
+the usual post-stratified estimators. A sample stratified by something other than the map being assessed
+needs the more general estimators of Stehman (2014), which this module does not provide.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from pyproj import CRS
+from shapely import box
+
+from tiling.errors import InputError
+
+#: Allocation methods understood by :func:`allocate` and :func:`stratified_sample`.
+ALLOCATIONS = ("proportional", "equal")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Error matrix and the Olofsson et al. (2014) estimators
+# --------------------------------------------------------------------------------------------------------
+
+def error_matrix(map_labels: Sequence[object] | pd.Series, ref_labels: Sequence[object] | pd.Series,
+                 classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Sample counts ``n_ij``: map class (rows) x reference class (columns).
+
+    Units whose map or reference label is missing (not yet interpreted) are left out.
+
+    Args:
+        map_labels: the map class of each sample unit.
+        ref_labels: the reference class of each sample unit, in the same order.
+        classes: the classes, in output order; by default the sorted union of both label sets. Labels
+            outside ``classes`` are an error, so a typo in a reference file cannot vanish silently.
+
+    Returns:
+        An integer DataFrame indexed by map class (``index.name == "map"``) with one column per reference
+        class (``columns.name == "reference"``), zeros included.
+    """
+    mapped = pd.Series(np.asarray(map_labels, dtype=object))
+    reference = pd.Series(np.asarray(ref_labels, dtype=object))
+    if len(mapped) != len(reference):
+        raise InputError(f"{len(mapped)} map labels but {len(reference)} reference labels; one per sample "
+                         "unit is needed")
+    labelled = mapped.notna() & reference.notna()
+    mapped, reference = mapped[labelled].astype(str), reference[labelled].astype(str)
+    if classes is None:
+        classes = sorted(set(mapped) | set(reference))
+    classes = [str(c) for c in classes]
+    unknown = sorted((set(mapped) | set(reference)) - set(classes))
+    if unknown:
+        raise InputError(f"labels {unknown} are not among the classes {classes}")
+    counts = pd.crosstab(pd.Categorical(mapped, categories=classes), pd.Categorical(reference, categories=classes),
+                         dropna=False)
+    counts = counts.reindex(index=classes, columns=classes, fill_value=0).astype(np.int64)
+    counts.index.name, counts.columns.name = "map", "reference"
+    return counts
+
+
+@dataclass(frozen=True)
+class AreaEstimate:
+    """Error-adjusted areas and accuracies estimated from a stratified sample.
+
+    All confidence intervals are ``estimate ± z * SE``; ``*_ci`` columns hold the half-width ``z * SE``.
+    Areas are in the unit of the mapped areas given to :func:`olofsson` (``unit`` records its name).
+
+    Attributes:
+        counts: sample counts ``n_ij``, map class (rows) x reference class (columns).
+        proportions: estimated area proportions ``p_ij``, same layout; it sums to 1.
+        area: per class: ``mapped_area`` (map's pixel-counting area), ``mapped_proportion`` (``W_i``),
+            ``proportion`` (``p_.j``, error-adjusted), ``proportion_se``, ``area`` (error-adjusted),
+            ``area_se``, ``area_ci`` (half-width), ``area_low``, ``area_high``.
+        accuracy: per class: ``n`` (sample units mapped as the class), ``users``, ``users_se``,
+            ``users_ci``, ``producers``, ``producers_se``, ``producers_ci``.
+        overall: ``accuracy``, ``se``, ``ci`` and ``n`` (the total sample size).
+        z: the normal quantile used for the intervals.
+        unit: name of the area unit, e.g. ``"km²"`` or ``"pixels"``.
+    """
+
+    counts: pd.DataFrame
+    proportions: pd.DataFrame
+    area: pd.DataFrame
+    accuracy: pd.DataFrame
+    overall: pd.Series
+    z: float = 1.96
+    unit: str = ""
+
+    def summary(self) -> pd.DataFrame:
+        """One table per class with areas and accuracies, for reports and CSV files."""
+        table = self.area[["mapped_area", "area", "area_ci", "area_low", "area_high"]].join(
+            self.accuracy[["n", "users", "users_ci", "producers", "producers_ci"]])
+        table.index.name = "class"
+        return table
+
+
+def olofsson(counts: pd.DataFrame, mapped_area: Mapping[str, float] | pd.Series, z: float = 1.96,
+             unit: str = "") -> AreaEstimate:
+    """Stratified estimates of area and accuracy from sample counts (Olofsson et al. 2014, eqs. 4-11).
+
+    The strata are the map classes (the rows of ``counts``). Per class ``k``:
+
+    - area proportion ``p_.k = sum_i W_i n_ik / n_i.`` and its standard error
+      ``S(p_.k) = sqrt(sum_i W_i² (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1))`` (eqs. 9-10);
+      area ``A p_.k`` and ``S(A p_.k) = A S(p_.k)`` (eqs. 11-12);
+    - user's accuracy ``U_k = p_kk / p_k. = n_kk / n_k.`` with ``V(U_k) = U_k (1 - U_k) / (n_k. - 1)``;
+    - producer's accuracy ``P_k = p_kk / p_.k`` with the variance of eq. 7;
+    - overall accuracy ``O = sum_k p_kk`` with ``V(O) = sum_i W_i² U_i (1 - U_i) / (n_i. - 1)`` (eq. 5).
+
+    No finite population correction is applied, as in the paper: sample sizes are tiny next to the number
+    of pixels or chips.
+
+    Args:
+        counts: sample counts ``n_ij``, map classes as rows and reference classes as columns (for example
+            from :func:`error_matrix`). Classes that appear only as rows or only as columns are allowed.
+        mapped_area: the map's area of each map class (any unit: pixels, chips, km², ha). Every class with
+            a positive mapped area must have sample units.
+        z: normal quantile of the confidence intervals (1.96 for 95%).
+        unit: name of the area unit, kept with the result.
+
+    Returns:
+        An :class:`AreaEstimate`. Standard errors are NaN (with a warning) where a stratum holds a single
+        sample unit, since its variance cannot be estimated.
+    """
+    if not isinstance(counts, pd.DataFrame):
+        raise InputError("the sample counts must be a DataFrame (map classes as rows, reference as columns)")
+    values = counts.to_numpy(dtype=float)
+    if values.size and (np.isnan(values).any() or (values < 0).any() or (values != np.round(values)).any()):
+        raise InputError("sample counts must be non-negative whole numbers")
+    areas = pd.Series(mapped_area, dtype=float)
+    areas.index = areas.index.astype(str)
+    if areas.isna().any() or (areas < 0).any():
+        raise InputError("mapped areas must be non-negative numbers")
+    rows = [str(c) for c in counts.index]
+    cols = [str(c) for c in counts.columns]
+    classes = list(dict.fromkeys(rows + cols + [c for c in areas.index if areas[c] > 0]))
+
+    n = pd.DataFrame(values, index=rows, columns=cols).groupby(level=0).sum().T.groupby(level=0).sum().T
+    n = n.reindex(index=classes, columns=classes, fill_value=0.0).to_numpy(dtype=float)
+    missing_area = [c for c in rows if c not in areas.index and counts.loc[c].sum() > 0]
+    if missing_area:
+        raise InputError(f"no mapped area given for map class(es) {missing_area}")
+    a = areas.reindex(classes, fill_value=0.0).to_numpy(dtype=float)
+    total = a.sum()
+    if total <= 0:
+        raise InputError("the mapped areas sum to zero")
+    n_i = n.sum(axis=1)
+    unsampled = [c for c, ai, ni in zip(classes, a, n_i, strict=True) if ai > 0 and ni == 0]
+    if unsampled:
+        raise InputError(f"map class(es) {unsampled} have mapped area but no sample units; every stratum needs "
+                         "a sample to estimate area")
+    lonely = [c for c, ai, ni in zip(classes, a, n_i, strict=True) if ai > 0 and ni == 1]
+    if lonely:
+        warnings.warn(f"strata {lonely} hold a single sample unit: their variance, and every standard error "
+                      "they enter, cannot be estimated (NaN)", stacklevel=2)
+
+    w = a / total
+    sampled = n_i > 0
+    frac = np.zeros_like(n)
+    frac[sampled] = n[sampled] / n_i[sampled, None]
+    p = w[:, None] * frac
+    # Per-stratum variance terms (n_ik/n_i.)(1 - n_ik/n_i.)/(n_i. - 1): undefined for n_i. == 1, and
+    # irrelevant for strata of zero weight (W_i = 0), whose sample units do not enter the estimates.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = frac * (1.0 - frac) / (n_i[:, None] - 1.0)
+    term[w == 0] = 0.0
+    term[(w > 0) & (n_i == 1)] = np.nan
+
+    p_col = p.sum(axis=0)
+    p_se = np.sqrt((w[:, None] ** 2 * term).sum(axis=0))
+    users = np.where(sampled, np.diag(frac), np.nan)
+    users_var = np.diag(term).copy()
+    users_var[~sampled] = np.nan
+    overall = float(np.trace(p))
+    overall_var = float((w ** 2 * np.diag(term)).sum())
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        producers = np.where(p_col > 0, np.diag(p) / p_col, np.nan)
+        # Eq. 7 written with weights W instead of pixel counts N: the ratio is scale-free, so the mapped
+        # areas may be given in any unit.
+        off_diagonal = (w[:, None] ** 2 * term).sum(axis=0) - w ** 2 * np.diag(term)
+        producers_var = (w ** 2 * (1 - producers) ** 2 * np.diag(term) + producers ** 2 * off_diagonal) / p_col ** 2
+
+    area_table = pd.DataFrame({
+        "mapped_area": a,
+        "mapped_proportion": w,
+        "proportion": p_col,
+        "proportion_se": p_se,
+        "area": total * p_col,
+        "area_se": total * p_se,
+    }, index=pd.Index(classes, name="class"))
+    area_table["area_ci"] = z * area_table["area_se"]
+    area_table["area_low"] = area_table["area"] - area_table["area_ci"]
+    area_table["area_high"] = area_table["area"] + area_table["area_ci"]
+
+    accuracy = pd.DataFrame({
+        "n": n_i.astype(np.int64),
+        "users": users,
+        "users_se": np.sqrt(users_var),
+        "producers": producers,
+        "producers_se": np.sqrt(producers_var),
+    }, index=pd.Index(classes, name="class"))
+    accuracy["users_ci"] = z * accuracy["users_se"]
+    accuracy["producers_ci"] = z * accuracy["producers_se"]
+    accuracy = accuracy[["n", "users", "users_se", "users_ci", "producers", "producers_se", "producers_ci"]]
+
+    overall_se = math.sqrt(overall_var) if not math.isnan(overall_var) else math.nan
+    overall_row = pd.Series({"accuracy": overall, "se": overall_se, "ci": z * overall_se,
+                             "n": int(n_i.sum())})
+    count_table = pd.DataFrame(n.astype(np.int64), index=pd.Index(classes, name="map"),
+                               columns=pd.Index(classes, name="reference"))
+    prop_table = pd.DataFrame(p, index=count_table.index, columns=count_table.columns)
+    return AreaEstimate(counts=count_table, proportions=prop_table, area=area_table, accuracy=accuracy,
+                        overall=overall_row, z=float(z), unit=unit)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sample design: size, allocation, drawing chips
+# --------------------------------------------------------------------------------------------------------
+
+def sample_size(weights: Mapping[str, float] | pd.Series, users_accuracy: Mapping[str, float] | pd.Series,
+                target_se: float = 0.01) -> int:
+    """Total sample size for a target standard error of overall accuracy (Olofsson et al. 2014, eq. 13).
+
+    ``n = (sum_i W_i S_i / S(O))²`` with ``S_i = sqrt(U_i (1 - U_i))``, the standard deviation of stratum
+    ``i`` given the user's accuracy ``U_i`` one expects (from a pilot or experience). The paper uses
+    ``S(O) = 0.01``.
+
+    Args:
+        weights: mapped area (or its proportion) per map class; normalised here.
+        users_accuracy: the expected user's accuracy per map class, in ``[0, 1]``.
+        target_se: the standard error of overall accuracy to reach.
+
+    Returns:
+        The sample size, rounded up.
+    """
+    w = pd.Series(weights, dtype=float)
+    u = pd.Series(users_accuracy, dtype=float)
+    if target_se <= 0:
+        raise InputError(f"the target standard error must be positive, not {target_se}")
+    if set(w.index) != set(u.index):
+        raise InputError(f"weights are given for {sorted(w.index)} but expected accuracies for {sorted(u.index)}")
+    if (w < 0).any() or w.sum() <= 0 or ((u < 0) | (u > 1)).any():
+        raise InputError("weights must be non-negative (not all zero) and accuracies between 0 and 1")
+    w = w / w.sum()
+    spread = float((w * np.sqrt(u[w.index] * (1 - u[w.index]))).sum())
+    # The tiny epsilon keeps an exact integer (a spread that divides evenly) from rounding up one unit.
+    return math.ceil((spread / target_se) ** 2 - 1e-9)
+
+
+def allocate(strata_sizes: Mapping[str, int] | pd.Series, n: int, allocation: str = "proportional",
+             min_per_stratum: int = 0) -> pd.Series:
+    """How many sample units to draw from each stratum.
+
+    ``proportional`` gives each stratum a share of ``n`` proportional to its size (its mapped area);
+    ``equal`` the same number to each. Olofsson et al. (2014, section 5.1.3) recommend neither outright:
+    proportional allocation leaves rare classes -- change classes above all -- with too few units to
+    estimate their user's accuracy, and equal allocation inflates the standard errors of area and overall
+    accuracy. Their compromise is to move proportional allocation towards equal allocation by giving the
+    small strata a floor of about 50-100 units (``min_per_stratum``) and sharing the rest in proportion.
+
+    Shares are rounded with the largest-remainder method so that they add up to ``n``. No stratum gets more
+    units than it has; what it cannot take goes to the others.
+
+    Args:
+        strata_sizes: number of chips (or area) of each stratum.
+        n: total sample size.
+        allocation: ``"proportional"`` or ``"equal"``.
+        min_per_stratum: floor per stratum (capped at the stratum's size).
+
+    Returns:
+        Sample size per stratum (int), in the order of ``strata_sizes``.
+    """
+    sizes = pd.Series(strata_sizes, dtype=float)
+    if allocation not in ALLOCATIONS:
+        raise InputError(f"unknown allocation {allocation!r}; use one of {', '.join(ALLOCATIONS)} or give a "
+                         "sample size per stratum")
+    if n < 0 or min_per_stratum < 0:
+        raise InputError("sample sizes must not be negative")
+    if (sizes < 0).any():
+        raise InputError("strata sizes must not be negative")
+    capacity = sizes.apply(math.floor).astype(np.int64)
+    n = int(min(n, capacity.sum()))
+    floor = np.minimum(capacity, min_per_stratum)
+    if floor.sum() > n:
+        raise InputError(f"a floor of {min_per_stratum} per stratum needs {int(floor.sum())} units, more than "
+                         f"the sample size {n}")
+    fixed = pd.Series(0, index=sizes.index, dtype=np.int64)
+    is_fixed = pd.Series(False, index=sizes.index)
+    # Fix the strata that hit their floor or their size, then share what is left among the others, until
+    # the allocation is stable (at most one pass per stratum).
+    for _ in range(len(sizes) + 1):
+        free = ~is_fixed & (sizes > 0)
+        left = n - int(fixed[is_fixed].sum())
+        base = sizes[free] if allocation == "proportional" else pd.Series(1.0, index=sizes.index[free])
+        share = _largest_remainder(base, left) if len(base) and base.sum() > 0 else base.astype(np.int64)
+        too_few = share.index[share < floor[share.index]]
+        too_many = share.index[share > capacity[share.index]]
+        if not len(too_few) and not len(too_many):
+            fixed[share.index] = share
+            break
+        fixed[too_few] = floor[too_few]
+        fixed[too_many] = capacity[too_many]
+        is_fixed[too_few.union(too_many)] = True
+    return fixed.astype(np.int64)
+
+
+def _largest_remainder(weights: pd.Series, n: int) -> pd.Series:
+    """Integer shares of ``n`` proportional to ``weights`` that add up to ``n`` (Hamilton's method)."""
+    exact = weights / weights.sum() * n
+    share = np.floor(exact).astype(np.int64)
+    rest = int(n - share.sum())
+    if rest > 0:
+        # Ties broken by position, so the result does not depend on the sort's stability.
+        order = sorted(range(len(exact)), key=lambda k: (-(exact.iloc[k] - share.iloc[k]), k))
+        for k in order[:rest]:
+            share.iloc[k] += 1
+    return share
+
+
+def stratified_sample(predictions: gpd.GeoDataFrame, n: int | Mapping[str, int],
+                      allocation: str = "proportional", strata_column: str = "pred", min_per_stratum: int = 0,
+                      seed: int = 0) -> gpd.GeoDataFrame:
+    """A seeded stratified random sample of chips to label, for :func:`olofsson`.
+
+    Each stratum (value of ``strata_column``: the predicted class, or a change class ``Forest→Developed``)
+    is sampled at random without replacement. For a good design follow Olofsson et al. (2014): choose the
+    total size with :func:`sample_size`, then allocate it proportionally with a floor of 50-100 units per
+    rare stratum (``min_per_stratum``); see :func:`allocate`.
+
+    Args:
+        predictions: one row per chip (a predictions table or an aligned change table).
+        n: total sample size, or the size wanted in each stratum (``{stratum: n_h}``).
+        allocation: ``"proportional"`` (to the number of chips, which is the mapped area on a chip grid)
+            or ``"equal"``; ignored when ``n`` is a mapping.
+        strata_column: the column holding each chip's stratum.
+        min_per_stratum: floor per stratum, see :func:`allocate`.
+        seed: seed of the random draw; the same inputs and seed give the same sample.
+
+    Returns:
+        The sampled rows with extra columns ``sample_id`` (0..n-1), ``stratum``, ``stratum_chips`` (chips in
+        the stratum), ``sample_weight`` (chips each sampled chip stands for) and an empty ``reference``
+        column for the interpreter's label.
+    """
+    if strata_column not in predictions.columns:
+        columns = ", ".join(map(str, predictions.columns))
+        raise InputError(f"no column {strata_column!r} to stratify by (columns: {columns})")
+    strata = predictions[strata_column]
+    if strata.isna().all():
+        raise InputError(f"column {strata_column!r} is empty; nothing to stratify")
+    sizes = strata.dropna().astype(str).value_counts().sort_index()
+    if isinstance(n, Mapping):
+        unknown = sorted(set(map(str, n)) - set(sizes.index))
+        if unknown:
+            raise InputError(f"sample sizes given for strata {unknown} that have no chips")
+        per_stratum = pd.Series({s: int(n.get(s, 0)) for s in sizes.index}, dtype=np.int64)
+        if (per_stratum < 0).any():
+            raise InputError("sample sizes must not be negative")
+        per_stratum = np.minimum(per_stratum, sizes)
+    else:
+        per_stratum = allocate(sizes, int(n), allocation, min_per_stratum)
+    rng = np.random.default_rng(seed)
+    positions = []
+    labels = strata.map(lambda v: None if pd.isna(v) else str(v))
+    for stratum in sizes.index:  # sorted, so the draw does not depend on row order of first appearance
+        members = np.flatnonzero((labels == stratum).to_numpy())
+        take = int(per_stratum[stratum])
+        if take:
+            positions.append(np.sort(rng.choice(members, size=take, replace=False)))
+    chosen = np.concatenate(positions) if positions else np.empty(0, dtype=np.int64)
+    sample = predictions.iloc[chosen].copy()
+    sample["stratum"] = labels.iloc[chosen].to_numpy()
+    sample["stratum_chips"] = sample["stratum"].map(sizes).astype(np.int64)
+    sample["sample_weight"] = sample["stratum_chips"] / sample["stratum"].map(per_stratum).astype(float)
+    sample["reference"] = pd.Series([None] * len(sample), index=sample.index, dtype=object)
+    sample.insert(0, "sample_id", np.arange(len(sample), dtype=np.int64))
+    return sample.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Chip areas
+# --------------------------------------------------------------------------------------------------------
+
+def equal_area_crs(gdf: gpd.GeoDataFrame) -> CRS:
+    """A Lambert azimuthal equal-area CRS centred on the data, in metres.
+
+    Equal-area everywhere, so areas and overlaps computed in it are true ground areas wherever the data
+    lie (NAIP covers several UTM zones, and Alaska/Hawaii fall outside CONUS Albers).
+    """
+    if gdf.crs is None:
+        raise InputError("the table's geometry has no CRS")
+    lon, lat = _centre_lonlat(gdf)
+    return CRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +x_0=0 +y_0=0 +datum=WGS84 +units=m")
+
+
+def _centre_lonlat(gdf: gpd.GeoDataFrame) -> tuple[float, float]:
+    # Only the bounding box is reprojected: a county's worth of chips need not be transformed to find it.
+    bounds = gpd.GeoSeries([box(*gdf.total_bounds)], crs=gdf.crs).to_crs(4326).total_bounds
+    return float((bounds[0] + bounds[2]) / 2), float((bounds[1] + bounds[3]) / 2)
+
+
+def parse_cell(cells: pd.Series) -> pd.DataFrame:
+    """Split grid cell keys ``<crs>:<size>:<stride>:<ix>:<iy>`` into columns.
+
+    Returns:
+        Columns ``grid`` (``<crs>:<size>:<stride>``, the same for every cell of one grid), ``grid_crs``,
+        ``size``, ``stride`` (float), ``ix``, ``iy`` (int); NaN/None where a key cannot be parsed.
+    """
+    parts = cells.astype(object).where(cells.notna(), "").astype(str).str.rsplit(":", n=4, expand=True)
+    if parts.shape[1] < 5:
+        parts = parts.reindex(columns=range(5))
+    out = pd.DataFrame(index=cells.index)
+    out["grid_crs"] = parts[0]
+    out["size"] = pd.to_numeric(parts[1], errors="coerce")
+    out["stride"] = pd.to_numeric(parts[2], errors="coerce")
+    out["ix"] = pd.to_numeric(parts[3], errors="coerce")
+    out["iy"] = pd.to_numeric(parts[4], errors="coerce")
+    bad = out[["size", "stride", "ix", "iy"]].isna().any(axis=1) | (out["grid_crs"] == "")
+    out.loc[bad, ["grid_crs"]] = None
+    out["grid"] = (out["grid_crs"].astype(str) + ":" + parts[1].astype(str) + ":" + parts[2].astype(str)).where(~bad)
+    return out[["grid", "grid_crs", "size", "stride", "ix", "iy"]]
+
+
+def chip_area_km2(gdf: gpd.GeoDataFrame) -> pd.Series:
+    """Ground area each chip stands for, in km².
+
+    A chip stands for its grid cell's share of the ground: with a stride smaller than the chip size,
+    neighbouring chips overlap and each one represents a ``stride x stride`` square (one pixel of the
+    land-use map). The footprint's area is measured in an equal-area CRS and scaled by
+    ``(stride / size)²`` read from the ``cell`` key; chips without a readable key count their whole
+    footprint.
+    """
+    if gdf.geometry is None or gdf.crs is None:
+        raise InputError("the table has no geometry with a CRS; chip areas need footprints")
+    area = gdf.geometry.to_crs(equal_area_crs(gdf)).area.to_numpy() / 1e6
+    scale = np.ones(len(gdf))
+    if "cell" in gdf.columns:
+        cells = parse_cell(gdf["cell"])
+        ratio = (cells["stride"] / cells["size"]).to_numpy(dtype=float)
+        ok = np.isfinite(ratio) & (ratio > 0) & (ratio < 1)
+        scale[ok] = ratio[ok] ** 2
+    return pd.Series(area * scale, index=gdf.index, name="area_km2")
+
+
+def mapped_area(predictions: gpd.GeoDataFrame, column: str = "pred") -> pd.Series:
+    """The map's area of each class (km²): the ``mapped_area`` that :func:`olofsson` needs.
+
+    Args:
+        predictions: one row per chip with footprints.
+        column: the class column (``pred``, or a change class column).
+    """
+    if column not in predictions.columns:
+        raise InputError(f"no column {column!r} in the table")
+    area = chip_area_km2(predictions)
+    return area.groupby(predictions[column].astype(str)).sum().rename("mapped_area")

@@ -1,0 +1,234 @@
+"""Tests of geoclf.area: the Olofsson et al. (2014) estimators, sample design and chip areas.
+
+The reference values come from the worked example in section 5 of Olofsson, Foody, Herold, Stehman,
+Woodcock and Wulder (2014), "Good practices for estimating area and assessing accuracy of land change",
+Remote Sensing of Environment 148: 42-57: a 30 m change map of 10,000,000 pixels in four strata and a
+stratified sample of 640 units (Tables 8 and 9 and the text of section 5.2). The paper prints areas to the
+hectare and accuracies to two decimals, so the assertions allow half a unit of the last printed digit.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+from rasterio.crs import CRS
+
+from geoclf.area import (
+    allocate,
+    chip_area_km2,
+    error_matrix,
+    mapped_area,
+    olofsson,
+    parse_cell,
+    sample_size,
+    stratified_sample,
+)
+from tiling.errors import InputError
+from tiling.grid import ChipGrid
+
+CLASSES = ["Deforestation", "Forest gain", "Stable forest", "Stable non-forest"]
+
+# Olofsson et al. (2014), Table 8: sample counts, map class (rows) x reference class (columns).
+PAPER_COUNTS = [[66, 0, 5, 4],
+                [0, 55, 8, 12],
+                [1, 0, 153, 11],
+                [2, 1, 9, 313]]
+# Mapped area of each stratum in 30 m pixels (section 5); one pixel is 0.09 ha.
+PAPER_PIXELS = {"Deforestation": 200_000, "Forest gain": 150_000, "Stable forest": 3_200_000,
+                "Stable non-forest": 6_450_000}
+HA_PER_PIXEL = 0.09
+
+
+def paper_counts() -> pd.DataFrame:
+    return pd.DataFrame(PAPER_COUNTS, index=CLASSES, columns=CLASSES)
+
+
+def paper_estimate():
+    hectares = {k: v * HA_PER_PIXEL for k, v in PAPER_PIXELS.items()}
+    return olofsson(paper_counts(), hectares, unit="ha")
+
+
+def test_paper_area_proportions_table_9():
+    # Table 9: estimated area proportions p_ij, printed to four decimals, and the column totals.
+    published = [[0.0176, 0.0000, 0.0013, 0.0011],
+                 [0.0000, 0.0110, 0.0016, 0.0024],
+                 [0.0019, 0.0000, 0.2967, 0.0213],
+                 [0.0040, 0.0020, 0.0179, 0.6212]]
+    est = paper_estimate()
+    np.testing.assert_allclose(est.proportions.loc[CLASSES, CLASSES].to_numpy(), published, atol=0.00005 + 1e-12)
+    np.testing.assert_allclose(est.area.loc[CLASSES, "proportion"], [0.0235, 0.0130, 0.3175, 0.6460],
+                               atol=0.00005 + 1e-12)
+    assert est.proportions.to_numpy().sum() == pytest.approx(1.0)
+
+
+def test_paper_error_adjusted_areas_with_95_ci():
+    # Section 5.2: error-adjusted areas with 95% confidence intervals, printed to the hectare.
+    published = {"Deforestation": (21_158, 6_158), "Forest gain": (11_686, 3_756),
+                 "Stable forest": (285_770, 15_510), "Stable non-forest": (581_386, 16_282)}
+    est = paper_estimate()
+    for name, (area, ci) in published.items():
+        assert est.area.loc[name, "area"] == pytest.approx(area, abs=0.5), name
+        assert est.area.loc[name, "area_ci"] == pytest.approx(ci, abs=0.5), name
+    # The map's own (pixel-counting) deforestation area, 18,000 ha, is what the sample corrects.
+    assert est.area.loc["Deforestation", "mapped_area"] == pytest.approx(18_000)
+    assert est.area["area"].sum() == pytest.approx(900_000)
+
+
+def test_paper_accuracies():
+    # Section 5.2: user's and producer's accuracy with 95% CIs, and overall accuracy 0.95 ± 0.02.
+    est = paper_estimate()
+    users = {"Deforestation": (0.88, 0.07), "Forest gain": (0.73, 0.10), "Stable forest": (0.93, 0.04),
+             "Stable non-forest": (0.96, 0.02)}
+    for name, (value, ci) in users.items():
+        assert est.accuracy.loc[name, "users"] == pytest.approx(value, abs=0.005), name
+        assert est.accuracy.loc[name, "users_ci"] == pytest.approx(ci, abs=0.005), name
+    producers = {"Deforestation": 0.75, "Forest gain": 0.85, "Stable forest": 0.93, "Stable non-forest": 0.96}
+    for name, value in producers.items():
+        assert est.accuracy.loc[name, "producers"] == pytest.approx(value, abs=0.005), name
+    # Printed intervals that agree with the paper's eq. 7. Its ±0.23 (forest gain) and ±0.01 (stable
+    # non-forest) do not follow from eq. 7 with its own Table 8 (which gives about 0.25 and 0.02), so they
+    # are not asserted.
+    assert est.accuracy.loc["Deforestation", "producers_ci"] == pytest.approx(0.21, abs=0.005)
+    assert est.accuracy.loc["Stable forest", "producers_ci"] == pytest.approx(0.03, abs=0.005)
+    assert est.overall["accuracy"] == pytest.approx(0.95, abs=0.005)
+    assert est.overall["ci"] == pytest.approx(0.02, abs=0.005)
+    assert est.overall["n"] == 640
+
+
+def test_estimates_do_not_depend_on_the_area_unit():
+    pixels = olofsson(paper_counts(), PAPER_PIXELS)
+    hectares = paper_estimate()
+    np.testing.assert_allclose(pixels.area["area"] * HA_PER_PIXEL, hectares.area["area"])
+    np.testing.assert_allclose(pixels.accuracy["producers_se"], hectares.accuracy["producers_se"])
+    assert pixels.overall["se"] == pytest.approx(hectares.overall["se"])
+
+
+def test_unweighted_accuracy_differs_from_the_stratified_estimate():
+    # Ignoring the strata weights (the naive sample proportion) is what the estimators exist to avoid.
+    counts = np.array(PAPER_COUNTS)
+    naive_overall = np.trace(counts) / counts.sum()
+    assert abs(naive_overall - paper_estimate().overall["accuracy"]) > 0.01
+
+
+def test_paper_sample_size_and_allocations():
+    # Section 5.1: expected user's accuracies 0.7, 0.6, 0.9, 0.95 and a target SE(O) of 0.01 give n = 641;
+    # proportional allocation of it is 13 / 10 / 205 / 413.
+    weights = {k: v / 10_000_000 for k, v in PAPER_PIXELS.items()}
+    expected = dict(zip(CLASSES, [0.7, 0.6, 0.9, 0.95], strict=True))
+    n = sample_size(weights, expected, target_se=0.01)
+    assert n == 641
+    assert allocate(pd.Series(PAPER_PIXELS), n).tolist() == [13, 10, 205, 413]
+    equal = allocate(pd.Series(PAPER_PIXELS), n, "equal")
+    assert equal.sum() == n and set(equal) <= {160, 161}
+
+
+def test_allocation_floor_takes_from_the_large_strata():
+    sizes = pd.Series({"a": 1000, "b": 200_000, "c": 799_000})
+    alloc = allocate(sizes, 500, "proportional", min_per_stratum=50)
+    assert alloc["a"] == 50 and alloc.sum() == 500
+    # The rest is shared in proportion to the remaining strata (450 x 200/999 and 450 x 799/999).
+    assert alloc[["b", "c"]].tolist() == [90, 360]
+    # A stratum smaller than its share gives all its units and the others take the rest.
+    small = allocate(pd.Series({"a": 3, "b": 10_000}), 100, "equal")
+    assert small.tolist() == [3, 97]
+    with pytest.raises(InputError, match="floor"):
+        allocate(sizes, 100, min_per_stratum=50)
+    with pytest.raises(InputError, match="unknown allocation"):
+        allocate(sizes, 100, "neyman")
+
+
+def test_error_matrix_from_labels():
+    mapped = ["A", "A", "B", "B", "B", None, "A"]
+    reference = ["A", "B", "B", "B", "A", "A", None]
+    counts = error_matrix(mapped, reference, classes=["A", "B", "C"])
+    assert counts.loc["A"].tolist() == [1, 1, 0]
+    assert counts.loc["B"].tolist() == [1, 2, 0]
+    assert counts.loc["C"].sum() == 0 and counts.to_numpy().sum() == 5
+    with pytest.raises(InputError, match=r"\['Z'\]"):
+        error_matrix(["A", "Z"], ["A", "A"], classes=["A", "B"])
+    with pytest.raises(InputError, match="one per sample"):
+        error_matrix(["A"], ["A", "B"])
+
+
+def test_olofsson_from_labels_roundtrip():
+    # Expanding Table 8 into one row per sample unit and counting again gives the same estimates.
+    rows = [(m, r) for i, m in enumerate(CLASSES) for j, r in enumerate(CLASSES) for _ in range(PAPER_COUNTS[i][j])]
+    counts = error_matrix([m for m, _ in rows], [r for _, r in rows], classes=CLASSES)
+    assert counts.to_numpy().tolist() == PAPER_COUNTS
+    pd.testing.assert_frame_equal(olofsson(counts, PAPER_PIXELS).area, olofsson(paper_counts(), PAPER_PIXELS).area)
+
+
+def test_olofsson_bad_input():
+    with pytest.raises(InputError, match="no sample units"):
+        olofsson(paper_counts().iloc[:3, :3], PAPER_PIXELS)
+    with pytest.raises(InputError, match="no mapped area"):
+        olofsson(paper_counts(), {k: v for k, v in PAPER_PIXELS.items() if k != "Forest gain"})
+    with pytest.raises(InputError, match="whole numbers"):
+        olofsson(paper_counts() * 0.5, PAPER_PIXELS)
+    with pytest.raises(InputError, match="sum to zero"):
+        olofsson(paper_counts(), dict.fromkeys(CLASSES, 0))
+
+
+def test_single_unit_stratum_has_no_standard_error():
+    counts = pd.DataFrame([[1, 0], [3, 40]], index=["a", "b"], columns=["a", "b"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = olofsson(counts, {"a": 10, "b": 990})
+    assert any("single sample unit" in str(w.message) for w in caught)
+    assert np.isnan(est.area.loc["a", "area_se"]) and np.isfinite(est.area.loc["b", "area"])
+
+
+def _grid_chips(n_x: int = 10, n_y: int = 8, size: float = 256.0, stride: float | None = None) -> gpd.GeoDataFrame:
+    grid = ChipGrid(CRS.from_epsg(26919), size, stride)
+    # Near easting 480 km (20 km from the zone's central meridian), northing 4,700 km (Massachusetts).
+    x0, y0 = int(480_000 // grid.step), int(4_700_000 // grid.step)
+    ix, iy = np.meshgrid(np.arange(x0, x0 + n_x), np.arange(y0, y0 + n_y))
+    ix, iy = ix.ravel(), iy.ravel()
+    return gpd.GeoDataFrame({"cell": [grid.cell_id(a, b) for a, b in zip(ix, iy, strict=True)]},
+                            geometry=[grid.footprint(a, b) for a, b in zip(ix, iy, strict=True)], crs=26919)
+
+
+def test_chip_area_is_ground_area_of_the_cell():
+    chips = _grid_chips()
+    area = chip_area_km2(chips)
+    # A 256 m UTM square is 0.065536 km² on the grid; on the ground it differs by the UTM scale error
+    # (0.9996 on the central meridian, so about +0.08% in area here).
+    np.testing.assert_allclose(area, 0.256 ** 2, rtol=1e-3)
+    # With a stride of half the size, chips overlap and each stands for a stride x stride cell.
+    strided = chip_area_km2(_grid_chips(stride=128.0))
+    np.testing.assert_allclose(strided, 0.128 ** 2, rtol=1e-3)
+    cells = parse_cell(chips["cell"])
+    assert cells["grid"].iloc[0] == "EPSG:26919:256:256" and cells["ix"].iloc[0] == 480_000 // 256
+
+
+def test_stratified_sample_is_seeded_and_allocated():
+    chips = _grid_chips(20, 20)
+    rng = np.random.default_rng(1)
+    chips["pred"] = rng.choice(["Developed", "Forest", "Cultivated"], size=len(chips), p=[0.05, 0.6, 0.35])
+    first = stratified_sample(chips, 60, min_per_stratum=15, seed=3)
+    again = stratified_sample(chips.sample(frac=1.0, random_state=0).sort_index(), 60, min_per_stratum=15, seed=3)
+    assert first["cell"].tolist() == again["cell"].tolist()
+    counts = first["stratum"].value_counts()
+    assert counts.sum() == 60 and counts.min() >= 15
+    assert not first["cell"].duplicated().any()
+    sizes = chips["pred"].value_counts()
+    for stratum, rows in first.groupby("stratum"):
+        assert rows["sample_weight"].iloc[0] == pytest.approx(sizes[stratum] / len(rows))
+    assert first["reference"].isna().all() and first.crs == chips.crs
+    assert stratified_sample(chips, 60, seed=4)["cell"].tolist() != first["cell"].tolist()
+    explicit = stratified_sample(chips, {"Developed": 5, "Forest": 2}, seed=0)
+    assert explicit["stratum"].value_counts().to_dict() == {"Developed": 5, "Forest": 2}
+    with pytest.raises(InputError, match="no column"):
+        stratified_sample(chips, 10, strata_column="label")
+
+
+def test_mapped_area_per_class():
+    chips = _grid_chips(4, 5)
+    chips["pred"] = ["Forest"] * 12 + ["Developed"] * 8
+    areas = mapped_area(chips)
+    assert areas["Forest"] / areas["Developed"] == pytest.approx(12 / 8, rel=1e-3)
+    assert areas.sum() == pytest.approx(20 * 0.065536, rel=1e-3)
