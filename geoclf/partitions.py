@@ -1,0 +1,171 @@
+"""Resumable, partitioned work over chips on Dask: the engine behind featurization and scoring.
+
+A chip table is cut into partitions of a fixed number of chips, in a stable order. Each partition is one
+Dask task that reads its chips, runs a model and returns a table, which is written as
+``part-NNNNN.parquet`` under a temporary name and renamed into place. Hence:
+
+- a rerun skips partitions that exist and does only the rest (resume after a crash or Ctrl-C);
+- a worker killed mid-task loses only that task, which Dask reruns elsewhere; the rename makes the
+  partition appear once, whole, so every chip ends up exactly once;
+- memory is bounded by one partition per worker, whatever the size of the area.
+
+``_inputs.json`` in the output directory fingerprints what the partitions were computed from, so a rerun
+with other inputs stops with a clear message instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tiling.errors import InputError
+from tiling.parallel import Scheduler, dashboard_link, dask_client, for_tasks
+
+PART_GLOB = "part-*.parquet"
+_FINGERPRINT = "_inputs.json"
+
+
+def part_name(i: int) -> str:
+    """File name of partition ``i``."""
+    return f"part-{i:05d}.parquet"
+
+
+def split_partitions(chips: pd.DataFrame, chips_per_partition: int) -> list[pd.DataFrame]:
+    """Cut a chip table into partitions in a stable order (by ``chip_id``)."""
+    if chips_per_partition < 1:
+        raise InputError(f"chips per partition must be at least 1, not {chips_per_partition}")
+    ordered = chips.sort_values("chip_id", kind="stable").reset_index(drop=True)
+    return [ordered.iloc[i:i + chips_per_partition] for i in range(0, len(ordered), chips_per_partition)]
+
+
+def fingerprint(chips: pd.DataFrame, chips_per_partition: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """What a partitioned output was computed from: chip ids, partition size and the task's settings."""
+    digest = hashlib.sha256("\n".join(sorted(chips["chip_id"].astype(str))).encode()).hexdigest()
+    return {"chips": len(chips), "chip_ids_sha256": digest, "chips_per_partition": chips_per_partition,
+            "settings": json.loads(json.dumps(settings, default=str, sort_keys=True))}
+
+
+def write_table_atomic(table: pd.DataFrame | pa.Table, path: Path) -> None:
+    """Write a Parquet file under a temporary name, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table, preserve_index=False)
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run_one(part: pd.DataFrame, index: int, out_dir: str, task: Callable[[pd.DataFrame], pd.DataFrame]) -> int:
+    path = Path(out_dir) / part_name(index)
+    if path.exists():  # another attempt of this task finished first
+        return len(part)
+    result = task(part)
+    write_table_atomic(result, path)
+    return len(result)
+
+
+def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: Callable[[pd.DataFrame], pd.DataFrame],
+                   *, settings: dict[str, Any], chips_per_partition: int = 512, scheduler: Scheduler = None,
+                   desc: str = "partitions", progress: bool = True, on_client: Callable[[Any], None] | None = None
+                   ) -> list[Path]:
+    """Run ``task`` over every partition of ``chips`` not yet written in ``out_dir``; return all partitions.
+
+    Args:
+        chips: the chip table (at least ``chip_id``).
+        out_dir: output directory of ``part-NNNNN.parquet`` files.
+        task: a picklable callable mapping one partition's rows to its result table. Heavy state (a model)
+            belongs in a per-process cache inside the task, so it loads once per worker.
+        settings: everything besides the chips that determines the results (model, bands, ...).
+        chips_per_partition: partition size; bounds each worker's memory.
+        scheduler: see :func:`tiling.parallel.dask_client`.
+        on_client: called with the client once it exists (e.g. to print the dashboard address).
+
+    Raises:
+        InputError: ``out_dir`` holds partitions computed from other inputs.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = fingerprint(chips, chips_per_partition, settings)
+    stamp_path = out / _FINGERPRINT
+    if stamp_path.exists():
+        previous = json.loads(stamp_path.read_text())
+        if previous != stamp:
+            raise InputError("holds results computed from other chips or settings; choose another output "
+                             "directory or remove it", out)
+    else:
+        if any(out.glob(PART_GLOB)):
+            raise InputError("holds partitions of unknown origin; choose another output directory", out)
+        tmp = out / f".{_FINGERPRINT}.tmp"
+        tmp.write_text(json.dumps(stamp, indent=2))
+        os.replace(tmp, stamp_path)
+    for leftover in out.glob(".part-*.tmp"):  # written by attempts that died before renaming
+        leftover.unlink(missing_ok=True)
+    parts = split_partitions(chips, chips_per_partition)
+    todo = [i for i in range(len(parts)) if not (out / part_name(i)).exists()]
+    if todo:
+        _compute(parts, todo, out, task, scheduler, desc, progress, on_client)
+    return [out / part_name(i) for i in range(len(parts))]
+
+
+def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Callable, scheduler: Scheduler,
+             desc: str, progress: bool, on_client: Callable[[Any], None] | None) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(len(parts[i]) for i in todo), desc=desc, unit="chip", disable=not progress)
+    try:
+        with dask_client(for_tasks(scheduler, len(todo))) as client:
+            if client is None:
+                for i in todo:
+                    _run_one(parts[i], i, str(out), task)
+                    bar.update(len(parts[i]))
+                return
+            if on_client is not None:
+                on_client(client)
+            from distributed import as_completed
+            from distributed.client import FutureCancelledError
+            from distributed.scheduler import KilledWorker
+
+            task_future = client.scatter(task, broadcast=True, hash=False)
+            futures = {client.submit(_run_one, parts[i], i, str(out), task_future, pure=False,
+                                     key=f"{desc.replace(' ', '-')}-{i:05d}-{os.urandom(4).hex()}"): i for i in todo}
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                except KilledWorker as exc:
+                    raise InputError(f"workers died repeatedly on partition {futures[future]} (out of memory?); "
+                                     "rerun to resume from the partitions already written") from exc
+                except FutureCancelledError as exc:
+                    raise InputError("the Dask cluster went away; rerun to resume") from exc
+                bar.update(len(parts[futures[future]]))
+    finally:
+        bar.close()
+
+
+def read_partitions(out_dir: str | os.PathLike[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate the partitions of a partitioned output (in partition order)."""
+    paths = sorted(Path(out_dir).glob(PART_GLOB))
+    if not paths:
+        raise InputError("holds no partitions (part-*.parquet)", out_dir)
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in paths], ignore_index=True)
+
+
+def print_dashboard(client: Any) -> None:
+    """Print where the Dask dashboard of a run is (to stderr, so stdout stays clean)."""
+    import sys
+
+    link = dashboard_link(client)
+    if link:
+        print(f"Dask dashboard: {link}", file=sys.stderr)
