@@ -79,8 +79,8 @@ def _run_one(part: pd.DataFrame, index: int, out_dir: str, task: Callable[[pd.Da
 
 def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: Callable[[pd.DataFrame], pd.DataFrame],
                    *, settings: dict[str, Any], chips_per_partition: int = 512, scheduler: Scheduler = None,
-                   desc: str = "partitions", progress: bool = True, on_client: Callable[[Any], None] | None = None
-                   ) -> list[Path]:
+                   n_workers: int | None = None, desc: str = "partitions", progress: bool = True,
+                   on_client: Callable[[Any], None] | None = None) -> list[Path]:
     """Run ``task`` over every partition of ``chips`` not yet written in ``out_dir``; return all partitions.
 
     Args:
@@ -91,6 +91,7 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
         settings: everything besides the chips that determines the results (model, bands, ...).
         chips_per_partition: partition size; bounds each worker's memory.
         scheduler: see :func:`tiling.parallel.dask_client`.
+        n_workers: worker processes of a new LocalCluster (default: one per core).
         on_client: called with the client once it exists (e.g. to print the dashboard address).
 
     Raises:
@@ -116,17 +117,17 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
     parts = split_partitions(chips, chips_per_partition)
     todo = [i for i in range(len(parts)) if not (out / part_name(i)).exists()]
     if todo:
-        _compute(parts, todo, out, task, scheduler, desc, progress, on_client)
+        _compute(parts, todo, out, task, scheduler, n_workers, desc, progress, on_client)
     return [out / part_name(i) for i in range(len(parts))]
 
 
 def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Callable, scheduler: Scheduler,
-             desc: str, progress: bool, on_client: Callable[[Any], None] | None) -> None:
+             n_workers: int | None, desc: str, progress: bool, on_client: Callable[[Any], None] | None) -> None:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(len(parts[i]) for i in todo), desc=desc, unit="chip", disable=not progress)
     try:
-        with dask_client(for_tasks(scheduler, len(todo))) as client:
+        with dask_client(for_tasks(scheduler, len(todo)), n_workers=n_workers) as client:
             if client is None:
                 for i in todo:
                     _run_one(parts[i], i, str(out), task)

@@ -1,0 +1,186 @@
+"""Scoring whole areas: every chip of a set of NAIP rasters through a model artifact, on Dask, then maps.
+
+The area is cut on the same snapped chip grid as tiling (unlabeled: no NLCD needed), split into
+partitions that workers score in one pass each (chips read from the rasters, model, probabilities:
+no intermediate feature files), written atomically so that reruns resume and a killed worker costs only
+its partition. The predictions table then feeds the maps (:mod:`geoclf.maps`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from geoclf.partitions import print_dashboard, read_partitions, run_partitions
+from tiling.classes import ClassScheme
+from tiling.errors import InputError
+from tiling.index import TileParams, read_index, tile, write_index
+from tiling.io import PathLike
+from tiling.parallel import Scheduler, default_workers
+
+PREDICTIONS = "predictions.parquet"
+
+# One model per worker process, keyed by its artifact directory.
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+@dataclass
+class ScoreTask:
+    """Score one partition of chips (runs on a worker): class probabilities for every chip."""
+
+    model_dir: str
+    batch_size: int = 32
+    torch_threads: int | None = None
+
+    def __call__(self, part: pd.DataFrame) -> pa.Table:
+        from geoclf.chips import iter_batches
+        from tiling.io import ChipReader
+
+        model = self._model()
+        probs = []
+        with ChipReader(bands=model.bands, size=model.chip_size) as reader:
+            for _, chips in iter_batches(part, reader, self.batch_size):
+                probs.append(np.asarray(model.predict_proba(chips), dtype=np.float32))
+        matrix = np.concatenate(probs) if probs else np.zeros((0, len(model.classes)), np.float32)
+        columns: dict[str, Any] = {
+            "chip_id": pa.array(part["chip_id"].astype(str)),
+            "pred": pa.array(np.asarray(model.classes, dtype=object)[matrix.argmax(axis=1)], pa.string()),
+        }
+        for i, name in enumerate(model.classes):
+            columns[f"prob_{name}"] = pa.array(matrix[:, i])
+        return pa.table(columns)
+
+    def _model(self) -> Any:
+        import torch
+
+        from geoclf.artifact import load_model
+
+        threads = self.torch_threads or _worker_threads()
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if self.model_dir not in _MODEL_CACHE:
+            _MODEL_CACHE.clear()  # one model per process keeps memory bounded
+            _MODEL_CACHE[self.model_dir] = load_model(self.model_dir, trusted=True)
+        return _MODEL_CACHE[self.model_dir]
+
+
+def _worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().state.nthreads
+    except (ImportError, ValueError):
+        return None
+
+
+def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chips: PathLike | None = None,
+          aoi: PathLike | None = None, scheduler: Scheduler = None, n_workers: int | None = None,
+          batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5, crs: Any = None,
+          smooth: bool = False, probabilities: bool = False, html_map: bool = True, trusted: bool = False,
+          progress: bool = True) -> dict[str, Path]:
+    """Score an area with a model and write ``predictions.parquet`` and the maps into ``out``.
+
+    Args:
+        model: a model artifact directory or a run name/id from the run history.
+        out: output directory; a rerun resumes (finished partitions are kept).
+        naip: NAIP rasters to score (tiled on the model's chip grid, no labels needed).
+        chips: instead of ``naip``, an existing chip index (its labels then give an accuracy report).
+        aoi: optional vector file restricting the area (with ``naip``).
+        scheduler: ``None``/``"local"`` (LocalCluster), ``"sync"``, an address, a client or a cluster.
+        n_workers: worker processes of a new LocalCluster.
+        batch_size: chips per forward pass.
+        chips_per_partition: chips per task and output partition.
+        max_nodata: skip chips with more than this fraction without data (image collars).
+        crs: map CRS (default: the rasters' CRS, or EPSG:5070 across UTM zones).
+        smooth: 3x3 plurality smoothing of the class map.
+        probabilities: also write per-class probability bands.
+        html_map: write ``map.html``.
+        trusted: load a pickled classifier artifact without checks (see :func:`geoclf.artifact.load_model`).
+
+    Returns:
+        Output name -> path (``predictions``, ``landuse``, ``html``, ``png``, ...).
+    """
+    from geoclf.artifact import load_model, resolve_model_dir
+    from geoclf.maps import write_maps
+
+    model_dir = str(resolve_model_dir(model))
+    loaded = load_model(model_dir, trusted=trusted)  # fails here, with one line, if it does not load
+    out_dir = Path(out)
+    index = _chips_to_score(loaded, out_dir, naip, chips, aoi, max_nodata)
+    table = pd.DataFrame(index.drop(columns="geometry"))
+    threads = default_workers() if scheduler == "sync" else (
+        max(1, default_workers() // (n_workers or default_workers())) if scheduler in (None, "local") else None)
+    task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=threads)
+    settings = {"model": _model_stamp(model_dir)}
+    run_partitions(table, out_dir / "partitions", task, settings=settings, chips_per_partition=chips_per_partition,
+                   scheduler=scheduler, n_workers=n_workers, desc="scoring", progress=progress,
+                   on_client=print_dashboard)
+    scored = read_partitions(out_dir / "partitions")
+    predictions = _predictions(index, scored, loaded, model)
+    written = {"predictions": write_index(predictions, out_dir / PREDICTIONS)}
+    classes = _scheme_of(loaded) or ClassScheme.from_mapping({name: [] for name in loaded.classes})
+    written.update(write_maps(predictions, classes, out_dir, crs=crs, smooth=smooth, probabilities=probabilities,
+                              html_map=html_map))
+    return written
+
+
+def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chips: PathLike | None,
+                    aoi: PathLike | None, max_nodata: float) -> gpd.GeoDataFrame:
+    """The chip index of the area: given, reused from an earlier run of this output, or tiled now."""
+    if chips is not None:
+        return read_index(chips)
+    if not naip:
+        raise InputError("nothing to score: give NAIP rasters or a chip index")
+    cached = out_dir / "chips.parquet"
+    if cached.exists():  # a rerun: the grid of the first run (its partitions refer to these chips)
+        index = read_index(cached)
+        if sorted(index.attrs.get("geoclf", {}).get("naip", [])) == sorted(
+                str(Path(p).resolve()) if "://" not in str(p) else str(p) for p in naip):
+            return index
+    params = TileParams(chip_size=model.chip_size, chip_size_m=getattr(model, "chip_size_m", None),
+                        max_nodata=max_nodata)
+    return tile(naip, None, out_dir, params=params, aoi=aoi, scheduler="sync")
+
+
+def _model_stamp(model_dir: str) -> dict[str, Any]:
+    meta = Path(model_dir) / "model.json"
+    return {"dir": model_dir, "model.json": json.loads(meta.read_text()) if meta.exists() else None}
+
+
+def _scheme_of(model: Any) -> ClassScheme | None:
+    groups = getattr(model, "class_groups", None)
+    return ClassScheme.from_mapping(groups) if groups else None
+
+
+def _predictions(index: gpd.GeoDataFrame, scored: pd.DataFrame, model: Any, name: str) -> gpd.GeoDataFrame:
+    keep = [c for c in ("chip_id", "cell", "ix", "iy", "crs", "scene", "source", "date", "label", "geometry")
+            if c in index.columns]
+    merged = index[keep].merge(scored, on="chip_id", how="inner", validate="one_to_one")
+    if len(merged) != len(index):
+        raise InputError(f"scored {len(merged)} of {len(index)} chips; rerun to finish", name)
+    merged["model"] = getattr(model, "name", None) or Path(name).name
+    merged.attrs = {"geoclf": {**index.attrs.get("geoclf", {}), "model": name, "classes": list(model.classes)}}
+    return gpd.GeoDataFrame(merged, geometry="geometry", crs=index.crs)
+
+
+def read_predictions(path: PathLike) -> gpd.GeoDataFrame:
+    """Read ``predictions.parquet`` (or the score output directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PREDICTIONS
+    if not path.exists():
+        raise InputError("no such predictions file (run geoclf score first)", path)
+    try:
+        return gpd.read_parquet(path)
+    except Exception as exc:
+        raise InputError(f"is not a predictions table ({str(exc).splitlines()[0]})", path) from exc
+
+
+__all__ = ["PREDICTIONS", "ScoreTask", "read_predictions", "score"]
