@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,8 @@ def _nir_stats(chips: np.ndarray) -> np.ndarray:
 def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, backbone: str = "efficientnet_lite0",
               weights: str = "default", batch_size: int = 32, chips_per_partition: int = 512,
               scheduler: Scheduler = None, n_workers: int | None = None, nir: bool = True,
-              progress: bool = True, record_run: bool = True) -> Path:
+              progress: bool = True, record_run: bool = True, run_name: str | None = None,
+              runs_dir: str | os.PathLike[str] | None = None) -> Path:
     """Featurize every chip of an index (or PNG folder) with a pretrained CNN; write partitions to ``out``.
 
     Args:
@@ -141,7 +143,9 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         scheduler: ``None``/``"local"`` (LocalCluster), ``"sync"``, an address or a client.
         n_workers: worker processes of a new LocalCluster (default: one per core).
         nir: also compute NDVI/NIR statistics (needs 4-band chips).
-        record_run: record the run in the run history.
+        record_run: record the run in the run history (see :mod:`geoclf.runs`).
+        run_name: its name (default ``featurize-<backbone>``).
+        runs_dir: runs directory or tracking URI.
 
     Returns:
         The output directory.
@@ -163,9 +167,11 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
                          torch_threads=threads, nir=nir)
     settings = {"backbone": backbone, "weights": spec.weights_ref, "nir": nir, "source": source}
     out_dir = Path(out)
+    started = time.perf_counter()
     run_partitions(table, out_dir, task, settings=settings, chips_per_partition=chips_per_partition,
                    scheduler=scheduler, n_workers=n_workers, desc="featurizing", progress=progress,
                    on_client=print_dashboard)
+    seconds = time.perf_counter() - started
     meta = {
         "backbone": backbone,
         "weights": weights,
@@ -185,6 +191,14 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     tmp = out_dir / f".{META_FILE}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=str))
     os.replace(tmp, out_dir / META_FILE)
+    if record_run:
+        from geoclf.runs import start_run
+
+        params = {"backbone": backbone, "weights": weights, "chips": len(table), "batch_size": batch_size,
+                  "nir": nir, "features_dir": str(out_dir.resolve()), "chip_source": source["path"]}
+        with start_run(run_name or f"featurize-{backbone}", "featurize", params=params, runs_dir=runs_dir) as run:
+            run.log_metrics({"seconds": seconds, "chips_per_second": len(table) / max(seconds, 1e-9)})
+            run.log_artifact(out_dir / META_FILE)
     return out_dir
 
 

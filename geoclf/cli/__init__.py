@@ -15,6 +15,8 @@ from tiling.errors import InputError
 # command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
     "tile": "geoclf.cli.tile:tile",
+    "featurize": "geoclf.cli.featurize:featurize",
+    "score": "geoclf.cli.score:score",
 }
 
 

@@ -1,0 +1,37 @@
+"""``geoclf featurize``: chips -> pretrained CNN features in Parquet partitions, on Dask."""
+
+from __future__ import annotations
+
+import click
+
+from geoclf.cli.common import scheduler_option
+
+
+@click.command("featurize")
+@click.option("--chips", required=True, type=click.Path(exists=True),
+              help="Chip index (chips.parquet or its directory) or a PNG folder in the split/Class/*.png layout.")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="CNN: resnet18, alexnet, resnet50, mobilenet_v2, efficientnet_lite0 or any torchvision "
+                   "classification model name.")
+@click.option("--weights", default="default", show_default=True,
+              help="'default' (embedded offline ImageNet weights where the backbone has them, else torchvision's), "
+                   "'imagenet' (torchvision, needs internet once), a local weights file, or 'none' (random).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (partitions + features.json); a rerun resumes.")
+@click.option("--batch-size", default=32, show_default=True, help="Chips per forward pass.")
+@click.option("--chips-per-partition", default=512, show_default=True, help="Chips per Dask task / output file.")
+@click.option("--workers", "n_workers", type=int, default=None,
+              help="Worker processes of the local cluster (default: one per core).")
+@click.option("--nir/--no-nir", default=True, show_default=True,
+              help="Also store NDVI/NIR statistics per chip (from NAIP's 4th band).")
+@click.option("--name", default=None, help="Run name in the run history (default: featurize-<backbone>).")
+@scheduler_option
+def featurize(chips: str, backbone: str, weights: str, out: str, batch_size: int, chips_per_partition: int,
+              n_workers: int | None, nir: bool, name: str | None, scheduler: str) -> None:
+    """Featurize every chip with a pretrained CNN's penultimate layer."""
+    from geoclf.features import featurize as run
+
+    path = run(chips, out, backbone=backbone, weights=weights, batch_size=batch_size,
+               chips_per_partition=chips_per_partition, scheduler=scheduler, n_workers=n_workers, nir=nir,
+               run_name=name)
+    click.echo(f"features -> {path}")

@@ -1,0 +1,52 @@
+"""``geoclf score``: a model over whole areas on Dask -> predictions.parquet, landuse.tif, map.html, map.png."""
+
+from __future__ import annotations
+
+import click
+
+from geoclf.cli.common import scheduler_option
+
+
+@click.command("score")
+@click.option("--model", required=True,
+              help="Model artifact directory, or a run name/id from the run history.")
+@click.option("--naip", "naip", multiple=True, help="NAIP raster(s) to score (paths or URLs).")
+@click.argument("more_naip", nargs=-1, type=str)
+@click.option("--chips", type=click.Path(exists=True), default=None,
+              help="Score an existing chip index instead (its NLCD labels then give an accuracy report).")
+@click.option("--aoi", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Vector file restricting the area scored.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory; a rerun resumes from the partitions already scored.")
+@click.option("--cluster", "cluster_recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Cluster recipe (YAML) for a cloud cluster through dask-cloudprovider.")
+@click.option("--workers", "n_workers", type=int, default=None, help="Worker processes of the local cluster.")
+@click.option("--batch-size", default=32, show_default=True, help="Chips per forward pass.")
+@click.option("--chips-per-partition", default=512, show_default=True, help="Chips per Dask task / output file.")
+@click.option("--max-nodata", default=0.5, show_default=True, help="Skip chips with more nodata than this fraction.")
+@click.option("--crs", default=None, help="CRS of the map (default: the rasters', or EPSG:5070 across UTM zones).")
+@click.option("--smooth/--no-smooth", default=False, show_default=True, help="3x3 plurality smoothing of the map.")
+@click.option("--probabilities/--no-probabilities", default=False, show_default=True,
+              help="Also write per-class probability bands (landuse_probs.tif).")
+@click.option("--trust", is_flag=True, default=False,
+              help="Load a model artifact whose classifier needs types geoclf does not trust by default.")
+@scheduler_option
+def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: str | None, aoi: str | None, out: str,
+          cluster_recipe: str | None, n_workers: int | None, batch_size: int, chips_per_partition: int,
+          max_nodata: float, crs: str | None, smooth: bool, probabilities: bool, trust: bool, scheduler: str) -> None:
+    """Score every chip of an area with a model and write georeferenced land-use maps."""
+    import contextlib
+
+    from geoclf.score import score as run
+
+    context = contextlib.nullcontext(scheduler)
+    if cluster_recipe:
+        from geoclf.cluster import cluster_from_recipe
+
+        context = cluster_from_recipe(cluster_recipe)
+    with context as target:
+        written = run(model, out, naip=[*naip, *more_naip] or None, chips=chips, aoi=aoi, scheduler=target,
+                      n_workers=n_workers, batch_size=batch_size, chips_per_partition=chips_per_partition,
+                      max_nodata=max_nodata, crs=crs, smooth=smooth, probabilities=probabilities, trusted=trust)
+    for key, path in written.items():
+        click.echo(f"{key:>13}: {path}")
