@@ -1,0 +1,614 @@
+"""Land-use change between two dates: chips paired across dates, transitions, gains and losses, zones.
+
+The unit of analysis is the chip of the *after* date. Each is paired with the before-date chip of the same
+place (:func:`align_dates`), and every summary -- the transition matrix, areas per class and year, gross
+gains and losses, the urbanization figures, zonal summaries -- is computed over those pairs, so both dates
+are compared over exactly the same ground.
+
+Areas are ground areas in km² (see :func:`geoclf.area.chip_area_km2`): the footprint measured in an
+equal-area CRS, so dates delivered in different CRSs add up alike.
+
+Counted areas are *mapped* areas and inherit the maps' errors; change is hit twice, since a wrong label on
+either date makes a transition. For areas with confidence intervals, label a stratified sample of chips
+(:func:`geoclf.area.stratified_sample` on :func:`change_labels`) and use :func:`reference_estimates`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from geoclf.area import AreaEstimate, chip_area_km2, equal_area_crs, error_matrix, olofsson, parse_cell
+from tiling.errors import InputError
+
+#: Separator of transition labels: ``"Forest→Developed"``.
+ARROW = "→"
+#: Prefix of the label of chips whose class did not change: ``"Stable Forest"``.
+STABLE = "Stable "
+#: Default minimum share of an after-chip's footprint that its before-chip must cover to pair them.
+MIN_OVERLAP = 0.5
+#: The class whose gains are reported as urbanization.
+DEVELOPED = "Developed"
+
+_PROB = "prob_"
+# Per-date columns carried into the aligned table (suffixed ``_before`` / ``_after``) when present.
+_CARRIED = ("chip_id", "scene", "source", "date", "model", "label")
+
+PathLike = str | os.PathLike[str]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading and checking predictions
+# --------------------------------------------------------------------------------------------------------
+
+def read_predictions(path: PathLike) -> gpd.GeoDataFrame:
+    """Read a predictions table: a score output directory (``DIR/predictions.parquet``) or the file itself.
+
+    Raises:
+        InputError: the file is missing, is not GeoParquet with footprints, or lacks ``pred``/``prob_*``.
+    """
+    path = Path(path)
+    file = path / "predictions.parquet" if path.is_dir() else path
+    if not file.exists():
+        raise InputError("no predictions.parquet here (give a `geoclf score` output directory or the file)"
+                         if path.is_dir() else "no such file", file)
+    try:
+        gdf = gpd.read_parquet(file)
+    except ValueError as exc:  # geopandas' message for Parquet without geometry metadata
+        raise InputError(f"has no geometry, so chips cannot be placed ({_first_line(exc)}); predictions must be "
+                         "GeoParquet with chip footprints", file) from exc
+    except Exception as exc:
+        raise InputError(f"cannot be read as GeoParquet ({_first_line(exc)})", file) from exc
+    prediction_classes(gdf, name=str(file))
+    return gdf
+
+
+def prediction_classes(predictions: pd.DataFrame, name: str | None = None) -> list[str]:
+    """The classes a predictions table was scored with, in the model's order (from its ``prob_*`` columns).
+
+    Also checks what change analysis relies on: footprints with a CRS, a ``pred`` column, and predicted
+    classes that are among the scored ones.
+    """
+    if not isinstance(predictions, gpd.GeoDataFrame) or predictions.geometry.name not in predictions.columns:
+        raise InputError("predictions without geometry: chip footprints are needed to compare dates", name)
+    if predictions.crs is None:
+        raise InputError("the chip footprints have no CRS", name)
+    if "pred" not in predictions.columns:
+        raise InputError("no 'pred' column; is this a geoclf predictions table?", name)
+    classes = [str(c)[len(_PROB):] for c in predictions.columns if str(c).startswith(_PROB)]
+    if not classes:
+        raise InputError("no prob_<class> columns; is this a geoclf predictions table?", name)
+    unknown = sorted(set(predictions["pred"].dropna().astype(str)) - set(classes))
+    if unknown:
+        raise InputError(f"predicted classes {unknown} have no probability column", name)
+    return classes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------------
+# Alignment
+# --------------------------------------------------------------------------------------------------------
+
+def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
+                min_overlap: float = MIN_OVERLAP) -> gpd.GeoDataFrame:
+    """Pair each after-date chip with the before-date chip of the same place.
+
+    The rule:
+
+    1. Within a date, a grid cell predicted twice (neighbouring scenes overlap) keeps its most confident
+       prediction (highest probability of the predicted class).
+    2. An after-chip on a grid that the before date also uses (same ``<crs>:<size>:<stride>`` in its
+       ``cell`` key) is paired with the before-chip of the same ``cell``, or not at all. Footprint overlap
+       is never tried there: on strided grids a neighbouring cell can overlap by half.
+    3. An after-chip on another grid (other scenes, a few metres' shift between NAIP years, another CRS, no
+       ``cell`` key) is paired by footprint overlap, measured in a common equal-area CRS, with the
+       before-chip covering the largest part of it, provided that part is at least ``min_overlap``
+       (default 50%) of the after-chip's area. Several after-chips may pair with one before-chip when the
+       after grid is finer.
+
+    After-chips left unpaired (no before data there) are dropped and counted in
+    ``aligned.attrs["geoclf_change"]``.
+
+    Args:
+        before: predictions of the earlier date.
+        after: predictions of the later date.
+        min_overlap: least share of an after-chip that its before-chip must cover (rule 3).
+
+    Returns:
+        A GeoDataFrame, one row per pair, with the after-chip's footprint (in the after table's CRS) and
+        columns ``cell`` (the after-chip's), ``match`` (``"cell"`` or ``"overlap"``), ``overlap``,
+        ``area_km2`` (ground area the after-chip stands for), ``pred_before``, ``pred_after``,
+        ``class_before``, ``class_after`` (the classes compared: the predictions, unless smoothed later),
+        ``prob_<Class>_before``, ``prob_<Class>_after`` and, when present, ``chip_id``, ``scene``,
+        ``source``, ``date``, ``model`` and ``label`` of both dates with the same suffixes.
+
+    Raises:
+        InputError: the dates were scored with different class sets, lack footprints, or do not overlap.
+    """
+    classes_before = prediction_classes(before, "before")
+    classes_after = prediction_classes(after, "after")
+    if set(classes_before) != set(classes_after):
+        raise InputError(f"the two dates were scored with different class sets (before: {classes_before}; "
+                         f"after: {classes_after}); compare predictions of models with the same classes")
+    if not 0 < min_overlap <= 1:
+        raise InputError(f"the minimum overlap must be in (0, 1], not {min_overlap}")
+    classes = classes_before
+    b, dropped_b = _one_per_cell(before, classes)
+    a, dropped_a = _one_per_cell(after, classes)
+    b_cells = _cells(b)
+    a_cells = _cells(a)
+    shared = set(b_cells["grid"].dropna()) & set(a_cells["grid"].dropna())
+    on_shared = a_cells["grid"].isin(shared).to_numpy()
+
+    pairs_a: list[np.ndarray] = []
+    pairs_b: list[np.ndarray] = []
+    overlap: list[np.ndarray] = []
+    if on_shared.any():
+        b_pos = pd.Series(np.arange(len(b)), index=b["cell"].to_numpy())
+        a_idx = np.flatnonzero(on_shared)
+        hit = a.iloc[a_idx]["cell"].map(b_pos)
+        keep = hit.notna().to_numpy()
+        pairs_a.append(a_idx[keep])
+        pairs_b.append(hit[keep].to_numpy(dtype=np.int64))
+        overlap.append(np.ones(int(keep.sum())))
+    if (~on_shared).any():
+        a_idx = np.flatnonzero(~on_shared)
+        ia, ib, frac = _match_by_overlap(b, a.iloc[a_idx], min_overlap)
+        pairs_a.append(a_idx[ia])
+        pairs_b.append(ib)
+        overlap.append(frac)
+    ia = np.concatenate(pairs_a) if pairs_a else np.empty(0, dtype=np.int64)
+    ib = np.concatenate(pairs_b) if pairs_b else np.empty(0, dtype=np.int64)
+    if not len(ia):
+        raise InputError(f"the before and after predictions do not overlap (before covers {_bounds_text(b)}, "
+                         f"after covers {_bounds_text(a)}); compare two dates of the same area")
+    order = np.argsort(ia, kind="stable")
+    ia, ib = ia[order], ib[order]
+    frac = np.concatenate(overlap)[order]
+
+    after_rows = a.iloc[ia]
+    before_rows = b.iloc[ib]
+    out = pd.DataFrame(index=pd.RangeIndex(len(ia)))
+    out["cell"] = after_rows["cell"].to_numpy() if "cell" in a.columns else None
+    out["match"] = np.where(np.isin(ia, np.flatnonzero(on_shared)), "cell", "overlap")
+    out["overlap"] = frac
+    out["area_km2"] = chip_area_km2(a).to_numpy()[ia]
+    for suffix, rows in (("before", before_rows), ("after", after_rows)):
+        out[f"pred_{suffix}"] = rows["pred"].astype(str).to_numpy()
+    out["class_before"] = out["pred_before"]
+    out["class_after"] = out["pred_after"]
+    for suffix, rows in (("before", before_rows), ("after", after_rows)):
+        for name in classes:
+            out[f"{_PROB}{name}_{suffix}"] = rows[f"{_PROB}{name}"].to_numpy()
+        for column in _CARRIED:
+            if column in rows.columns:
+                out[f"{column}_{suffix}"] = rows[column].to_numpy()
+    aligned = gpd.GeoDataFrame(out, geometry=after_rows.geometry.to_numpy(), crs=a.crs)
+    aligned.attrs["geoclf_change"] = {
+        "classes": list(classes),
+        "before_chips": len(before), "after_chips": len(after),
+        "duplicate_cells_dropped": {"before": dropped_b, "after": dropped_a},
+        "paired": len(aligned), "paired_by_cell": int((out["match"] == "cell").sum()),
+        "unpaired_after": int(len(a) - len(aligned)),
+        "unpaired_before": int(len(b) - len(np.unique(ib))),
+        "min_overlap": float(min_overlap),
+    }
+    return aligned
+
+
+def _one_per_cell(predictions: gpd.GeoDataFrame, classes: Sequence[str]) -> tuple[gpd.GeoDataFrame, int]:
+    """Keep the most confident prediction of each cell; returns the table and how many rows were dropped."""
+    if "cell" not in predictions.columns or not predictions["cell"].duplicated().any():
+        return predictions.reset_index(drop=True), 0
+    confidence = _class_probability(predictions, predictions["pred"].astype(str), classes, "")
+    ranked = predictions.assign(_confidence=confidence).sort_values("_confidence", ascending=False, kind="stable")
+    kept = ranked[~ranked["cell"].duplicated() | ranked["cell"].isna()].drop(columns="_confidence").sort_index()
+    return kept.reset_index(drop=True), int(len(predictions) - len(kept))
+
+
+def _cells(predictions: gpd.GeoDataFrame) -> pd.DataFrame:
+    if "cell" in predictions.columns:
+        return parse_cell(predictions["cell"])
+    return pd.DataFrame({"grid": [None] * len(predictions)}, index=predictions.index)
+
+
+def _match_by_overlap(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
+                      min_overlap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (in ``after``, in ``before``) and overlap shares of after-chips paired by footprint."""
+    crs = equal_area_crs(after)
+    a_geom = after.geometry.to_crs(crs).to_numpy()
+    b_all = before.geometry.to_crs(crs)
+    tree = shapely.STRtree(b_all.to_numpy())
+    ia, ib = tree.query(a_geom, predicate="intersects")
+    if not len(ia):
+        return ia, ib, np.empty(0)
+    shared = shapely.area(shapely.intersection(a_geom[ia], b_all.to_numpy()[ib]))
+    frac = shared / shapely.area(a_geom[ia])
+    # Best before-chip per after-chip: sort by (after, -share) and keep the first of each after-chip.
+    order = np.lexsort((-frac, ia))
+    ia, ib, frac = ia[order], ib[order], frac[order]
+    first = np.r_[True, ia[1:] != ia[:-1]]
+    ia, ib, frac = ia[first], ib[first], frac[first]
+    keep = frac >= min_overlap - 1e-9
+    return ia[keep], ib[keep], np.minimum(frac[keep], 1.0)
+
+
+def _bounds_text(gdf: gpd.GeoDataFrame) -> str:
+    left, bottom, right, top = gdf.total_bounds
+    return f"{left:.0f},{bottom:.0f},{right:.0f},{top:.0f} in {gdf.crs.to_string()}"
+
+
+def _class_probability(table: pd.DataFrame, chosen: pd.Series, classes: Sequence[str], suffix: str) -> np.ndarray:
+    """Each row's probability of the class in ``chosen`` (NaN where the class has no column)."""
+    probs = np.column_stack([table[f"{_PROB}{c}{suffix}"].to_numpy(dtype=float) for c in classes])
+    index = pd.Categorical(chosen.astype(str), categories=list(classes)).codes
+    out = np.full(len(table), np.nan)
+    ok = index >= 0
+    out[ok] = probs[np.flatnonzero(ok), index[ok]]
+    return out
+
+
+def aligned_classes(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> list[str]:
+    """The class list of an aligned table (kept by :func:`align_dates`), or ``classes`` when given."""
+    if classes is not None:
+        return [str(c) for c in classes]
+    recorded = aligned.attrs.get("geoclf_change", {}).get("classes")
+    if recorded:
+        return list(recorded)
+    suffix = "_before"
+    found = [c[len(_PROB):-len(suffix)] for c in aligned.columns
+             if str(c).startswith(_PROB) and str(c).endswith(suffix)]
+    if not found:
+        raise InputError("the table has no prob_<class>_before columns; make it with align_dates")
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------------------
+
+def transition_matrix(aligned: pd.DataFrame, classes: Sequence[str] | None = None, unit: str = "km2") -> pd.DataFrame:
+    """From-class (rows, before) x to-class (columns, after), in km² (``unit="km2"``) or chips.
+
+    The diagonal holds persistence; the matrix sums to the compared area (or number of paired chips).
+    """
+    classes = aligned_classes(aligned, classes)
+    if unit not in ("km2", "chips"):
+        raise InputError(f"unknown unit {unit!r}; use 'km2' or 'chips'")
+    values = aligned["area_km2"].to_numpy(dtype=float) if unit == "km2" else np.ones(len(aligned))
+    i = _codes(aligned["class_before"], classes)
+    j = _codes(aligned["class_after"], classes)
+    matrix = np.zeros((len(classes), len(classes)))
+    np.add.at(matrix, (i, j), values)
+    table = pd.DataFrame(matrix, index=pd.Index(classes, name="before"), columns=pd.Index(classes, name="after"))
+    return table.astype(np.int64) if unit == "chips" else table
+
+
+def transitions_long(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every from -> to pair with its chips and km² (the ``transitions.csv`` layout)."""
+    km2 = transition_matrix(aligned, classes, "km2").stack().rename("km2")
+    chips = transition_matrix(aligned, classes, "chips").stack().rename("chips")
+    table = pd.concat([chips, km2], axis=1).reset_index()
+    table.columns = ["from_class", "to_class", "chips", "km2"]
+    table["changed"] = table["from_class"] != table["to_class"]
+    return table
+
+
+def class_areas(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Area of each class in each year over the compared area: chips and km², before and after."""
+    classes = aligned_classes(aligned, classes)
+    km2 = transition_matrix(aligned, classes, "km2")
+    chips = transition_matrix(aligned, classes, "chips")
+    table = pd.DataFrame({"before_chips": chips.sum(axis=1).to_numpy(), "after_chips": chips.sum(axis=0).to_numpy(),
+                          "before_km2": km2.sum(axis=1).to_numpy(), "after_km2": km2.sum(axis=0).to_numpy()},
+                         index=pd.Index(classes, name="class"))
+    return table
+
+
+def gains_losses(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Gross gain, gross loss and net change of each class, in km².
+
+    ``gain`` is area that became the class, ``loss`` area that was the class and became another,
+    ``net = gain - loss = after - before``; ``net_pct`` is relative to the before area.
+    """
+    km2 = transition_matrix(aligned, classes, "km2")
+    kept = np.diag(km2.to_numpy())
+    before = km2.sum(axis=1).to_numpy()
+    after = km2.sum(axis=0).to_numpy()
+    table = pd.DataFrame({"before_km2": before, "after_km2": after, "persistence_km2": kept,
+                          "gain_km2": after - kept, "loss_km2": before - kept}, index=km2.index.rename("class"))
+    table["net_km2"] = table["gain_km2"] - table["loss_km2"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["net_pct"] = np.where(before > 0, 100 * table["net_km2"] / before, np.nan)
+    return table
+
+
+def urbanization(aligned: pd.DataFrame, classes: Sequence[str] | None = None,
+                 developed: str = DEVELOPED) -> pd.DataFrame:
+    """Conversions of every other class to ``developed``.
+
+    Returns:
+        One row per source class and a ``Total`` row: ``chips`` and ``km2`` converted to developed,
+        ``pct_of_class`` (share of the class's before area that was developed) and
+        ``pct_of_new_developed`` (share of all newly developed area that came from the class).
+    """
+    classes = aligned_classes(aligned, classes)
+    if developed not in classes:
+        raise InputError(f"no class named {developed!r} among {classes}; name the developed class")
+    km2 = transition_matrix(aligned, classes, "km2")
+    chips = transition_matrix(aligned, classes, "chips")
+    sources = [c for c in classes if c != developed]
+    table = pd.DataFrame({"chips": chips.loc[sources, developed].to_numpy(),
+                          "km2": km2.loc[sources, developed].to_numpy(),
+                          "before_km2": km2.loc[sources].sum(axis=1).to_numpy()}, index=pd.Index(sources, name="from"))
+    table.loc["Total"] = table.sum()
+    table["chips"] = table["chips"].astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["pct_of_class"] = np.where(table["before_km2"] > 0, 100 * table["km2"] / table["before_km2"], np.nan)
+        new = table.loc["Total", "km2"]
+        table["pct_of_new_developed"] = 100 * table["km2"] / new if new > 0 else np.nan
+    return table.drop(columns="before_km2")
+
+
+def change_labels(aligned: pd.DataFrame) -> pd.Series:
+    """Each pair's change class: ``"Forest→Developed"``, or ``"Stable Forest"`` when unchanged.
+
+    These are the strata of a change map, for :func:`geoclf.area.stratified_sample` and
+    :func:`reference_estimates`.
+    """
+    return _change_label(aligned["class_before"], aligned["class_after"]).rename("change")
+
+
+def _change_label(before: pd.Series, after: pd.Series) -> pd.Series:
+    before, after = before.astype(str), after.astype(str)
+    return pd.Series(np.where(before == after, STABLE + before, before + ARROW + after), index=before.index)
+
+
+def rank_changes(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> gpd.GeoDataFrame:
+    """The changed chips, likeliest real changes first.
+
+    ``confidence`` is the product of the before model's probability of the before class and the after
+    model's probability of the after class: the chance that both labels, hence the change, are right if the
+    two dates' errors are independent. Reviewers working down the list see confident changes first and
+    doubtful ones (most of which are one date's error) last.
+
+    Returns:
+        Changed pairs only, sorted by ``confidence`` (ties by cell), with ``rank`` (1 = most confident),
+        ``transition``, ``confidence``, ``prob_before``, ``prob_after`` and all columns of ``aligned``.
+    """
+    classes = aligned_classes(aligned, classes)
+    changed = aligned[aligned["class_before"].astype(str) != aligned["class_after"].astype(str)].copy()
+    p_before = _class_probability(changed, changed["class_before"], classes, "_before")
+    p_after = _class_probability(changed, changed["class_after"], classes, "_after")
+    changed["transition"] = _change_label(changed["class_before"], changed["class_after"]).to_numpy()
+    changed["prob_before"] = p_before
+    changed["prob_after"] = p_after
+    changed["confidence"] = p_before * p_after
+    tie = changed["cell"].astype(str) if "cell" in changed.columns else pd.Series("", index=changed.index)
+    changed = changed.assign(_tie=tie).sort_values(["confidence", "_tie"], ascending=[False, True],
+                                                   na_position="last", kind="stable").drop(columns="_tie")
+    changed.insert(0, "rank", np.arange(1, len(changed) + 1, dtype=np.int64))
+    return changed.reset_index(drop=True)
+
+
+def _codes(values: pd.Series, classes: Sequence[str]) -> np.ndarray:
+    codes = pd.Categorical(values.astype(str), categories=list(classes)).codes
+    if (codes < 0).any():
+        unknown = sorted(set(values.astype(str)) - set(classes))
+        raise InputError(f"classes {unknown} are not among {list(classes)}")
+    return codes
+
+
+# --------------------------------------------------------------------------------------------------------
+# Zones
+# --------------------------------------------------------------------------------------------------------
+
+def read_zones(path: PathLike) -> gpd.GeoDataFrame:
+    """Read a zones file (any vector format geopandas reads: GeoJSON, GeoPackage, shapefile, GeoParquet)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path)
+    try:
+        zones = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
+    except Exception as exc:
+        raise InputError(f"cannot be read as a vector file ({_first_line(exc)})", path) from exc
+    if zones.empty:
+        raise InputError("holds no zones", path)
+    if zones.crs is None:
+        raise InputError("has no CRS; zones need one to be placed on the chips", path)
+    return zones
+
+
+def zonal_summary(aligned: gpd.GeoDataFrame, zones: gpd.GeoDataFrame, classes: Sequence[str] | None = None,
+                  zone_column: str | None = None, developed: str = DEVELOPED) -> pd.DataFrame:
+    """Area per class per year and change, per zone (town, tract, watershed...).
+
+    Zones in another CRS are reprojected to the chips' CRS. A chip counts, whole, in every zone that holds
+    its centre: the same rule as one land-use map pixel per chip, and no chip is split or counted twice
+    within a zone.
+
+    Args:
+        aligned: pairs from :func:`align_dates`.
+        zones: polygons; their CRS must be set.
+        classes: class order (default: the aligned table's).
+        zone_column: the column naming each zone; by default the first of ``name``, ``NAME``, ``zone``,
+            ``id``, ``GEOID``, else the first text column, else the row number.
+        developed: the class whose gains are reported as ``to_<developed>_km2``.
+
+    Returns:
+        One row per zone (every zone, chips or not): ``chips``, ``area_km2``, ``changed_km2``,
+        ``before_km2_<Class>``, ``after_km2_<Class>``, ``net_km2_<Class>`` and, when the class exists,
+        ``to_<developed>_km2``.
+    """
+    classes = aligned_classes(aligned, classes)
+    if zones.crs is None:
+        raise InputError("the zones have no CRS; zones need one to be placed on the chips")
+    if aligned.crs is None:
+        raise InputError("the chips have no CRS")
+    zones = zones.to_crs(aligned.crs) if not zones.crs.equals(aligned.crs) else zones
+    if zone_column is not None and zone_column not in zones.columns:
+        raise InputError(f"no column {zone_column!r} in the zones (columns: {', '.join(map(str, zones.columns))})")
+    names = zone_names(zones, zone_column)
+    if names.duplicated().any():
+        repeated = sorted(names[names.duplicated()].unique())[:5]
+        raise InputError(f"zone names repeat ({repeated}); pick a column that names each zone once")
+    centres = gpd.GeoDataFrame({"_row": np.arange(len(aligned))}, geometry=aligned.geometry.centroid.to_numpy(),
+                               crs=aligned.crs)
+    polygons = gpd.GeoDataFrame({"zone": names.to_numpy()}, geometry=zones.geometry.to_numpy(), crs=aligned.crs)
+    hits = gpd.sjoin(centres, polygons, predicate="within", how="inner")
+    rows = aligned.iloc[hits["_row"].to_numpy()]
+    zone = pd.Series(hits["zone"].to_numpy(), index=rows.index, name="zone")
+    area = rows["area_km2"].astype(float)
+    table = pd.DataFrame(index=pd.Index(names.tolist(), name="zone"))
+    table["chips"] = zone.value_counts().reindex(table.index, fill_value=0).astype(np.int64)
+    table["area_km2"] = area.groupby(zone.to_numpy()).sum().reindex(table.index, fill_value=0.0)
+    changed = rows["class_before"].astype(str) != rows["class_after"].astype(str)
+    table["changed_km2"] = area[changed].groupby(zone[changed].to_numpy()).sum().reindex(table.index, fill_value=0.0)
+    for name in classes:
+        was = rows["class_before"].astype(str) == name
+        now = rows["class_after"].astype(str) == name
+        before = area[was].groupby(zone[was].to_numpy()).sum().reindex(table.index, fill_value=0.0)
+        after = area[now].groupby(zone[now].to_numpy()).sum().reindex(table.index, fill_value=0.0)
+        table[f"before_km2_{name}"] = before
+        table[f"after_km2_{name}"] = after
+        table[f"net_km2_{name}"] = after - before
+    if developed in classes:
+        became = (rows["class_after"].astype(str) == developed) & (rows["class_before"].astype(str) != developed)
+        table[f"to_{developed}_km2"] = area[became].groupby(zone[became].to_numpy()).sum().reindex(
+            table.index, fill_value=0.0)
+    return table
+
+
+def _zone_name_column(zones: gpd.GeoDataFrame) -> str | None:
+    for name in ("name", "NAME", "Name", "zone", "id", "ID", "GEOID"):
+        if name in zones.columns:
+            return name
+    for name in zones.columns:
+        if name != zones.geometry.name and zones[name].dtype == object:
+            return str(name)
+    return None
+
+
+def zone_names(zones: gpd.GeoDataFrame, zone_column: str | None = None) -> pd.Series:
+    """The names :func:`zonal_summary` gives the zones (for joining its table back to the polygons)."""
+    column = zone_column or _zone_name_column(zones)
+    if column is None:
+        return pd.Series([f"zone {i + 1}" for i in range(len(zones))], index=zones.index, name="zone")
+    return zones[column].astype(str).rename("zone")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reference sample: error-adjusted areas
+# --------------------------------------------------------------------------------------------------------
+
+def match_reference(aligned: gpd.GeoDataFrame, reference: gpd.GeoDataFrame | pd.DataFrame) -> pd.DataFrame:
+    """Find the aligned pair of each reference sample unit.
+
+    Units are matched by ``cell`` when the reference has that column (a sample drawn from the aligned
+    table), otherwise by location: the pair whose footprint holds the unit's point (a polygon's
+    representative point), the nearest chip centre winning when strided chips overlap.
+
+    Returns:
+        The reference rows that fall on the compared area, with ``_pair`` (row position in ``aligned``).
+
+    Raises:
+        InputError: no reference unit falls on the compared area.
+    """
+    if "cell" in reference.columns and "cell" in aligned.columns and reference["cell"].notna().any():
+        pos = pd.Series(np.arange(len(aligned)), index=aligned["cell"].astype(str).to_numpy())
+        pos = pos[~pos.index.duplicated()]
+        pair = reference["cell"].astype(str).map(pos)
+        matched = reference[pair.notna()].assign(_pair=pair[pair.notna()].astype(np.int64))
+    elif isinstance(reference, gpd.GeoDataFrame) and reference.crs is not None:
+        points = reference.geometry.to_crs(aligned.crs).representative_point()
+        found = gpd.sjoin(gpd.GeoDataFrame({"_ref": np.arange(len(reference))}, geometry=points.to_numpy(),
+                                           crs=aligned.crs),
+                          gpd.GeoDataFrame({"_pair": np.arange(len(aligned))}, geometry=aligned.geometry.to_numpy(),
+                                           crs=aligned.crs), predicate="within", how="inner")
+        if len(found):
+            centres = aligned.geometry.centroid.to_numpy()[found["_pair"].to_numpy()]
+            found["_dist"] = shapely.distance(found.geometry.to_numpy(), centres)
+            found = found.sort_values(["_ref", "_dist"]).drop_duplicates("_ref")
+        matched = reference.iloc[found["_ref"].to_numpy()].assign(_pair=found["_pair"].to_numpy())
+    else:
+        raise InputError("the reference sample has neither a 'cell' column nor geometry with a CRS")
+    if matched.empty:
+        raise InputError("the reference sample does not intersect the compared area: none of its "
+                         f"{len(reference)} units falls on a chip of both dates")
+    return matched
+
+
+def reference_estimates(aligned: gpd.GeoDataFrame, reference: gpd.GeoDataFrame | pd.DataFrame,
+                        classes: Sequence[str] | None = None, z: float = 1.96) -> dict[str, AreaEstimate]:
+    """Error-adjusted areas (km²) with confidence intervals from a labelled reference sample.
+
+    The reference table holds one row per sample unit with either
+
+    - ``reference``: the true change class (``"Forest→Developed"``, ``"Stable Forest"``), as an interpreter
+      fills it in a sample from :func:`geoclf.area.stratified_sample` on :func:`change_labels`; or
+    - ``reference_before`` and/or ``reference_after``: the true land-use class at each date.
+
+    The map strata are the change classes (and each date's classes) of the aligned table, and the mapped
+    areas their km² over the compared area. The estimators assume the sample was stratified by those
+    classes (or simple random); see :mod:`geoclf.area`.
+
+    Returns:
+        ``{"change": ..., "before": ..., "after": ...}``, whichever the reference's columns allow.
+    """
+    classes = aligned_classes(aligned, classes)
+    matched = match_reference(aligned, reference)
+    pairs = aligned.iloc[matched["_pair"].to_numpy()]
+    area = aligned["area_km2"].astype(float)
+    results: dict[str, AreaEstimate] = {}
+    truth_change = None
+    if "reference" in matched.columns and matched["reference"].notna().any():
+        truth_change = matched["reference"]
+    elif {"reference_before", "reference_after"} <= set(matched.columns):
+        both = matched["reference_before"].notna() & matched["reference_after"].notna()
+        truth_change = pd.Series(None, index=matched.index, dtype=object)
+        truth_change[both] = _change_label(matched.loc[both, "reference_before"],
+                                           matched.loc[both, "reference_after"]).to_numpy()
+    if truth_change is not None:
+        mapped = change_labels(aligned)
+        strata = sorted(set(mapped) | set(truth_change.dropna().astype(str)))
+        counts = error_matrix(change_labels(pairs).to_numpy(), truth_change.to_numpy(), strata)
+        results["change"] = olofsson(counts, area.groupby(mapped.to_numpy()).sum(), z=z, unit="km²")
+    for date in ("before", "after"):
+        column = f"reference_{date}"
+        if column in matched.columns and matched[column].notna().any():
+            counts = error_matrix(pairs[f"class_{date}"].to_numpy(), matched[column].to_numpy(), classes)
+            mapped = area.groupby(aligned[f"class_{date}"].astype(str).to_numpy()).sum()
+            results[date] = olofsson(counts, mapped, z=z, unit="km²")
+    if not results:
+        raise InputError("the reference sample has no labels: fill 'reference' (change class) or "
+                         "'reference_before'/'reference_after' (land-use classes)")
+    return results
+
+
+def read_reference(path: PathLike) -> gpd.GeoDataFrame | pd.DataFrame:
+    """Read a reference sample: GeoParquet/Parquet, or any vector file geopandas reads."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            try:
+                return gpd.read_parquet(path)
+            except ValueError:  # plain Parquet: matched by cell
+                return pd.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return gpd.read_file(path)
+    except Exception as exc:
+        raise InputError(f"cannot be read as a reference sample ({_first_line(exc)})", path) from exc
+

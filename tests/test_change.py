@@ -1,0 +1,336 @@
+"""Tests of geoclf.change on handmade predictions on a real chip grid in EPSG:26919 (Massachusetts).
+
+The before date is forest with a block of cultivated land and a town; the after date converts a 3x3 block
+of forest and a 2x2 block of cultivated land to Developed (confidently, p = 0.9 on both dates) and flips a
+few scattered chips to Herbaceous with low confidence (p = 0.4), the single-chip noise reviewers should see
+last. Variants put the after date on a grid shifted by 3 m and on a grid in another CRS (UTM 18N).
+"""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+from rasterio.crs import CRS
+from shapely import box
+from shapely.affinity import translate
+
+from geoclf.area import chip_area_km2, stratified_sample
+from geoclf.change import (
+    align_dates,
+    change_labels,
+    class_areas,
+    gains_losses,
+    rank_changes,
+    read_predictions,
+    reference_estimates,
+    transition_matrix,
+    transitions_long,
+    urbanization,
+    zonal_summary,
+)
+from tiling.errors import InputError
+from tiling.grid import ChipGrid
+
+CLASSES = ["Developed", "Barren", "Forest", "Shrub", "Herbaceous", "Cultivated"]
+SIZE = 256.0
+NX, NY = 12, 10
+X0, Y0 = 280_000 // 256, 4_700_000 // 256  # grid indices of the area's south-west cell (UTM 19N)
+FOREST_TO_DEV = {(X0 + i, Y0 + j) for i in range(2, 5) for j in range(2, 5)}  # 3x3 block
+CULT_TO_DEV = {(X0 + i, Y0 + j) for i in range(8, 10) for j in range(6, 8)}  # 2x2 block
+NOISE = {(X0 + 6, Y0 + 1), (X0 + 10, Y0 + 2), (X0 + 1, Y0 + 8)}  # scattered low-confidence flips
+
+
+def before_class(ix: int, iy: int) -> str:
+    i, j = ix - X0, iy - Y0
+    if 7 <= i <= 10 and 5 <= j <= 8:
+        return "Cultivated"
+    if i <= 1 and j <= 1:
+        return "Developed"
+    return "Forest"
+
+
+def after_class(ix: int, iy: int) -> str:
+    if (ix, iy) in FOREST_TO_DEV or (ix, iy) in CULT_TO_DEV:
+        return "Developed"
+    if (ix, iy) in NOISE:
+        return "Herbaceous"
+    return before_class(ix, iy)
+
+
+def probabilities(pred: list[str], confident: np.ndarray) -> dict[str, np.ndarray]:
+    """prob_<Class> columns: p to the predicted class, the rest shared evenly among the others."""
+    p = np.where(confident, 0.9, 0.4)
+    out = {}
+    for name in CLASSES:
+        is_pred = np.array([c == name for c in pred])
+        out[f"prob_{name}"] = np.where(is_pred, p, (1 - p) / (len(CLASSES) - 1)).astype(np.float32)
+    return out
+
+
+def predictions(grid: ChipGrid, cells: list[tuple[int, int]], classes: list[str], scene: str,
+                confident: np.ndarray | None = None) -> gpd.GeoDataFrame:
+    """A predictions table following docs/architecture.md "Predictions"."""
+    confident = np.ones(len(cells), bool) if confident is None else confident
+    table = {
+        "chip_id": [f"{scene}:{ix}_{iy}" for ix, iy in cells],
+        "cell": [grid.cell_id(ix, iy) for ix, iy in cells],
+        "ix": np.array([c[0] for c in cells], dtype=np.int64),
+        "iy": np.array([c[1] for c in cells], dtype=np.int64),
+        "crs": grid.crs.to_string(),
+        "scene": scene,
+        "source": f"/data/{scene}.tif",
+        "pred": classes,
+        **probabilities(classes, confident),
+        "model": "test-model",
+    }
+    return gpd.GeoDataFrame(table, geometry=[grid.footprint(ix, iy) for ix, iy in cells], crs=grid.crs)
+
+
+def area_cells() -> list[tuple[int, int]]:
+    return [(X0 + i, Y0 + j) for j in range(NY) for i in range(NX)]
+
+
+@pytest.fixture
+def grid() -> ChipGrid:
+    return ChipGrid(CRS.from_epsg(26919), SIZE)
+
+
+@pytest.fixture
+def dates(grid: ChipGrid) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    cells = area_cells()
+    before = predictions(grid, cells, [before_class(*c) for c in cells], "m_4207101_ne_19_1_20100701")
+    after = predictions(grid, cells, [after_class(*c) for c in cells], "m_4207101_ne_19_060_20160801",
+                        confident=np.array([c not in NOISE for c in cells]))
+    return before, after
+
+
+def test_same_grid_pairs_by_cell(dates):
+    before, after = dates
+    aligned = align_dates(before, after)
+    assert len(aligned) == NX * NY
+    assert (aligned["match"] == "cell").all() and (aligned["overlap"] == 1).all()
+    assert (aligned["chip_id_before"].str.split(":").str[1] == aligned["chip_id_after"].str.split(":").str[1]).all()
+    info = aligned.attrs["geoclf_change"]
+    assert info["unpaired_after"] == 0 and info["classes"] == CLASSES
+
+
+def test_transition_matrix_sums_to_the_total_area(dates):
+    before, after = dates
+    aligned = align_dates(before, after)
+    km2 = transition_matrix(aligned)
+    chips = transition_matrix(aligned, unit="chips")
+    assert chips.to_numpy().sum() == NX * NY
+    assert km2.to_numpy().sum() == pytest.approx(chip_area_km2(after).sum())
+    # Ground area of 120 chips of 256 m within the UTM scale error (< 0.1%).
+    assert km2.to_numpy().sum() == pytest.approx(NX * NY * 0.065536, rel=1e-3)
+    areas = class_areas(aligned)
+    assert areas["before_chips"].sum() == areas["after_chips"].sum() == NX * NY
+    assert areas.loc["Developed", "before_chips"] == 4
+    long = transitions_long(aligned)
+    assert long["km2"].sum() == pytest.approx(km2.to_numpy().sum()) and len(long) == len(CLASSES) ** 2
+
+
+def test_known_conversions_are_found(dates):
+    before, after = dates
+    aligned = align_dates(before, after)
+    chips = transition_matrix(aligned, unit="chips")
+    assert chips.loc["Forest", "Developed"] == len(FOREST_TO_DEV)
+    assert chips.loc["Cultivated", "Developed"] == len(CULT_TO_DEV)
+    assert chips.loc["Forest", "Herbaceous"] == len(NOISE)
+    off_diagonal = chips.to_numpy().sum() - np.trace(chips.to_numpy())
+    assert off_diagonal == len(FOREST_TO_DEV) + len(CULT_TO_DEV) + len(NOISE)
+
+    chip_km2 = aligned["area_km2"].mean()
+    flows = gains_losses(aligned)
+    assert flows.loc["Developed", "gain_km2"] == pytest.approx(13 * chip_km2, rel=1e-3)
+    assert flows.loc["Developed", "loss_km2"] == 0
+    assert flows.loc["Cultivated", "net_km2"] == pytest.approx(-4 * chip_km2, rel=1e-3)
+    np.testing.assert_allclose(flows["net_km2"], flows["after_km2"] - flows["before_km2"], atol=1e-12)
+    assert flows["net_km2"].sum() == pytest.approx(0, abs=1e-9)
+
+    urban = urbanization(aligned)
+    assert urban.loc["Forest", "chips"] == 9 and urban.loc["Cultivated", "chips"] == 4
+    assert urban.loc["Total", "chips"] == 13
+    assert urban.loc["Cultivated", "pct_of_class"] == pytest.approx(100 * 4 / 16, rel=1e-3)
+    assert urban.drop(index="Total")["pct_of_new_developed"].sum() == pytest.approx(100)
+    with pytest.raises(InputError, match="no class named 'Urban'"):
+        urbanization(aligned, developed="Urban")
+
+
+def test_ranking_puts_confident_changes_first(dates):
+    before, after = dates
+    ranked = rank_changes(align_dates(before, after))
+    assert len(ranked) == 16 and ranked["rank"].tolist() == list(range(1, 17))
+    assert ranked["confidence"].is_monotonic_decreasing
+    real = ranked["transition"].str.endswith("→Developed")
+    assert real[:13].all() and not real[13:].any()
+    assert ranked.loc[0, "confidence"] == pytest.approx(0.81, rel=1e-5)
+    assert ranked["confidence"].iloc[-1] == pytest.approx(0.9 * 0.4, rel=1e-5)
+    assert ranked.crs == after.crs
+
+
+def test_duplicate_cells_keep_the_most_confident(dates):
+    before, after = dates
+    doubtful = after.iloc[[0]].copy()
+    doubtful["chip_id"] = "other_scene:dup"
+    doubtful["pred"] = "Barren"
+    for name in CLASSES:
+        doubtful[f"prob_{name}"] = np.float32(0.5 if name == "Barren" else 0.1)
+    aligned = align_dates(before, pd.concat([after, doubtful], ignore_index=True))
+    assert len(aligned) == NX * NY and "Barren" not in set(aligned["class_after"])
+    assert aligned.attrs["geoclf_change"]["duplicate_cells_dropped"]["after"] == 1
+
+
+def test_after_grid_shifted_by_3m_pairs_by_overlap(dates):
+    before, after = dates
+    shifted = after.drop(columns="cell").copy()  # a grid of its own: not snapped to the before grid
+    shifted = shifted.set_geometry(shifted.geometry.apply(lambda g: translate(g, 3.0, 3.0)))
+    aligned = align_dates(before, shifted)
+    assert len(aligned) == NX * NY and (aligned["match"] == "overlap").all()
+    assert aligned["overlap"].to_numpy() == pytest.approx(((SIZE - 3) / SIZE) ** 2, rel=1e-3)
+    # Shifted by 3 m, every after-chip still pairs with the before-chip of its own cell.
+    assert (aligned["chip_id_before"].str.split(":").str[1] == aligned["chip_id_after"].str.split(":").str[1]).all()
+    chips = transition_matrix(aligned, unit="chips")
+    assert chips.loc["Forest", "Developed"] == 9 and chips.loc["Cultivated", "Developed"] == 4
+    # Shifted by 60% of a chip, each after-chip pairs with the east neighbour, which covers 60% of it; the
+    # easternmost column has no neighbour and stays unpaired. Asking for 70% pairs nothing.
+    half = after.drop(columns="cell").set_geometry(after.geometry.apply(lambda g: translate(g, SIZE * 0.6, 0)))
+    assert len(align_dates(before, half)) == (NX - 1) * NY
+    with pytest.raises(InputError, match="do not overlap"):
+        align_dates(before, half, min_overlap=0.7)
+
+
+def test_after_grid_in_another_crs(dates):
+    before, _ = dates
+    # The after date delivered in UTM zone 18N: its own grid, snapped there, rotated ~4 degrees to ours.
+    utm18 = ChipGrid(CRS.from_epsg(26918), SIZE)
+    area = gpd.GeoSeries([box(X0 * SIZE, Y0 * SIZE, (X0 + NX) * SIZE, (Y0 + NY) * SIZE)], crs=26919)
+    left, bottom, right, top = area.to_crs(26918).total_bounds
+    ix, iy = utm18.cells_within((left, bottom, right, top))
+    footprints = gpd.GeoSeries([utm18.footprint(a, b) for a, b in zip(ix, iy, strict=True)], crs=26918)
+    centres = footprints.centroid.to_crs(26919)
+    home = [(int(np.floor(p.x / SIZE)), int(np.floor(p.y / SIZE))) for p in centres]
+    inside = [X0 <= a < X0 + NX and Y0 <= b < Y0 + NY for a, b in home]
+    cells = [(int(a), int(b)) for a, b, keep in zip(ix, iy, inside, strict=True) if keep]
+    classes = [after_class(*h) for h, keep in zip(home, inside, strict=True) if keep]
+    after = predictions(utm18, cells, classes, "m_4207101_ne_18_060_20160801")
+
+    aligned = align_dates(before, after)
+    assert (aligned["match"] == "overlap").all() and (aligned["overlap"] >= 0.5).all()
+    assert 0.5 * len(after) < len(aligned) <= len(after)
+    assert aligned.crs.to_epsg() == 26918
+    # Every pair is the before-chip of largest overlap (checked by brute force in the before CRS).
+    b_geoms = before.geometry.to_numpy()
+    for _, row in aligned.sample(20, random_state=0).iterrows():
+        chip = gpd.GeoSeries([row.geometry], crs=26918).to_crs(26919).iloc[0]
+        best = int(np.argmax([chip.intersection(g).area for g in b_geoms]))
+        assert before["chip_id"].iloc[best] == row["chip_id_before"]
+    # Pairs well inside the converted block are found as Forest -> Developed, none far outside it.
+    centres = aligned.geometry.centroid.to_crs(26919)
+    gx = np.floor(centres.x / SIZE).astype(int) - X0
+    gy = np.floor(centres.y / SIZE).astype(int) - Y0
+    core = (gx == 3) & (gy == 3)
+    assert core.any() and (aligned.loc[core, "class_before"] == "Forest").all()
+    assert (aligned.loc[core, "class_after"] == "Developed").all()
+    near_block = (gx >= 1) & (gx <= 5) & (gy >= 1) & (gy <= 5)
+    forest_to_dev = (aligned["class_before"] == "Forest") & (aligned["class_after"] == "Developed")
+    assert forest_to_dev.any() and not (forest_to_dev & ~near_block).any()
+    assert transition_matrix(aligned).to_numpy().sum() == pytest.approx(aligned["area_km2"].sum())
+
+
+def test_zones_in_4326_are_reprojected(dates):
+    before, after = dates
+    aligned = align_dates(before, after)
+    mid = (X0 + NX // 2) * SIZE
+    west = box(X0 * SIZE - 100, Y0 * SIZE - 100, mid, (Y0 + NY) * SIZE + 100)
+    east = box(mid, Y0 * SIZE - 100, (X0 + NX) * SIZE + 100, (Y0 + NY) * SIZE + 100)
+    zones = gpd.GeoDataFrame({"town": ["Westville", "Eastham"]}, geometry=[west, east], crs=26919).to_crs(4326)
+    table = zonal_summary(aligned, zones, zone_column="town")
+    assert table.index.tolist() == ["Westville", "Eastham"]
+    assert table["chips"].tolist() == [NX * NY // 2, NX * NY // 2]
+    chip_km2 = aligned["area_km2"].mean()
+    assert table.loc["Westville", "to_Developed_km2"] == pytest.approx(9 * chip_km2, rel=1e-3)
+    assert table.loc["Eastham", "to_Developed_km2"] == pytest.approx(4 * chip_km2, rel=1e-3)
+    assert table["area_km2"].sum() == pytest.approx(aligned["area_km2"].sum())
+    assert table.loc["Eastham", "net_km2_Cultivated"] == pytest.approx(-4 * chip_km2, rel=1e-3)
+    # A zone away from the chips is kept, empty.
+    far = gpd.GeoDataFrame({"town": ["Faraway"]}, geometry=[box(0, 0, 1000, 1000)], crs=26919)
+    with_far = zonal_summary(aligned, pd.concat([zones.to_crs(26919), far]), zone_column="town")
+    assert with_far.loc["Faraway", "chips"] == 0
+    with pytest.raises(InputError, match="no CRS"):
+        zonal_summary(aligned, zones.set_crs(None, allow_override=True))
+
+
+def test_mismatched_class_sets_are_one_line_errors(dates):
+    before, after = dates
+    other = after.rename(columns={"prob_Shrub": "prob_Wetland"})
+    with pytest.raises(InputError, match="different class sets") as caught:
+        align_dates(before, other)
+    assert "\n" not in str(caught.value)
+
+
+def test_non_overlapping_dates_are_one_line_errors(dates, grid):
+    before, _ = dates
+    elsewhere = [(ix + 500, iy) for ix, iy in area_cells()]
+    far = predictions(grid, elsewhere, [before_class(*c) for c in area_cells()], "m_far_19_060_20160801")
+    with pytest.raises(InputError, match="do not overlap") as caught:
+        align_dates(before, far)
+    assert "\n" not in str(caught.value)
+    # On another grid too (the overlap rule finds nothing).
+    with pytest.raises(InputError, match="do not overlap"):
+        align_dates(before, far.drop(columns="cell"))
+
+
+def test_predictions_without_geometry(dates, tmp_path):
+    before, after = dates
+    plain = pd.DataFrame(after.drop(columns="geometry"))
+    with pytest.raises(InputError, match="without geometry"):
+        align_dates(before, plain)
+    plain.to_parquet(tmp_path / "predictions.parquet")
+    with pytest.raises(InputError, match="no geometry") as caught:
+        read_predictions(tmp_path)
+    assert str(tmp_path) in str(caught.value) and "\n" not in str(caught.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no predictions\.parquet"):
+        read_predictions(tmp_path / "empty")
+    with pytest.raises(InputError, match="no such file"):
+        read_predictions(tmp_path / "missing.parquet")
+    after.to_parquet(tmp_path / "after.parquet")
+    assert len(read_predictions(tmp_path / "after.parquet")) == len(after)
+
+
+def test_reference_sample_area_estimates(dates):
+    before, after = dates
+    aligned = align_dates(before, after)
+    aligned["change"] = change_labels(aligned)
+    sample = stratified_sample(aligned, {s: min(n, 6) for s, n in aligned["change"].value_counts().items()},
+                               strata_column="change", seed=1)
+    # A perfect map: the reference agrees with every sampled chip, so the estimates are the mapped areas.
+    sample["reference"] = sample["change"]
+    perfect = reference_estimates(aligned, sample)["change"]
+    mapped = aligned.groupby("change")["area_km2"].sum()
+    np.testing.assert_allclose(perfect.area.loc[mapped.index, "area"], mapped)
+    assert perfect.overall["accuracy"] == pytest.approx(1.0)
+    # Noise flips judged no change by the interpreter move their area back to stable forest.
+    sample.loc[sample["change"] == "Forest→Herbaceous", "reference"] = "Stable Forest"
+    fixed = reference_estimates(aligned, sample)["change"]
+    assert fixed.area.loc["Forest→Herbaceous", "area"] == pytest.approx(0)
+    stable = mapped["Stable Forest"] + mapped["Forest→Herbaceous"]
+    assert fixed.area.loc["Stable Forest", "area"] == pytest.approx(stable)
+    # Per-date labels work too, matched by location (no cell column).
+    points = gpd.GeoDataFrame({"reference_before": sample["class_before"], "reference_after": sample["class_after"]},
+                              geometry=sample.geometry.centroid.to_crs(4326).to_numpy(), crs=4326)
+    by_date = reference_estimates(aligned, points)
+    assert set(by_date) == {"change", "before", "after"}
+    assert by_date["after"].accuracy["users"].dropna().eq(1.0).all()
+
+
+def test_reference_sample_outside_the_area(dates):
+    before, after = dates
+    aligned = align_dates(before, after)
+    far = gpd.GeoDataFrame({"reference": ["Stable Forest"]}, geometry=[box(0, 0, 10, 10)], crs=26919)
+    with pytest.raises(InputError, match="does not intersect") as caught:
+        reference_estimates(aligned, far)
+    assert "\n" not in str(caught.value)
