@@ -610,8 +610,9 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
     root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
     root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
     if basemap is not None:
-        attribution = None if "{" not in basemap else "basemap"
-        folium.TileLayer(basemap, attr=attribution, name=f"Basemap ({attribution or basemap})", overlay=False,
+        template = "{" in basemap  # a tile URL rather than a provider name: folium then wants an attribution
+        folium.TileLayer(basemap, attr="basemap" if template else None,
+                         name="Basemap" if template else f"Basemap ({basemap})", overlay=False,
                          control=True).add_to(fmap)
     folium.raster_layers.ImageOverlay(url, bounds=bounds, opacity=opacity, name=title, pixelated=True,
                                       interactive=False).add_to(fmap)
@@ -686,7 +687,8 @@ def accuracy_against_reference(predictions: pd.DataFrame, classes: ClassScheme, 
                                label_column: str = "label") -> dict[str, Any]:
     """Overall and per-class accuracy of the predictions against reference labels (e.g. NLCD-derived).
 
-    Chips without a reference label are left out.
+    Chips without a reference label are left out. The scores are :func:`geoclf.metrics.evaluate`'s, so a map
+    and a validation run report the same numbers the same way.
 
     Args:
         predictions: chip predictions with ``pred`` and ``label_column``.
@@ -694,34 +696,20 @@ def accuracy_against_reference(predictions: pd.DataFrame, classes: ClassScheme, 
         label_column: the column holding each chip's reference class.
 
     Returns:
-        ``{"n", "overall_accuracy", "kappa", "per_class": {class: {"precision", "recall", "f1", "support"}},
-        "classes", "confusion_matrix"}``; rows of the confusion matrix are reference classes, columns
-        predictions.
+        The JSON-ready evaluation (:func:`geoclf.metrics.evaluation_to_json`): ``n``, ``accuracy``,
+        ``balanced_accuracy``, ``kappa``, ``accuracy_3class``, ``per_class`` (``{class: {"precision",
+        "recall", "f1", "support"}}``) and ``confusion_matrix`` (``{"classes", "counts"}``, reference classes
+        in rows, predictions in columns).
     """
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+    from geoclf.metrics import evaluate, evaluation_to_json
 
     if label_column not in predictions.columns or "pred" not in predictions.columns:
         raise InputError(f"predictions need 'pred' and {label_column!r} columns to be compared with a reference")
     frame = predictions[predictions[label_column].notna() & predictions["pred"].notna()]
     if frame.empty:
         raise InputError(f"no chip has both a prediction and a reference {label_column!r}")
-    y_true, y_pred = frame[label_column].astype(str).to_numpy(), frame["pred"].astype(str).to_numpy()
-    unknown = sorted(set(y_true) - set(classes.names))
-    if unknown:
-        raise InputError(f"reference class(es) {', '.join(map(repr, unknown))} are not in the class scheme")
-    names = classes.names
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=names,
-                                                                     zero_division=0)
-    kappa = cohen_kappa_score(y_true, y_pred, labels=names) if len(set(y_true) | set(y_pred)) > 1 else 1.0
-    return {
-        "n": len(frame),
-        "overall_accuracy": float(accuracy_score(y_true, y_pred)),
-        "kappa": float(kappa),
-        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)},
-        "classes": names,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=names).tolist(),
-    }
+    return evaluation_to_json(evaluate(frame[label_column].astype(str).to_numpy(),
+                                       frame["pred"].astype(str).to_numpy(), classes.names))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import rasterio.transform
 from PIL import Image
 from rasterio.crs import CRS
 
@@ -225,7 +226,8 @@ def test_probability_cog_matches_the_chips(tmp_path: Path) -> None:
 
 def test_read_landuse_rejects_a_foreign_raster(tmp_path: Path) -> None:
     path = tmp_path / "other.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=2, height=2, count=1, dtype="uint8") as dataset:
+    with rasterio.open(path, "w", driver="GTiff", width=2, height=2, count=1, dtype="uint8", crs=UTM19,
+                       transform=rasterio.transform.from_origin(0, 400, 200, 200)) as dataset:
         dataset.write(np.ones((1, 2, 2), dtype=np.uint8))
     with pytest.raises(InputError, match="not a geoclf land-use map"):
         maps.read_landuse(path)
@@ -387,13 +389,15 @@ def test_accuracy_against_reference_labels() -> None:
     predictions = make_predictions(ChipGrid(UTM19, 200.0), block(0, 0, 5, 2, "Forest"))
     predictions["label"] = ["Forest"] * 6 + ["Developed"] * 2 + [None] * 2
     report = maps.accuracy_against_reference(predictions, CLASSES)
+    json.dumps(report)  # ready for accuracy.json
     assert report["n"] == 8
-    assert report["overall_accuracy"] == pytest.approx(6 / 8)
+    assert report["accuracy"] == pytest.approx(6 / 8)
     assert report["per_class"]["Forest"] == pytest.approx(
         {"precision": 6 / 8, "recall": 1.0, "f1": 2 * 0.75 / 1.75, "support": 6})
     assert report["per_class"]["Developed"]["recall"] == 0.0
-    matrix = np.array(report["confusion_matrix"])
-    assert matrix[code("Developed") - 1, code("Forest") - 1] == 2 and matrix.sum() == 8
+    assert report["confusion_matrix"]["classes"] == CLASSES.names
+    counts = np.array(report["confusion_matrix"]["counts"])
+    assert counts[code("Developed") - 1, code("Forest") - 1] == 2 and counts.sum() == 8
     with pytest.raises(InputError, match="no chip has both"):
         maps.accuracy_against_reference(predictions.assign(label=None), CLASSES)
 
@@ -409,4 +413,4 @@ def test_write_maps_writes_every_product(tmp_path: Path) -> None:
         "map.png"]
     grid, _ = maps.read_landuse(written["landuse"])
     assert (grid.codes == code("Forest")).all()  # the lone Developed chip was smoothed away
-    assert json.loads(written["accuracy"].read_text())["overall_accuracy"] == pytest.approx(24 / 25)
+    assert json.loads(written["accuracy"].read_text())["accuracy"] == pytest.approx(24 / 25)
