@@ -17,6 +17,9 @@ COMMANDS: dict[str, str] = {
     "tile": "geoclf.cli.tile:tile",
     "featurize": "geoclf.cli.featurize:featurize",
     "score": "geoclf.cli.score:score",
+    "naip": "geoclf.cli.naip:naip",
+    "train": "geoclf.cli.train:train",
+    "runs": "geoclf.cli.runs:runs",
 }
 
 
