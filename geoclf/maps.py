@@ -502,7 +502,7 @@ def _overlay_image(grid: LandUseGrid, classes: ClassScheme, max_pixels: int) -> 
     height, width = grid.codes.shape
     left, bottom, right, top = rasterio.warp.transform_bounds(grid.crs, mercator, *grid.bounds, densify_pts=21)
     native = rasterio.warp.calculate_default_transform(grid.crs, mercator, width, height, *grid.bounds)[0].a
-    upsample = max(1, min(8, max_pixels // max(width, height, 1)))
+    upsample = max(1, min(32, max_pixels // max(width, height, 1)))
     resolution = max(native / upsample, max(right - left, top - bottom) / max_pixels)
     out_width = max(1, math.ceil((right - left) / resolution))
     out_height = max(1, math.ceil((top - bottom) / resolution))
