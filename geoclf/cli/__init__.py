@@ -17,7 +17,9 @@ COMMANDS: dict[str, str] = {
     "tile": "geoclf.cli.tile:tile",
     "featurize": "geoclf.cli.featurize:featurize",
     "score": "geoclf.cli.score:score",
+    "change": "geoclf.cli.change:change",
     "naip": "geoclf.cli.naip:naip",
+    "run": "geoclf.cli.run:run",
     "train": "geoclf.cli.train:train",
     "runs": "geoclf.cli.runs:runs",
 }

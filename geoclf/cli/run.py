@@ -1,0 +1,22 @@
+"""``geoclf run RECIPE``: run a recipe's stages in order, skipping those already done."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("run")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Working directory (default: the recipe's 'workdir', else the current directory).")
+@click.option("--force", is_flag=True, default=False, help="Rerun every stage, even those done before.")
+@click.option("--check", is_flag=True, default=False, help="Only validate the recipe (stages and parameters).")
+def run(recipe: str, workdir: str | None, force: bool, check: bool) -> None:
+    """Run RECIPE (a YAML file naming stages and their parameters)."""
+    from geoclf.recipes import load_recipe, run_recipe
+
+    parsed = load_recipe(recipe, workdir)
+    if check:
+        click.echo(f"{recipe}: {len(parsed.stages)} stages OK ({', '.join(k for k, _ in parsed.stages)})")
+        return
+    run_recipe(parsed, force=force, echo=click.echo)

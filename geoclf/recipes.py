@@ -1,0 +1,249 @@
+"""Recipes: YAML files that name pipeline stages and their parameters, run in order with resumption.
+
+A recipe::
+
+    name: quickstart
+    workdir: demo              # relative paths below resolve here (default: the current directory)
+    stages:
+      - synth: {out: scene, years: [2010, 2016]}
+      - tile: {naip: [scene/naip_2010.tif], nlcd: scene/nlcd.tif, out: chips}
+      - featurize: {chips: chips, out: feats}
+      - train: {features: feats, classifier: logistic_regression, name: lr-lite0}
+      - score: {model: lr-lite0, naip: [scene/naip_2016.tif], out: map-2016}
+
+Each stage is a call of one library function (the same one the CLI command of that name calls), with the
+stage's mapping as keyword arguments, checked against the function's signature before anything runs.
+After a stage completes, a stamp (its parameters and the size and modification time of its input files) is
+written under ``<workdir>/.geoclf/``; a rerun skips every stage whose stamp matches and whose outputs still
+exist, so an interrupted recipe resumes and an edited one reruns only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiling.errors import InputError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage kind: the function it calls and which of its arguments are paths.
+
+    Attributes:
+        target: ``"module:function"``.
+        inputs: arguments naming files or directories read (relative to the workdir).
+        outputs: arguments naming what it writes; a stage with outputs that exist and a matching stamp
+            is skipped.
+        run_name: the argument naming a run in the run history (its output, for training stages).
+    """
+
+    target: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    run_name: str | None = None
+
+    def function(self) -> Callable[..., Any]:
+        """The library function this stage calls."""
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+#: Every stage a recipe may name.
+STAGES: dict[str, Stage] = {
+    "synth": Stage("geoclf.recipes:synth_stage", outputs=("out",)),
+    "naip_search": Stage("geoclf.recipes:naip_search_stage", inputs=("aoi",), outputs=("out",)),
+    "tile": Stage("geoclf.recipes:tile_stage", inputs=("naip", "nlcd", "aoi"), outputs=("out",)),
+    "featurize": Stage("geoclf.features:featurize", inputs=("chips",), outputs=("out",)),
+    "train": Stage("geoclf.recipes:train_stage", inputs=("features",), run_name="name"),
+    "finetune": Stage("geoclf.finetune:finetune", inputs=("chips",), run_name="name"),
+    "sweep": Stage("geoclf.sweep:sweep", inputs=("features",), run_name="name"),
+    "score": Stage("geoclf.score:score", inputs=("naip", "chips", "aoi"), outputs=("out",)),
+    "change": Stage("geoclf.change:run_change", inputs=("before", "after", "zones", "reference"),
+                    outputs=("out",)),
+    "trend": Stage("geoclf.trend:run_trend", inputs=("maps", "zones", "reference"), outputs=("out",)),
+}
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: its name, working directory and stages (kind, arguments)."""
+
+    name: str
+    workdir: Path
+    stages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    path: Path | None = None
+
+
+def load_recipe(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | None = None) -> Recipe:
+    """Parse and validate a recipe file: stage names, and arguments against each function's signature."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise InputError("no such recipe", path) from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"is not valid YAML ({str(exc).splitlines()[0]})", path) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise InputError("a recipe is a mapping with a non-empty 'stages' list", path)
+    unknown = set(data) - {"name", "workdir", "stages", "description"}
+    if unknown:
+        raise InputError(f"unknown recipe keys: {', '.join(sorted(unknown))} (valid: name, workdir, stages, "
+                         "description)", path)
+    recipe = Recipe(name=str(data.get("name") or path.stem),
+                    workdir=Path(workdir or data.get("workdir") or ".").expanduser(), path=path)
+    for i, entry in enumerate(data["stages"], 1):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise InputError(f"stage {i} must be a mapping with one key, the stage name", path)
+        (kind, args), = entry.items()
+        if kind not in STAGES:
+            raise InputError(f"stage {i}: unknown stage {kind!r} (valid: {', '.join(STAGES)})", path)
+        args = dict(args or {})
+        _check_arguments(kind, args, f"stage {i} ({kind})", path)
+        recipe.stages.append((kind, args))
+    return recipe
+
+
+def _check_arguments(kind: str, args: Mapping[str, Any], where: str, path: Path) -> None:
+    try:
+        signature = inspect.signature(STAGES[kind].function())
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"{where}: this geoclf cannot run {kind!r} stages ({exc})", path) from exc
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = sorted(set(args) - set(valid))
+    if unknown:
+        raise InputError(f"{where}: unknown parameter(s) {', '.join(unknown)} (valid: {', '.join(valid)})", path)
+    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty
+               and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+               and n not in args]
+    if missing:
+        raise InputError(f"{where}: missing parameter(s) {', '.join(missing)}", path)
+
+
+def _resolve(value: Any, workdir: Path) -> Any:
+    """Workdir-relative paths made absolute (URLs and absolute paths unchanged)."""
+    if isinstance(value, list | tuple):
+        return [_resolve(v, workdir) for v in value]
+    if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+        return str(workdir / value)
+    return value
+
+
+def _fingerprint(kind: str, args: Mapping[str, Any], stage: Stage) -> str:
+    """Stage parameters plus the size and mtime of every input file, hashed."""
+    inputs: dict[str, Any] = {}
+    for name in stage.inputs:
+        values = args.get(name)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str) and os.path.exists(value):
+                inputs[value] = _stat_tree(Path(value))
+    text = json.dumps({"stage": kind, "args": args, "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stat_tree(path: Path) -> list[Any]:
+    if path.is_file():
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:2000]
+    return [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _outputs_exist(stage: Stage, args: Mapping[str, Any]) -> bool:
+    for name in stage.outputs:
+        if args.get(name) and not os.path.exists(args[name]):
+            return False
+    if stage.run_name and args.get(stage.run_name):
+        from geoclf import runs
+
+        try:
+            runs.get_run(args[stage.run_name], runs_dir=args.get("runs_dir"))
+        except InputError:
+            return False
+    return bool(stage.outputs or stage.run_name)
+
+
+def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
+               echo: Callable[[str], None] = print) -> list[tuple[str, str]]:
+    """Run a recipe's stages in order, skipping those already done with the same inputs.
+
+    Returns ``(stage, "ran" | "skipped")`` for every stage.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    workdir = recipe.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamps = workdir / ".geoclf"
+    stamps.mkdir(exist_ok=True)
+    report = []
+    for i, (kind, raw) in enumerate(recipe.stages, 1):
+        stage = STAGES[kind]
+        args = {k: (_resolve(v, workdir) if k in (*stage.inputs, *stage.outputs, "runs_dir") else v)
+                for k, v in raw.items()}
+        stamp_path = stamps / f"{i:02d}-{kind}.json"
+        digest = _fingerprint(kind, args, stage)
+        if not force and stamp_path.exists() and json.loads(stamp_path.read_text()).get("digest") == digest \
+                and _outputs_exist(stage, args):
+            echo(f"[{i}/{len(recipe.stages)}] {kind}: done before with the same inputs, skipped")
+            report.append((kind, "skipped"))
+            continue
+        echo(f"[{i}/{len(recipe.stages)}] {kind}")
+        stage.function()(**args)
+        tmp = stamp_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stage": kind, "args": args, "digest": digest}, indent=2, default=str))
+        os.replace(tmp, stamp_path)
+        report.append((kind, "ran"))
+    return report
+
+
+# -- stage adapters: library calls whose arguments a recipe spells flat ---------------------------------
+
+
+def tile_stage(naip: list[str] | str, nlcd: str, out: str, aoi: str | None = None, scheduler: Any = "sync",
+               **params: Any) -> Any:
+    """``tile`` stage: :func:`tiling.tile` with :class:`tiling.TileParams` fields given flat."""
+    from tiling.index import TileParams, tile
+
+    valid = set(inspect.signature(TileParams).parameters)
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise InputError(f"unknown tile parameter(s) {', '.join(unknown)} (valid: {', '.join(sorted(valid))})")
+    return tile([naip] if isinstance(naip, str) else naip, nlcd, out, params=TileParams(**params), aoi=aoi,
+                scheduler=scheduler)
+
+
+def train_stage(features: str | list[str], classifier: str = "logistic_regression",
+                params: Mapping[str, Any] | None = None, name: str | None = None, seed: int = 0,
+                runs_dir: str | None = None) -> Any:
+    """``train`` stage: :func:`geoclf.classifiers.train_classifier`."""
+    from geoclf.classifiers import train_classifier
+
+    return train_classifier(features, classifier, params=params, name=name, seed=seed, runs_dir=runs_dir)
+
+
+def synth_stage(out: str, **kwargs: Any) -> Any:
+    """``synth`` stage: :func:`tiling.synth.make_scene`, or :func:`tiling.synth.make_years` with ``years``."""
+    from tiling import synth
+
+    if "years" in kwargs:
+        return synth.make_years(out, **kwargs)
+    return synth.make_scene(out, **kwargs)
+
+
+def naip_search_stage(aoi: str, out: str, year: int | None = None, **kwargs: Any) -> Any:
+    """``naip_search`` stage: :func:`geoclf.stac.search_naip` written to ``out`` (GeoJSON + URL list)."""
+    from geoclf.stac import search_naip, write_scenes
+
+    return write_scenes(search_naip(aoi, year, **kwargs), out)
