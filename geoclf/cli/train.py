@@ -1,0 +1,39 @@
+"""``geoclf train``: a scikit-learn classifier on CNN features, evaluated, saved and recorded."""
+
+from __future__ import annotations
+
+import click
+
+from geoclf.cli.runs import runs_dir_option
+
+
+@click.command("train")
+@click.option("--features", "features", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="Features directory (geoclf featurize output); repeat to train on several made with the "
+                   "same backbone.")
+@click.option("--classifier", default="logistic_regression", show_default=True,
+              help="logistic_regression or random_forest (each after standard scaling).")
+@click.option("--name", default=None, help="Run name (default: <classifier>-<backbone>).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Classifier parameter, e.g. C=0.5, n_estimators=500, class_weight=balanced; repeatable.")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the classifier.")
+@runs_dir_option
+def train(features: tuple[str, ...], classifier: str, name: str | None, params: tuple[str, ...], seed: int,
+          runs_dir: str | None) -> None:
+    """Train a classifier on the train split of features, evaluate it on the validation split."""
+    from geoclf.classifiers import parse_params, train_classifier
+    from geoclf.runs import HEADLINE_METRICS
+
+    result = train_classifier(list(features), classifier=classifier, params=parse_params(params), name=name,
+                              seed=seed, runs_dir=runs_dir)
+    for note in result.warnings:
+        click.echo(f"geoclf: warning: {note}", err=True)
+    click.echo(f"{result.name}: {classifier} on {result.n_train} train chips, "
+               f"evaluated on {result.n_val} validation chips")
+    for key in HEADLINE_METRICS:
+        value = result.evaluation.get(key)
+        if value is not None:
+            click.echo(f"  {key:<18} {value:.4f}")
+    click.echo(result.evaluation["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"model artifact -> {result.artifact_dir}")
+    click.echo(f"run {result.run_id}  (geoclf runs show {result.name})")

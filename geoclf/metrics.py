@@ -1,0 +1,175 @@
+"""Evaluation of land-use predictions: accuracy, kappa, per-class scores, confusion matrix, 3-class regrouping.
+
+Every score comes from scikit-learn with the class list passed explicitly, so a class that is missing from
+one side still gets its row and column, and per-class numbers never depend on which labels happen to occur.
+Recall is the share of a class's *true* chips that were found (row-wise in the confusion matrix, true
+classes in rows); the seed notebook divided by the column sums instead, which is precision.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tiling.errors import InputError
+
+#: The seed study's coarse grouping: the two classes it reports on, everything else is "Undeveloped".
+SEED_REGROUPING: dict[str, str] = {"Developed": "Developed", "Cultivated": "Cultivated"}
+
+#: Name of the class that gathers every class the regrouping does not name.
+OTHER_GROUP = "Undeveloped"
+
+
+def evaluate(y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndarray, classes: Sequence[str],
+             regrouping: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Score predicted class names against true ones.
+
+    Args:
+        y_true: true class name of each chip.
+        y_pred: predicted class name of each chip.
+        classes: every class the model can output, in display order; rows and columns of the confusion
+            matrix and the per-class table follow it.
+        regrouping: class name -> coarse group for the regrouped accuracy; classes not named go to
+            ``"Undeveloped"``. Defaults to the seed study's Developed / Cultivated / Undeveloped.
+
+    Returns:
+        A dict with ``n`` (number of chips), ``accuracy``, ``balanced_accuracy`` (mean recall over the
+        classes present in ``y_true``), ``kappa`` (Cohen's), ``accuracy_3class`` (accuracy after regrouping;
+        ``None`` when no class of ``classes`` is named by the regrouping, where it would be trivially 1),
+        ``per_class`` (DataFrame indexed by class with ``precision``, ``recall``, ``f1``, ``support``) and
+        ``confusion_matrix`` (DataFrame of counts, true classes in rows, predicted in columns).
+
+    Raises:
+        InputError: lengths differ, there is nothing to score, or a label is not one of ``classes``.
+    """
+    from sklearn import metrics as skm
+
+    truth = np.asarray(y_true, dtype=object)
+    pred = np.asarray(y_pred, dtype=object)
+    labels = [str(c) for c in classes]
+    if truth.shape != pred.shape or truth.ndim != 1:
+        raise InputError(f"y_true and y_pred must be 1-D of the same length, got {truth.shape} and {pred.shape}")
+    if truth.size == 0:
+        raise InputError("nothing to evaluate: no chips")
+    if len(set(labels)) != len(labels):
+        raise InputError(f"classes are not unique: {labels}")
+    for side, values in (("true", truth), ("predicted", pred)):
+        unknown = sorted(set(values.tolist()) - set(labels), key=str)
+        if unknown:
+            raise InputError(f"{side} labels {unknown} are not among the classes {labels}")
+
+    cm = skm.confusion_matrix(truth, pred, labels=labels)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        truth, pred, labels=labels, average=None, zero_division=0)
+    with warnings.catch_warnings():
+        # sklearn warns when a predicted class never occurs in y_true; those classes are simply left out
+        # of the mean recall, which is the definition we want.
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(skm.balanced_accuracy_score(truth, pred))
+    kappa = float(skm.cohen_kappa_score(truth, pred, labels=labels))
+
+    groups = dict(SEED_REGROUPING if regrouping is None else regrouping)
+    accuracy_3class: float | None = None
+    if any(c in groups for c in labels):
+        coarse = np.vectorize(lambda c: groups.get(c, OTHER_GROUP), otypes=[object])
+        accuracy_3class = float(np.mean(coarse(truth) == coarse(pred)))
+
+    per_class = pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": support},
+                             index=pd.Index(labels, name="class"))
+    return {
+        "n": int(truth.size),
+        "accuracy": float(np.mean(truth == pred)),
+        "balanced_accuracy": balanced,
+        # kappa is undefined (NaN) when both sides hold a single class; report 0 agreement beyond chance
+        "kappa": 0.0 if np.isnan(kappa) else kappa,
+        "accuracy_3class": accuracy_3class,
+        "per_class": per_class,
+        "confusion_matrix": pd.DataFrame(cm, index=pd.Index(labels, name="true"),
+                                         columns=pd.Index(labels, name="predicted")),
+    }
+
+
+def scalar_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of an :func:`evaluate` result as flat ``name -> float`` pairs, as run histories store them.
+
+    Per-class scores become ``precision.<Class>``, ``recall.<Class>``, ``f1.<Class>``.
+    """
+    flat = {key: float(evaluation[key]) for key in ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class")
+            if evaluation.get(key) is not None}
+    for name, row in evaluation["per_class"].iterrows():
+        for score in ("precision", "recall", "f1"):
+            flat[f"{score}.{name}"] = float(row[score])
+    return flat
+
+
+def evaluation_to_json(evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-ready form of an :func:`evaluate` result (the inverse of :func:`evaluation_from_json`)."""
+    cm: pd.DataFrame = evaluation["confusion_matrix"]
+    per_class: pd.DataFrame = evaluation["per_class"]
+    return {
+        "n": int(evaluation["n"]),
+        **{key: evaluation[key] for key in ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class")},
+        "per_class": {str(name): {"precision": float(row["precision"]), "recall": float(row["recall"]),
+                                  "f1": float(row["f1"]), "support": int(row["support"])}
+                      for name, row in per_class.iterrows()},
+        "confusion_matrix": {"classes": [str(c) for c in cm.index], "counts": cm.to_numpy().tolist()},
+    }
+
+
+def evaluation_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild an :func:`evaluate` result (with DataFrames) from :func:`evaluation_to_json` output."""
+    classes = list(data["confusion_matrix"]["classes"])
+    per_class = pd.DataFrame.from_dict(data["per_class"], orient="index")[["precision", "recall", "f1", "support"]]
+    per_class.index.name = "class"
+    cm = pd.DataFrame(np.asarray(data["confusion_matrix"]["counts"], dtype=np.int64),
+                      index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+    return {**{k: v for k, v in data.items() if k not in ("per_class", "confusion_matrix")},
+            "per_class": per_class, "confusion_matrix": cm}
+
+
+def plot_confusion_matrix(cm: pd.DataFrame, path: str | Path, title: str | None = None) -> Path:
+    """Draw a confusion matrix as a PNG: cells coloured by row share (recall), annotated with counts.
+
+    Colouring by row share keeps rare classes readable next to abundant ones.
+
+    Args:
+        cm: counts with true classes in rows and predicted classes in columns (as :func:`evaluate` returns).
+        path: output PNG path.
+        title: optional figure title.
+
+    Returns:
+        The written path.
+    """
+    # Figure + Agg canvas directly (not pyplot): no global state, no display needed, safe in threads.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = cm.to_numpy()
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    n = len(cm.index)
+    side = 1.5 + 0.7 * max(n, 2)
+    fig = Figure(figsize=(side + 1.2, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_xticks(range(len(cm.columns)), [str(c) for c in cm.columns], rotation=45, ha="right")
+    ax.set_yticks(range(n), [str(c) for c in cm.index])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(len(cm.columns)):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=9)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    return out
