@@ -89,8 +89,10 @@ def predictions_to_grid(predictions: pd.DataFrame, classes: ClassScheme, crs: An
     chip lands exactly in its cell: pixel size = stride, and pixel ``(row, col)`` spans
     ``[ix*stride, (ix+1)*stride) x [iy*stride, (iy+1)*stride)``, the cell itself when size == stride (with
     overlapping chips, the lower-left stride square of the cell). Otherwise each native grid is built that way
-    and warped, nearest neighbour, onto a grid in ``crs`` (default EPSG:5070) whose pixels are aligned to
-    multiples of ``resolution`` (default: the first grid's stride); where grids overlap, the first wins.
+    and warped, nearest neighbour, onto a grid in ``crs`` (default: the chips' CRS if they share one, else
+    EPSG:5070) whose pixels are aligned to multiples of ``resolution`` (default: the first grid's stride);
+    where grids overlap (e.g. scenes either side of a UTM zone boundary), the grid first met in
+    ``predictions`` wins.
 
     A cell predicted more than once (overlapping scenes) keeps its most confident prediction: a chip cut by
     a scene edge is partly nodata and usually the less confident of the two.
@@ -114,7 +116,7 @@ def predictions_to_grid(predictions: pd.DataFrame, classes: ClassScheme, crs: An
     native = [(CRS.from_user_input(key[0]), float(key[2]), part) for key, part in groups]
     target = None if crs is None else _projected_crs(crs)
     if target is None:
-        target = native[0][0] if len(native) == 1 else MOSAIC_CRS
+        target = native[0][0] if all(n[0] == native[0][0] for n in native) else MOSAIC_CRS
     if len(native) == 1 and native[0][0] == target:
         return _exact_grid(native[0][2], native[0][1], native[0][0], classes)
     return _mosaic([_exact_grid(part, stride, grid_crs, classes) for grid_crs, stride, part in native],
@@ -149,7 +151,8 @@ def _check_predictions(predictions: pd.DataFrame, classes: ClassScheme) -> pd.Da
     if parts.shape[1] != 5 or parts.isna().any().any():
         raise InputError("predictions have malformed 'cell' keys; expected <crs>:<size>:<stride>:<ix>:<iy>")
     frame = frame.assign(_crs=frame["crs"].astype(str), _size=parts[1].astype(float),
-                         _stride=parts[2].astype(float), _code=_codes_of(frame["pred"], classes))
+                         _stride=parts[2].astype(float), _code=_codes_of(frame["pred"], classes),
+                         _order=np.arange(len(frame)))
     return frame
 
 
@@ -170,7 +173,9 @@ def _drop_duplicate_cells(frame: pd.DataFrame, classes: ClassScheme) -> pd.DataF
         confidence = probs[np.arange(len(frame)), frame["_code"].to_numpy(dtype=np.int64) - 1]
         frame = frame.assign(_confidence=np.nan_to_num(confidence, nan=-1.0))
         frame = frame.sort_values("_confidence", ascending=False, kind="stable")
-    return frame.drop_duplicates(["_crs", "_size", "_stride", "ix", "iy"], keep="first")
+    frame = frame.drop_duplicates(["_crs", "_size", "_stride", "ix", "iy"], keep="first")
+    # back to input order: "the first grid" of a mosaic is the first one in the predictions
+    return frame.sort_values("_order", kind="stable")
 
 
 def _exact_grid(frame: pd.DataFrame, stride: float, crs: CRS, classes: ClassScheme) -> LandUseGrid:

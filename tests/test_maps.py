@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import rasterio
 import rasterio.transform
+import rasterio.warp
 from PIL import Image
 from rasterio.crs import CRS
 
@@ -143,6 +144,28 @@ def test_mosaic_across_utm_zones_defaults_to_albers(tmp_path: Path) -> None:
     path = maps.write_landuse_cog(tmp_path / "landuse.tif", grid, CLASSES)
     with rasterio.open(path) as dataset:
         assert (dataset.crs, dataset.transform, dataset.shape) == (grid.crs, grid.transform, grid.codes.shape)
+
+
+def test_overlapping_zones_keep_the_grid_met_first() -> None:
+    # the same ground tiled in both zones (NAIP quarter-quads overlap at zone edges); the zone 18 chips come
+    # first in the predictions but are less confident, which must not matter across grids
+    east = make_predictions(ChipGrid(UTM19, 200.0), block(1290, 23950, 6, 6, "Forest"), seed=1)
+    x, y = rasterio.warp.transform(UTM19, UTM18, [1293 * 200.0], [23953 * 200.0])
+    west = make_predictions(ChipGrid(UTM18, 200.0), block(int(x[0] // 200) - 3, int(y[0] // 200) - 3, 6, 6,
+                                                          "Developed"), seed=2)
+    west[[c for c in west.columns if c.startswith("prob_")]] = np.float32(1 / 6)
+    both = pd.concat([west.to_crs(5070), east.to_crs(5070)], ignore_index=True)
+    grid = maps.predictions_to_grid(both, CLASSES)
+    assert (grid.codes == code("Developed")).sum() > 25
+    assert (grid.codes == code("Forest")).sum() < 12  # only the sliver the zone 18 block leaves uncovered
+
+
+def test_two_grids_in_one_crs_stay_in_that_crs() -> None:
+    coarse = make_predictions(ChipGrid(UTM19, 200.0), block(1290, 23950, 3, 3, "Forest"))
+    fine = make_predictions(ChipGrid(UTM19, 100.0), block(2600, 47900, 2, 2, "Developed"))
+    grid = maps.predictions_to_grid(pd.concat([coarse, fine], ignore_index=True), CLASSES)
+    assert grid.crs == UTM19 and grid.transform.a == 200.0
+    assert (grid.codes == code("Forest")).sum() == 9 and (grid.codes == code("Developed")).sum() == 1
 
 
 def test_user_chosen_crs_warps_a_single_zone() -> None:
