@@ -601,6 +601,8 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
     """
     import folium
 
+    if "pred" not in predictions.columns:
+        raise InputError("predictions lack the 'pred' column; expected the columns of predictions.parquet")
     if grid is None:
         grid = predictions_to_grid(predictions, classes)
     url, bounds = _overlay_image(grid, classes, overlay_max_pixels)
