@@ -18,14 +18,20 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from rasterio.crs import CRS
 
 from geoclf.area import AreaEstimate, chip_area_km2, equal_area_crs, error_matrix, olofsson, parse_cell
+from tiling.classes import ClassScheme
 from tiling.errors import InputError
+
+if TYPE_CHECKING:
+    from geoclf.maps import LandUseGrid
 
 #: Separator of transition labels: ``"Forest→Developed"``.
 ARROW = "→"
@@ -128,7 +134,8 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
         A GeoDataFrame, one row per pair, with the after-chip's footprint (in the after table's CRS) and
         columns ``cell`` (the after-chip's), ``match`` (``"cell"`` or ``"overlap"``), ``overlap``,
         ``area_km2`` (ground area the after-chip stands for), ``pred_before``, ``pred_after``,
-        ``class_before``, ``class_after`` (the classes compared: the predictions, unless smoothed later),
+        ``class_before``, ``class_after`` (the classes compared: a ``class`` column, as
+        :func:`smooth_predictions` adds, else ``pred``),
         ``prob_<Class>_before``, ``prob_<Class>_after`` and, when present, ``chip_id``, ``scene``,
         ``source``, ``date``, ``model`` and ``label`` of both dates with the same suffixes.
 
@@ -185,8 +192,10 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
     out["area_km2"] = chip_area_km2(a).to_numpy()[ia]
     for suffix, rows in (("before", before_rows), ("after", after_rows)):
         out[f"pred_{suffix}"] = rows["pred"].astype(str).to_numpy()
-    out["class_before"] = out["pred_before"]
-    out["class_after"] = out["pred_after"]
+    # The classes compared: a date's smoothed ``class`` (smooth_predictions) when present, else its ``pred``.
+    for suffix, rows in (("before", before_rows), ("after", after_rows)):
+        chosen = rows["class"] if "class" in rows.columns else rows["pred"]
+        out[f"class_{suffix}"] = chosen.astype(str).to_numpy()
     for suffix, rows in (("before", before_rows), ("after", after_rows)):
         for name in classes:
             out[f"{_PROB}{name}_{suffix}"] = rows[f"{_PROB}{name}"].to_numpy()
@@ -612,3 +621,488 @@ def read_reference(path: PathLike) -> gpd.GeoDataFrame | pd.DataFrame:
     except Exception as exc:
         raise InputError(f"cannot be read as a reference sample ({_first_line(exc)})", path) from exc
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# Smoothing and rasters (on geoclf.maps)
+# --------------------------------------------------------------------------------------------------------
+
+def smooth_predictions(predictions: gpd.GeoDataFrame, scheme: ClassScheme, size: int = 3) -> gpd.GeoDataFrame:
+    """A copy of one date's predictions with a ``class`` column smoothed by a plurality filter.
+
+    The predictions are rasterized on their chip grid (one pixel per chip, :func:`geoclf.maps.predictions_to_grid`)
+    and filtered with :func:`geoclf.maps.smooth_plurality` (``size`` x ``size``, 3 by default), which removes
+    isolated single-chip labels: most of them are classifier noise, and every one would otherwise make two
+    spurious transitions. ``pred`` is kept; :func:`align_dates` compares ``class`` when it is present.
+    """
+    from geoclf import maps
+
+    grid = maps.predictions_to_grid(_grid_table(predictions), scheme)
+    codes = maps.smooth_plurality(grid.codes, size)
+    code = _sample_grid(predictions, grid._replace(codes=codes))
+    names = np.array(scheme.names, dtype=object)
+    smoothed = predictions.copy()
+    smoothed["class"] = np.where(code > 0, names[np.maximum(code, 1) - 1], predictions["pred"].astype(str))
+    return smoothed
+
+
+def _grid_table(table: pd.DataFrame, pred: str = "pred") -> pd.DataFrame:
+    """The columns :func:`geoclf.maps.predictions_to_grid` needs, derived from the ``cell`` keys."""
+    if "cell" not in table.columns or table["cell"].isna().any():
+        raise InputError("chips without 'cell' keys cannot be placed on a chip grid")
+    cells = parse_cell(table["cell"])
+    if cells["grid"].isna().any():
+        raise InputError("malformed 'cell' keys; expected <crs>:<size>:<stride>:<ix>:<iy>")
+    frame = pd.DataFrame({"cell": table["cell"].to_numpy(), "ix": cells["ix"].astype(np.int64).to_numpy(),
+                          "iy": cells["iy"].astype(np.int64).to_numpy(), "crs": cells["grid_crs"].to_numpy(),
+                          "pred": table[pred].astype(str).to_numpy()})
+    for column in table.columns:
+        if str(column).startswith(_PROB) and not str(column).endswith(("_before", "_after")):
+            frame[column] = table[column].to_numpy()
+    return frame
+
+
+def _sample_grid(table: pd.DataFrame, grid: LandUseGrid) -> np.ndarray:
+    """The grid's code under each chip: at the centre of the chip's stride square, the pixel it became."""
+    from pyproj import Transformer
+
+    cells = parse_cell(table["cell"])
+    x = (cells["ix"] + 0.5) * cells["stride"]
+    y = (cells["iy"] + 0.5) * cells["stride"]
+    x, y = x.to_numpy(dtype=float), y.to_numpy(dtype=float)
+    for crs_text in cells["grid_crs"].unique():
+        rows = (cells["grid_crs"] == crs_text).to_numpy()
+        if CRS.from_user_input(crs_text) != grid.crs:
+            transformer = Transformer.from_crs(crs_text, grid.crs, always_xy=True)
+            x[rows], y[rows] = transformer.transform(x[rows], y[rows])
+    col, row = ~grid.transform * (x, y)
+    col, row = np.floor(col).astype(np.int64), np.floor(row).astype(np.int64)
+    height, width = grid.codes.shape
+    inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    out = np.zeros(len(table), dtype=np.int64)
+    out[inside] = grid.codes[row[inside], col[inside]]
+    return out
+
+
+class _Legend:
+    """Names and colours of raster codes that are not land-use classes (transitions), for geoclf.maps.
+
+    It offers what the map writers read from a :class:`~tiling.classes.ClassScheme`: ``names`` (code
+    ``i + 1`` is ``names[i]``), ``color(name)`` and ``to_dict()``.
+    """
+
+    def __init__(self, names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> None:
+        self.names = list(names)
+        self.colors = dict(zip(self.names, (tuple(int(v) for v in c) for c in colors), strict=True))
+
+    def color(self, name: str) -> tuple[int, int, int]:
+        return self.colors[name]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {name: [] for name in self.names}
+
+
+def _tint(rgb: tuple[int, int, int], amount: float = 0.65) -> tuple[int, int, int]:
+    """The colour mixed with white: stable land stays recognisable but steps back behind change."""
+    return tuple(round(v + (255 - v) * amount) for v in rgb)  # type: ignore[return-value]
+
+
+def transition_legend(scheme: ClassScheme) -> _Legend:
+    """The codes of ``change.tif``: ``from_index * C + to_index + 1`` (0-based class indices, C classes).
+
+    Stable transitions (``"Stable Forest"``) are drawn in a pale tint of the class colour, changes in the
+    colour of the class they became.
+    """
+    names, colors = [], []
+    for a in scheme.names:
+        for b in scheme.names:
+            names.append(STABLE + a if a == b else a + ARROW + b)
+            colors.append(_tint(scheme.color(a)) if a == b else scheme.color(b))
+    return _Legend(names, colors)
+
+
+def _display_legend(scheme: ClassScheme) -> _Legend:
+    """A short legend for maps: no change, or the class the land became."""
+    names = ["No change"] + [f"Became {name}" for name in scheme.names]
+    return _Legend(names, [(225, 225, 225)] + [scheme.color(name) for name in scheme.names])
+
+
+def change_grids(aligned: pd.DataFrame, scheme: ClassScheme) -> dict[str, LandUseGrid]:
+    """The compared area on the after-date chip grid: ``before`` and ``after`` classes, ``transition`` codes
+    (see :func:`transition_legend`) and ``display`` codes (0 nodata, 1 no change, ``1 + k`` became class k).
+    """
+    from geoclf import maps
+
+    before = maps.predictions_to_grid(_grid_table(aligned, "class_before"), scheme)
+    after = maps.predictions_to_grid(_grid_table(aligned, "class_after"), scheme)
+    b = before.codes.astype(np.int64)
+    a = after.codes.astype(np.int64)
+    both = (b > 0) & (a > 0)
+    n = len(scheme.names)
+    transition = np.where(both, (b - 1) * n + a, 0).astype(np.uint8 if n * n < 256 else np.uint16)
+    display = np.where(both, np.where(a == b, 1, a + 1), 0).astype(np.uint8)
+    return {"before": before, "after": after, "transition": after._replace(codes=transition),
+            "display": after._replace(codes=display)}
+
+
+def write_change_cog(path: PathLike, aligned: pd.DataFrame, scheme: ClassScheme) -> Path:
+    """Write ``change.tif``: a COG on the chip grid coding each chip's from -> to transition.
+
+    Code ``from_index * C + to_index + 1`` (0 nodata), with a colour table and the transition names in the
+    ``CLASS_NAMES`` tag, as in ``landuse.tif``.
+    """
+    from geoclf import maps
+
+    if len(scheme.names) ** 2 > 255:
+        raise InputError(f"{len(scheme.names)} classes make more transitions than an 8-bit colour table holds")
+    grid = change_grids(aligned, scheme)["transition"]
+    return maps.write_landuse_cog(path, grid, transition_legend(scheme))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Figures, maps, image pairs
+# --------------------------------------------------------------------------------------------------------
+
+def date_label(aligned: pd.DataFrame, which: str) -> str:
+    """A short name of one date for titles: its year(s) from the ``date_<which>`` column, else the word."""
+    column = f"date_{which}"
+    if column in aligned.columns and aligned[column].notna().any():
+        years = sorted({pd.Timestamp(d).year for d in aligned[column].dropna()})
+        return str(years[0]) if len(years) == 1 else f"{years[0]}-{years[-1]}"
+    return which
+
+
+def area_bar_chart(areas: pd.DataFrame, path: PathLike, labels: tuple[str, str] = ("before", "after")) -> Path:
+    """Bar chart of area (km²) per class, one bar per date, from :func:`class_areas`."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    x = np.arange(len(areas))
+    axes.bar(x - 0.2, areas["before_km2"], width=0.4, label=labels[0], color="#9aa5b1")
+    axes.bar(x + 0.2, areas["after_km2"], width=0.4, label=labels[1], color="#c0392b")
+    axes.set_xticks(x, [str(c) for c in areas.index], rotation=20, ha="right")
+    axes.set_ylabel("area (km²)")
+    axes.set_title("Mapped area by class and year")
+    axes.legend(frameon=False)
+    axes.grid(axis="y", alpha=0.3)
+    path = Path(path)
+    figure.savefig(path, dpi=120, format="png")
+    return path
+
+
+def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, ranked: pd.DataFrame | None = None,
+                max_popup_chips: int = 2000, overlay_max_pixels: int = 2048) -> Path:
+    """Write an interactive folium map: both dates' land use, the change layer and the ranked changed chips.
+
+    Layers are switched in the layer control; changed chips (up to ``max_popup_chips``, likeliest first)
+    open a popup with the transition, its rank and confidence. Leaflet is inlined (as in the land-use
+    map), so only the basemap needs a network.
+    """
+    import folium
+
+    from geoclf import maps
+
+    grids = change_grids(aligned, scheme)
+    labels = (date_label(aligned, "before"), date_label(aligned, "after"))
+    overlays = [(f"Land use {labels[0]}", grids["before"], scheme, False),
+                (f"Land use {labels[1]}", grids["after"], scheme, False),
+                (f"Change {labels[0]} → {labels[1]}", grids["display"], _display_legend(scheme), True)]
+    images = [(name, *maps._overlay_image(grid, legend, overlay_max_pixels), show)
+              for name, grid, legend, show in overlays]
+    bounds = images[0][2]
+    fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
+                      tiles=None, control_scale=True, prefer_canvas=True)
+    fmap.default_js, fmap.default_css = [], []
+    leaflet_js, leaflet_css = maps._leaflet_assets()
+    root = fmap.get_root()
+    root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
+    root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
+    folium.TileLayer("OpenStreetMap", name="Basemap (OpenStreetMap)", overlay=False).add_to(fmap)
+    for name, url, image_bounds, show in images:
+        folium.raster_layers.ImageOverlay(url, bounds=image_bounds, opacity=0.75, name=name, pixelated=True,
+                                          interactive=False, show=show).add_to(fmap)
+    ranked = rank_changes(aligned, scheme.names) if ranked is None else ranked
+    if len(ranked):
+        top = ranked.head(max_popup_chips)
+        props = pd.DataFrame({"rank": top["rank"].to_numpy(), "transition": top["transition"].to_numpy(),
+                              "confidence": np.round(top["confidence"].to_numpy(dtype=float), 3),
+                              "p_before": np.round(top["prob_before"].to_numpy(dtype=float), 3),
+                              "p_after": np.round(top["prob_after"].to_numpy(dtype=float), 3)})
+        for column in ("chip_id_before", "chip_id_after"):
+            if column in top.columns:
+                props[column] = top[column].astype(str).to_numpy()
+        data = gpd.GeoDataFrame(props, geometry=top.geometry.to_crs(4326).to_numpy(), crs=4326).to_json(drop_id=True)
+        folium.GeoJson(data, name=f"Changed chips (top {len(top)}, click for details)",
+                       style_function=lambda feature: {"color": "#000000", "weight": 1, "fillOpacity": 0.0},
+                       highlight_function=lambda feature: {"weight": 3},
+                       popup=folium.GeoJsonPopup(fields=list(props.columns))).add_to(fmap)
+    folium.LayerControl(collapsed=False).add_to(fmap)
+    root.html.add_child(folium.Element(maps._legend_html(_display_legend(scheme), "Change", None)), name="legend")
+    fmap.fit_bounds(bounds)
+    path = Path(path)
+    fmap.save(str(path))
+    return path
+
+
+def write_image_pairs(ranked: gpd.GeoDataFrame, out_dir: PathLike, top: int = 20, size: int = 160) -> list[Path]:
+    """Before/after RGB image pairs of the ``top`` ranked changes, for reviewers.
+
+    Each pair reads the after-chip's footprint from both dates' source rasters (``source_before``,
+    ``source_after``), so the two images show the same ground. Chips whose rasters cannot be read are
+    skipped.
+
+    Returns:
+        The PNG files written, ``<rank>_<from>_to_<to>.png``.
+    """
+    from PIL import Image, ImageDraw
+
+    out = Path(out_dir)
+    written: list[Path] = []
+    if not {"source_before", "source_after"} <= set(ranked.columns) or not len(ranked):
+        return written
+    out.mkdir(parents=True, exist_ok=True)
+    for _, row in ranked.head(top).iterrows():
+        footprint = gpd.GeoSeries([row.geometry], crs=ranked.crs)
+        tiles = [_read_footprint(row[f"source_{which}"], footprint, size) for which in ("before", "after")]
+        if any(t is None for t in tiles):
+            continue
+        canvas = Image.new("RGB", (2 * size + 6, size + 18), "white")
+        for k, (tile, which) in enumerate(zip(tiles, ("before", "after"), strict=True)):
+            canvas.paste(Image.fromarray(tile), (k * (size + 6), 18))
+            ImageDraw.Draw(canvas).text((k * (size + 6) + 2, 3), f"{which}: {row[f'class_{which}']}", fill="black")
+        name = f"{int(row['rank']):04d}_{row['class_before']}_to_{row['class_after']}.png".replace(" ", "_")
+        canvas.save(out / name)
+        written.append(out / name)
+    return written
+
+
+def _read_footprint(source: object, footprint: gpd.GeoSeries, size: int) -> np.ndarray | None:
+    """RGB of a footprint from a raster, resampled to ``size`` pixels, or None if it cannot be read."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import RasterioError
+    from rasterio.windows import from_bounds
+
+    if not isinstance(source, str) or not source:
+        return None
+    try:
+        with rasterio.open(source) as dataset:
+            bounds = footprint.to_crs(dataset.crs).total_bounds
+            window = from_bounds(*bounds, transform=dataset.transform)
+            bands = [1, 2, 3] if dataset.count >= 3 else [1, 1, 1]
+            data = dataset.read(bands, window=window, out_shape=(3, size, size), boundless=True, fill_value=0,
+                                resampling=Resampling.bilinear)
+    except (RasterioError, OSError, ValueError):
+        return None
+    return np.ascontiguousarray(np.moveaxis(data, 0, -1).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------------
+# The whole analysis: geoclf change
+# --------------------------------------------------------------------------------------------------------
+
+def load_scheme(score_dir: PathLike, classes: Sequence[str]) -> ClassScheme:
+    """The class scheme (names, order, colours) of a score output: from its ``landuse.tif`` tags, else the
+    default scheme when the classes are its classes."""
+    from geoclf import maps
+
+    path = Path(score_dir)
+    landuse = path / "landuse.tif" if path.is_dir() else path.with_name("landuse.tif")
+    if landuse.exists():
+        scheme = maps.read_landuse(landuse)[1]
+    else:
+        scheme = ClassScheme.default()
+        if set(scheme.names) != set(classes):
+            raise InputError(f"no landuse.tif to read the class scheme from, and the classes {list(classes)} "
+                             "are not the default scheme's", path)
+    if set(scheme.names) != set(classes):
+        raise InputError(f"landuse.tif has classes {scheme.names} but predictions.parquet has {list(classes)}",
+                         landuse)
+    return scheme
+
+
+def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathLike | None = None,
+               zone_column: str | None = None, reference: PathLike | None = None, smooth: bool = False,
+               min_overlap: float = MIN_OVERLAP, developed: str = DEVELOPED, pairs: int = 0,
+               sample_size: int | None = None, min_per_stratum: int = 50, seed: int = 0,
+               html_map: bool = True) -> dict[str, Path]:
+    """Compare two score outputs and write every change product into ``out``.
+
+    Writes ``transitions.csv`` (from, to, chips, km²), ``classes.csv`` (area per class per year, gains,
+    losses, net), ``urbanization.csv`` (when ``developed`` is a class), ``changes.parquet`` (changed chips,
+    ranked), ``change.tif`` (transition COG), ``area_by_class.png``, ``change_map.png``, ``change.html``
+    (unless ``html_map`` is false), ``report.html`` and ``change.json`` (alignment and headline figures);
+    with ``zones``, ``zones.csv``; with ``reference``, ``area_estimates.csv`` and ``accuracy.csv``; with
+    ``pairs``, ``pairs/*.png``; with ``sample_size``, ``sample.parquet`` (chips to label, stratified by
+    change class, for a later ``reference``).
+
+    Args:
+        before: score output directory (or predictions file) of the earlier date.
+        after: the same for the later date.
+        out: output directory, created if needed.
+        zones: polygons (towns, tracts) for zonal summaries, in any CRS.
+        zone_column: the zones' name column (default: guessed, see :func:`zonal_summary`).
+        reference: a labelled reference sample (see :func:`reference_estimates`).
+        smooth: smooth each date with a 3x3 plurality filter before comparing.
+        min_overlap: alignment threshold for chips on different grids (see :func:`align_dates`).
+        developed: the class whose gains are urbanization.
+        pairs: how many top-ranked changes get before/after image pairs.
+        sample_size: draw a stratified sample of this many chips to label.
+        min_per_stratum: floor per change class in that sample (Olofsson et al. suggest 50-100).
+        seed: seed of the sample.
+        html_map: write the interactive map (and embed it in the report).
+
+    Returns:
+        Output name -> path.
+    """
+    import json
+
+    from geoclf import maps
+    from geoclf.area import stratified_sample
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    before_table = read_predictions(before)
+    after_table = read_predictions(after)
+    classes = prediction_classes(before_table)
+    scheme = load_scheme(before, classes)
+    if smooth:
+        before_table = smooth_predictions(before_table, scheme)
+        after_table = smooth_predictions(after_table, scheme)
+    aligned = align_dates(before_table, after_table, min_overlap=min_overlap)
+    aligned.attrs["geoclf_change"]["classes"] = list(scheme.names)
+    names = scheme.names
+    labels = (date_label(aligned, "before"), date_label(aligned, "after"))
+    written: dict[str, Path] = {}
+
+    transitions = transitions_long(aligned, names)
+    transitions.to_csv(out / "transitions.csv", index=False)
+    written["transitions"] = out / "transitions.csv"
+    areas = class_areas(aligned, names)
+    flows = gains_losses(aligned, names)
+    per_class = areas.join(flows.drop(columns=["before_km2", "after_km2"]))
+    per_class.to_csv(out / "classes.csv")
+    written["classes"] = out / "classes.csv"
+    urban = None
+    if developed in names:
+        urban = urbanization(aligned, names, developed)
+        urban.to_csv(out / "urbanization.csv")
+        written["urbanization"] = out / "urbanization.csv"
+    ranked = rank_changes(aligned, names)
+    ranked.to_parquet(out / "changes.parquet", index=False)
+    written["changes"] = out / "changes.parquet"
+    written["change_tif"] = write_change_cog(out / "change.tif", aligned, scheme)
+    written["bar_chart"] = area_bar_chart(areas, out / "area_by_class.png", labels)
+    grids = change_grids(aligned, scheme)
+    written["change_png"] = maps.static_png(grids["display"], _display_legend(scheme),  # type: ignore[arg-type]
+                                            out / "change_map.png", title=f"Change {labels[0]} → {labels[1]}")
+    if pairs:
+        pair_files = write_image_pairs(ranked, out / "pairs", top=pairs)
+        if pair_files:
+            written["pairs"] = out / "pairs"
+    zone_table = None
+    if zones is not None:
+        zone_table = zonal_summary(aligned, read_zones(zones), names, zone_column, developed)
+        zone_table.to_csv(out / "zones.csv")
+        written["zones"] = out / "zones.csv"
+    estimates: dict[str, AreaEstimate] = {}
+    if reference is not None:
+        estimates = reference_estimates(aligned, read_reference(reference), names)
+        pd.concat({key: est.area for key, est in estimates.items()}, names=["map"]).to_csv(out / "area_estimates.csv")
+        accuracy = pd.concat({key: est.accuracy for key, est in estimates.items()}, names=["map"])
+        accuracy.to_csv(out / "accuracy.csv")
+        written["area_estimates"] = out / "area_estimates.csv"
+        written["accuracy"] = out / "accuracy.csv"
+    if sample_size:
+        strata = aligned.assign(change=change_labels(aligned))
+        sample = stratified_sample(strata, int(sample_size), strata_column="change",
+                                   min_per_stratum=min_per_stratum, seed=seed)
+        sample.to_parquet(out / "sample.parquet", index=False)
+        written["sample"] = out / "sample.parquet"
+    if html_map:
+        written["html"] = change_html(aligned, scheme, out / "change.html", ranked)
+
+    info = dict(aligned.attrs["geoclf_change"])
+    info.update({"before": str(before), "after": str(after), "dates": list(labels), "smoothed": smooth,
+                 "compared_km2": float(aligned["area_km2"].sum()),
+                 "changed_km2": float(ranked["area_km2"].sum()) if len(ranked) else 0.0,
+                 "changed_chips": len(ranked)})
+    if urban is not None:
+        info["to_developed_km2"] = float(urban.loc["Total", "km2"])
+    (out / "change.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    written["json"] = out / "change.json"
+    written["report"] = write_report(out / "report.html", info=info, per_class=per_class,
+                                     matrix=transition_matrix(aligned, names), urban=urban, ranked=ranked,
+                                     zones=zone_table, estimates=estimates, bar_chart=written["bar_chart"],
+                                     change_png=written["change_png"], html_map=written.get("html"))
+    return written
+
+
+def write_report(path: PathLike, *, info: dict, per_class: pd.DataFrame, matrix: pd.DataFrame,
+                 urban: pd.DataFrame | None, ranked: pd.DataFrame, zones: pd.DataFrame | None,
+                 estimates: dict[str, AreaEstimate], bar_chart: Path, change_png: Path,
+                 html_map: Path | None, top: int = 25) -> Path:
+    """Write ``report.html``: one self-contained page (figures inlined, the map embedded) of the analysis."""
+    import base64
+    import html
+
+    def table(frame: pd.DataFrame, digits: int = 3) -> str:
+        return frame.to_html(float_format=lambda v: f"{v:,.{digits}f}", na_rep="–", border=0, classes="t")
+
+    def image(png: Path, alt: str) -> str:
+        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    before, after = info["dates"]
+    parts = [f"<h1>Land-use change {html.escape(before)} → {html.escape(after)}</h1>",
+             "<p>", f"Before: <code>{html.escape(info['before'])}</code><br>",
+             f"After: <code>{html.escape(info['after'])}</code><br>",
+             f"Compared area: <b>{info['compared_km2']:,.2f} km²</b> in {info['paired']} chip pairs "
+             f"({info['paired_by_cell']} on the same grid cell, {info['paired'] - info['paired_by_cell']} by "
+             f"footprint overlap ≥ {info['min_overlap']:.0%}); unpaired chips: {info['unpaired_after']} after, "
+             f"{info['unpaired_before']} before.<br>",
+             f"Changed: <b>{info['changed_km2']:,.2f} km²</b> ({info['changed_chips']} chips)."
+             + (" Each date was smoothed with a 3×3 plurality filter before comparing." if info["smoothed"] else ""),
+             "</p>",
+             '<p class="note">Areas counted from the maps inherit their errors, and change maps doubly so (an error '
+             "on either date makes a transition). Error-adjusted areas with confidence intervals need a labelled "
+             "stratified sample (Olofsson et al. 2014); see the <i>Error-adjusted areas</i> section.</p>",
+             "<h2>Area by class and year</h2>", image(bar_chart, "area by class and year"), table(per_class),
+             "<h2>Transition matrix (km², rows: before, columns: after)</h2>", table(matrix)]
+    if urban is not None:
+        parts += ["<h2>Urbanization</h2>", table(urban, 2)]
+    parts += [f"<h2>Likeliest changes (top {min(top, len(ranked))} of {len(ranked)})</h2>",
+              "<p>Confidence is the product of both dates' probabilities of their classes.</p>"]
+    if len(ranked):
+        shown = [c for c in ("rank", "transition", "confidence", "prob_before", "prob_after", "chip_id_before",
+                             "chip_id_after", "area_km2") if c in ranked.columns]
+        parts.append(table(pd.DataFrame(ranked[shown].head(top)).set_index("rank")))
+    if zones is not None:
+        parts += ["<h2>Zones</h2>", table(zones)]
+    parts.append("<h2>Error-adjusted areas</h2>")
+    if estimates:
+        for key, est in estimates.items():
+            title = "change classes" if key == "change" else f"land use, {before if key == 'before' else after}"
+            parts += [f"<h3>{html.escape(title)}</h3>",
+                      f"<p>Overall accuracy {est.overall['accuracy']:.3f} ± {est.overall['ci']:.3f} "
+                      f"(95% CI, n = {int(est.overall['n'])}). Areas in {html.escape(est.unit)}.</p>",
+                      table(est.summary())]
+    else:
+        parts.append("<p>No reference sample given. Run with <code>--sample-size</code> to draw chips to label, "
+                     "then with <code>--reference</code>.</p>")
+    parts += ["<h2>Map</h2>", image(change_png, "change map")]
+    if html_map is not None:
+        page = html.escape(Path(html_map).read_text(encoding="utf-8"), quote=True)
+        parts.append(f'<iframe title="interactive change map" srcdoc="{page}"></iframe>')
+    style = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
+             "table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
+             "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
+             "table.t th{background:#f4f4f4}img{max-width:100%}"
+             "iframe{width:100%;height:600px;border:1px solid #ccc}.note{color:#555}")
+    document = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>Land-use change {html.escape(before)} → {html.escape(after)}</title>"
+                f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    path = Path(path)
+    path.write_text(document, encoding="utf-8")
+    return path

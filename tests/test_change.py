@@ -334,3 +334,149 @@ def test_reference_sample_outside_the_area(dates):
     with pytest.raises(InputError, match="does not intersect") as caught:
         reference_estimates(aligned, far)
     assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Outputs: smoothing, rasters, the change command
+# --------------------------------------------------------------------------------------------------------
+
+def write_score_dir(path, table: gpd.GeoDataFrame, year: int):
+    """A score output directory as geoclf score writes it: predictions.parquet and landuse.tif."""
+    import datetime as dt
+
+    from geoclf import maps
+    from tiling.classes import ClassScheme
+
+    path.mkdir(parents=True, exist_ok=True)
+    table = table.assign(date=dt.date(year, 7, 1))
+    table.to_parquet(path / "predictions.parquet")
+    scheme = ClassScheme.default()
+    maps.write_landuse_cog(path / "landuse.tif", maps.predictions_to_grid(table, scheme), scheme)
+    return path
+
+
+def test_smoothing_removes_single_chip_noise(dates):
+    from geoclf.change import smooth_predictions
+    from tiling.classes import ClassScheme
+
+    before, after = dates
+    scheme = ClassScheme.default()
+    smoothed = smooth_predictions(after, scheme)
+    assert (smoothed["pred"] == after["pred"]).all()  # the model's labels are kept
+    noise = smoothed["chip_id"].str.split(":").str[1].isin({f"{ix}_{iy}" for ix, iy in NOISE})
+    assert (smoothed.loc[noise, "class"] == "Forest").all()
+    aligned = align_dates(smooth_predictions(before, scheme), smoothed)
+    chips = transition_matrix(aligned, unit="chips")
+    assert chips.loc["Forest", "Herbaceous"] == 0
+    # The 3x3 conversion keeps its centre and edges (a corner has only 4 of 9 votes).
+    assert chips.loc["Forest", "Developed"] >= 5
+    assert (aligned["pred_after"] == after["pred"].to_numpy()).all()
+
+
+def test_change_raster_codes_transitions(dates, tmp_path):
+    import rasterio
+
+    from geoclf.change import transition_legend, write_change_cog
+    from tiling.classes import ClassScheme
+
+    before, after = dates
+    scheme = ClassScheme.default()
+    aligned = align_dates(before, after)
+    path = write_change_cog(tmp_path / "change.tif", aligned, scheme)
+    legend = transition_legend(scheme)
+    with rasterio.open(path) as dataset:
+        codes = dataset.read(1)
+        assert dataset.res == (SIZE, SIZE) and dataset.crs.to_epsg() == 26919
+        assert codes.shape == (NY, NX) and (codes > 0).all()
+        names = np.array(legend.names)[codes - 1]
+        assert (names == "Forest→Developed").sum() == 9 and (names == "Cultivated→Developed").sum() == 4
+        # North-up: the top row is the northernmost cell row; the 2x2 block sits at rows NY-8..NY-7.
+        assert names[NY - 1 - 6, 8] == "Cultivated→Developed"
+        colormap = dataset.colormap(1)
+        code = legend.names.index("Forest→Developed") + 1
+        assert colormap[code][:3] == scheme.color("Developed")
+        assert "Stable Forest" in dataset.tags()["CLASS_NAMES"]
+
+
+def test_image_pairs_show_the_same_ground(dates, tmp_path):
+    import rasterio
+    from affine import Affine
+    from PIL import Image
+
+    from geoclf.change import write_image_pairs
+
+    before, after = dates
+    for name, value in (("b.tif", 60), ("a.tif", 200)):
+        data = np.full((3, NY * 16, NX * 16), value, dtype=np.uint8)
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=NX * 16, height=NY * 16, count=3,
+                           dtype="uint8", crs="EPSG:26919",
+                           transform=Affine(16, 0, X0 * SIZE, 0, -16, (Y0 + NY) * SIZE)) as dataset:
+            dataset.write(data)
+    before = before.assign(source=str(tmp_path / "b.tif"))
+    after = after.assign(source=str(tmp_path / "a.tif"))
+    ranked = rank_changes(align_dates(before, after))
+    files = write_image_pairs(ranked, tmp_path / "pairs", top=3, size=32)
+    assert len(files) == 3 and files[0].name.startswith("0001_")
+    pixels = np.asarray(Image.open(files[0]).convert("L"))
+    assert pixels[20:, 5:30].mean() == pytest.approx(60, abs=2) and pixels[20:, 45:].mean() == pytest.approx(200, abs=2)
+
+
+def test_change_command_end_to_end(dates, tmp_path):
+    import json
+
+    import rasterio
+
+    from geoclf.cli import main
+
+    before, after = dates
+    write_score_dir(tmp_path / "m2010", before, 2010)
+    write_score_dir(tmp_path / "m2016", after, 2016)
+    mid = (X0 + NX // 2) * SIZE
+    towns = gpd.GeoDataFrame({"TOWN": ["West", "East"]}, geometry=[
+        box(X0 * SIZE, Y0 * SIZE, mid, (Y0 + NY) * SIZE), box(mid, Y0 * SIZE, (X0 + NX) * SIZE, (Y0 + NY) * SIZE)],
+        crs=26919).to_crs(4326)
+    towns.to_file(tmp_path / "towns.geojson", driver="GeoJSON")
+    out = tmp_path / "change"
+    main(["change", "--before", str(tmp_path / "m2010"), "--after", str(tmp_path / "m2016"), "--out", str(out),
+          "--zones", str(tmp_path / "towns.geojson"), "--zone-column", "TOWN", "--sample-size", "40",
+          "--min-per-stratum", "3"])
+    for name in ("transitions.csv", "classes.csv", "urbanization.csv", "changes.parquet", "change.tif",
+                 "change.html", "report.html", "area_by_class.png", "change_map.png", "zones.csv", "sample.parquet"):
+        assert (out / name).exists(), name
+    transitions = pd.read_csv(out / "transitions.csv")
+    moved = transitions.set_index(["from_class", "to_class"])["chips"]
+    assert moved[("Forest", "Developed")] == 9 and moved[("Cultivated", "Developed")] == 4
+    changes = gpd.read_parquet(out / "changes.parquet")
+    assert changes["confidence"].is_monotonic_decreasing and len(changes) == 16
+    zones = pd.read_csv(out / "zones.csv", index_col="zone")
+    assert zones.loc["West", "to_Developed_km2"] == pytest.approx(9 * changes["area_km2"].iloc[0], rel=1e-3)
+    with rasterio.open(out / "change.tif") as dataset:
+        assert dataset.colormap(1) and dataset.read(1).shape == (NY, NX)
+    report = (out / "report.html").read_text()
+    assert "2010 → 2016" in report and "data:image/png;base64," in report and "<iframe" in report
+    assert json.loads((out / "change.json").read_text())["paired"] == NX * NY
+
+    # The sample, labelled by an interpreter who finds the noise flips are no change, feeds --reference.
+    sample = gpd.read_parquet(out / "sample.parquet")
+    sample["reference"] = sample["stratum"].where(sample["stratum"] != "Forest→Herbaceous", "Stable Forest")
+    sample.to_parquet(tmp_path / "ref.parquet")
+    main(["change", "--before", str(tmp_path / "m2010"), "--after", str(tmp_path / "m2016"), "--out", str(out),
+          "--reference", str(tmp_path / "ref.parquet"), "--no-html"])
+    estimates = pd.read_csv(out / "area_estimates.csv", index_col=["map", "class"])
+    assert estimates.loc[("change", "Forest→Herbaceous"), "area"] == pytest.approx(0)
+    assert estimates.loc[("change", "Forest→Developed"), "area"] == pytest.approx(9 * changes["area_km2"].iloc[0],
+                                                                                  rel=1e-3)
+
+
+def test_change_command_bad_input_is_one_line(dates, tmp_path, capsys):
+    from geoclf.cli import main
+
+    before, after = dates
+    write_score_dir(tmp_path / "m2010", before, 2010)
+    write_score_dir(tmp_path / "m2016", after.rename(columns={"prob_Shrub": "prob_Wetland"}), 2016)
+    with pytest.raises(SystemExit) as exit_code:
+        main(["change", "--before", str(tmp_path / "m2010"), "--after", str(tmp_path / "m2016"), "--out",
+              str(tmp_path / "out")])
+    assert exit_code.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "different class sets" in error and "\n" not in error
