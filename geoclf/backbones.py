@@ -504,7 +504,8 @@ class _Flatten(nn.Module):
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE,
-                  weights: WeightsChoice | str | os.PathLike[str] = "default") -> Backbone:
+                  weights: WeightsChoice | str | os.PathLike[str] | Mapping[str, Any] | None = "default",
+                  ) -> Backbone:
     """Build a backbone and load its weights.
 
     Args:
@@ -512,7 +513,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE,
         weights: ``"default"`` (embedded offline weights where the registry has them, else torchvision's
             ImageNet weights), ``"imagenet"`` (torchvision's ImageNet weights, from the torch hub cache or
             downloaded; for a backbone torchvision lacks, its embedded ImageNet weights), a path to a local
-            ``.pth``/``.pt`` state dict, or ``"none"`` (random initialization).
+            ``.pth``/``.pt`` state dict, or ``"none"`` (random initialization). A :attr:`Backbone.weights_ref`
+            recorded earlier loads the same weights again; ``None`` means ``"default"``.
 
     Returns:
         The backbone, its model in eval mode and channels_last format.
@@ -522,7 +524,9 @@ def load_backbone(name: str = DEFAULT_BACKBONE,
             mismatched file).
     """
     spec = get_spec(name)
-    choice = os.fspath(weights).strip()
+    if isinstance(weights, Mapping):  # a recorded weights_ref: its "weights" entry is the argument
+        weights = weights.get("weights")
+    choice = "default" if weights is None else os.fspath(weights).strip()
     mean, std, size = spec.mean, spec.std, spec.input_size
     ref: dict[str, Any]
     if choice == "none":
