@@ -125,7 +125,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     scored = read_partitions(out_dir / "partitions")
     predictions = _predictions(index, scored, loaded, model)
     written = {"predictions": write_index(predictions, out_dir / PREDICTIONS)}
-    classes = _scheme_of(loaded) or ClassScheme.from_mapping({name: [] for name in loaded.classes})
+    classes = classes_of(predictions)
     written.update(write_maps(predictions, classes, out_dir, crs=crs, smooth=smooth, probabilities=probabilities,
                               html_map=html_map))
     return written
@@ -154,11 +154,6 @@ def _model_stamp(model_dir: str) -> dict[str, Any]:
     return {"dir": model_dir, "model.json": json.loads(meta.read_text()) if meta.exists() else None}
 
 
-def _scheme_of(model: Any) -> ClassScheme | None:
-    groups = getattr(model, "class_groups", None)
-    return ClassScheme.from_mapping(groups) if groups else None
-
-
 def _predictions(index: gpd.GeoDataFrame, scored: pd.DataFrame, model: Any, name: str) -> gpd.GeoDataFrame:
     keep = [c for c in ("chip_id", "cell", "ix", "iy", "crs", "scene", "source", "date", "label", "geometry")
             if c in index.columns]
@@ -166,8 +161,22 @@ def _predictions(index: gpd.GeoDataFrame, scored: pd.DataFrame, model: Any, name
     if len(merged) != len(index):
         raise InputError(f"scored {len(merged)} of {len(index)} chips; rerun to finish", name)
     merged["model"] = getattr(model, "name", None) or Path(name).name
-    merged.attrs = {"geoclf": {**index.attrs.get("geoclf", {}), "model": name, "classes": list(model.classes)}}
+    groups = getattr(model, "class_groups", None)
+    merged.attrs = {"geoclf": {**index.attrs.get("geoclf", {}), "model": name, "classes": list(model.classes),
+                               "class_groups": dict(groups) if groups else None}}
     return gpd.GeoDataFrame(merged, geometry="geometry", crs=index.crs)
+
+
+def classes_of(predictions: pd.DataFrame) -> ClassScheme:
+    """The class scheme of a predictions table: from its metadata, else its ``prob_<Class>`` columns."""
+    meta = predictions.attrs.get("geoclf", {})
+    groups = meta.get("class_groups")
+    if groups:
+        return ClassScheme.from_mapping(groups)
+    names = meta.get("classes") or [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
+    if not names:
+        raise InputError("the predictions name no classes (no prob_<Class> columns)")
+    return ClassScheme.from_mapping({name: [] for name in names})
 
 
 def read_predictions(path: PathLike) -> gpd.GeoDataFrame:
@@ -183,4 +192,4 @@ def read_predictions(path: PathLike) -> gpd.GeoDataFrame:
         raise InputError(f"is not a predictions table ({str(exc).splitlines()[0]})", path) from exc
 
 
-__all__ = ["PREDICTIONS", "ScoreTask", "read_predictions", "score"]
+__all__ = ["PREDICTIONS", "ScoreTask", "classes_of", "read_predictions", "score"]

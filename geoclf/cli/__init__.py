@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "change": "geoclf.cli.change:change",
     "naip": "geoclf.cli.naip:naip",
     "run": "geoclf.cli.run:run",
+    "map": "geoclf.cli.map:map_command",
     "train": "geoclf.cli.train:train",
     "runs": "geoclf.cli.runs:runs",
 }
