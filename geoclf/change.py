@@ -113,14 +113,15 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
 
     1. Within a date, a grid cell predicted twice (neighbouring scenes overlap) keeps its most confident
        prediction (highest probability of the predicted class).
-    2. An after-chip on a grid that the before date also uses (same ``<crs>:<size>:<stride>`` in its
-       ``cell`` key) is paired with the before-chip of the same ``cell``, or not at all. Footprint overlap
-       is never tried there: on strided grids a neighbouring cell can overlap by half.
-    3. An after-chip on another grid (other scenes, a few metres' shift between NAIP years, another CRS, no
-       ``cell`` key) is paired by footprint overlap, measured in a common equal-area CRS, with the
-       before-chip covering the largest part of it, provided that part is at least ``min_overlap``
-       (default 50%) of the after-chip's area. Several after-chips may pair with one before-chip when the
-       after grid is finer.
+    2. Same grid: an after-chip whose ``cell`` key (``<crs>:<size>:<stride>:<ix>:<iy>``) the before date
+       also has is paired with that before-chip.
+    3. Different grids (other scenes, a few metres' shift between NAIP years, another CRS, no ``cell``
+       key): any other after-chip is paired by footprint overlap, measured in a common equal-area CRS,
+       with the before-chip covering the largest part of it, provided that part is at least
+       ``min_overlap`` (default 50%) of the after-chip's area. Only before-chips on *other* grids than the
+       after-chip's are candidates: on a strided grid a neighbouring cell of the same grid overlaps by
+       half and must not stand in for a missing cell. Several after-chips may pair with one before-chip
+       when the after grid is finer.
 
     After-chips left unpaired (no before data there) are dropped and counted in
     ``aligned.attrs["geoclf_change"]``.
@@ -150,8 +151,9 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
     if not 0 < min_overlap <= 1:
         raise InputError(f"the minimum overlap must be in (0, 1], not {min_overlap}")
     classes = classes_before
-    b, dropped_b = _one_per_cell(before, classes)
-    a, dropped_a = _one_per_cell(after, classes)
+    # Chips without a prediction (all nodata) have no class to compare.
+    b, dropped_b = _one_per_cell(before[before["pred"].notna()], classes)
+    a, dropped_a = _one_per_cell(after[after["pred"].notna()], classes)
     b_cells = _cells(b)
     a_cells = _cells(a)
     shared = set(b_cells["grid"].dropna()) & set(a_cells["grid"].dropna())
@@ -160,6 +162,7 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
     pairs_a: list[np.ndarray] = []
     pairs_b: list[np.ndarray] = []
     overlap: list[np.ndarray] = []
+    by_cell = np.zeros(len(a), dtype=bool)
     if on_shared.any():
         b_pos = pd.Series(np.arange(len(b)), index=b["cell"].to_numpy())
         a_idx = np.flatnonzero(on_shared)
@@ -168,11 +171,21 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
         pairs_a.append(a_idx[keep])
         pairs_b.append(hit[keep].to_numpy(dtype=np.int64))
         overlap.append(np.ones(int(keep.sum())))
-    if (~on_shared).any():
-        a_idx = np.flatnonzero(~on_shared)
-        ia, ib, frac = _match_by_overlap(b, a.iloc[a_idx], min_overlap)
+        by_cell[a_idx[keep]] = True
+    # Everything else goes by footprint, each after-chip against the before-chips on grids other than its
+    # own: a chip on a shared grid whose cell the before date lacks may still be covered by a before-chip of
+    # another grid (across a UTM zone boundary), never by a neighbouring cell of its own grid.
+    rest = ~by_cell
+    a_grid = a_cells["grid"].astype(object).where(a_cells["grid"].notna(), None).to_numpy()
+    b_grid = b_cells["grid"].astype(object).where(b_cells["grid"].notna(), None).to_numpy()
+    for grid in pd.unique(a_grid[rest]):
+        a_idx = np.flatnonzero(rest & (a_grid == grid) if grid is not None else rest & pd.isna(a_grid))
+        b_idx = np.flatnonzero(b_grid != grid) if grid is not None else np.arange(len(b))
+        if not len(a_idx) or not len(b_idx):
+            continue
+        ia, ib, frac = _match_by_overlap(b.iloc[b_idx], a.iloc[a_idx], min_overlap)
         pairs_a.append(a_idx[ia])
-        pairs_b.append(ib)
+        pairs_b.append(b_idx[ib])
         overlap.append(frac)
     ia = np.concatenate(pairs_a) if pairs_a else np.empty(0, dtype=np.int64)
     ib = np.concatenate(pairs_b) if pairs_b else np.empty(0, dtype=np.int64)
@@ -187,7 +200,7 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
     before_rows = b.iloc[ib]
     out = pd.DataFrame(index=pd.RangeIndex(len(ia)))
     out["cell"] = after_rows["cell"].to_numpy() if "cell" in a.columns else None
-    out["match"] = np.where(np.isin(ia, np.flatnonzero(on_shared)), "cell", "overlap")
+    out["match"] = np.where(by_cell[ia], "cell", "overlap")
     out["overlap"] = frac
     out["area_km2"] = chip_area_km2(a).to_numpy()[ia]
     for suffix, rows in (("before", before_rows), ("after", after_rows)):

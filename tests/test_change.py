@@ -240,6 +240,39 @@ def test_after_grid_in_another_crs(dates):
     assert transition_matrix(aligned).to_numpy().sum() == pytest.approx(aligned["area_km2"].sum())
 
 
+def test_before_date_across_a_zone_boundary(dates):
+    before, after = dates
+    # The before date's east half was delivered in UTM 18N (its own grid); the after date is all in 19N.
+    utm18 = ChipGrid(CRS.from_epsg(26918), SIZE)
+    east = gpd.GeoSeries([box((X0 + NX // 2) * SIZE, Y0 * SIZE, (X0 + NX) * SIZE, (Y0 + NY) * SIZE)], crs=26919)
+    ix, iy = utm18.cells_within(tuple(east.to_crs(26918).buffer(SIZE).total_bounds))
+    footprints = gpd.GeoSeries([utm18.footprint(a, b) for a, b in zip(ix, iy, strict=True)], crs=26918)
+    home = [(int(np.floor(p.x / SIZE)), int(np.floor(p.y / SIZE))) for p in footprints.centroid.to_crs(26919)]
+    east_before = predictions(utm18, list(zip(ix.tolist(), iy.tolist(), strict=True)),
+                              [before_class(*h) for h in home], "m_east_18_1_20100701")
+    west_before = before[before["ix"] < X0 + NX // 2]
+    # Rasters in two CRSs: the index (and predictions) footprints are in EPSG:5070, cells stay native.
+    mixed = pd.concat([west_before.to_crs(5070), east_before.to_crs(5070)], ignore_index=True)
+    aligned = align_dates(mixed, after)
+    west = aligned["cell"].map(lambda c: int(c.split(":")[-2]) < X0 + NX // 2)
+    assert (aligned.loc[west, "match"] == "cell").all() and (aligned.loc[~west, "match"] == "overlap").all()
+    assert (~west).sum() > 0.5 * (NX // 2) * NY
+    assert aligned.loc[~west, "chip_id_before"].str.startswith("m_east").all()
+
+
+def test_strided_grid_never_pairs_a_neighbour_cell(grid):
+    strided = ChipGrid(CRS.from_epsg(26919), SIZE, SIZE / 2)
+    cells = [(2 * X0 + i, 2 * Y0 + j) for j in range(6) for i in range(6)]
+    before = predictions(strided, cells, ["Forest"] * len(cells), "m_b_19_1_20100701")
+    after = predictions(strided, cells, ["Forest"] * len(cells), "m_a_19_1_20160701")
+    aligned = align_dates(before.drop(index=[14]), after)  # a cell missing in the before date
+    # Its neighbours overlap it by half, yet it stays unpaired: same grid, no same cell.
+    assert len(aligned) == len(cells) - 1 and (aligned["match"] == "cell").all()
+    assert aligned.attrs["geoclf_change"]["unpaired_after"] == 1
+    # Each strided chip stands for a stride x stride cell, so areas still add up to the ground covered.
+    assert aligned["area_km2"].sum() == pytest.approx((len(cells) - 1) * 0.128 ** 2, rel=1e-3)
+
+
 def test_zones_in_4326_are_reprojected(dates):
     before, after = dates
     aligned = align_dates(before, after)
