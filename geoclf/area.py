@@ -5,8 +5,8 @@ do not cancel, and for rare classes such as change they rarely come close. The r
 Olofsson et al. (2014, "Good practices for estimating area and assessing accuracy of land change", Remote
 Sensing of Environment 148: 42-57) is a probability sample of reference labels, stratified by the map, and
 stratified estimators of the area proportions, the user's, producer's and overall accuracies and their
-standard errors. This module implements those estimators from the formulas (the paper's eqs. 4-11), the
-chip sampling that feeds them, and the sample size of its eq. 13.
+standard errors. This module implements those estimators from their formulas (written out in
+:func:`olofsson`), the chip sampling that feeds them, and the paper's sample-size formula (:func:`sample_size`).
 
 Notation (the paper's): map class ``i`` is stratum ``i`` with mapped area ``A_i`` and weight
 ``W_i = A_i / A``; ``n_ij`` sample units were mapped ``i`` and are ``j`` in the reference; ``n_i.`` is the
@@ -116,16 +116,18 @@ class AreaEstimate:
 
 def olofsson(counts: pd.DataFrame, mapped_area: Mapping[str, float] | pd.Series, z: float = 1.96,
              unit: str = "") -> AreaEstimate:
-    """Stratified estimates of area and accuracy from sample counts (Olofsson et al. 2014, eqs. 4-11).
+    """Stratified estimates of area and accuracy from sample counts (Olofsson et al. 2014).
 
     The strata are the map classes (the rows of ``counts``). Per class ``k``:
 
     - area proportion ``p_.k = sum_i W_i n_ik / n_i.`` and its standard error
-      ``S(p_.k) = sqrt(sum_i W_i² (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1))`` (eqs. 9-10);
-      area ``A p_.k`` and ``S(A p_.k) = A S(p_.k)`` (eqs. 11-12);
+      ``S(p_.k) = sqrt(sum_i W_i² (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1))``;
+      area ``A p_.k`` and ``S(A p_.k) = A S(p_.k)``, ``A`` the total mapped area;
     - user's accuracy ``U_k = p_kk / p_k. = n_kk / n_k.`` with ``V(U_k) = U_k (1 - U_k) / (n_k. - 1)``;
-    - producer's accuracy ``P_k = p_kk / p_.k`` with the variance of eq. 7;
-    - overall accuracy ``O = sum_k p_kk`` with ``V(O) = sum_i W_i² U_i (1 - U_i) / (n_i. - 1)`` (eq. 5).
+    - producer's accuracy ``P_k = p_kk / p_.k`` with the variance (the paper's eq. 7)
+      ``V(P_k) = [W_k² (1 - P_k)² U_k (1 - U_k) / (n_k. - 1)
+      + P_k² sum_{i != k} W_i² (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1)] / p_.k²``;
+    - overall accuracy ``O = sum_k p_kk`` with ``V(O) = sum_i W_i² U_i (1 - U_i) / (n_i. - 1)``.
 
     No finite population correction is applied, as in the paper: sample sizes are tiny next to the number
     of pixels or chips.
@@ -242,9 +244,9 @@ def sample_size(weights: Mapping[str, float] | pd.Series, users_accuracy: Mappin
                 target_se: float = 0.01) -> int:
     """Total sample size for a target standard error of overall accuracy (Olofsson et al. 2014, eq. 13).
 
-    ``n = (sum_i W_i S_i / S(O))²`` with ``S_i = sqrt(U_i (1 - U_i))``, the standard deviation of stratum
-    ``i`` given the user's accuracy ``U_i`` one expects (from a pilot or experience). The paper uses
-    ``S(O) = 0.01``.
+    Cochran's (1977) formula for stratified random sampling: ``n = (sum_i W_i S_i / S(O))²`` with
+    ``S_i = sqrt(U_i (1 - U_i))``, the standard deviation of stratum ``i`` given the user's accuracy ``U_i``
+    one expects (from a pilot or experience). The paper uses ``S(O) = 0.01``.
 
     Args:
         weights: mapped area (or its proportion) per map class; normalised here.
@@ -273,7 +275,7 @@ def allocate(strata_sizes: Mapping[str, int] | pd.Series, n: int, allocation: st
     """How many sample units to draw from each stratum.
 
     ``proportional`` gives each stratum a share of ``n`` proportional to its size (its mapped area);
-    ``equal`` the same number to each. Olofsson et al. (2014, section 5.1.3) recommend neither outright:
+    ``equal`` the same number to each. Olofsson et al. (2014) recommend neither outright:
     proportional allocation leaves rare classes -- change classes above all -- with too few units to
     estimate their user's accuracy, and equal allocation inflates the standard errors of area and overall
     accuracy. Their compromise is to move proportional allocation towards equal allocation by giving the
