@@ -646,7 +646,9 @@ def smooth_predictions(predictions: gpd.GeoDataFrame, scheme: ClassScheme, size:
     The predictions are rasterized on their chip grid (one pixel per chip, :func:`geoclf.maps.predictions_to_grid`)
     and filtered with :func:`geoclf.maps.smooth_plurality` (``size`` x ``size``, 3 by default), which removes
     isolated single-chip labels: most of them are classifier noise, and every one would otherwise make two
-    spurious transitions. ``pred`` is kept; :func:`align_dates` compares ``class`` when it is present.
+    spurious transitions. The price: real patches smaller than about five chips vanish too, and edges of
+    patches can move by a chip, so smoothing trades small real changes for fewer false ones. ``pred`` is
+    kept; :func:`align_dates` compares ``class`` when it is present.
     """
     from geoclf import maps
 
@@ -682,7 +684,8 @@ def _sample_grid(table: pd.DataFrame, grid: LandUseGrid) -> np.ndarray:
     cells = parse_cell(table["cell"])
     x = (cells["ix"] + 0.5) * cells["stride"]
     y = (cells["iy"] + 0.5) * cells["stride"]
-    x, y = x.to_numpy(dtype=float), y.to_numpy(dtype=float)
+    # Writable copies: pandas may hand out read-only views, and the points are reprojected in place.
+    x, y = x.to_numpy(dtype=float, copy=True), y.to_numpy(dtype=float, copy=True)
     for crs_text in cells["grid_crs"].unique():
         rows = (cells["grid_crs"] == crs_text).to_numpy()
         if CRS.from_user_input(crs_text) != grid.crs:

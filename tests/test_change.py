@@ -406,6 +406,33 @@ def test_smoothing_removes_single_chip_noise(dates):
     assert (aligned["pred_after"] == after["pred"].to_numpy()).all()
 
 
+def test_smoothing_across_two_utm_zones(dates):
+    from geoclf.change import smooth_predictions
+    from tiling.classes import ClassScheme
+
+    before, _ = dates
+    utm18 = ChipGrid(CRS.from_epsg(26918), SIZE)
+    east = gpd.GeoSeries([box((X0 + NX) * SIZE, Y0 * SIZE, (X0 + NX + 6) * SIZE, (Y0 + NY) * SIZE)], crs=26919)
+    ix, iy = utm18.cells_within(tuple(east.to_crs(26918).total_bounds))
+    cells = list(zip(ix.tolist(), iy.tolist(), strict=True))
+    east_table = predictions(utm18, cells, ["Forest"] * len(cells), "m_east_18_1_20100701")
+    west = before.assign(pred="Forest")
+    lonely = int(np.flatnonzero((west["ix"] == X0 + 5) & (west["iy"] == Y0 + 5))[0])
+    west.loc[lonely, "pred"] = "Developed"
+    mixed = pd.concat([west.to_crs(5070), east_table.to_crs(5070)], ignore_index=True)
+    smoothed = smooth_predictions(mixed, ClassScheme.default())
+    # The maps are warped to EPSG:5070 across zones; each chip still reads back its own (smoothed) pixel.
+    assert (smoothed["class"] == "Forest").all() and (smoothed["pred"] == "Developed").sum() == 1
+
+
+def test_chips_without_prediction_are_left_out(dates):
+    before, after = dates
+    after = after.copy()
+    after.loc[0, "pred"] = None
+    aligned = align_dates(before, after)
+    assert len(aligned) == NX * NY - 1 and aligned["class_after"].isin(CLASSES).all()
+
+
 def test_change_raster_codes_transitions(dates, tmp_path):
     import rasterio
 
