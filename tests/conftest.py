@@ -1,0 +1,43 @@
+"""Shared fixtures: synthetic scenes made once per test session with the product's own generator."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Runs recorded by tests go to a temporary store, never into the developer's working directory.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test records its runs in a session-wide temporary runs directory."""
+    monkeypatch.setenv("GEOCLF_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+
+
+@pytest.fixture(scope="session")
+def small_scene(tmp_path_factory):
+    """A 2,240 m synthetic scene (10 x 10 chips of 224 m at 1 m) with its NLCD, in EPSG:26919."""
+    from tiling.synth import make_scene
+
+    return make_scene(tmp_path_factory.mktemp("scene"), size_m=2240, seed=0)
+
+
+@pytest.fixture(scope="session")
+def utm_pair(tmp_path_factory):
+    """Two synthetic scenes either side of the UTM 18/19 boundary, and one NLCD under both."""
+    from tiling.synth import make_utm_pair
+
+    return make_utm_pair(tmp_path_factory.mktemp("utm-pair"), size_m=1344, seed=1)
+
+
+def shared_data(*parts: str) -> Path:
+    """A file of ../shared/data (real rasters for development); skips the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not available on this machine")
+    return path

@@ -1,0 +1,181 @@
+"""Tiling on synthetic and real rasters: labels, the snapped grid, splits, parallel runs, chips on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from affine import Affine
+from conftest import shared_data
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+
+import tiling
+from tiling.classes import ClassScheme
+from tiling.materialize import materialize_chips
+
+
+def independent_majority(index: pd.DataFrame, nlcd_path: str) -> pd.DataFrame:
+    """Class fractions per chip by warping NLCD onto each chip's own 1 m pixels (no shared code with tiling)."""
+    scheme = ClassScheme.default()
+    code_to_class = {code: name for name, codes in scheme.groups.items() for code in codes}
+    rows = []
+    with rasterio.open(nlcd_path) as nlcd:
+        for _, chip in index.iterrows():
+            ix, iy = chip["ix"], chip["iy"]
+            size = float(chip["cell"].split(":")[-4])
+            left, bottom = ix * size, iy * size
+            pixels = np.full((int(size), int(size)), 255, dtype=np.uint8)
+            reproject(rasterio.band(nlcd, 1), pixels, dst_transform=Affine(1, 0, left, 0, -1, bottom + size),
+                      dst_crs=CRS.from_string(chip["crs"]), resampling=Resampling.nearest, dst_nodata=255)
+            valid = pixels[pixels != 255]
+            counts = pd.Series([code_to_class.get(int(c)) for c in valid]).value_counts(normalize=False)
+            shares = counts / len(valid)
+            ranked = shares.sort_values(ascending=False)
+            rows.append({"chip_id": chip["chip_id"], "label": ranked.index[0],
+                         "margin": ranked.iloc[0] - (ranked.iloc[1] if len(ranked) > 1 else 0.0),
+                         "purity": ranked.iloc[0]})
+    return pd.DataFrame(rows).set_index("chip_id")
+
+
+def test_labels_match_nlcd_majority_computed_independently(small_scene, tmp_path):
+    index = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path, scheduler="sync", progress=False,
+                        params=tiling.TileParams(min_purity=0.0, max_nodata=0.2))
+    assert (tmp_path / "chips.parquet").exists()
+    truth = independent_majority(index, small_scene.nlcd)
+    joined = index.set_index("chip_id").join(truth, rsuffix="_truth")
+    clear = joined[joined["margin"] > 0.05]  # ties within sampling error may go either way
+    assert len(clear) > 0.8 * len(joined)
+    assert (clear["label"] == clear["label_truth"]).all()
+    assert np.abs(joined["purity"] - joined["purity_truth"]).max() < 0.05
+
+
+def test_two_utm_zones_with_one_nlcd(utm_pair, tmp_path):
+    scenes, nlcd = utm_pair
+    index = tiling.tile([s.naip for s in scenes], nlcd, tmp_path, scheduler="sync", progress=False,
+                        params=tiling.TileParams(min_purity=0.0, max_nodata=0.2))
+    assert index.crs.to_epsg() == 5070  # several CRSes: the index is in NLCD's Albers
+    assert set(index["crs"]) == {"EPSG:26918", "EPSG:26919"}
+    truth = independent_majority(index, nlcd)
+    joined = index.set_index("chip_id").join(truth, rsuffix="_truth")
+    clear = joined[joined["margin"] > 0.05]
+    assert set(clear["crs"]) == {"EPSG:26918", "EPSG:26919"}
+    assert (clear["label"] == clear["label_truth"]).all()
+    # footprints are the native squares, reprojected: about 224 m x 224 m in Albers too
+    assert np.allclose(index.geometry.area, 224 * 224, rtol=0.01)
+
+
+def test_grid_is_snapped_to_the_crs_not_the_raster(small_scene, tmp_path):
+    """A raster shifted by a few metres, or at 0.6 m, yields the same cells: change analysis relies on it."""
+    from tiling.synth import make_scene
+
+    with rasterio.open(small_scene.naip) as ds:
+        bounds = ds.bounds
+    fine = make_scene(tmp_path / "fine", size_m=1120, resolution=0.6, seed=0, year=2018, nlcd=False)
+    a = tiling.tile([small_scene.naip], small_scene.nlcd, params=tiling.TileParams(min_purity=0, max_nodata=1),
+                    scheduler="sync", progress=False)
+    b = tiling.tile([fine.naip], small_scene.nlcd, params=tiling.TileParams(min_purity=0, max_nodata=1,
+                    chip_size_m=224), scheduler="sync", progress=False)
+    # same centre, half the size: every whole cell of the 0.6 m scene is a cell of the 1 m scene
+    assert len(b) >= 9 and set(b["cell"]) <= set(a["cell"])
+    assert ((a["ix"] * 224) % 224 == 0).all() and bounds.left % 224 != 0  # snapped to 224 m, not to the raster
+    # the 0.6 m windows cover 224 m too, read back at 224 px
+    assert b["width"].between(372, 374).all()
+    row = b.iloc[0]
+    with tiling.ChipReader(size=224) as reader:
+        chip = reader.read(row["source"], (row["col_off"], row["row_off"], row["width"], row["height"]))
+    assert chip.shape == (4, 224, 224)
+
+
+def test_split_is_spatially_disjoint_and_stable(small_scene, tmp_path):
+    params = tiling.TileParams(block_size_m=448, val_fraction=0.25, seed=3)
+    first = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path / "a", params=params, scheduler="sync",
+                        progress=False)
+    again = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path / "b", params=params, scheduler="sync",
+                        progress=False)
+    pd.testing.assert_frame_equal(pd.DataFrame(first), pd.DataFrame(again))
+    per_block = first.groupby("block")["split"].nunique()
+    assert (per_block == 1).all()  # a block is never cut between train and val
+    assert set(first["split"]) == {"train", "val"}
+    assert 0.1 < (first["split"] == "val").mean() < 0.45
+
+
+def test_local_cluster_gives_the_same_index(small_scene, tmp_path):
+    params = tiling.TileParams(min_purity=0.5)
+    sync = tiling.tile([small_scene.naip], small_scene.nlcd, params=params, scheduler="sync", progress=False)
+    import tiling.index as index_module
+    from tiling.index import _CELLS_PER_TASK  # noqa: F401  (tasks split scenes; force several below)
+
+    index_module._CELLS_PER_TASK, saved = 16, index_module._CELLS_PER_TASK
+    try:
+        with tiling.dask_client("local", n_workers=2) as client:
+            parallel = tiling.tile([small_scene.naip], small_scene.nlcd, params=params, scheduler=client,
+                                   progress=False)
+            assert len(client.scheduler_info()["workers"]) == 2
+    finally:
+        index_module._CELLS_PER_TASK = saved
+    pd.testing.assert_frame_equal(pd.DataFrame(sync), pd.DataFrame(parallel))
+
+
+def test_balance_undersamples_to_the_rarest_class(small_scene):
+    index = tiling.tile([small_scene.naip], small_scene.nlcd, params=tiling.TileParams(balance=True),
+                        scheduler="sync", progress=False)
+    counts = index.groupby(["split", "label"]).size()
+    for split in index["split"].unique():
+        assert counts[split].nunique() == 1
+
+
+def test_aoi_keeps_only_chips_that_touch_it(small_scene, tmp_path):
+    import geopandas as gpd
+    from shapely import box
+
+    with rasterio.open(small_scene.naip) as ds:
+        left, bottom, right, top = ds.bounds
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame(geometry=[box(left, bottom, (left + right) / 2, (bottom + top) / 2)],
+                     crs=small_scene.crs).to_crs("EPSG:4326").to_file(aoi)
+    whole = tiling.tile([small_scene.naip], small_scene.nlcd, scheduler="sync", progress=False)
+    part = tiling.tile([small_scene.naip], small_scene.nlcd, aoi=aoi, scheduler="sync", progress=False)
+    assert 0 < len(part) < len(whole)
+    cx = part.geometry.centroid.x
+    assert (cx < (left + right) / 2 + 224).all()
+
+
+def test_materialized_chips(small_scene, tmp_path):
+    index = tiling.tile([small_scene.naip], small_scene.nlcd, scheduler="sync", progress=False).head(6)
+    assert materialize_chips(index, tmp_path / "png", "png", progress=False) == 6
+    for _, row in index.iterrows():
+        png = tmp_path / "png" / row["split"] / row["label"] / (row["chip_id"].replace(":", "__") + ".png")
+        assert png.exists()
+    assert materialize_chips(index, tmp_path / "tif", "geotiff", progress=False) == 6
+    row = index.iloc[0]
+    path = next((tmp_path / "tif").rglob(row["chip_id"].replace(":", "__") + ".tif"))
+    with rasterio.open(path) as chip, tiling.ChipReader() as reader:
+        assert chip.count == 4 and chip.crs.to_string() == row["crs"]
+        assert chip.bounds.left == pytest.approx(row["ix"] * 224) and chip.bounds.bottom == pytest.approx(
+            row["iy"] * 224)
+        np.testing.assert_array_equal(chip.read(), reader.read(row["source"], (
+            row["col_off"], row["row_off"], row["width"], row["height"])))
+
+
+def test_real_naip_files_read_with_dates_and_nir():
+    folder = shared_data("naip-nd-m_4709963_se-opengeos")
+    scenes = [tiling.describe_naip(p) for p in sorted(folder.glob("*.tif"))]
+    assert [s.date.year for s in scenes] == [2009, 2010, 2012, 2014, 2015, 2016, 2017, 2018, 2019, 2020]
+    assert {s.crs.to_epsg() for s in scenes} == {26914}
+    alpha = shared_data("naip-samples-stactools", "m_4208701_ne_16_060_20200902.tif")
+    with rasterio.open(alpha) as ds:
+        assert ds.colorinterp[3].name == "alpha"  # tagged alpha, but it holds NIR
+        width, height = ds.width, ds.height
+    with tiling.ChipReader(size=64) as reader:
+        chip = reader.read(str(alpha), (0, 0, min(width, 140), min(height, 140)))
+    assert np.unique(chip[3]).size > 20  # real NIR values, not a 0/255 mask
+
+
+def test_real_nlcd_against_real_naip_elsewhere_is_a_clear_error():
+    naip = shared_data("naip-nd-m_4709963_se-opengeos", "m_4709963_se_14_1_20160816.tif")
+    nlcd = shared_data("nlcd-ct-ma-jhollist", "nlcd.tif")
+    with pytest.raises(tiling.InputError, match="does not overlap the NLCD raster"):
+        tiling.tile([naip], nlcd, progress=False)
