@@ -179,17 +179,4 @@ def classes_of(predictions: pd.DataFrame) -> ClassScheme:
     return ClassScheme.from_mapping({name: [] for name in names})
 
 
-def read_predictions(path: PathLike) -> gpd.GeoDataFrame:
-    """Read ``predictions.parquet`` (or the score output directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PREDICTIONS
-    if not path.exists():
-        raise InputError("no such predictions file (run geoclf score first)", path)
-    try:
-        return gpd.read_parquet(path)
-    except Exception as exc:
-        raise InputError(f"is not a predictions table ({str(exc).splitlines()[0]})", path) from exc
-
-
-__all__ = ["PREDICTIONS", "ScoreTask", "classes_of", "read_predictions", "score"]
+__all__ = ["PREDICTIONS", "ScoreTask", "classes_of", "score"]
