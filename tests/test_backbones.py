@@ -302,3 +302,12 @@ def test_declared_fc_modules_exist(name):
     model = spec.build_model()
     for module in (*spec.fc_modules, spec.head):
         assert isinstance(model.get_submodule(module), nn.Module)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "alexnet", "mobilenet_v2", "inception_v3", "vit_b_16"])
+def test_normalization_and_input_size_follow_torchvisions_weights(name):
+    transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    spec = get_spec(name)
+    assert spec.mean == tuple(transforms.mean)
+    assert spec.std == tuple(transforms.std)
+    assert spec.input_size == transforms.crop_size[0]
