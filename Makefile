@@ -25,9 +25,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: browser tests will be skipped (apt-get install chromium)"; fi; }
 
+# The whole pipeline, offline, as the quickstart recipe: synthetic scene (2010, 2016) -> chips -> features ->
+# two classifiers -> land-use maps of both years -> change report. A rerun skips the stages already done.
 demo: install
-	$(GEOCLF) synth --out $(DEMO)/scene
-	$(GEOCLF) tile --naip $(DEMO)/scene/naip.tif --nlcd $(DEMO)/scene/nlcd.tif --out $(DEMO)/chips --scheduler sync
+	$(GEOCLF) run recipes/quickstart.yaml --workdir $(DEMO)
+	@echo; echo "Runs:"; GEOCLF_RUNS=$(DEMO)/runs $(GEOCLF) runs list
+	@echo; echo "Open $(DEMO)/map-2016/map.html and $(DEMO)/change/report.html in a browser."
 
 test: install browser
 	$(PY) -m ruff check geoclf tiling tests benchmarks examples

@@ -4,6 +4,7 @@ A recipe::
 
     name: quickstart
     workdir: demo              # relative paths below resolve here (default: the current directory)
+    runs_dir: runs             # run history of the recipe's stages (default: GEOCLF_RUNS or the cwd)
     stages:
       - synth: {out: scene, years: [2010, 2016]}
       - tile: {naip: [scene/naip_2010.tif], nlcd: scene/nlcd.tif, out: chips}
@@ -82,6 +83,7 @@ class Recipe:
     workdir: Path
     stages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     path: Path | None = None
+    runs_dir: str | None = None
 
 
 def load_recipe(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | None = None) -> Recipe:
@@ -95,12 +97,13 @@ def load_recipe(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | 
         raise InputError(f"is not valid YAML ({str(exc).splitlines()[0]})", path) from exc
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise InputError("a recipe is a mapping with a non-empty 'stages' list", path)
-    unknown = set(data) - {"name", "workdir", "stages", "description"}
+    unknown = set(data) - {"name", "workdir", "runs_dir", "stages", "description"}
     if unknown:
-        raise InputError(f"unknown recipe keys: {', '.join(sorted(unknown))} (valid: name, workdir, stages, "
-                         "description)", path)
+        raise InputError(f"unknown recipe keys: {', '.join(sorted(unknown))} (valid: name, workdir, runs_dir, "
+                         "stages, description)", path)
     recipe = Recipe(name=str(data.get("name") or path.stem),
-                    workdir=Path(workdir or data.get("workdir") or ".").expanduser(), path=path)
+                    workdir=Path(workdir or data.get("workdir") or ".").expanduser(), path=path,
+                    runs_dir=data.get("runs_dir"))
     for i, entry in enumerate(data["stages"], 1):
         if not isinstance(entry, dict) or len(entry) != 1:
             raise InputError(f"stage {i} must be a mapping with one key, the stage name", path)
@@ -185,6 +188,10 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
         recipe = load_recipe(recipe)
     workdir = recipe.workdir
     workdir.mkdir(parents=True, exist_ok=True)
+    if recipe.runs_dir:  # every stage, and model references by run name, use the recipe's run history
+        from geoclf.runs import RUNS_ENV
+
+        os.environ[RUNS_ENV] = str(_resolve(recipe.runs_dir, workdir.resolve()))
     stamps = workdir / ".geoclf"
     stamps.mkdir(exist_ok=True)
     report = []
