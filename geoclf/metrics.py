@@ -8,6 +8,7 @@ classes in rows); the seed notebook divided by the column sums instead, which is
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,8 +40,9 @@ def evaluate(y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndar
 
     Returns:
         A dict with ``n`` (number of chips), ``accuracy``, ``balanced_accuracy`` (mean recall over the
-        classes present in ``y_true``), ``kappa`` (Cohen's), ``accuracy_3class`` (accuracy after regrouping;
-        ``None`` when no class of ``classes`` is named by the regrouping, where it would be trivially 1),
+        classes present in ``y_true``), ``kappa`` (Cohen's; NaN if undefined), ``accuracy_3class``
+        (accuracy after regrouping; ``None`` when no class of ``classes`` is named by the regrouping, where
+        it would be trivially 1),
         ``per_class`` (DataFrame indexed by class with ``precision``, ``recall``, ``f1``, ``support``) and
         ``confusion_matrix`` (DataFrame of counts, true classes in rows, predicted in columns).
 
@@ -85,8 +87,7 @@ def evaluate(y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndar
         "n": int(truth.size),
         "accuracy": float(np.mean(truth == pred)),
         "balanced_accuracy": balanced,
-        # kappa is undefined (NaN) when both sides hold a single class; report 0 agreement beyond chance
-        "kappa": 0.0 if np.isnan(kappa) else kappa,
+        "kappa": kappa,  # NaN when undefined: both sides hold one and the same class
         "accuracy_3class": accuracy_3class,
         "per_class": per_class,
         "confusion_matrix": pd.DataFrame(cm, index=pd.Index(labels, name="true"),
@@ -100,7 +101,7 @@ def scalar_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
     Per-class scores become ``precision.<Class>``, ``recall.<Class>``, ``f1.<Class>``.
     """
     flat = {key: float(evaluation[key]) for key in ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class")
-            if evaluation.get(key) is not None}
+            if evaluation.get(key) is not None and not math.isnan(evaluation[key])}
     for name, row in evaluation["per_class"].iterrows():
         for score in ("precision", "recall", "f1"):
             flat[f"{score}.{name}"] = float(row[score])
@@ -113,7 +114,9 @@ def evaluation_to_json(evaluation: Mapping[str, Any]) -> dict[str, Any]:
     per_class: pd.DataFrame = evaluation["per_class"]
     return {
         "n": int(evaluation["n"]),
-        **{key: evaluation[key] for key in ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class")},
+        # NaN is not JSON: an undefined score becomes null
+        **{key: None if evaluation[key] is None or math.isnan(evaluation[key]) else float(evaluation[key])
+           for key in ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class")},
         "per_class": {str(name): {"precision": float(row["precision"]), "recall": float(row["recall"]),
                                   "f1": float(row["f1"]), "support": int(row["support"])}
                       for name, row in per_class.iterrows()},

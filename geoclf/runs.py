@@ -338,7 +338,7 @@ def list_run_records(sort: str | None = "accuracy", kind: str | None = None,
         include_unfinished: also list running, failed and killed runs.
 
     Raises:
-        InputError: ``sort`` is not a metric of any listed run.
+        InputError: ``sort`` is neither a headline metric nor a metric of any listed run.
     """
     if kind is not None and kind not in KINDS:
         raise InputError(f"unknown run kind {kind!r}; valid kinds: {', '.join(KINDS)}")
@@ -350,7 +350,7 @@ def list_run_records(sort: str | None = "accuracy", kind: str | None = None,
     if sort is None or not records:
         return records
     known = sorted({m for r in records for m in r.metrics})
-    if sort not in known:
+    if sort not in known and sort not in HEADLINE_METRICS:  # a typo, not merely a metric no run has yet
         raise InputError(f"no listed run has a metric {sort!r}; metrics: {', '.join(known) or 'none'}")
     sign = 1.0 if lower_is_better(sort) else -1.0
 
