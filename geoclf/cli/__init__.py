@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "tile": "geoclf.cli.tile:tile",
     "featurize": "geoclf.cli.featurize:featurize",
     "score": "geoclf.cli.score:score",
+    "trend": "geoclf.cli.trend:trend",
     "change": "geoclf.cli.change:change",
     "naip": "geoclf.cli.naip:naip",
     "run": "geoclf.cli.run:run",
