@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 import tiling
+from geoclf.change import read_predictions
 from geoclf.classifiers import train_classifier
 from geoclf.features import featurize
 from geoclf.maps import read_landuse, write_maps
 from geoclf.metrics import evaluate
-from geoclf.score import classes_of, read_predictions, score
+from geoclf.score import classes_of, score
 from tiling.synth import make_scene
 
 
