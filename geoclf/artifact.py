@@ -13,6 +13,8 @@ Kinds:
     unpickling; on load only the types geoclf's own classifiers are made of are accepted
     (:data:`TRUSTED_SKOPS_TYPES` plus skops' defaults), anything else needs ``trusted=True``.
 
+    ``finetune``: a fine-tuned CNN (``geoclf.finetune.FinetuneModel``), its weights a plain state dict.
+
     Other kinds plug in through :data:`LOADERS`: ``"kind": "module:callable"``, where the callable takes
     ``(directory, spec, trusted)`` and returns a :class:`LandUseModel`. A kind writes its directory with
     :func:`write_model_dir` so every artifact gets the same common fields and the same atomic write.
@@ -52,6 +54,7 @@ TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"sklearn.tree._tree.Tree"})
 #: callable's signature is ``(directory: Path, spec: dict, trusted: bool) -> LandUseModel``.
 LOADERS: dict[str, str] = {
     "features": "geoclf.artifact:FeaturesModel.load",
+    "finetune": "geoclf.finetune:FinetuneModel.load",
 }
 
 PathLike = str | os.PathLike[str]

@@ -370,7 +370,11 @@ def list_runs(sort: str | None = "accuracy", kind: str | None = None,
     ``balanced_accuracy``, ``kappa``, ``accuracy_3class``), every other metric, then ``status``,
     ``start_time``, ``parent_id`` and ``run_id``. Missing values are NaN/None.
     """
-    records = list_run_records(sort, kind, runs_dir, include_unfinished)
+    return runs_table(list_run_records(sort, kind, runs_dir, include_unfinished))
+
+
+def runs_table(records: list[RunRecord]) -> pd.DataFrame:
+    """Run records as the table :func:`list_runs` returns, in the given order."""
     other = sorted({m for r in records for m in r.metrics} - set(HEADLINE_METRICS))
     rows = []
     for r in records:

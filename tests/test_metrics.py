@@ -124,3 +124,10 @@ def test_confusion_matrix_plot_is_a_png(tmp_path) -> None:
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.width > 200 and image.height > 200
+
+
+def test_undefined_kappa_is_nan_and_null_in_json() -> None:
+    result = evaluate(["Forest", "Forest"], ["Forest", "Forest"], CLASSES)
+    assert np.isnan(result["kappa"])  # no chance-corrected agreement with a single class on both sides
+    assert "kappa" not in scalar_metrics(result)
+    assert evaluation_to_json(result)["kappa"] is None

@@ -43,7 +43,7 @@ def list_command(sort: str, kind: str | None, include_unfinished: bool, as_json:
     if not records:
         click.echo(f"no runs recorded in {history.run_store(runs_dir).location}", err=True)
         return
-    table = history.list_runs(sort=sort, kind=kind, runs_dir=runs_dir, include_unfinished=include_unfinished)
+    table = history.runs_table(records)
     columns = [*_TABLE_COLUMNS, *([sort] if sort not in _TABLE_COLUMNS else []), "start_time", "run_id"]
     shown = table[columns].copy()
     shown["start_time"] = shown["start_time"].map(lambda t: t.strftime("%Y-%m-%d %H:%M") if t else "")
