@@ -69,11 +69,11 @@ def evaluate(y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndar
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         truth, pred, labels=labels, average=None, zero_division=0)
     with warnings.catch_warnings():
-        # sklearn warns when a predicted class never occurs in y_true; those classes are simply left out
-        # of the mean recall, which is the definition we want.
+        # sklearn warns when a predicted class never occurs in y_true (those classes are simply left out
+        # of the mean recall, the definition we want) and when kappa is undefined (NaN, documented)
         warnings.simplefilter("ignore", UserWarning)
         balanced = float(skm.balanced_accuracy_score(truth, pred))
-    kappa = float(skm.cohen_kappa_score(truth, pred, labels=labels))
+        kappa = float(skm.cohen_kappa_score(truth, pred, labels=labels))
 
     groups = dict(SEED_REGROUPING if regrouping is None else regrouping)
     accuracy_3class: float | None = None
