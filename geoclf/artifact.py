@@ -289,7 +289,8 @@ def load_model(ref: PathLike | str, trusted: bool = False, runs_dir: PathLike | 
 
     Args:
         ref: an artifact directory (or its ``model.json``), or a run name or run id from the run history
-            (the run's ``model`` artifact). Registry references (``NAME@ALIAS``) come with the registry.
+            (the run's ``model`` artifact), or a model registry reference ``NAME@ALIAS`` / ``NAME/VERSION``
+            (see :mod:`geoclf.registry`).
         trusted: accept a classifier file holding types outside geoclf's allowlist. Only for files whose
             origin you trust: loading them may run code.
         runs_dir: runs directory or tracking URI for run names (see :func:`geoclf.runs.run_store`).
@@ -321,9 +322,10 @@ def resolve_model_dir(ref: PathLike | str, runs_dir: PathLike | None = None) -> 
         if not (path / MODEL_JSON).is_file():
             raise InputError(f"is not a model artifact (no {MODEL_JSON})", path)
         return path.resolve()
-    if "@" in text and os.sep not in text:
-        raise InputError(f"model registry references like {text!r} are not supported yet; give an artifact "
-                         "directory or a run name")
+    from geoclf import registry
+
+    if registry.is_model_ref(text):  # NAME@ALIAS or NAME/VERSION, before "/" is taken for a path
+        return registry.resolve_model_ref(text, runs_dir)
     if os.sep in text or text.startswith("."):
         raise InputError("no such model directory", text)
     from geoclf import runs

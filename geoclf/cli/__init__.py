@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "map": "geoclf.cli.map:map_command",
     "train": "geoclf.cli.train:train",
     "runs": "geoclf.cli.runs:runs",
+    "sweep": "geoclf.cli.sweep:sweep",
+    "models": "geoclf.cli.models:models",
 }
 
 

@@ -1,0 +1,91 @@
+"""``geoclf models``: the model registry (register, list, show, promote)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from geoclf.cli.runs import runs_dir_option
+
+
+@click.group("models")
+def models() -> None:
+    """Registered models: named, numbered versions with aliases such as production."""
+
+
+@models.command("register")
+@click.argument("what", type=click.Choice(["run", "best-of-sweep"]), default="run")
+@click.option("--run", "run", required=True, metavar="RUN",
+              help="Run name or id whose model artifact to register; with best-of-sweep, the sweep's parent run.")
+@click.option("--name", required=True, help="Registered model name, e.g. landuse-naip.")
+@click.option("--description", default=None, help="Free text stored with the version.")
+@runs_dir_option
+def register_command(what: str, run: str, name: str, description: str | None, runs_dir: str | None) -> None:
+    """Register a run's model (or the best fit of a sweep) as the next version of NAME."""
+    from geoclf.registry import register_model
+
+    if what == "best-of-sweep":
+        from geoclf.sweep import best_of_sweep
+
+        best = best_of_sweep(run, runs_dir=runs_dir)
+        run = best.run_id
+        description = description or f"best of sweep {run}"
+    version = register_model(run, name, description=description, runs_dir=runs_dir)
+    click.echo(f"registered run {version.tags.get('geoclf.source_run_name')} ({version.run_id[:8]}) as "
+               f"{name} version {version.version}  ({version.ref})")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the models as JSON.")
+@runs_dir_option
+def list_command(as_json: bool, runs_dir: str | None) -> None:
+    """List registered models."""
+    from geoclf.registry import list_models
+
+    table = list_models(runs_dir=runs_dir)
+    if as_json:
+        click.echo(table.to_json(orient="records", date_format="iso", indent=2))
+        return
+    if table.empty:
+        click.echo("no registered models", err=True)
+        return
+    table["updated"] = table["updated"].map(lambda t: t.strftime("%Y-%m-%d %H:%M") if t else "")
+    click.echo(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+@runs_dir_option
+def show_command(name: str, as_json: bool, runs_dir: str | None) -> None:
+    """Show every version of a registered model with its aliases, source run, data and metrics."""
+    from geoclf.registry import show_model
+
+    versions = show_model(name, runs_dir=runs_dir)
+    if as_json:
+        click.echo(json.dumps([v.to_dict() for v in versions], indent=2))
+        return
+    click.echo(f"{name}: {len(versions)} version(s)")
+    for v in versions:
+        d = v.to_dict()
+        aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
+        accuracy = v.metrics.get("accuracy")
+        click.echo(f"  version {v.version}{aliases}: run {d['source_run_name']} ({(v.run_id or '')[:8]}), "
+                   f"{d['kind']} model, accuracy {'-' if accuracy is None else f'{accuracy:.4f}'}, "
+                   f"chip index {(d['chip_index_sha256'] or '-')[:12]}, geoclf {d['geoclf_version']}, "
+                   f"{d['created'][:16] if d['created'] else ''}")
+
+
+@models.command("promote")
+@click.argument("name")
+@click.option("--version", "version", type=int, required=True, help="Version number to promote.")
+@click.option("--stage", default="production", show_default=True,
+              help="Alias to point at it (production, staging, ...); it moves from any other version.")
+@runs_dir_option
+def promote_command(name: str, version: int, stage: str, runs_dir: str | None) -> None:
+    """Point an alias (stage) of NAME at a version: then NAME@STAGE loads it."""
+    from geoclf.registry import promote
+
+    promoted = promote(name, version, stage, runs_dir=runs_dir)
+    click.echo(f"{name}@{stage} -> version {promoted.version}")

@@ -1,0 +1,525 @@
+"""Parameter sweeps of a classifier on features: every fit a Dask task, every fit a child run of one parent.
+
+A sweep is a grid (or a random sample of it) over a classifier's parameters. The client reads the features
+once, sends them to the cluster once (:meth:`distributed.Client.scatter`), and submits one task per
+parameter set; workers only fit and predict, returning the fitted pipeline and its validation
+predictions. Everything that touches the run history happens here on the client, as results arrive, so
+workers need no access to it: each fit becomes a ``train`` run under one parent run, with the same
+parameters, metrics and model artifact as ``geoclf train`` writes, and the parent records which child won.
+
+Choosing: the best fit by a metric on the validation split (the spatial split the chip index made, so
+neighbouring chips do not leak between train and validation), or, with ``cv_folds``, by the same metric
+over spatial cross-validation on the train split, where whole spatial blocks (the chip index's ``block``)
+form the folds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import pickle
+import random
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tiling.errors import InputError
+from tiling.parallel import Scheduler, dashboard_link, dask_client
+
+PathLike = str | os.PathLike[str]
+
+#: Tag on a sweep's parent run (value ``parent``); children carry ``geoclf.sweep_parent``.
+SWEEP_TAG = "geoclf.sweep"
+#: Tags on the parent naming the winning child run.
+BEST_RUN_TAG = "geoclf.sweep.best_run_id"
+BEST_NAME_TAG = "geoclf.sweep.best_run_name"
+#: Tag on the parent holding the metric the sweep was chosen by (e.g. ``accuracy`` or ``cv_accuracy``).
+METRIC_TAG = "geoclf.sweep.metric"
+SEARCHES = ("grid", "random")
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What every fit of a sweep needs, sent to the cluster once.
+
+    Attributes:
+        x_train, y_train: feature vectors and labels of the train split.
+        x_val: feature vectors of the validation split.
+        groups: spatial block of each train chip (for spatial cross-validation), or ``None``.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    groups: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the arrays, i.e. roughly what sending them to a worker costs."""
+        arrays = (self.x_train, self.y_train, self.x_val, self.groups)
+        return int(sum(len(pickle.dumps(a, protocol=5)) for a in arrays if a is not None))
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What a worker returns for one fit.
+
+    Attributes:
+        index: position of the parameter set in the sweep.
+        pipeline: the fitted ``Pipeline``.
+        val_pred: predicted class of every validation chip.
+        cv_pred: out-of-fold predicted class of every train chip (spatial cross-validation), or ``None``.
+        fit_seconds: time to fit on the whole train split.
+        warnings: fit warnings worth showing (no convergence).
+    """
+
+    index: int
+    pipeline: Any
+    val_pred: np.ndarray
+    cv_pred: np.ndarray | None
+    fit_seconds: float
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What :func:`run_sweep` produced.
+
+    Attributes:
+        name: sweep (parent run) name.
+        parent_id: run id of the parent run.
+        metric: the metric fits were ranked by (``cv_<metric>`` with cross-validation).
+        fits: one row per fit, best first: ``run_name``, ``run_id``, the swept parameters, the headline
+            metrics, ``fit_seconds``.
+        best_run_id, best_run_name: the winning child run.
+        best_params: its parameters.
+        best_score: its value of ``metric``.
+        data_bytes: bytes of features sent to the cluster (once).
+        task_bytes: mean bytes of one fit's task arguments (parameters, references).
+        wall_seconds: time from the first task submitted to the last result recorded.
+        dashboard: the Dask dashboard address, if there was a cluster.
+    """
+
+    name: str
+    parent_id: str
+    metric: str
+    fits: pd.DataFrame
+    best_run_id: str
+    best_run_name: str
+    best_params: dict[str, Any]
+    best_score: float
+    data_bytes: int
+    task_bytes: float
+    wall_seconds: float
+    dashboard: str | None = None
+
+
+def parse_space(items: Sequence[str]) -> dict[str, list[Any]]:
+    """Parse ``--param`` values of a sweep: ``KEY=V1,V2,...`` -> ``{KEY: [V1, V2, ...]}``.
+
+    Values are converted as :func:`geoclf.classifiers.parse_params` converts single values (numbers,
+    ``true``/``false``, ``none``); commas inside brackets do not split (``hidden=[64,32],[128]``).
+
+    Raises:
+        InputError: an item is not ``KEY=VALUES``, a key is given twice, or a key has no values.
+    """
+    from geoclf.classifiers import parse_params
+
+    space: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"sweep parameter {item!r} is not KEY=VALUE1,VALUE2,...")
+        if key in space:
+            raise InputError(f"sweep parameter {key!r} is given twice; list all its values in one --param")
+        values = [v.strip() for v in _split_values(text) if v.strip()]
+        if not values:
+            raise InputError(f"sweep parameter {key!r} has no values: the grid would be empty")
+        space[key] = [parse_params([f"{key}={v}"])[key] for v in values]
+    return space
+
+
+def grid(space: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the values in ``space`` (the first key varies slowest)."""
+    keys = list(space)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))]
+
+
+def sample(space: Mapping[str, Sequence[Any]], n_iter: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Random search: ``n_iter`` distinct combinations drawn from the grid (all of it if it is smaller)."""
+    if n_iter < 1:
+        raise InputError(f"random search needs --n-iter of 1 or more, not {n_iter}")
+    combos = grid(space)
+    if n_iter >= len(combos):
+        return combos
+    picked = sorted(random.Random(seed).sample(range(len(combos)), n_iter))
+    return [combos[i] for i in picked]
+
+
+def candidates(classifier: str, space: Mapping[str, Sequence[Any]], search: str = "grid",
+               n_iter: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The parameter sets a sweep fits, each checked against the classifier before anything runs.
+
+    Raises:
+        InputError: an unknown search or classifier, a parameter the classifier does not have (the
+            message lists the valid ones), an invalid value, or an empty grid.
+    """
+    from geoclf.classifiers import make_classifier
+
+    if search not in SEARCHES:
+        raise InputError(f"unknown search {search!r}; valid searches: {', '.join(SEARCHES)}")
+    if not space or any(len(v) == 0 for v in space.values()):
+        raise InputError("the parameter grid is empty; give --param KEY=VALUE1,VALUE2,... at least once")
+    combos = grid(space) if search == "grid" else sample(space, n_iter or 10, seed)
+    for params in combos:
+        estimator = make_classifier(classifier, params, seed).named_steps["classifier"]
+        _validate_values(estimator, params)
+    return combos
+
+
+def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logistic_regression",
+              space: Mapping[str, Sequence[Any]] | None = None, *, search: str = "grid", n_iter: int | None = None,
+              metric: str = "accuracy", cv_folds: int | None = None, name: str | None = None, seed: int = 0,
+              scheduler: Scheduler = None, n_workers: int | None = None, runs_dir: PathLike | None = None,
+              progress: bool = True) -> SweepResult:
+    """Fit a classifier for every parameter set of a grid or random search, on Dask, and record every fit.
+
+    Args:
+        features: features directories (``geoclf featurize`` output) with ``train`` and ``val`` chips.
+        classifier: a key of :data:`geoclf.classifiers.CLASSIFIERS`.
+        space: parameter name -> values to try (see :func:`parse_space`).
+        search: ``grid`` (every combination) or ``random`` (``n_iter`` combinations of the grid).
+        n_iter: combinations of a random search (default 10).
+        metric: validation metric to choose by (``accuracy``, ``balanced_accuracy``, ``kappa``, ...).
+        cv_folds: choose by spatial cross-validation on the train split with this many folds of whole
+            spatial blocks instead of by the validation split.
+        name: parent run name (default ``sweep-<classifier>``); children are ``<name>-NNN``.
+        seed: random seed of the classifiers and of the random search.
+        scheduler: where fits run (see :func:`tiling.parallel.dask_client`): ``None``/``"local"``, ``"sync"``,
+            an address, a client or a cluster object (e.g. from :func:`geoclf.cluster.cluster_from_recipe`).
+        n_workers: worker processes of a new LocalCluster.
+        runs_dir: runs directory or tracking URI (see :func:`geoclf.runs.run_store`).
+        progress: show a progress bar.
+
+    Raises:
+        InputError: bad features, an empty grid, unknown classifier, parameter or metric, too few spatial
+            blocks for the folds. All checked before any run is recorded or any task submitted.
+    """
+    from geoclf import runs
+    from geoclf.classifiers import load_features
+
+    if cv_folds is not None and cv_folds < 2:
+        raise InputError(f"spatial cross-validation needs 2 or more folds, not {cv_folds}")
+    combos = candidates(classifier, space or {}, search, n_iter, seed)
+    data = load_features(features)
+    prepared = _prepare(data, cv_folds)
+    classes = prepared["classes"]
+    y_val = prepared["y_val"]
+    valid_metrics = _metric_names(y_val, classes)
+    if metric not in valid_metrics:
+        raise InputError(f"unknown metric {metric!r}; valid metrics: {', '.join(valid_metrics)}")
+    chosen_by = f"cv_{metric}" if cv_folds else metric
+    name = name or f"sweep-{classifier}"
+    fit_data = FitData(prepared["x_train"], prepared["y_train"], prepared["x_val"], prepared["groups"])
+    meta = data.meta
+    parent_params = {"classifier": classifier, "search": search,
+                     "space": {k: list(v) for k, v in (space or {}).items()}, "n_fits": len(combos),
+                     "metric": metric, "cv_folds": cv_folds, "seed": seed,
+                     "backbone": meta["backbone"], "features": [str(d) for d in data.directories],
+                     "chip_index_sha256": _source(meta).get("sha256"), "n_train": len(fit_data.y_train),
+                     "n_val": len(y_val)}
+    rows: list[dict[str, Any]] = []
+    with runs.start_run(name, "train", params=parent_params, tags={SWEEP_TAG: "parent", METRIC_TAG: chosen_by},
+                        runs_dir=runs_dir) as parent:
+        started = time.perf_counter()
+        data_bytes, task_bytes, link = _fit_all(fit_data, classifier, combos, seed, cv_folds, scheduler,
+                                                          n_workers, progress,
+                                                          lambda outcome: rows.append(_record_fit(
+                                                              outcome, combos, data, prepared, classifier, seed,
+                                                              name, parent.run_id, cv_folds, runs_dir)))
+        wall = time.perf_counter() - started
+        table = pd.DataFrame(rows)
+        sign = 1.0 if runs.lower_is_better(chosen_by) else -1.0
+        table["_rank"] = table[chosen_by].map(lambda v: math.inf if v is None or math.isnan(v) else sign * v)
+        table = table.sort_values(["_rank", "index"], kind="stable").drop(columns=["_rank"]).reset_index(drop=True)
+        best = table.iloc[0]
+        parent.log_metrics({f"best_{chosen_by}": float(best[chosen_by]), "sweep_seconds": wall,
+                            "data_bytes": data_bytes, "task_bytes": task_bytes})
+        parent.set_tags({BEST_RUN_TAG: best["run_id"], BEST_NAME_TAG: best["run_name"]})
+        parent_id = parent.run_id
+    best_params = dict(combos[int(best["index"])])
+    return SweepResult(name=name, parent_id=parent_id, metric=chosen_by, fits=table.drop(columns=["index"]),
+                       best_run_id=str(best["run_id"]), best_run_name=str(best["run_name"]), best_params=best_params,
+                       best_score=float(best[chosen_by]), data_bytes=data_bytes, task_bytes=task_bytes,
+                       wall_seconds=wall, dashboard=link)
+
+
+def sweep_children(parent: str, runs_dir: PathLike | None = None) -> list[Any]:
+    """The child runs of a sweep (its fits), best first by the sweep's metric."""
+    from geoclf import runs
+
+    record = runs.get_run(parent, runs_dir=runs_dir)
+    metric = record.tags.get(METRIC_TAG, "accuracy")
+    children = [r for r in runs.list_run_records(sort=None, runs_dir=runs_dir) if r.parent_id == record.run_id]
+    sign = 1.0 if runs.lower_is_better(metric) else -1.0
+    return sorted(children, key=lambda r: (math.isnan(r.metrics.get(metric, math.nan)),
+                                           sign * r.metrics.get(metric, 0.0)))
+
+
+def best_of_sweep(parent: str, runs_dir: PathLike | None = None) -> Any:
+    """The winning child run of a sweep (a :class:`geoclf.runs.RunRecord`).
+
+    Raises:
+        InputError: ``parent`` is not a sweep's parent run, or the sweep has no finished fit.
+    """
+    from geoclf import runs
+
+    record = runs.get_run(parent, runs_dir=runs_dir)
+    if record.tags.get(SWEEP_TAG) != "parent":
+        raise InputError(f"run {record.name!r} ({record.run_id[:8]}) is not a sweep; give the sweep's parent run "
+                         "(geoclf sweep prints it)")
+    best = record.tags.get(BEST_RUN_TAG)
+    if best:
+        return runs.get_run(best, runs_dir=runs_dir)
+    children = sweep_children(parent, runs_dir)
+    if not children:
+        raise InputError(f"sweep {record.name!r} has no finished fit")
+    return children[0]
+
+
+# -- on the workers ----------------------------------------------------------------------------------------
+
+
+def fit_one(data: FitData, index: int, classifier: str, params: Mapping[str, Any], seed: int,
+            cv_folds: int | None) -> FitOutcome:
+    """Fit one parameter set (a Dask task): fit on the train split, predict the validation split and, with
+    ``cv_folds``, the out-of-fold train predictions of spatial cross-validation."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    from geoclf.classifiers import make_classifier
+
+    pipeline = make_classifier(classifier, params, seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        cv_pred = None
+        if cv_folds:
+            cv_pred = cross_val_predict(pipeline, data.x_train, data.y_train, groups=data.groups,
+                                        cv=GroupKFold(n_splits=cv_folds), n_jobs=1)
+        started = time.perf_counter()
+        pipeline.fit(data.x_train, data.y_train)
+        fit_seconds = time.perf_counter() - started
+    notes = tuple(dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught
+                                if issubclass(w.category, ConvergenceWarning)))
+    return FitOutcome(index, pipeline, pipeline.predict(data.x_val), cv_pred, fit_seconds, notes)
+
+
+# -- internals ---------------------------------------------------------------------------------------------
+
+
+def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed: int, cv_folds: int | None,
+             scheduler: Scheduler, n_workers: int | None, progress: bool,
+             on_result: Any) -> tuple[int, float, str | None]:
+    """Run every fit, calling ``on_result`` on the client as each finishes.
+
+    Returns:
+        Bytes of features sent to the cluster, mean bytes of a fit's task arguments, the dashboard address.
+    """
+    from tqdm.auto import tqdm
+
+    task_bytes = float(np.mean([len(pickle.dumps((i, classifier, p, seed, cv_folds), protocol=5))
+                                for i, p in enumerate(combos)]))
+    bar = tqdm(total=len(combos), desc="sweep", unit="fit", disable=not progress)
+    try:
+        with dask_client(scheduler, n_workers=n_workers) as client:
+            if client is None:
+                for i, params in enumerate(combos):
+                    on_result(fit_one(data, i, classifier, params, seed, cv_folds))
+                    bar.update()
+                return 0, task_bytes, None
+            link = dashboard_link(client)
+            if link and progress:
+                import sys
+
+                print(f"Dask dashboard: {link}", file=sys.stderr)
+            from distributed import as_completed
+
+            if client.scheduler_info().get("workers"):
+                # one copy goes to one worker; the others fetch it from there (peer to peer) when their
+                # first fit needs it, so the client uploads the features once, not once per fit
+                data_future = client.scatter(data, hash=False)
+            else:
+                # an adaptive cluster at zero workers: scatter would wait for a worker that is only
+                # started once a task is pending, so the features ride along one task instead (still once)
+                data_future = client.submit(_same, data, pure=False)
+            futures = [client.submit(fit_one, data_future, i, classifier, params, seed, cv_folds, pure=False)
+                       for i, params in enumerate(combos)]
+            for future in as_completed(futures):
+                on_result(future.result())
+                future.release()  # the fitted pipeline now lives in the run history
+                bar.update()
+            return data.nbytes, task_bytes, link
+    finally:
+        bar.close()
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: Any, prepared: dict[str, Any],
+                classifier: str, seed: int, sweep_name: str, parent_id: str, cv_folds: int | None,
+                runs_dir: PathLike | None) -> dict[str, Any]:
+    """Record one fit as a child run with its model artifact, as ``geoclf train`` records a run."""
+    from geoclf import runs
+    from geoclf.artifact import save_features_model
+    from geoclf.classifiers import _class_groups
+    from geoclf.metrics import evaluate, evaluation_to_json, scalar_metrics
+
+    params = combos[outcome.index]
+    classes = prepared["classes"]
+    evaluation = evaluate(prepared["y_val"], outcome.val_pred, classes)
+    extra: dict[str, float] = {"fit_seconds": outcome.fit_seconds}
+    if outcome.cv_pred is not None:
+        cv_eval = evaluate(prepared["y_train"], outcome.cv_pred, classes)
+        extra.update({f"cv_{k}": v for k, v in scalar_metrics(cv_eval).items() if "." not in k})
+    meta = data.meta
+    source = _source(meta)
+    effective = outcome.pipeline.named_steps["classifier"].get_params()
+    name = f"{sweep_name}-{outcome.index:03d}"
+    run_params = {
+        "classifier": classifier,
+        **{f"classifier.{k}": v for k, v in sorted(effective.items())},
+        "backbone": meta["backbone"], "weights": meta.get("weights"), "feature_layer": meta.get("feature_layer"),
+        "feature_dim": int(meta["feature_dim"]), "bands": list(meta["bands"]), "chip_size": int(meta["chip_size"]),
+        "features": [str(d) for d in data.directories], "chip_index": source.get("path"),
+        "chip_index_sha256": source.get("sha256"), "classes": classes, "seed": seed,
+        "n_train": len(prepared["y_train"]), "n_val": len(prepared["y_val"]), "cv_folds": cv_folds,
+    }
+    with runs.start_run(name, "train", params=run_params, tags={"geoclf.sweep_parent": parent_id},
+                        runs_dir=runs_dir, parent=parent_id) as run:
+        run.log_evaluation(evaluation)
+        run.log_metrics(extra)
+        if outcome.warnings:
+            run.set_tags({"warnings": " | ".join(outcome.warnings)})
+        provenance = {"run_id": run.run_id, "sweep_parent": parent_id, "features": run_params["features"],
+                      "chip_index": source.get("path"), "chip_index_sha256": source.get("sha256"),
+                      "classifier": classifier, "params": dict(params), "seed": seed,
+                      "n_train": run_params["n_train"], "n_val": run_params["n_val"]}
+        weights_ref = meta.get("weights_ref")
+        with tempfile.TemporaryDirectory(prefix="geoclf-model-") as tmp:
+            staged = save_features_model(
+                Path(tmp) / runs.MODEL_ARTIFACT, classifier=outcome.pipeline, classes=classes,
+                backbone=meta["backbone"], weights=(weights_ref or {}).get("weights", meta.get("weights")),
+                weights_ref=weights_ref, feature_layer=meta.get("feature_layer"),
+                feature_dim=int(meta["feature_dim"]), mean=meta["mean"], std=meta["std"],
+                input_size=meta.get("input_size"), bands=meta["bands"], chip_size=int(meta["chip_size"]), name=name,
+                metrics=evaluation_to_json(evaluation), class_groups=_class_groups(meta, classes),
+                provenance=provenance)
+            run.log_artifact_dir(staged, runs.MODEL_ARTIFACT)
+        run_id = run.run_id
+    row: dict[str, Any] = {"index": outcome.index, "run_name": name, "run_id": run_id, **params}
+    row.update({k: evaluation.get(k) for k in runs.HEADLINE_METRICS})
+    row.update(extra)
+    return row
+
+
+def _prepare(data: Any, cv_folds: int | None) -> dict[str, Any]:
+    """Train/validation arrays, class order and spatial groups, with ``geoclf train``'s checks."""
+    from geoclf.classifiers import _class_order
+
+    where = data.directories[0] if len(data.directories) == 1 else None
+    x_train, y_train = data.split("train")
+    x_val, y_val = data.split("val")
+    if len(y_train) == 0:
+        raise InputError("has no labelled chips in the train split (split == 'train')", where)
+    if len(y_val) == 0:
+        raise InputError("has no labelled chips in the validation split (split == 'val')", where)
+    unseen = sorted(set(y_val) - set(y_train))
+    if unseen:
+        raise InputError(f"class {', '.join(map(repr, unseen))} is in the validation split but absent from "
+                         "training, so no model could predict it", where)
+    classes = _class_order(set(y_train), data.meta)
+    if len(classes) < 2:
+        raise InputError(f"the train split holds a single class ({classes[0]!r}); a classifier needs two or more",
+                         where)
+    groups = _train_blocks(data) if cv_folds else None
+    if groups is not None:
+        blocks = len(set(groups))
+        if blocks < cv_folds:
+            raise InputError(f"the train split spans {blocks} spatial blocks, too few for {cv_folds} spatial "
+                             "cross-validation folds; use fewer folds or smaller blocks when tiling", where)
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "classes": classes,
+            "groups": groups}
+
+
+def _train_blocks(data: Any) -> np.ndarray:
+    """The spatial block of every labelled train chip: a ``block`` column of the features, else the chip
+    index's (``features.json`` names it)."""
+    rows = data.rows
+    mask = (rows["split"] == "train").to_numpy() & rows["label"].notna().to_numpy()
+    if "block" in rows.columns:
+        blocks = rows["block"]
+    else:
+        path = _source(data.meta).get("path")
+        if not path or not Path(path).is_file():
+            raise InputError(f"spatial cross-validation needs the chip index's blocks, but the chip index "
+                             f"{path or '(not recorded)'} is not there; run without --cv-folds or tile again")
+        from tiling.index import read_index
+
+        index = read_index(path)
+        if "block" not in index.columns:
+            raise InputError("has no block column for spatial cross-validation", path)
+        blocks = rows["chip_id"].map(dict(zip(index["chip_id"], index["block"], strict=True)))
+    train = blocks[mask]
+    if train.isna().any():
+        raise InputError(f"chip {rows.loc[mask, 'chip_id'][train.isna()].iloc[0]!r} has no spatial block in the "
+                         "chip index; were the features made from another index?")
+    return train.astype(str).to_numpy(dtype=object)
+
+
+def _metric_names(y_val: np.ndarray, classes: list[str]) -> list[str]:
+    from geoclf.metrics import evaluate, scalar_metrics
+
+    return list(scalar_metrics(evaluate(y_val, y_val, classes)))
+
+
+def _validate_values(estimator: Any, params: Mapping[str, Any]) -> None:
+    """Check parameter values (types and ranges) now rather than on a worker after minutes of other fits."""
+    check = getattr(estimator, "_validate_params", None)  # scikit-learn's own checks, run before fitting
+    if check is None:
+        return
+    try:
+        check()
+    except ValueError as exc:
+        if type(exc).__name__ != "InvalidParameterError":
+            raise
+        raise InputError(f"{dict(params)}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def _split_values(text: str) -> list[str]:
+    values, depth, current = [], 0, []
+    for char in text:
+        depth += char in "[{("
+        depth -= char in "]})"
+        if char == "," and depth == 0:
+            values.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    values.append("".join(current))
+    return values
+
+
+def _source(meta: Mapping[str, Any]) -> dict[str, Any]:
+    source = meta.get("source")
+    return dict(source) if isinstance(source, Mapping) else {}
