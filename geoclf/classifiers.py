@@ -89,6 +89,13 @@ class TrainResult:
     n_val: int
     warnings: tuple[str, ...] = ()
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The validation scores as recorded in the run history (``accuracy``, ``kappa``, ``recall.<Class>``...)."""
+        from geoclf.metrics import scalar_metrics
+
+        return scalar_metrics(self.evaluation)
+
 
 def load_features(directories: PathLike | Sequence[PathLike]) -> FeatureSet:
     """Read feature directories (``geoclf featurize`` output) and check they can be used together.

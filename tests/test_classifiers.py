@@ -114,6 +114,7 @@ def test_training_matches_scikit_learn_done_by_hand(tmp_path: Path, runs_dir: Pa
     np.testing.assert_allclose(ev["per_class"]["recall"],
                                skm.recall_score(y_val, y_hand, labels=CLASSES, average=None, zero_division=0))
     assert ev["accuracy"] > 0.9  # separable clusters
+    assert result.metrics["accuracy"] == ev["accuracy"]
     assert (result.n_train, result.n_val) == (len(y_train), len(y_val))
     assert result.classes == CLASSES  # scheme order, not alphabetical
 
