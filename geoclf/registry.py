@@ -150,7 +150,7 @@ def register_model(run: str, name: str, description: str | None = None,
     source = record.artifact_uri.rstrip("/") + "/" + runs.MODEL_ARTIFACT
     version = client.create_model_version(name, source=source, run_id=record.run_id, tags=tags,
                                           description=description or None)
-    return _version(client.get_model_version(name, version.version))
+    return get_version(name, int(version.version), runs_dir=runs_dir)
 
 
 def promote(name: str, version: int, stage: str = "production", runs_dir: PathLike | None = None) -> ModelVersion:
@@ -310,12 +310,17 @@ def _require_model(client: Any, name: str, runs_dir: PathLike | None) -> Any:
 
 
 def _versions(client: Any, name: str) -> list[ModelVersion]:
+    # version searches do not fill in aliases; the registered model holds them (alias -> version)
+    held: dict[int, list[str]] = {}
+    for alias, number in (getattr(client.get_registered_model(name), "aliases", {}) or {}).items():
+        held.setdefault(int(number), []).append(alias)
     found = client.search_model_versions(f"name = '{name}'")
-    return sorted((_version(v) for v in found), key=lambda v: v.version)
+    return sorted((_version(v, held.get(int(v.version), [])) for v in found), key=lambda v: v.version)
 
 
-def _version(v: Any) -> ModelVersion:
-    return ModelVersion(name=v.name, version=int(v.version), aliases=sorted(getattr(v, "aliases", []) or []),
+def _version(v: Any, aliases: list[str] | None = None) -> ModelVersion:
+    aliases = aliases if aliases is not None else list(getattr(v, "aliases", []) or [])
+    return ModelVersion(name=v.name, version=int(v.version), aliases=sorted(aliases),
                         run_id=v.run_id or None, source=v.source, created=_time(v.creation_timestamp),
                         tags=dict(v.tags or {}), description=v.description or "")
 
