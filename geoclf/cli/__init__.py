@@ -15,6 +15,7 @@ from tiling.errors import InputError
 # command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
     "tile": "geoclf.cli.tile:tile",
+    "synth": "geoclf.cli.synth:synth",
     "featurize": "geoclf.cli.featurize:featurize",
     "score": "geoclf.cli.score:score",
     "trend": "geoclf.cli.trend:trend",
@@ -26,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "runs": "geoclf.cli.runs:runs",
     "sweep": "geoclf.cli.sweep:sweep",
     "models": "geoclf.cli.models:models",
+    "finetune": "geoclf.cli.finetune:finetune",
 }
 
 

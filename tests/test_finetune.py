@@ -1,0 +1,290 @@
+"""Fine-tuning: each retrain depth trains (loss falls, frozen layers untouched), resume, artifact, run history."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+import tiling
+from geoclf import runs
+from geoclf.artifact import load_model
+from geoclf.backbones import load_backbone
+from geoclf.chips import read_batch
+from geoclf.finetune import (
+    ChipDataModule,
+    EpochHistory,
+    FinetuneModel,
+    LandUseModule,
+    augment_chips,
+    extend_first_conv,
+    finetune,
+    save_finetune_model,
+)
+from tiling.errors import InputError
+from tiling.io import ChipReader
+
+# Tiny settings throughout: 32 px chips of 128 m (a 4 m scene), small batches, a few batches per epoch.
+CHIP = 32
+SMALL = {"batch_size": 16, "num_workers": 0, "progress": False, "min_chips_per_class": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on tiny tensors a second one only adds synchronization, and on a busy shared
+    machine OpenMP threads waiting for each other make each step up to a hundred times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def index_path(tmp_path_factory):
+    """A ~250-chip index of a small synthetic scene, six classes, spatial train/val split."""
+    from tiling.synth import make_scene
+
+    root = tmp_path_factory.mktemp("finetune-scene")
+    scene = make_scene(root / "scene", size_m=2560, resolution=4.0, seed=0)
+    tiling.tile([scene.naip], scene.nlcd, root / "chips", params=tiling.TileParams(chip_size=CHIP), progress=False)
+    return root / "chips" / "chips.parquet"
+
+
+@pytest.fixture(scope="module")
+def first_run(index_path, tmp_path_factory):
+    """One epoch of last_only on MobileNetV2's real (offline) weights, recorded, then resumed to two epochs."""
+    runs_dir = tmp_path_factory.mktemp("finetune-runs")
+    out = runs_dir / "work"
+    options = {"limit_train_batches": 2}
+    one = finetune(index_path, backbone="mobilenet_v2", retrain="last_only", epochs=1, name="mnv2-last", out=out,
+                   runs_dir=runs_dir, trainer_options=options, **SMALL)
+    one_state = torch.load(one.last_checkpoint, map_location="cpu", weights_only=True)
+    two = finetune(index_path, backbone="mobilenet_v2", retrain="last_only", epochs=2, name="mnv2-last", out=out,
+                   runs_dir=runs_dir, resume="last", trainer_options=options, **SMALL)
+    two_state = torch.load(two.last_checkpoint, map_location="cpu", weights_only=True)
+    return {"one": one, "two": two, "one_state": one_state, "two_state": two_state, "runs_dir": runs_dir,
+            "out": out}
+
+
+def _trained_key(module: LandUseModule, key: str) -> bool:
+    return module._is_trained(key.rpartition(".")[0])
+
+
+@pytest.mark.parametrize(("backbone", "retrain", "input_size", "epochs"), [
+    ("resnet18", "last_only", None, 3),
+    ("resnet18", "fully_connected", None, 3),
+    ("resnet18", "all", None, 3),
+    ("alexnet", "fully_connected", 64, 2),  # 58 M parameters train: fewer steps; AlexNet needs >= 63 px
+])
+def test_retrain_depth_trains_only_its_part(index_path, backbone, retrain, input_size, epochs):
+    # random weights: what is tested is which part trains, not what pretrained weights know
+    L.seed_everything(0, verbose=False)
+    data = ChipDataModule(index_path, batch_size=16, num_workers=0, min_chips_per_class=2)
+    module = LandUseModule(backbone, data.classes, retrain=retrain, weights="none", lr=1e-3, input_size=input_size)
+    before = {k: v.clone() for k, v in module.network.state_dict().items()}
+    history = EpochHistory()
+    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[history])
+    trainer.fit(module, datamodule=data)
+
+    losses = [h["train_loss"] for h in history.history]
+    assert len(losses) == epochs and losses[-1] < losses[0], losses
+    after = module.network.state_dict()
+    frozen = [k for k in before if not _trained_key(module, k)]
+    trained = [k for k in before if _trained_key(module, k)]
+    # frozen weights and batch-norm statistics are bit-identical; the head did learn
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert (retrain == "all") == (not frozen)
+    head = module.backbone_spec.head
+    assert not torch.equal(before[f"{head}.weight"], after[f"{head}.weight"])
+    named = dict(module.network.named_parameters())
+    assert {n for n, p in named.items() if p.requires_grad} == {n for n in named if n in trained}
+    trainable = sum(p.numel() for p in named.values() if p.requires_grad)
+    assert module.trainable_params == trainable
+    if retrain == "fully_connected" and backbone == "alexnet":  # fc6-fc8, the seed study's definition
+        assert module.trained_modules == ("classifier",)
+        assert trainable == sum(p.numel() for p in module.network.classifier.parameters())
+    if retrain == "fully_connected" and backbone == "resnet18":  # last stage + head
+        assert module.trained_modules == ("layer4", "fc")
+
+
+def test_frozen_batchnorm_stays_in_eval_mode(index_path):
+    data = ChipDataModule(index_path, **{k: SMALL[k] for k in ("batch_size", "num_workers", "min_chips_per_class")})
+    module = LandUseModule("resnet18", data.classes, retrain="fully_connected", weights="none")
+    module.train()
+    assert module.training
+    assert not module.network.bn1.training and not module.network.layer3[0].bn1.training
+    assert module.network.layer4[0].bn1.training and module.network.fc.training
+    module.eval()
+    assert not module.network.layer4[0].bn1.training
+
+
+def test_finetune_records_run_with_curves_and_artifact(first_run, index_path):
+    one, two = first_run["one"], first_run["two"]
+    assert one.run_id and two.run_id and one.run_id != two.run_id
+    assert [h["epoch"] for h in two.history] == [1, 2]
+    record = runs.get_run("mnv2-last", runs_dir=first_run["runs_dir"])
+    assert record.run_id == two.run_id and record.kind == "finetune"
+    assert record.params["backbone"] == "mobilenet_v2" and record.params["retrain"] == "last_only"
+    assert record.params["trainable_params"] == two.trainable_params == 1280 * len(two.classes) + len(two.classes)
+    for key in ("train_loss", "train_error", "val_error", "epoch_seconds", "samples_per_second"):
+        # the resumed run's history holds both epochs: the one restored from the checkpoint and the new one
+        assert [step for step, _ in runs.metric_history(record, key, runs_dir=first_run["runs_dir"])] == [1, 2]
+    assert 0 <= record.metrics["accuracy"] <= 1
+
+    model = load_model(two.artifact_dir)
+    assert isinstance(model, FinetuneModel)
+    # last_only: every pretrained weight and batch-norm statistic is exactly MobileNetV2's ImageNet one
+    pretrained = load_backbone("mobilenet_v2").model.state_dict()
+    tuned = model.network.state_dict()
+    frozen = [k for k in pretrained if not k.startswith("classifier.1.")]
+    assert len(frozen) == len(pretrained) - 2 and all(torch.equal(pretrained[k], tuned[k]) for k in frozen)
+    assert model.classes == two.classes and model.bands == [1, 2, 3] and model.chip_size == CHIP
+    spec = json.loads((two.artifact_dir / "model.json").read_text())
+    assert spec["kind"] == "finetune" and spec["retrain"] == "last_only"
+    assert spec["metrics"]["accuracy"] == pytest.approx(two.evaluation["accuracy"])
+
+
+def test_artifact_predicts_like_the_trained_module(first_run, index_path):
+    two = first_run["two"]
+    model = load_model(two.artifact_dir)
+    rows = ChipDataModule(index_path, batch_size=16, num_workers=0, min_chips_per_class=2).val_rows
+    chips = read_batch(rows, ChipReader((1, 2, 3), CHIP))
+    proba = model.predict_proba(chips)
+    assert proba.shape == (len(rows), len(model.classes)) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    # scoring normalizes with backbones.to_tensor, training on the device: the same numbers
+    module = LandUseModule.load_from_checkpoint(two.best_checkpoint, weights="none").eval()
+    with torch.inference_mode():
+        expected = torch.softmax(module(module.normalize(torch.from_numpy(chips))), dim=1).numpy()
+    np.testing.assert_allclose(proba, expected, atol=1e-5)
+    # the accuracy recorded with the model is what scoring with the artifact gives
+    accuracy = float(np.mean(model.predict(chips) == rows["label"].to_numpy()))
+    assert accuracy == pytest.approx(model.metrics["accuracy"])
+
+
+def test_resume_continues_epochs_steps_and_optimizer(first_run):
+    one, two = first_run["one"], first_run["two"]
+    steps = one.global_step
+    assert one.epochs == 1 and steps == 2
+    assert two.epochs == 2 and two.global_step == 2 * steps
+    # AdamW's per-parameter step count went on from the checkpoint instead of starting again at 0
+    count = [s["step"] for s in first_run["one_state"]["optimizer_states"][0]["state"].values()]
+    resumed = [s["step"] for s in first_run["two_state"]["optimizer_states"][0]["state"].values()]
+    assert all(int(c) == steps for c in count) and all(int(c) == 2 * steps for c in resumed)
+    assert first_run["two_state"]["lr_schedulers"][0]["last_epoch"] == 2 * steps
+    assert two.history[0] == one.history[0]
+
+
+def test_finetune_run_listed_beside_feature_classifiers(first_run):
+    from click.testing import CliRunner
+
+    from geoclf.cli import cli
+
+    runs_dir = first_run["runs_dir"]
+    # a feature classifier's run, as geoclf train records it (the listing cares only about kind and metrics)
+    with runs.start_run("lr-lite0", "train", params={"backbone": "efficientnet_lite0",
+                                                     "classifier": "logistic_regression"}, runs_dir=runs_dir) as run:
+        run.log_metrics({"accuracy": 0.5})
+    result = CliRunner().invoke(cli, ["runs", "list", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert "lr-lite0" in lines and "mnv2-last" in lines
+    assert "finetune" in lines["mnv2-last"] and "train" in lines["lr-lite0"]
+
+
+def test_four_band_input_extends_first_conv_and_scores(index_path, tmp_path):
+    conv = torch.nn.Conv2d(3, 8, 3)
+    grey = torch.rand(1, 1, 9, 9)
+    expected = conv(grey.expand(1, 3, 9, 9))
+    assert extend_first_conv(torch.nn.Sequential(conv), 4) == "0"
+    torch.testing.assert_close(conv(grey.expand(1, 4, 9, 9)), expected)
+
+    data = ChipDataModule(index_path, bands=(1, 2, 3, 4), **{k: SMALL[k] for k in ("batch_size", "num_workers",
+                                                                                  "min_chips_per_class")})
+    module = LandUseModule("mobilenet_v2", data.classes, retrain="last_only", bands=(1, 2, 3, 4))
+    assert module.first_conv == "features.0.0" and module.trained_modules[-1] == "features.0.0"
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    saved = save_finetune_model(tmp_path / "model", module, chip_size=data.chip_size, name="nir")
+    model = load_model(saved)
+    assert model.bands == [1, 2, 3, 4]
+    chips = read_batch(data.val_rows.iloc[:4], ChipReader((1, 2, 3, 4), CHIP))
+    assert model.predict_proba(chips).shape == (4, len(data.classes))
+
+
+def test_augment_chips_keeps_pixels_and_nodata():
+    rng = np.random.default_rng(0)
+    chips = rng.integers(1, 256, (16, 4, 8, 8), dtype=np.uint8)
+    chips[:, :, 0, 0] = 0  # a nodata pixel
+    turned = augment_chips(chips, rng, jitter=0)
+    for before, after in zip(chips, turned, strict=True):
+        candidates = [np.rot90(before, k, axes=(1, 2)) for k in range(4)]
+        candidates += [c[:, :, ::-1] for c in candidates]
+        assert any(np.array_equal(after, c) for c in candidates)
+    jittered = augment_chips(chips, rng, jitter=0.1)
+    assert jittered.dtype == np.uint8 and (jittered.reshape(16, 4, -1).max(axis=1) == 0).sum() == 16
+    assert np.abs(jittered.astype(int).mean() - chips.astype(int).mean()) < 20
+
+
+def test_workers_read_the_same_chips(index_path):
+    inline = ChipDataModule(index_path, batch_size=8, num_workers=0, min_chips_per_class=2, augment=False)
+    workers = ChipDataModule(index_path, batch_size=8, num_workers=1, min_chips_per_class=2, augment=False)
+    a, b = next(iter(inline.val_dataloader())), next(iter(workers.val_dataloader()))
+    assert a[0].dtype == torch.uint8 and a[0].shape == (8, 3, CHIP, CHIP)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# -- bad input: one-line errors ----------------------------------------------------------------------------
+
+
+def test_unknown_backbone_and_depth_list_the_valid_ones(index_path, tmp_path):
+    with pytest.raises(InputError, match=r"unknown backbone 'resnet17'.*known backbones are"):
+        finetune(index_path, backbone="resnet17", out=tmp_path, **SMALL)
+    with pytest.raises(InputError, match="unknown retrain depth 'head'; valid: last_only, fully_connected, all"):
+        finetune(index_path, backbone="resnet18", retrain="head", out=tmp_path, **SMALL)
+
+
+def test_index_without_validation_chips(index_path, tmp_path):
+    index = tiling.read_index(index_path)
+    index["split"] = "train"
+    path = tiling.write_index(index, tmp_path / "chips.parquet")
+    with pytest.raises(InputError, match="has no validation chips"):
+        ChipDataModule(path, num_workers=0)
+
+
+def test_too_few_chips_per_class(index_path):
+    with pytest.raises(InputError, match=r"too few training chips per class \(at least 1000 needed\): Developed"):
+        ChipDataModule(index_path, num_workers=0, min_chips_per_class=1000)
+
+
+def test_chips_too_small_for_the_network(index_path, tmp_path):
+    with pytest.raises(InputError, match="32 px chips are too small for alexnet.*--input-size"):
+        finetune(index_path, backbone="alexnet", weights="none", out=tmp_path, record_run=False, **SMALL)
+
+
+def test_checkpoint_of_another_backbone(first_run, index_path, tmp_path):
+    with pytest.raises(InputError, match="checkpoint of backbone 'mobilenet_v2', not 'resnet18'") as caught:
+        finetune(index_path, backbone="resnet18", weights="none", retrain="last_only", out=tmp_path,
+                 resume=first_run["two"].last_checkpoint, runs_dir=tmp_path / "runs", **SMALL)
+    assert "\n" not in str(caught.value)
+
+
+def test_existing_run_directory_needs_resume(first_run, index_path):
+    with pytest.raises(InputError, match="--resume last"):
+        finetune(index_path, backbone="mobilenet_v2", out=first_run["out"], **SMALL)
+
+
+def test_cli_bad_depth_is_one_line(index_path, capsys):
+    from geoclf.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--chips", str(index_path), "--backbone", "alexnet", "--retrain", "fc"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "valid: last_only, fully_connected, all" in err
