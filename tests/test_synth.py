@@ -1,0 +1,295 @@
+"""The synthetic scene generator: file conventions, determinism, imagery that shows its land cover, years."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from pyproj import Transformer
+from rasterio import features
+from rasterio.crs import CRS
+from rasterio.enums import Compression, Resampling
+from rasterio.warp import reproject
+
+from tiling.classes import NLCD_COLORS, NLCD_NAMES, ClassScheme
+from tiling.errors import InputError
+from tiling.io import describe_naip, scene_date
+from tiling.synth import NLCD_ORIGIN, WORLD_CODES, SyntheticWorld, make_nlcd, make_scene, make_years
+
+SCHEME = ClassScheme.default()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 1,344 m scene (6 x 6 chips of 224 m) with its NLCD; seed 0 holds forest, houses, fields, water."""
+    return make_scene(tmp_path_factory.mktemp("synth"), size_m=1344, seed=0)
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    """Two years of one 1,120 m place, with a conversion rate high enough to see change in a small area."""
+    return make_years(tmp_path_factory.mktemp("synth-years"), years=(2010, 2016), size_m=1120, seed=0,
+                      conversion_rate=0.05)
+
+
+def read_all(path) -> np.ndarray:
+    with rasterio.open(path) as dataset:
+        return dataset.read()
+
+
+def nlcd_on_naip(naip_path, nlcd_path) -> np.ndarray:
+    """NLCD codes warped (nearest) onto the NAIP pixel grid by GDAL, independently of the generator."""
+    with rasterio.open(naip_path) as naip, rasterio.open(nlcd_path) as nlcd:
+        codes = np.full((naip.height, naip.width), 255, dtype=np.uint8)
+        reproject(rasterio.band(nlcd, 1), codes, dst_transform=naip.transform, dst_crs=naip.crs,
+                  resampling=Resampling.nearest, dst_nodata=255)
+    return codes
+
+
+def land_use(codes: np.ndarray) -> np.ndarray:
+    """Class name of every pixel ('' for codes in no class)."""
+    names = np.array(["", *SCHEME.names])
+    return names[SCHEME.lookup_table()[codes]]
+
+
+def test_naip_follows_the_naip_conventions(scene):
+    info = describe_naip(scene.naip, min_bands=4)
+    assert info.crs == CRS.from_epsg(26919) and info.res == (1.0, 1.0) and info.nodata == 0
+    assert (info.height, info.width) == scene.shape == (1344, 1344)
+    assert info.date == scene.date and scene.date.year == 2016 and 6 <= scene.date.month <= 9
+    with rasterio.open(scene.naip) as dataset:
+        assert dataset.count == 4 and set(dataset.dtypes) == {"uint8"}
+        assert dataset.descriptions == ("red", "green", "blue", "nir")
+        assert dataset.block_shapes[0] == (512, 512) and dataset.compression == Compression.deflate
+        assert dataset.overviews(1)  # decimated reads stay cheap
+        assert scene_date(scene.naip.stem, dataset.tags()) == scene.date
+    # The scene is centred on the requested point
+    lon, lat = Transformer.from_crs(26919, 4326, always_xy=True).transform(
+        (info.bounds[0] + info.bounds[2]) / 2, (info.bounds[1] + info.bounds[3]) / 2)
+    assert lon == pytest.approx(-71.80, abs=1e-4) and lat == pytest.approx(42.35, abs=1e-4)
+
+
+def test_nodata_is_a_collar_of_all_zero_pixels(scene):
+    pixels = read_all(scene.naip)
+    nodata = (pixels == 0).all(axis=0)
+    # Every edge has some collar, the interior none, and a valid pixel is never 0 in all bands.
+    assert nodata[0].any() and nodata[-1].any() and nodata[:, 0].any() and nodata[:, -1].any()
+    assert not nodata[100:-100, 100:-100].any()
+    assert scene.nodata_share == pytest.approx(nodata.mean())
+    # The collar comes from a lon/lat box: its inner edge is slanted in UTM, not parallel to the raster's edge.
+    first_valid = nodata.argmin(axis=1)[200:-200]
+    assert first_valid.max() - first_valid.min() >= 3
+
+
+def test_nlcd_follows_the_nlcd_conventions(scene):
+    with rasterio.open(scene.nlcd) as nlcd:
+        assert nlcd.crs == CRS.from_epsg(5070) and nlcd.res == (30.0, 30.0)
+        assert nlcd.count == 1 and nlcd.dtypes[0] == "uint8" and nlcd.nodata == 255
+        # cells on the national NLCD grid
+        assert (nlcd.transform.c - NLCD_ORIGIN[0]) % 30 == 0 and (NLCD_ORIGIN[1] - nlcd.transform.f) % 30 == 0
+        colormap = nlcd.colormap(1)
+        for code, rgb in NLCD_COLORS.items():
+            assert colormap[code][:3] == rgb
+        codes = nlcd.read(1)
+        bounds = nlcd.bounds
+    assert set(np.unique(codes)) <= set(WORLD_CODES) <= set(NLCD_NAMES)
+    # it covers the whole scene
+    with rasterio.open(scene.naip) as naip:
+        left, bottom, right, top = naip.bounds
+    xs, ys = Transformer.from_crs(26919, 5070, always_xy=True).transform([left, left, right, right],
+                                                                         [bottom, top, bottom, top])
+    assert min(xs) > bounds.left and max(xs) < bounds.right and min(ys) > bounds.bottom and max(ys) < bounds.top
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(tmp_path):
+    a = make_scene(tmp_path / "a", size_m=448, seed=3, nlcd=False)
+    b = make_scene(tmp_path / "b", size_m=448, seed=3, nlcd=False)
+    c = make_scene(tmp_path / "c", size_m=448, seed=4, nlcd=False)
+    np.testing.assert_array_equal(read_all(a.naip), read_all(b.naip))
+    assert (read_all(a.naip) != read_all(c.naip)).mean() > 0.5
+
+
+def test_imagery_shows_its_land_cover(scene):
+    """Mapping the NLCD onto the pixels with GDAL: vegetation is bright in NIR, pavement and water are not."""
+    pixels = read_all(scene.naip).astype(np.float64)
+    codes = nlcd_on_naip(scene.naip, scene.nlcd)
+    classes = land_use(codes)
+    valid = (pixels > 0).any(axis=0)
+    red, nir = pixels[0], pixels[3]
+    ratio = nir / np.maximum(red, 1)
+    median = {name: np.median(ratio[valid & (classes == name)]) for name in ("Forest", "Developed", "Cultivated")}
+    assert median["Forest"] > 1.5 * median["Developed"]
+    assert median["Cultivated"] > median["Developed"]
+    water = valid & (codes == 11)
+    assert water.sum() > 1000 and np.median(nir[water]) < 0.5 * np.median(nir[valid & (classes == "Forest")])
+    # Developed land has hard edges (roofs, streets): more strong pixel-to-pixel steps than fields have.
+    step = np.abs(np.diff(pixels[:3].mean(axis=0), axis=1)) > 25
+    edges = {name: step[(valid & (classes == name))[:, 1:]].mean() for name in ("Developed", "Cultivated")}
+    assert edges["Developed"] > 3 * edges["Cultivated"]
+    # the reported shares are those of the NLCD under the scene, to within the 30 m cell size
+    for name in ("Forest", "Developed", "Cultivated"):
+        assert scene.class_shares[name] == pytest.approx((classes[valid] == name).mean(), abs=0.03)
+
+
+def test_world_is_one_function_of_place_and_year():
+    """Land cover at a point does not depend on which other points are asked for with it."""
+    world = SyntheticWorld(seed=5)
+    rng = np.random.default_rng(0)
+    x = 1_950_000 + rng.uniform(0, 3000, 5000)
+    y = 2_350_000 + rng.uniform(0, 3000, 5000)
+    whole = world.land_cover(x, y, 2016)
+    parts = np.concatenate([world.land_cover(x[:100], y[:100], 2016), world.land_cover(x[100:], y[100:], 2016)])
+    np.testing.assert_array_equal(whole, parts)
+    assert len(np.unique(whole)) >= 5
+
+
+def test_years_share_a_grid_and_record_their_conversions(series):
+    import geopandas as gpd
+
+    assert sorted(series.naip) == [2010, 2016]
+    with rasterio.open(series.naip[2010]) as a, rasterio.open(series.naip[2016]) as b:
+        assert a.transform == b.transform and a.shape == b.shape and a.crs == b.crs
+        transform, crs, shape = a.transform, a.crs, a.shape
+    assert [s.date.year for s in series.scenes.values()] == [2010, 2016]
+    with rasterio.open(series.nlcd) as nlcd:
+        assert nlcd.tags()["NLCD_YEAR"] == "2010"
+
+    conversions = gpd.read_file(series.conversions)
+    assert conversions.crs == CRS.from_epsg(5070) and len(conversions) >= 1
+    assert conversions["year"].between(2011, 2016).all()
+    assert conversions["to_code"].isin([21, 22, 23, 24]).all()
+    assert not conversions["from_code"].isin([11, 21, 22, 23, 24, 90, 95]).any()
+    # The NLCD (2010) still shows the land before its conversion
+    inner = conversions.geometry.buffer(-20)
+    inner = inner[~inner.is_empty]
+    points = inner.representative_point()
+    with rasterio.open(series.nlcd) as nlcd:
+        before = np.array([v[0] for v in nlcd.sample(zip(points.x, points.y, strict=True))])
+    assert (before == conversions.loc[points.index, "from_code"].to_numpy()).all()
+
+    # In the imagery, converted land looks like the Developed land of the same year: classify 32 m windows
+    # by their band means and spreads, learnt from the land that did not change.
+    from sklearn.neighbors import NearestCentroid
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    converted = features.rasterize(conversions.to_crs(crs).geometry, out_shape=shape, transform=transform) > 0
+    classes = land_use(nlcd_on_naip(series.naip[2010], series.nlcd))
+    after, before_img = read_all(series.naip[2016]), read_all(series.naip[2010])
+    window = 32
+
+    def has_data(cut) -> bool:
+        return bool((after[:, cut[0], cut[1]] > 0).any(axis=0).all())
+
+    def unchanged(cut) -> str | None:
+        names = np.unique(classes[cut])
+        keep = len(names) == 1 and names[0] != "" and not converted[cut].any() and has_data(cut)
+        return str(names[0]) if keep else None
+
+    def inside(cut) -> str | None:
+        return "converted" if converted[cut].all() and has_data(cut) else None
+
+    def windows(image: np.ndarray, label_of) -> tuple[np.ndarray, list[str]]:
+        feats, labels = [], []
+        for r in range(0, shape[0] - window, window):
+            for c in range(0, shape[1] - window, window):
+                cut = (slice(r, r + window), slice(c, c + window))
+                label = label_of(cut)
+                if label is not None:
+                    block = image[:, cut[0], cut[1]].reshape(4, -1).astype(float)
+                    feats.append(np.concatenate([block.mean(1), block.std(1)]))
+                    labels.append(label)
+        return np.array(feats), labels
+
+    train_x, train_y = windows(after, unchanged)
+    model = make_pipeline(StandardScaler(), NearestCentroid()).fit(train_x, train_y)
+    later, _ = windows(after, inside)
+    earlier, _ = windows(before_img, inside)
+    assert len(later) >= 10
+    assert (model.predict(later) == "Developed").mean() > 0.5
+    assert (model.predict(earlier) == "Developed").mean() < 0.1
+
+
+def test_one_nlcd_covers_scenes_in_two_utm_zones(utm_pair):
+    scenes, nlcd_path = utm_pair
+    assert [s.crs for s in scenes] == ["EPSG:26918", "EPSG:26919"]
+    with rasterio.open(nlcd_path) as nlcd:
+        bounds = nlcd.bounds
+        assert nlcd.crs == CRS.from_epsg(5070)
+    for scene in scenes:
+        left, bottom, right, top = scene.bounds
+        xs, ys = Transformer.from_crs(scene.crs, 5070, always_xy=True).transform([left, left, right, right],
+                                                                                 [bottom, top, bottom, top])
+        assert min(xs) > bounds.left and max(xs) < bounds.right and min(ys) > bounds.bottom and max(ys) < bounds.top
+        # both scenes show the shared land cover: vegetation bright in NIR wherever the NLCD says forest
+        pixels = read_all(scene.naip).astype(float)
+        classes = land_use(nlcd_on_naip(scene.naip, nlcd_path))
+        ratio = pixels[3] / np.maximum(pixels[0], 1)
+        forest, developed = classes == "Forest", classes == "Developed"
+        if forest.sum() > 1000 and developed.sum() > 1000:
+            assert np.median(ratio[forest]) > np.median(ratio[developed])
+
+
+def test_make_nlcd_for_bounds_and_a_later_year(tmp_path):
+    bounds = (1_950_000.0, 2_350_000.0, 1_953_000.0, 2_352_000.0)
+    early = make_nlcd(tmp_path / "a.tif", bounds=bounds, seed=2, year=2005, margin_m=0, conversion_rate=0.05)
+    late = make_nlcd(tmp_path / "b.tif", bounds=bounds, seed=2, year=2020, margin_m=0, conversion_rate=0.05)
+    a, b = read_all(early)[0], read_all(late)[0]
+    assert a.shape == b.shape
+    with rasterio.open(early) as nlcd:  # snapped outwards to the NLCD grid: at most one cell beyond the bounds
+        left, bottom, right, top = nlcd.bounds
+    assert 0 <= bounds[0] - left < 30 and 0 <= right - bounds[2] < 30
+    assert 0 <= bounds[1] - bottom < 30 and 0 <= top - bounds[3] < 30
+    developed = np.isin(b, (21, 22, 23, 24))
+    # land only ever becomes Developed, never the reverse
+    assert np.isin(a, (21, 22, 23, 24)).sum() < developed.sum()
+    assert (b[a != b] >= 21).all() and (b[a != b] <= 24).all()
+
+
+def test_cli_writes_naip_and_nlcd(tmp_path, capsys):
+    from geoclf.cli import main
+
+    main(["synth", "--out", str(tmp_path), "--size-m", "448", "--seed", "1", "--year", "2012"])
+    assert (tmp_path / "naip.tif").exists() and (tmp_path / "nlcd.tif").exists()
+    out = capsys.readouterr().out
+    assert str(tmp_path / "naip.tif") in out and "Forest" in out
+    with rasterio.open(tmp_path / "naip.tif") as dataset:
+        assert dataset.tags()["ACQUISITION_DATE"].startswith("2012-") and dataset.shape == (448, 448)
+
+
+def test_cli_time_series(tmp_path, capsys):
+    from geoclf.cli import main
+
+    main(["synth", "--out", str(tmp_path), "--size-m", "336", "--years", "2010", "2014", "--conversion-rate", "0.1"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["conversions.geojson", "naip_2010.tif", "naip_2014.tif", "nlcd.tif"]
+    assert json.loads((tmp_path / "conversions.geojson").read_text())["type"] == "FeatureCollection"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--center", "north"], "--center must be N,N"),
+    (["--crs", "EPSG:4326"], "projected in metres"),
+    (["--size-m", "3"], "too small"),
+    (["--year", "16"], "four-digit year"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
+    from geoclf.cli import main
+
+    with pytest.raises(SystemExit) as exit_code:
+        main(["synth", "--out", str(tmp_path), *args])
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_bad_parameters_raise_input_errors(tmp_path):
+    with pytest.raises(InputError, match="projected in metres"):
+        make_scene(tmp_path, crs="EPSG:4326", size_m=448)
+    with pytest.raises(InputError, match="unknown CRS"):
+        make_scene(tmp_path, crs="EPSG:999999", size_m=448)
+    with pytest.raises(InputError, match="either scenes or bounds"):
+        make_nlcd(tmp_path / "x.tif")
+    with pytest.raises(InputError, match="conversion rate"):
+        SyntheticWorld(conversion_rate=1.5)
