@@ -75,6 +75,8 @@ PROBABILITIES = "landuse_probs.tif"
 PREDICTIONS = "predictions.parquet"
 #: Name of the class-code variable of the stack (the COG band's description).
 CODES = "land_use_class"
+#: The stack written by :func:`analyze_trends`.
+STACK = "landuse_stack.zarr"
 #: Default spatial chunk side of the stack, in map pixels (one pixel per chip: 512² chips is a large county).
 CHUNK = 512
 
@@ -893,6 +895,11 @@ def stored_trajectories(stored: xr.Dataset, suffix: str = "") -> xr.Dataset:
 def trajectory_summary(trajectory: xr.Dataset, stack: xr.Dataset, *, common: bool = True) -> dict[str, Any]:
     """Counts of changing and flickering pixels (over the assessed area when ``common``).
 
+    Args:
+        trajectory: from :func:`trajectories`.
+        stack: the stack it was computed on.
+        common: count the assessed area only, else every pixel mapped at least once.
+
     Returns:
         ``pixels``, ``km2``, ``changed_pixels``/``changed_share`` (at least one change),
         ``flicker_pixels``/``flicker_share`` (at least one A→B→A), ``flicker_events``, ``changes``
@@ -921,7 +928,16 @@ def trajectory_summary(trajectory: xr.Dataset, stack: xr.Dataset, *, common: boo
 
 
 def developed_by_year(trajectory: xr.Dataset, stack: xr.Dataset, *, common: bool = True) -> pd.DataFrame:
-    """Area first mapped as developed in each year (the first year: already developed then)."""
+    """Area first mapped as developed in each year (the first year: already developed then).
+
+    Args:
+        trajectory: from :func:`trajectories`.
+        stack: the stack it was computed on.
+        common: count the assessed area only (pixels mapped at every date).
+
+    Returns:
+        One row per date: ``year``, ``pixels``, ``km2``, ``already_developed`` (true for the first date).
+    """
     mask = assessed_mask(stack) if common else trajectory["mapped_dates"] > 0
     years = stack["year"].to_numpy()
     values = trajectory["year_developed"].where(mask, 0)
@@ -1091,18 +1107,32 @@ def area_figure(areas: pd.DataFrame, trends: pd.DataFrame, path: PathLike, *, cl
 
 def year_developed_figure(trajectory: xr.Dataset, stack: xr.Dataset, path: PathLike, *,
                           max_pixels: int = 1500) -> Path:
-    """A static map of the year each pixel was first mapped as developed."""
+    """A static map of the year each pixel was first mapped as developed.
+
+    Args:
+        trajectory: from :func:`trajectories`.
+        stack: the stack it was computed on (dates, grid).
+        path: output PNG.
+        max_pixels: longest side of the drawn raster (the layer is read at every k-th pixel past it).
+
+    Returns:
+        ``path`` as a Path.
+    """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     years = [int(y) for y in stack["year"].to_numpy()]
     scheme = _year_scheme(years)
     grid = _decimated(trajectory["year_developed"], stack.rio.transform(), stack.rio.crs, max_pixels)
+    mapped = _decimated(trajectory["mapped_dates"], stack.rio.transform(), stack.rio.crs, max_pixels).codes > 0
     palette = np.zeros((256, 4), dtype=np.uint8)
-    palette[0] = (235, 235, 235, 255)
+    never = len(scheme.names) + 1
+    palette[never] = (235, 235, 235, 255)
     for k, name in enumerate(scheme.names):
         palette[k + 1] = (*scheme.color(name), 255)
-    rgba = palette[_year_codes(grid.codes, years)]
+    codes = _year_codes(grid.codes, years)
+    codes[(codes == 0) & mapped] = never  # never developed; pixels never mapped stay transparent
+    rgba = palette[codes]
     left, bottom, right, top = grid.bounds
     figure = Figure(figsize=(8.0, float(np.clip(6.0 * (top - bottom) / max(right - left, 1e-9) + 1.5, 3, 12))),
                     layout="constrained")
@@ -1142,6 +1172,22 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
 
     Layers are warped (nearest) to Web Mercator images the way :func:`geoclf.maps.folium_map` draws its class
     layer; a layer's image is made from the stack read at every ``k``-th pixel so it fits ``max_pixels``.
+
+    Args:
+        stack: from :func:`open_stack` (or reopened from Zarr).
+        trajectory: from :func:`trajectories`, for the year-developed layer.
+        trends: from :func:`class_trends`, tabulated under the chart.
+        chart: the area chart PNG (:func:`area_figure`), inlined.
+        path: output ``.html``.
+        zones: zone polygons, drawn with a popup of their trends.
+        zone_trends: from :func:`class_trends` on :func:`zonal_areas`.
+        zone_column: the zones' name column.
+        basemap: a folium tile provider name or URL template; None for none.
+        opacity: opacity of the land-use layers.
+        max_pixels: longest side of each layer image.
+
+    Returns:
+        ``path`` as a Path.
     """
     import folium
     from branca.element import MacroElement
@@ -1205,8 +1251,8 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
         f"{html.escape(dates[-1])}</div><div class='geoclf-year-legend' style='margin-top:4px;font-size:11px;"
         f"max-width:300px'><b>Year first {html.escape(developed)}</b> ({html.escape(note)}; layer list, top "
         f"right):<br>{swatches}</div></div>"
-        "<details open class='geoclf-chart' style='position:absolute;left:10px;bottom:28px;z-index:1000;"
-        "background:rgba(255,255,255,0.95);padding:6px;border-radius:4px;max-width:48%;max-height:60%;"
+        "<details open class='geoclf-chart' style='position:absolute;left:10px;bottom:60px;z-index:1000;"
+        "background:rgba(255,255,255,0.95);padding:6px;border-radius:4px;max-width:44%;max-height:55%;"
         "overflow:auto;box-shadow:0 1px 4px rgba(0,0,0,0.3);font:12px sans-serif'>"
         "<summary><b>Area by class over time</b></summary>"
         f"<img alt='area by class over time' src='{_data_url(Path(chart))}' style='width:100%'>"
@@ -1269,9 +1315,6 @@ def _add_zones(fmap: Any, zones: gpd.GeoDataFrame, zone_trends: pd.DataFrame, cl
 # --------------------------------------------------------------------------------------------------------
 # Everything
 # --------------------------------------------------------------------------------------------------------
-
-STACK = "landuse_stack.zarr"
-
 
 def analyze_trends(maps: Sequence[PathLike], out: PathLike, *, zones: PathLike | None = None,
                    zone_column: str | None = None, reference: PathLike | None = None, smooth: int = 1,
