@@ -163,7 +163,18 @@ def test_stack_is_the_chip_grid_with_dates_and_classes(scene: list[Path]) -> Non
     assert int(codes.sel(time="2018-07-16", x=x, y=y, method="nearest")) == code("Developed")
 
 
-def test_opening_the_stack_reads_no_pixels(scene: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def shifted_map(path: Path, k: int) -> Path:
+    """A score directory of date ``k`` whose map is shifted by a quarter pixel (50 m) east and north."""
+    shifted = score_dir(path, schedule(k), DATES[k])
+    grid, classes = maps.read_landuse(shifted / "landuse.tif")
+    grid = grid._replace(transform=grid.transform * grid.transform.translation(0.25, -0.25))
+    maps.write_landuse_cog(shifted / "landuse.tif", grid, classes)
+    return shifted
+
+
+def test_opening_the_stack_reads_no_pixels(scene: list[Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    moved = shifted_map(tmp_path / "moved", 4)  # read through a warped VRT
     reads: list[str] = []
     for cls in (rasterio.io.DatasetReader, rasterio.vrt.WarpedVRT):
         original = cls.read
@@ -174,7 +185,8 @@ def test_opening_the_stack_reads_no_pixels(scene: list[Path], monkeypatch: pytes
 
         monkeypatch.setattr(cls, "read", counting)
     stack = trend.open_stack(scene, probabilities=True, chunks=4)
-    assert reads == []
+    warped = trend.open_stack([*scene[1:], moved], chunks=4)
+    assert json.loads(warped.attrs["resampled"]) and reads == []
     for name in (trend.CODES, "prob_Developed"):
         assert dask.is_dask_collection(stack[name].data)
     # a chunk holds every date of a few pixels: a county x ten years is never in memory at once
@@ -186,6 +198,9 @@ def test_opening_the_stack_reads_no_pixels(scene: list[Path], monkeypatch: pytes
     # and the counter does see reads, so the zeros above mean something
     assert int(stack[trend.CODES].isel(time=0).max()) == code("Cultivated")
     assert reads
+    reads.clear()
+    assert int(warped[trend.CODES].isel(time=-1).max()) == code("Cultivated")
+    assert str(moved / "landuse.tif") in " ".join(reads)
 
 
 def test_probabilities_follow_the_codes(scene: list[Path]) -> None:
@@ -407,11 +422,7 @@ def test_maps_on_other_grids_are_aligned_by_nearest_resampling(scene: list[Path]
     # both are warped onto the stack's grid, nearest neighbour, and land on the same classes.
     fine = {(2 * ix + dx, 2 * iy + dy): name for (ix, iy), name in schedule(3).items() for dx in (0, 1)
             for dy in (0, 1)}
-    moved = tmp_path / "moved"
-    shifted = score_dir(moved, schedule(4), DATES[4])
-    grid, classes = maps.read_landuse(shifted / "landuse.tif")
-    grid = grid._replace(transform=grid.transform * grid.transform.translation(0.25, -0.25))
-    maps.write_landuse_cog(shifted / "landuse.tif", grid, classes)
+    shifted = shifted_map(tmp_path / "moved", 4)
     dirs = [*scene[2:], score_dir(tmp_path / "fine", fine, DATES[3], grid=ChipGrid(UTM19, 100.0)), shifted]
     stack = trend.open_stack(dirs)
     assert stack.rio.transform().a == 200.0
