@@ -102,7 +102,8 @@ class SweepResult:
         best_run_id, best_run_name: the winning child run.
         best_params: its parameters.
         best_score: its value of ``metric``.
-        data_bytes: bytes of features sent to the cluster (once).
+        data_bytes: bytes of features the client sent to the cluster (one copy per worker present at the
+            start; workers joining later copy from a peer).
         task_bytes: mean bytes of one fit's task arguments (parameters, references).
         wall_seconds: time from the first task submitted to the last result recorded.
         dashboard: the Dask dashboard address, if there was a cluster.
@@ -332,7 +333,8 @@ def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed:
     """Run every fit, calling ``on_result`` on the client as each finishes.
 
     Returns:
-        Bytes of features sent to the cluster, mean bytes of a fit's task arguments, the dashboard address.
+        Bytes of features the client sent to the cluster (once per worker present), mean bytes of a fit's
+        task arguments, the dashboard address.
     """
     from tqdm.auto import tqdm
 
@@ -353,21 +355,25 @@ def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed:
                 print(f"Dask dashboard: {link}", file=sys.stderr)
             from distributed import as_completed
 
-            if client.scheduler_info().get("workers"):
-                # one copy goes to one worker; the others fetch it from there (peer to peer) when their
-                # first fit needs it, so the client uploads the features once, not once per fit
-                data_future = client.scatter(data, hash=False)
+            present = len(client.scheduler_info().get("workers") or {})
+            if present:
+                # one copy per worker, up front: with a single copy the scheduler keeps placing fits next
+                # to it (data locality) and the other workers idle. Workers that join later (adaptive)
+                # fetch it from a peer. Either way the features travel once per worker, never per fit.
+                data_future = client.scatter(data, hash=False, broadcast=True)
+                sent = data.nbytes * present
             else:
                 # an adaptive cluster at zero workers: scatter would wait for a worker that is only
                 # started once a task is pending, so the features ride along one task instead (still once)
                 data_future = client.submit(_same, data, pure=False)
+                sent = data.nbytes
             futures = [client.submit(fit_one, data_future, i, classifier, params, seed, cv_folds, pure=False)
                        for i, params in enumerate(combos)]
             for future in as_completed(futures):
                 on_result(future.result())
                 future.release()  # the fitted pipeline now lives in the run history
                 bar.update()
-            return data.nbytes, task_bytes, link
+            return sent, task_bytes, link
     finally:
         bar.close()
 
