@@ -13,10 +13,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def _runs_in_tmp(tmp_path_factory, monkeypatch):
-    """Every test records its runs in a session-wide temporary runs directory."""
-    monkeypatch.setenv("GEOCLF_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+@pytest.fixture(scope="session", autouse=True)
+def _runs_in_tmp(tmp_path_factory):
+    """Every test (and every module or session fixture) records its runs in a temporary runs directory."""
+    saved = os.environ.get("GEOCLF_RUNS")
+    os.environ["GEOCLF_RUNS"] = str(tmp_path_factory.getbasetemp() / "runs")
+    yield
+    if saved is None:
+        os.environ.pop("GEOCLF_RUNS", None)
+    else:
+        os.environ["GEOCLF_RUNS"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,147 @@
+"""Featurization end to end: pretrained features that separate land use, Dask workers that die, resumption."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tiling
+from geoclf.cli import main
+from geoclf.features import featurize, read_features
+from tiling.parallel import dask_client
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory):
+    """A labeled chip index of a 3,136 m synthetic scene (14 x 14 cells before filtering)."""
+    from tiling.synth import make_scene
+
+    root = tmp_path_factory.mktemp("features")
+    scene = make_scene(root / "scene", size_m=3136, seed=5)
+    tiling.tile([scene.naip], scene.nlcd, root / "chips", scheduler="sync", progress=False,
+                params=tiling.TileParams(block_size_m=672, val_fraction=0.3))
+    return root / "chips"
+
+
+@pytest.fixture(scope="module")
+def few_chips(chips):
+    """30 chips of the index: enough partitions for the Dask and resume tests, quick to featurize."""
+    index = tiling.read_index(chips)
+    return tiling.write_index(index.sort_values("chip_id").head(30), chips.parent / "few" / "chips.parquet")
+
+
+@pytest.fixture(scope="module")
+def pretrained(chips, tmp_path_factory):
+    return featurize(chips, tmp_path_factory.mktemp("pretrained") / "f", scheduler="sync", progress=False,
+                     chips_per_partition=64)
+
+
+def test_pretrained_features_separate_land_use_and_random_ones_do_not(chips, pretrained, tmp_path):
+    from geoclf.classifiers import train_classifier
+
+    meta, table = read_features(pretrained)
+    index = tiling.read_index(chips)
+    assert meta["backbone"] == "efficientnet_lite0" and meta["feature_dim"] == 1280
+    assert meta["weights_ref"]["kind"] == "embedded"
+    assert sorted(table["chip_id"]) == sorted(index["chip_id"])  # one row per chip, no more
+    assert table["features"].map(len).eq(1280).all()
+    assert table.set_index("chip_id")["label"].equals(index.set_index("chip_id")["label"].loc[
+        table["chip_id"]])
+    random_init = featurize(chips, tmp_path / "random", weights="none", scheduler="sync", progress=False,
+                            chips_per_partition=64)
+    good = train_classifier(pretrained, "logistic_regression", name="lr-pretrained")
+    bad = train_classifier(random_init, "logistic_regression", name="lr-random")
+    assert good.metrics["accuracy"] >= 0.9, good.metrics
+    assert bad.metrics["accuracy"] < good.metrics["accuracy"] - 0.1, (bad.metrics, good.metrics)
+
+
+def test_forest_is_greener_than_developed_in_nir_statistics(pretrained):
+    _, table = read_features(pretrained)
+    ndvi = table.groupby("label")["ndvi_mean"].mean()
+    assert ndvi["Forest"] > ndvi["Developed"] + 0.1
+
+
+def test_a_killed_worker_loses_nothing(few_chips, pretrained, tmp_path):
+    """SIGKILL one worker process mid-run: the run finishes with exactly one row per chip."""
+    out = tmp_path / "killed"
+    errors: list[BaseException] = []
+    with dask_client("local", n_workers=2) as client:
+        pids = list(client.run(os.getpid).values())
+
+        def run() -> None:
+            try:
+                featurize(few_chips, out, scheduler=client, progress=False, chips_per_partition=3,
+                          record_run=False)
+            except BaseException as exc:  # handed to the test thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        deadline = time.time() + 300
+        while not list(out.glob("part-*.parquet")) and time.time() < deadline:
+            time.sleep(0.2)
+        os.kill(pids[0], signal.SIGKILL)
+        worker.join(600)
+    assert not errors, errors
+    _, table = read_features(out)
+    _, reference = read_features(pretrained)
+    assert table["chip_id"].is_unique
+    assert sorted(table["chip_id"]) == sorted(tiling.read_index(few_chips)["chip_id"])
+    merged = table.merge(reference, on="chip_id", suffixes=("", "_ref"))
+    assert np.allclose(np.stack(merged["features"]), np.stack(merged["features_ref"]), atol=1e-4)
+
+
+def test_a_rerun_resumes_and_refuses_other_inputs(few_chips, tmp_path):
+    out = featurize(few_chips, tmp_path / "f", scheduler="sync", progress=False, chips_per_partition=10,
+                    record_run=False)
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) >= 2
+    kept = {p: p.stat().st_mtime_ns for p in parts[1:]}
+    parts[0].unlink()
+    featurize(few_chips, out, scheduler="sync", progress=False, chips_per_partition=10, record_run=False)
+    assert parts[0].exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished partitions were not redone
+    with pytest.raises(tiling.InputError, match="other chips or settings"):
+        featurize(few_chips, out, backbone="mobilenet_v2", scheduler="sync", progress=False,
+                  chips_per_partition=10, record_run=False)
+
+
+def test_png_folder_gives_the_same_chips(chips, pretrained, tmp_path):
+    from tiling.materialize import materialize_chips
+
+    index = tiling.read_index(chips).head(12)
+    materialize_chips(index, tmp_path / "png", "png", progress=False)
+    out = featurize(tmp_path / "png", tmp_path / "f", scheduler="sync", progress=False, record_run=False)
+    _, table = read_features(out)
+    _, reference = read_features(pretrained)
+    merged = table.merge(reference, on="chip_id", suffixes=("", "_ref"))
+    assert len(merged) == 12 and (merged["label"] == merged["label_ref"]).all()
+    # PNG chips hold the same RGB pixels, so the features agree closely
+    cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(merged["features"], merged["features_ref"],
+                                                                          strict=True)]
+    assert min(cos) > 0.99
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--backbone", "resnet17"], "resnet17"),
+    (["--backbone", "resnet18", "--weights", "imagenet"], "efficientnet_lite0"),
+])
+def test_bad_backbones_are_one_line(chips, tmp_path, capsys, args, needle):
+    with pytest.raises(SystemExit) as exited:
+        main(["featurize", "--chips", str(chips), "--out", str(tmp_path / "f"), "--scheduler", "sync", *args])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "f").exists() or not list((tmp_path / "f").glob("part-*"))
+
+
+def test_runs_list_shows_featurize_runs(pretrained, capsys):
+    main(["runs", "list", "--json"])
+    import json
+
+    runs = json.loads(capsys.readouterr().out)
+    assert any(r["kind"] == "featurize" and r["parameters"].get("backbone") == "efficientnet_lite0" for r in runs)
