@@ -101,6 +101,13 @@ class LandUseModel(ABC):
         return int(self.spec["chip_size"])
 
     @property
+    def chip_size_m(self) -> float | None:
+        """Ground side of the training chips in metres, when known: scoring cuts chips of that size (and
+        resamples them to :attr:`chip_size` pixels), so imagery of another resolution sees the same scale."""
+        value = self.spec.get("chip_size_m") or self.spec.get("provenance", {}).get("chip_size_m")
+        return float(value) if value else None
+
+    @property
     def class_groups(self) -> dict[str, list[int]] | None:
         """NLCD codes of each class, when known (map legends and colours)."""
         groups = self.spec.get("class_groups")

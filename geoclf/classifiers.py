@@ -273,6 +273,7 @@ def train_classifier(features: PathLike | Sequence[PathLike], classifier: str = 
         if notes:
             run.set_tags({"warnings": " | ".join(notes)})
         provenance = {"run_id": run.run_id, "features": [str(d) for d in data.directories],
+                      "chip_size_m": meta.get("chip_size_m"),
                       "chip_index": _source(meta).get("path"), "chip_index_sha256": _source(meta).get("sha256"),
                       "classifier": classifier, "params": dict(params or {}), "seed": seed,
                       "n_train": len(y_train), "n_val": len(y_val)}

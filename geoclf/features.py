@@ -46,7 +46,9 @@ def load_chip_table(chips: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[s
     index = read_index(path)
     table = pd.DataFrame(index.drop(columns="geometry"))
     index_file = path / "chips.parquet" if path.is_dir() else path
-    return table, {"kind": "index", "path": str(index_file.resolve()), "sha256": index_hash(index_file)}
+    attrs = index.attrs.get("geoclf", {})
+    return table, {"kind": "index", "path": str(index_file.resolve()), "sha256": index_hash(index_file),
+                   "chip_size_m": attrs.get("chip_size_m")}
 
 
 @dataclass
@@ -184,6 +186,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         "std": list(map(float, spec.std)),
         "input_size": int(spec.input_size),
         "chip_size": 224,
+        "chip_size_m": source.get("chip_size_m"),
         "chips": len(table),
         "source": source,
         "task": asdict(task),

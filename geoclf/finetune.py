@@ -1029,7 +1029,8 @@ def finetune(chips: PathLike, *, backbone: str = DEFAULT_BACKBONE, retrain: str 
         module.load_state_dict(best_state["state_dict"])
         module.cpu()
         provenance = {"run_id": None if recorder is None else recorder.run_id, "chip_index": data.source.get("path"),
-                      "chip_index_sha256": data.source.get("sha256"), "checkpoint": str(best.resolve()),
+                      "chip_index_sha256": data.source.get("sha256"), "chip_size_m": data.source.get("chip_size_m"),
+                      "checkpoint": str(best.resolve()),
                       "best_epoch": best_epoch, "epochs": trainer.current_epoch, "seed": seed,
                       "n_train": len(data.train_rows), "n_val": len(data.val_rows)}
         spec = finetune_spec(module, chip_size=data.chip_size, name=name, class_groups=data.class_groups,

@@ -144,6 +144,14 @@ def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chip
         if sorted(index.attrs.get("geoclf", {}).get("naip", [])) == sorted(
                 str(Path(p).resolve()) if "://" not in str(p) else str(p) for p in naip):
             return index
+    from tiling.io import describe_naip
+
+    need = max(model.bands)
+    for path in naip:
+        scene = describe_naip(path)
+        if scene.count < need:
+            raise InputError(f"has {scene.count} bands; the model reads bands {list(model.bands)} "
+                             f"(trained on {need}-band imagery)", scene.source)
     params = TileParams(chip_size=model.chip_size, chip_size_m=getattr(model, "chip_size_m", None),
                         max_nodata=max_nodata)
     return tile(naip, None, out_dir, params=params, aoi=aoi, scheduler="sync")

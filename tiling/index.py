@@ -222,6 +222,8 @@ def tile(naip: Sequence[PathLike], nlcd: PathLike | None = None, out: PathLike |
         "nlcd": None if nlcd_info is None else nlcd_info.source,
         "aoi": None if aoi is None else normalize_source(aoi),
         "classes": scheme.names,
+        "chip_size_m": tasks[0].grid.size if tasks else None,
+        "stride_m": tasks[0].grid.step if tasks else None,
     }
     if out is not None:
         write_index(index, Path(out) / "chips.parquet")
