@@ -31,7 +31,7 @@ def scene(tmp_path_factory):
 def series(tmp_path_factory):
     """Two years of one 1,120 m place, with a conversion rate high enough to see change in a small area."""
     return make_years(tmp_path_factory.mktemp("synth-years"), years=(2010, 2016), size_m=1120, seed=0,
-                      conversion_rate=0.05)
+                      conversion_rate=0.05, conversions_after=2009)
 
 
 def read_all(path) -> np.ndarray:
@@ -248,6 +248,29 @@ def test_make_nlcd_for_bounds_and_a_later_year(tmp_path):
     assert (b[a != b] >= 21).all() and (b[a != b] <= 24).all()
 
 
+def test_scene_with_an_earlier_nlcd_records_the_conversions_between(tmp_path):
+    scene = make_scene(tmp_path, size_m=448, seed=0, year=2016, nlcd_year=2004, conversion_rate=0.2)
+    assert scene.conversions == tmp_path / "conversions.geojson"
+    with rasterio.open(scene.nlcd) as nlcd:
+        assert nlcd.tags()["NLCD_YEAR"] == "2004"
+    years = [f["properties"]["year"] for f in json.loads(scene.conversions.read_text())["features"]]
+    assert years and all(2004 < year <= 2016 for year in years)
+
+
+def test_coarse_pixels_average_the_ground(tmp_path):
+    """A 4 m scene is the 1 m scene's ground averaged, not point-sampled (which would alias textures)."""
+    fine = make_scene(tmp_path / "fine", size_m=528, seed=0, nlcd=False, collar_m=0)
+    coarse = make_scene(tmp_path / "coarse", size_m=512, resolution=4.0, seed=0, nlcd=False, collar_m=0)
+    with rasterio.open(coarse.naip) as dataset:
+        assert dataset.res == (4.0, 4.0) and dataset.shape == (128, 128)
+        b = dataset.read().astype(float)
+        bounds = dataset.bounds
+    with rasterio.open(fine.naip) as dataset:  # the same ground at 1 m
+        a = dataset.read(window=dataset.window(*bounds)).astype(float)
+    a = a.reshape(4, 128, 4, 128, 4).mean(axis=(2, 4))
+    assert np.abs(a - b).mean() < 4  # sensor noise (drawn per pixel) is what differs
+
+
 def test_cli_writes_naip_and_nlcd(tmp_path, capsys):
     from geoclf.cli import main
 
@@ -262,10 +285,13 @@ def test_cli_writes_naip_and_nlcd(tmp_path, capsys):
 def test_cli_time_series(tmp_path, capsys):
     from geoclf.cli import main
 
-    main(["synth", "--out", str(tmp_path), "--size-m", "336", "--years", "2010", "2014", "--conversion-rate", "0.1"])
+    main(["synth", "--out", str(tmp_path), "--size-m", "448", "--years", "2010", "2014", "--conversion-rate", "0.2",
+          "--conversions-after", "2010"])
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["conversions.geojson", "naip_2010.tif", "naip_2014.tif", "nlcd.tif"]
-    assert json.loads((tmp_path / "conversions.geojson").read_text())["type"] == "FeatureCollection"
+    conversions = json.loads((tmp_path / "conversions.geojson").read_text())["features"]
+    assert conversions and {f["properties"]["year"] for f in conversions} <= {2011, 2012, 2013, 2014}
+    assert "parts became Developed after 2010" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,8 +2,8 @@
 
 The world is a land-cover map defined everywhere in EPSG:5070 (CONUS Albers, the NLCD's CRS) by a seed:
 jittered-grid Voronoi *parcels* on domain-warped coordinates (so boundaries are irregular and ignore any
-chip grid), grouped into *zones* whose theme (urban, agricultural, forest, open, wet) sets the parcel
-land-cover odds, plus a network of major roads. A parcel half can be converted to Developed in a given year
+chip grid), grouped into *zones* whose theme (urban, agricultural, forest, barrens, scrub, wet) sets the
+parcel land-cover odds, plus a network of major roads. A parcel half can be converted to Developed in a given year
 (a seeded hazard), which gives time series with a known change schedule.
 
 Every raster is a view of that world:
@@ -63,7 +63,6 @@ _ZONE_SPACING = 960.0  # zones group ~9 parcels under one land-use theme
 _ROAD_SPACING = 1700.0  # major roads, per direction
 _ROAD_HALF_WIDTH = 15.0  # road corridor (pavement + verges) half width; mapped as Developed, Open Space
 _PAVEMENT_HALF_WIDTH = 5.5
-_EPOCH = 2000  # conversions happen after this year
 _DEVELOPED = (21, 22, 23, 24)
 _CONVERTIBLE = (31, 41, 42, 43, 52, 71, 81, 82)  # water and wetlands are protected from development
 
@@ -288,16 +287,18 @@ class SyntheticWorld:
         seed: the world's seed; equal seeds give identical worlds.
         conversion_rate: yearly hazard that an eligible parcel half (forest, field, grass, shrub or
             barren land) is converted to Developed, before a weighting by zone (towns grow fastest).
-            Conversions start after 2000, so the land cover of any year is well defined; raising the rate
-            also makes earlier years more developed.
+        conversions_after: conversions happen in the years after this one; the land cover of this year
+            and earlier is the original one. With a high rate, set it just before the years of interest,
+            or those years would start out mostly developed.
     """
 
-    def __init__(self, seed: int = 0, conversion_rate: float = 0.008) -> None:
+    def __init__(self, seed: int = 0, conversion_rate: float = 0.008, conversions_after: int = 2000) -> None:
         if not 0 <= conversion_rate < 1:
             raise InputError(f"conversion rate must be in [0, 1), got {conversion_rate}")
         self.seed = int(seed)
         self.conversion_rate = float(conversion_rate)
-        # Per-world constants: road directions and the warp that makes parcel boundaries irregular.
+        self.conversions_after = int(conversions_after)
+        # The two directions of the world's major roads: roughly perpendicular, never quite.
         angle = _unit(_hash(self.seed, 7001)) * math.pi
         self._road_angles = (float(angle), float(angle + math.pi / 2 + (_unit(_hash(self.seed, 7002)) - 0.5)
                                                  * 0.5))
@@ -371,7 +372,7 @@ class SyntheticWorld:
             w = _unit(_rehash(h, 4 + half))
             with np.errstate(divide="ignore"):
                 wait = -np.log1p(-w) / rate
-            year = np.where(eligible & (rate > 0) & (wait < 200), _EPOCH + 1 + np.floor(wait), 0)
+            year = np.where(eligible & (rate > 0) & (wait < 200), self.conversions_after + 1 + np.floor(wait), 0)
             years.append(year.astype(np.int32))
         target = _choice(_unit(_rehash(h, 6)), {22: 0.55, 23: 0.25, 21: 0.10, 24: 0.10}).astype(np.uint8)
         attributes = {"code": code, "theme": theme, "zone": zone_hash, "anchor_x": zones.fx[zones.cell],
@@ -400,7 +401,7 @@ class SyntheticWorld:
         code = np.where(corridor, 21, code).astype(np.uint8)
         return code, road, np.where(converted, conv_year, 0)
 
-    def sample(self, x: np.ndarray, y: np.ndarray, year: int) -> _Sample:
+    def _sample(self, x: np.ndarray, y: np.ndarray, year: int) -> _Sample:
         """Land cover and the attributes rendering needs at points (EPSG:5070 metres) in ``year``."""
         x = np.asarray(x, dtype=np.float64).ravel()
         y = np.asarray(y, dtype=np.float64).ravel()
@@ -530,6 +531,7 @@ def _crowns(s: _Sample, spacing: float, key: int, radius: tuple[float, float], c
 
 
 def _render_forest(s: _Sample, look: _Look, key: int, code: int) -> np.ndarray:
+    """Closed canopy of lit crowns over shadowed gaps; swamps (90) are sparser, with water between."""
     spacing, radius = {41: (7.0, (2.8, 4.6)), 42: (4.5, (1.8, 2.8)), 43: (6.0, (2.2, 4.0)),
                        90: (7.0, (1.8, 3.6))}[code]
     inside, shade, h = _crowns(s, spacing, key, radius, cover=0.75 if code == 90 else 1.0)
@@ -550,6 +552,11 @@ def _render_forest(s: _Sample, look: _Look, key: int, code: int) -> np.ndarray:
 
 
 def _render_developed(s: _Sample, look: _Look, key: int, code: int) -> np.ndarray:
+    """Street grids (one per zone) and lots with houses, driveways, lawns and yard trees.
+
+    Commercial superblocks (24) have flat roofs and striped parking lots; parks (21) have footpaths and few
+    buildings. Newly converted land shows raw soil and few trees for its first years.
+    """
     n = s.x.size
     zone = s.zone
     angle = (_unit(_rehash(zone, 7)) * math.pi / 2).astype(np.float64)
@@ -673,6 +680,7 @@ def _hedgerows(s: _Sample, color: np.ndarray, key: int) -> np.ndarray:
 
 
 def _render_cultivated(s: _Sample, look: _Look, key: int, code: int, year: int) -> np.ndarray:
+    """Fields in strips along one direction per parcel; each strip's crop state changes by year."""
     a, b = _field_frame(s, 30)
     strip_width = 35 + 70 * _unit(_rehash(s.parcel, 31))
     strip = np.floor(a / strip_width).astype(np.int64)
@@ -704,6 +712,7 @@ def _render_cultivated(s: _Sample, look: _Look, key: int, code: int, year: int) 
 
 
 def _render_herbaceous(s: _Sample, look: _Look, key: int, code: int) -> np.ndarray:
+    """Patchy grass, greener or drier by year, with lone shrubs; marshes (95) with pools of open water."""
     patches = _fbm(s.x, s.y, 50, key, 3)
     grain = _fbm(s.x, s.y, 2.5, key + 1, 2) - 0.5
     if code == 95:  # marsh: reeds with pools and channels of open water
@@ -720,6 +729,7 @@ def _render_herbaceous(s: _Sample, look: _Look, key: int, code: int) -> np.ndarr
 
 
 def _render_shrub(s: _Sample, look: _Look, key: int) -> np.ndarray:
+    """Bushes scattered on light soil and dry grass, denser in places."""
     ground = _blend(_LIGHT_SOIL, _DRY_GRASS * 0.9, _fbm(s.x, s.y, 30, key, 3))
     grain = _fbm(s.x, s.y, 2, key + 1, 1) - 0.5
     cover = 0.4 + 0.35 * _fbm(s.x, s.y, 60, key + 2, 2)
@@ -751,8 +761,9 @@ def _render_barren(s: _Sample, look: _Look, key: int) -> np.ndarray:
 
 
 def _render_water(s: _Sample, look: _Look, key: int) -> np.ndarray:
+    """Dark water, near-black in NIR, with turbidity and lighter shallows along the shore."""
     color = _blend(_WATER, _rgbn(44, 66, 58, 24), _fbm(s.x, s.y, 60, key, 3))
-    # Shallows along the shore (not along the invisible edges between two water parcels).
+    # Shallows along the shore, not along the invisible edges between two water parcels.
     shallow = np.where(s.neighbour != 11, np.clip(1 - s.edge / 8.0, 0, 1), 0).astype(np.float32)
     return _blend(color, _rgbn(70, 82, 66, 60), shallow * 0.7)
 
@@ -917,6 +928,8 @@ def _scene_grid(size_m: float | tuple[float, float], resolution: float, crs: str
         collar_m = 0.005 * max(width_m, height_m)
     if collar_m <= 0:
         return grid
+    if 4 * collar_m >= min(width_m, height_m):
+        raise InputError(f"a nodata collar of {collar_m} m leaves little of a {width_m} x {height_m} m scene")
     # A quarter-quad is a lon/lat box: in UTM its edges are rotated by the meridian convergence, which
     # leaves slanted nodata slivers along the raster's edges. The box is the largest one inside the
     # raster shrunk by the collar.
@@ -969,7 +982,7 @@ def _render_scene(world: SyntheticWorld, grid: _Grid, year: int, path: Path,
             y = _bilinear(ny, step, nrows, ncols, sub).ravel()
             valid = _valid_mask(grid, col, row, ncols, nrows, step, to_lonlat)
             inside = valid if sub == 1 else np.repeat(np.repeat(valid.reshape(nrows, ncols), sub, 0), sub, 1).ravel()
-            sample = world.sample(x[inside], y[inside], year)
+            sample = world._sample(x[inside], y[inside], year)
             color = np.zeros((4, inside.size), dtype=np.float32)
             color[:, inside] = _render(sample, look, world.seed, year)
             if sub > 1:
@@ -986,14 +999,19 @@ def _render_scene(world: SyntheticWorld, grid: _Grid, year: int, path: Path,
                 progress(done + 1, len(blocks))
         dst.descriptions = ("red", "green", "blue", "nir")
         dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)
-        dst.update_tags(ACQUISITION_DATE=look.date.isoformat(), SYNTH_SEED=str(world.seed),
-                        SYNTH_YEAR=str(year), SYNTH_CONVERSION_RATE=str(world.conversion_rate),
-                        SYNTH_GENERATOR="tiling.synth")
+        dst.update_tags(ACQUISITION_DATE=look.date.isoformat(), SYNTH_YEAR=str(year), **_world_tags(world))
         factors = [f for f in (2, 4, 8, 16, 32, 64) if min(grid.width, grid.height) // f >= 64]
         if factors:
             dst.build_overviews(factors, Resampling.average)
             dst.update_tags(ns="rio_overview", resampling="average")
     return look.date, counts
+
+
+def _world_tags(world: SyntheticWorld) -> dict[str, str]:
+    """GeoTIFF tags that say which world a raster shows, so it can be made again."""
+    return {"SYNTH_GENERATOR": "tiling.synth", "SYNTH_SEED": str(world.seed),
+            "SYNTH_CONVERSION_RATE": str(world.conversion_rate),
+            "SYNTH_CONVERSIONS_AFTER": str(world.conversions_after)}
 
 
 def _valid_mask(grid: _Grid, col: int, row: int, ncols: int, nrows: int, step: int,
@@ -1069,7 +1087,7 @@ def _snap_to_nlcd(bounds: tuple[float, float, float, float], margin_m: float) ->
 
 def make_nlcd(out_path: PathLike, *, scenes: Sequence[PathLike] = (),
               bounds: tuple[float, float, float, float] | None = None, seed: int = 0, year: int = 2016,
-              margin_m: float = 300.0, conversion_rate: float = 0.008) -> Path:
+              margin_m: float = 300.0, conversion_rate: float = 0.008, conversions_after: int = 2000) -> Path:
     """Write an NLCD-like land-cover GeoTIFF of the seeded world, covering scenes or bounds.
 
     The raster is uint8 NLCD codes at 30 m in EPSG:5070, snapped to the real NLCD grid, with MRLC's colour
@@ -1083,7 +1101,7 @@ def make_nlcd(out_path: PathLike, *, scenes: Sequence[PathLike] = (),
         seed: the world's seed (match the scenes').
         year: land-cover year (conversions up to this year are Developed).
         margin_m: extra cover around the scenes or bounds, in metres.
-        conversion_rate: the world's yearly conversion hazard (match the scenes').
+        conversion_rate, conversions_after: the world's conversions (match the scenes').
 
     Returns:
         The path written.
@@ -1093,7 +1111,8 @@ def make_nlcd(out_path: PathLike, *, scenes: Sequence[PathLike] = (),
     cover = tuple(map(float, bounds)) if bounds is not None else _footprint_in_world(scenes)
     if not (cover[0] < cover[2] and cover[1] < cover[3]):
         raise InputError(f"bounds {cover} are empty; expected (left, bottom, right, top) in EPSG:5070")
-    return _write_nlcd(Path(out_path), SyntheticWorld(seed, conversion_rate), cover, year, margin_m)
+    world = SyntheticWorld(seed, conversion_rate, conversions_after)
+    return _write_nlcd(Path(out_path), world, cover, year, margin_m)
 
 
 def _write_nlcd(path: Path, world: SyntheticWorld, cover: tuple[float, float, float, float], year: int,
@@ -1117,14 +1136,14 @@ def _write_nlcd(path: Path, world: SyntheticWorld, cover: tuple[float, float, fl
             codes = world.land_cover(x, y, year).astype(np.uint8)
             dst.write(codes[None], window=Window(0, row, width, nrows))
         dst.set_band_description(1, "land_cover")
-        dst.update_tags(NLCD_YEAR=str(year), SYNTH_SEED=str(world.seed),
-                        SYNTH_CONVERSION_RATE=str(world.conversion_rate), SYNTH_GENERATOR="tiling.synth")
+        dst.update_tags(NLCD_YEAR=str(year), **_world_tags(world))
         dst.update_tags(1, **{f"CLASS_{code}": name for code, name in NLCD_NAMES.items() if code in WORLD_CODES})
     return path
 
 
 def write_conversions(out_path: PathLike, *, scenes: Sequence[PathLike], seed: int = 0,
-                      after: int, until: int, conversion_rate: float = 0.008, resolution: float = 5.0) -> Path:
+                      after: int, until: int, conversion_rate: float = 0.008, conversions_after: int = 2000,
+                      resolution: float = 5.0) -> Path:
     """Write the truth of land converted to Developed in ``(after, until]`` over scenes, as GeoJSON.
 
     Each feature is one converted parcel part (possibly in pieces), its geometry traced on a ``resolution``
@@ -1139,13 +1158,13 @@ def write_conversions(out_path: PathLike, *, scenes: Sequence[PathLike], seed: i
         seed: the world's seed.
         after: the base year (e.g. the NLCD's); earlier conversions are part of the base land cover.
         until: the last year of interest.
-        conversion_rate: the world's yearly conversion hazard.
+        conversion_rate, conversions_after: the world's conversions (see :class:`SyntheticWorld`).
         resolution: tracing grid spacing in metres.
 
     Returns:
         The path written.
     """
-    world = SyntheticWorld(seed, conversion_rate)
+    world = SyntheticWorld(seed, conversion_rate, conversions_after)
     return _write_conversions(Path(out_path), world, _footprint_in_world(scenes), after, until, resolution)
 
 
@@ -1210,7 +1229,7 @@ def _shares(counts: np.ndarray) -> tuple[dict[str, float], float]:
 def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.0, resolution: float = 1.0,
                crs: str | CRS = "EPSG:26919", center: tuple[float, float] = DEFAULT_CENTER, year: int = 2016,
                seed: int = 0, nlcd: bool = True, nlcd_year: int | None = None, name: str = "naip",
-               conversion_rate: float = 0.008, collar_m: float | None = None,
+               conversion_rate: float = 0.008, conversions_after: int = 2000, collar_m: float | None = None,
                progress: Callable[[int, int], None] | None = None) -> SyntheticScene:
     """Write a synthetic NAIP-like scene (and the NLCD-like raster under it) into ``out_dir``.
 
@@ -1231,6 +1250,7 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
             are written to ``conversions.geojson``.
         name: file stem of the NAIP raster.
         conversion_rate: the world's yearly hazard of conversion to Developed (see :class:`SyntheticWorld`).
+        conversions_after: conversions happen after this year (see :class:`SyntheticWorld`).
         collar_m: width of the nodata collar at its narrowest, in metres (default 0.5% of the size; 0 for
             none).
         progress: called as ``progress(blocks_done, blocks_total)`` while rendering.
@@ -1240,7 +1260,7 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = SyntheticWorld(seed, conversion_rate)
+    world = SyntheticWorld(seed, conversion_rate, conversions_after)
     grid = _scene_grid(size_m, resolution, crs, center, collar_m)
     path = out / f"{name}.tif"
     date, counts = _render_scene(world, grid, int(year), path, progress)
@@ -1260,7 +1280,7 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
 def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
                size_m: float | tuple[float, float] = 4480.0, resolution: float = 1.0,
                crs: str | CRS = "EPSG:26919", center: tuple[float, float] = DEFAULT_CENTER, seed: int = 0,
-               conversion_rate: float = 0.008, collar_m: float | None = None,
+               conversion_rate: float = 0.008, conversions_after: int = 2000, collar_m: float | None = None,
                progress: Callable[[int, int], None] | None = None) -> SyntheticSeries:
     """Write a time series of one place: ``naip_<year>.tif`` per year, ``nlcd.tif``, ``conversions.geojson``.
 
@@ -1272,7 +1292,8 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
     Args:
         out_dir: output directory (created if missing).
         years: acquisition years, at least one; sorted and deduplicated.
-        size_m, resolution, crs, center, seed, conversion_rate, collar_m: as in :func:`make_scene`.
+        size_m, resolution, crs, center, seed, conversion_rate, conversions_after, collar_m: as in
+            :func:`make_scene`.
         progress: called as ``progress(blocks_done, blocks_total)`` over all years.
 
     Returns:
@@ -1283,7 +1304,7 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
         raise InputError("give at least one year")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = SyntheticWorld(seed, conversion_rate)
+    world = SyntheticWorld(seed, conversion_rate, conversions_after)
     grid = _scene_grid(size_m, resolution, crs, center, collar_m)
     per_year = math.ceil(grid.width / _BLOCK) * math.ceil(grid.height / _BLOCK)
     scenes: dict[int, SyntheticScene] = {}

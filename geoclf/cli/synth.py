@@ -91,15 +91,19 @@ def _summary(scene: SyntheticScene, label: str) -> str:
 @click.option("--conversion-rate", default=0.008, show_default=True, type=float,
               help="Yearly hazard that eligible land (forest, fields, grass, shrub, barren) becomes Developed, "
                    "before weighting by zone; raise it for more change between years.")
+@click.option("--conversions-after", default=2000, show_default=True, type=int,
+              help="Conversions to Developed happen in the years after this one. With a high --conversion-rate, "
+                   "set it just before the first year, or the scene starts out mostly developed.")
 @click.option("--collar-m", type=float, default=None,
               help="Narrowest width of the nodata collar in metres (default: 0.5% of the size; 0: none).")
 @click.option("--utm-pair", is_flag=True, default=False,
               help="Instead of one scene, write naip_18.tif and naip_19.tif either side of the UTM 18/19 "
-                   "boundary (72 W) and one nlcd.tif under both; --crs, --center and --collar-m do not apply.")
+                   "boundary (72 W) and one nlcd.tif under both; --crs, --center, --collar-m and "
+                   "--conversions-after do not apply.")
 @click.argument("more_years", nargs=-1, type=str)
 def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years: tuple[str, ...],
           more_years: tuple[str, ...], seed: int,
-          nlcd: bool, nlcd_year: int | None, conversion_rate: float, collar_m: float | None,
+          nlcd: bool, nlcd_year: int | None, conversion_rate: float, conversions_after: int, collar_m: float | None,
           utm_pair: bool) -> None:
     """Write a synthetic NAIP-like scene (4-band uint8 GeoTIFF in UTM) and its NLCD-like land cover.
 
@@ -118,6 +122,8 @@ def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years
     if nlcd_year is not None and len(year_list) > 1:
         raise InputError("--nlcd-year applies to a single-year scene; a series uses its first year")
     common = {"resolution": resolution, "seed": seed, "conversion_rate": conversion_rate}
+    options = {"size_m": size_arg, "crs": crs, "center": (lon, lat), "collar_m": collar_m,
+               "conversions_after": conversions_after, **common}
     with _progress_bar("synth") as progress:
         if utm_pair:
             if len(year_list) > 1 or not nlcd:
@@ -129,10 +135,9 @@ def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years
                 click.echo(_summary(scene, "naip"))
             click.echo(f"nlcd: {nlcd_path}")
             return
-        options = {"size_m": size_arg, "crs": crs, "center": (lon, lat), "collar_m": collar_m,
-                   "progress": progress, **common}
         if len(year_list) == 1:
-            scene = generator.make_scene(out, year=year_list[0], nlcd=nlcd, nlcd_year=nlcd_year, **options)
+            scene = generator.make_scene(out, year=year_list[0], nlcd=nlcd, nlcd_year=nlcd_year, progress=progress,
+                                         **options)
             click.echo(_summary(scene, "naip"))
             if scene.nlcd:
                 click.echo(f"nlcd: {scene.nlcd}")
@@ -141,7 +146,7 @@ def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years
             return
         if not nlcd:
             raise InputError("a series of years always writes its NLCD; drop --no-nlcd")
-        series = generator.make_years(out, years=year_list, **options)
+        series = generator.make_years(out, years=year_list, progress=progress, **options)
     for year, scene in series.scenes.items():
         click.echo(_summary(scene, f"naip {year}"))
     click.echo(f"nlcd: {series.nlcd} (land cover of {year_list[0]})")
