@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, get_task_stream
 
     space = {"max_depth": [8, 16, None, 24], "max_features": ["sqrt", 0.1]}  # 8 fits
     with tempfile.TemporaryDirectory(prefix="geoclf-bench-") as tmp:
@@ -85,16 +87,23 @@ def main() -> None:
                                   dashboard_address=":0") as cluster, Client(cluster) as client:
                     client.run(lambda: __import__("sklearn.ensemble") and __import__("geoclf.sweep"))
                     before = peer_bytes(client)
+                    load = os.getloadavg()[0]
                     started = time.perf_counter()
-                    result = run_sweep(feats, "random_forest", {"n_estimators": [args.trees], **space},
-                                       name=f"bench-{workers}w", scheduler=client, runs_dir=runs_dir, progress=False)
+                    with get_task_stream(client) as stream:
+                        result = run_sweep(feats, "random_forest", {"n_estimators": [args.trees], **space},
+                                           name=f"bench-{workers}w", scheduler=client, runs_dir=runs_dir,
+                                           progress=False)
                     wall = time.perf_counter() - started
-                    results[workers] = (wall, result, peer_bytes(client) - before)
-    (t1, r1, _), (t2, r2, peer2) = results[1], results[2]
+                    per_worker = Counter(t["worker"] for t in stream.data if t["key"].startswith("fit_one"))
+                    results[workers] = (wall, result, peer_bytes(client) - before, sorted(per_worker.values()),
+                                        load)
+    (t1, r1, _, _, load1), (t2, r2, peer2, spread2, load2) = results[1], results[2]
     fits = len(r1.fits)
-    print(f"sweep of {fits} random-forest fits ({args.trees} trees) on {args.chips} chips x {args.dim} features")
-    print(f"  1 worker process : {t1:6.1f} s")
-    print(f"  2 worker processes: {t2:6.1f} s   speed-up {t1 / t2:.2f}x")
+    print(f"sweep of {fits} random-forest fits ({args.trees} trees) on {args.chips} chips x {args.dim} features, "
+          f"{os.cpu_count()} cores")
+    print(f"  1 worker process : {t1:6.1f} s   (load average at start {load1:.1f})")
+    print(f"  2 worker processes: {t2:6.1f} s   (load average at start {load2:.1f}), fits per worker {spread2}")
+    print(f"  speed-up {t1 / t2:.2f}x  (meaningful only on an otherwise idle machine: load average below 1)")
     features = r1.data_bytes  # one copy, on the single worker
     total = r2.data_bytes + peer2 + r2.task_bytes * fits
     print(f"  features: {features / 1e6:.2f} MB; sent to 2 workers: {r2.data_bytes / 1e6:.2f} MB (one copy each), "

@@ -18,6 +18,7 @@ import shlex
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -247,8 +248,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def cloud() -> Iterator[FakeCloud]:
+@contextmanager
+def fake_cloud() -> Iterator[FakeCloud]:
+    """A :class:`FakeCloud`, with Dask's TLS configuration put back afterwards."""
     import distributed  # noqa: F401  (loads its configuration defaults, which the context must see)
 
     # VMCluster writes its TLS settings into Dask's global configuration for good; the context puts the
@@ -262,6 +264,12 @@ def cloud() -> Iterator[FakeCloud]:
             yield fake
         finally:
             fake.stop()
+
+
+@pytest.fixture
+def cloud() -> Iterator[FakeCloud]:
+    with fake_cloud() as fake:
+        yield fake
 
 
 def write_recipe(path: Path, document: dict[str, Any]) -> Path:

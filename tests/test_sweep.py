@@ -220,3 +220,22 @@ def test_cli_sweep_register_promote_and_load_by_alias(tmp_path: Path, runs_dir: 
         main(["models", "register", "best-of-sweep", "--run", best.run_id, "--name", "x"])
     assert exit_info.value.code == 2
     assert "is not a sweep" in capsys.readouterr().err
+
+
+def test_sweep_scales_an_adaptive_cloud_cluster_from_zero(tmp_path: Path, runs_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same recipe as scoring: an EC2Cluster (its SDK faked, see test_cluster.py) adapting 0 -> 2 workers."""
+    from test_cluster import cloud_recipe, fake_aws, fake_cloud
+
+    from geoclf.cluster import cluster_from_recipe
+
+    feats = write_features(tmp_path / "feats", seed=11)
+    recipe = cloud_recipe(tmp_path, "aws", adaptive={"minimum": 0, "maximum": 2})
+    with fake_cloud() as cloud:
+        fake_aws(monkeypatch, cloud)
+        with cluster_from_recipe(recipe, quiet=True) as cluster:
+            assert cloud.roles("worker") == []
+            result = run_sweep(feats, "logistic_regression", {"C": [0.1, 1.0]}, scheduler=cluster, progress=False)
+            assert 1 <= len(cloud.roles("worker")) <= 2  # worker VMs were started for the sweep
+        assert cloud.machines == {}  # and deleted with the cluster
+    assert len(sweep_children(result.parent_id)) == 2
