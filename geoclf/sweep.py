@@ -76,7 +76,8 @@ class FitOutcome:
         index: position of the parameter set in the sweep.
         pipeline: the fitted ``Pipeline``.
         val_pred: predicted class of every validation chip.
-        cv_pred: out-of-fold predicted class of every train chip (spatial cross-validation), or ``None``.
+        cv_pred: out-of-fold predicted class of every train chip (spatial cross-validation), or ``None``;
+            the client scores it fold by fold.
         fit_seconds: time to fit on the whole train split.
         warnings: fit warnings worth showing (no convergence).
     """
@@ -396,8 +397,16 @@ def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: Any, pr
     evaluation = evaluate(prepared["y_val"], outcome.val_pred, classes)
     extra: dict[str, float] = {"fit_seconds": outcome.fit_seconds}
     if outcome.cv_pred is not None:
-        cv_eval = evaluate(prepared["y_train"], outcome.cv_pred, classes)
-        extra.update({f"cv_{k}": v for k, v in scalar_metrics(cv_eval).items() if "." not in k})
+        # the mean over folds of each fold's score (the folds are GroupKFold's, deterministic given the blocks)
+        from sklearn.model_selection import GroupKFold
+
+        y_train = prepared["y_train"]
+        folds = GroupKFold(n_splits=int(cv_folds or 0)).split(y_train, y_train, groups=prepared["groups"])
+        scores = [scalar_metrics(evaluate(y_train[held], outcome.cv_pred[held], classes)) for _, held in folds]
+        for key in scores[0]:
+            if "." not in key:  # headline metrics only; per-class scores stay with the validation split
+                values = [s[key] for s in scores if key in s]
+                extra[f"cv_{key}"] = float(np.mean(values))
     meta = data.meta
     source = _source(meta)
     effective = outcome.pipeline.named_steps["classifier"].get_params()

@@ -170,6 +170,20 @@ def test_spatial_cross_validation_chooses_by_blocks(tmp_path: Path, runs_dir: Pa
     assert len(children) == 2 and all("cv_accuracy" in c.metrics and "accuracy" in c.metrics for c in children)
     assert runs.get_run(result.best_run_id).metrics["cv_accuracy"] == max(c.metrics["cv_accuracy"] for c in children)
 
+    # cv_accuracy is the mean over folds of whole spatial blocks, as scikit-learn computes it by hand
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    frame = pd.read_parquet(feats / "part-00000.parquet")
+    train = frame[frame["split"] == "train"]
+    x, y, blocks = np.stack(train["features"].to_numpy()), train["label"].to_numpy(), train["block"].to_numpy()
+    for child in children:
+        depth = child.params["classifier.max_depth"]
+        pipeline = make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=10, max_depth=depth,
+                                                                          random_state=0))
+        by_hand = cross_val_score(pipeline, x, y, groups=blocks, cv=GroupKFold(n_splits=3)).mean()
+        assert child.metrics["cv_accuracy"] == pytest.approx(by_hand)
+
 
 def test_sweep_bad_input_leaves_no_runs(tmp_path: Path, runs_dir: Path) -> None:
     feats = write_features(tmp_path / "feats")
