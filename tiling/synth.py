@@ -75,7 +75,7 @@ _THEMES: tuple[tuple[str, float, dict[int, float]], ...] = (
                             11: 0.01, 21: 0.02}),
     ("forest", 0.25, {41: 0.36, 42: 0.20, 43: 0.25, 90: 0.05, 52: 0.05, 71: 0.04, 11: 0.03, 31: 0.02}),
     ("barrens", 0.10, {31: 0.60, 52: 0.22, 71: 0.13, 21: 0.05}),  # sand plains, pits and quarries
-    ("scrub", 0.15, {52: 0.45, 71: 0.42, 31: 0.05, 41: 0.05, 81: 0.03}),  # old fields and scrubland
+    ("scrub", 0.15, {52: 0.55, 71: 0.32, 31: 0.05, 41: 0.05, 81: 0.03}),  # old fields and scrubland
     ("wet", 0.10, {11: 0.35, 90: 0.25, 95: 0.25, 43: 0.10, 71: 0.05}),
 )
 # Development pressure by theme: new subdivisions grow mostly at the edge of towns.
