@@ -9,6 +9,7 @@ from tiling.grid import ChipGrid
 from tiling.index import TileParams, index_hash, read_index, summarize, tile, write_index
 from tiling.io import ChipReader, SceneInfo, describe_naip, open_raster
 from tiling.parallel import dask_client
+from tiling.synth import make_nlcd, make_scene, make_utm_pair, make_years
 
 __all__ = [
     "NLCD_COLORS",
@@ -22,6 +23,10 @@ __all__ = [
     "dask_client",
     "describe_naip",
     "index_hash",
+    "make_nlcd",
+    "make_scene",
+    "make_utm_pair",
+    "make_years",
     "open_raster",
     "read_index",
     "summarize",
