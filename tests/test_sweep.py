@@ -253,3 +253,34 @@ def test_sweep_scales_an_adaptive_cloud_cluster_from_zero(tmp_path: Path, runs_d
             assert 1 <= len(cloud.roles("worker")) <= 2  # worker VMs were started for the sweep
         assert cloud.machines == {}  # and deleted with the cluster
     assert len(sweep_children(result.parent_id)) == 2
+
+
+@pytest.mark.slow  # a CNN featurizes and scores a synthetic scene on the CPU: tens of seconds
+def test_done_when_sweep_register_promote_then_score_by_alias(tmp_path: Path, runs_dir: Path, cluster: Any,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's end state on the synthetic scene: a sweep on worker processes, its best fit registered and
+    promoted, and ``geoclf score --model NAME@production`` scoring with it."""
+    import geopandas as gpd
+
+    import tiling
+    from geoclf.cli import main
+    from geoclf.features import featurize
+    from tiling.synth import make_scene
+
+    scene = make_scene(tmp_path / "scene", size_m=2240, seed=2)
+    tiling.tile([scene.naip], scene.nlcd, tmp_path / "chips", scheduler="sync", progress=False,
+                params=tiling.TileParams(min_purity=0.5, block_size_m=448))
+    featurize(tmp_path / "chips", tmp_path / "feats", scheduler="sync", progress=False, record_run=False)
+
+    result = run_sweep(tmp_path / "feats", "logistic_regression", {"C": [0.01, 1.0]}, name="scene-sweep",
+                       scheduler=cluster, progress=False)
+    assert {r.parent_id for r in sweep_children("scene-sweep")} == {result.parent_id}
+    main(["models", "register", "best-of-sweep", "--run", "scene-sweep", "--name", "landuse-naip"])
+    main(["models", "promote", "landuse-naip", "--version", "1", "--stage", "production"])
+    capsys.readouterr()
+
+    main(["score", "--model", "landuse-naip@production", "--naip", str(scene.naip), "--out", str(tmp_path / "out"),
+          "--scheduler", "sync"])
+    predictions = gpd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert len(predictions) > 0
+    assert predictions["model"].eq(result.best_run_name).all()  # the registered best fit did the scoring
