@@ -738,7 +738,7 @@ def class_trends(areas: pd.DataFrame, *, value: str = "km2", by: Sequence[str] =
     if missing:
         raise InputError(f"the area table lacks column(s) {missing}")
     rows = []
-    for key, part in areas.sort_values("decimal_year").groupby(list(by), sort=False):
+    for key, part in areas.sort_values("decimal_year", kind="stable").groupby(list(by), sort=False):
         fit = theil_sen(part["decimal_year"], part[value], confidence)
         values = part[value].to_numpy(dtype=float)
         mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")

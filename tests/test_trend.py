@@ -370,7 +370,11 @@ def test_zonal_areas_and_trends(scene: list[Path]) -> None:
     assert last["East town", "Developed"] == 0 and last["East town", "Cultivated"] == 31  # the hole is out
     county = zonal[zonal["zone"] == "County"].drop(columns="zone").reset_index(drop=True)
     pd.testing.assert_frame_equal(county, trend.class_areas(stack), check_dtype=False)
-    trends = trend.class_trends(zonal, by=("zone", "class")).set_index(["zone", "class"])
+    table = trend.class_trends(zonal, by=("zone", "class"))
+    # zones in their order, classes in scheme order within each
+    assert table["zone"].tolist() == [z for z in ("West town", "East town", "County") for _ in CLASSES.names]
+    assert table["class"].tolist() == CLASSES.names * 3
+    trends = table.set_index(["zone", "class"])
     assert trends.loc[("West town", "Developed"), "trend"] == "increasing"
     assert trends.loc[("East town", "Developed"), "trend"] == "no trend"
     assert trends.loc[("East town", "Cultivated"), "trend"] == "no trend"
