@@ -189,7 +189,10 @@ def _describe(source: PathLike, date: dt.date | str | None, probabilities: bool)
                              probs_path)
     dates, model = _map_dates(source, landuse, tags)
     if date is not None:
-        dates = [pd.Timestamp(date).date()]
+        try:
+            dates = [pd.Timestamp(date).date()]
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"date {date!r} given for it is not a date (use YYYY-MM-DD)", landuse) from exc
     if not dates:
         raise InputError("has no acquisition date: no dated predictions.parquet beside it, no ACQUISITION_DATE "
                          "tag and no _YYYYMMDD in its name; give the dates explicitly", landuse)
@@ -1418,8 +1421,8 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 __all__ = [
-    "CODES", "STACK", "analyze_trends", "area_figure", "assessed_mask", "class_areas", "class_trends",
-    "decimal_years", "developed_by_year", "open_stack", "pixel_area_km2", "reference_areas", "smooth_time",
-    "stack_classes", "theil_sen", "trajectories", "trajectory_summary", "trend_label", "trend_map",
-    "write_stack", "year_developed_figure", "zonal_areas",
+    "CODES", "STACK", "TRAJECTORY_LAYERS", "analyze_trends", "area_figure", "assessed_mask", "class_areas",
+    "class_trends", "decimal_years", "developed_by_year", "open_stack", "pixel_area_km2", "reference_areas",
+    "smooth_time", "stack_classes", "stored_trajectories", "theil_sen", "trajectories", "trajectory_summary",
+    "trend_label", "trend_map", "write_stack", "year_developed_figure", "zonal_areas",
 ]

@@ -464,6 +464,8 @@ def test_bad_input_gets_one_clear_line(scene: list[Path], tmp_path: Path) -> Non
     with pytest.raises(InputError, match="no acquisition date"):
         trend.open_stack([scene[0], undated])
     assert trend.open_stack([scene[0], undated], dates=["2018-07-16", "2012-07-31"]).sizes["time"] == 2
+    with pytest.raises(InputError, match="'mid-2012' given for it is not a date"):
+        trend.open_stack([scene[0], undated], dates=["2018-07-16", "mid-2012"])
     with pytest.raises(InputError, match=r"no landuse\.tif"):
         trend.open_stack([scene[0], tmp_path])
     with pytest.raises(InputError, match="no landuse_probs.tif"):
