@@ -250,6 +250,8 @@ def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logist
                                                               name, parent.run_id, cv_folds, runs_dir)))
         wall = time.perf_counter() - started
         table = pd.DataFrame(rows)
+        for key in space or {}:  # keep parameter values as given (10, None), not as floats with NaN
+            table[key] = pd.Series([row[key] for row in rows], dtype=object)
         sign = 1.0 if runs.lower_is_better(chosen_by) else -1.0
         table["_rank"] = table[chosen_by].map(lambda v: math.inf if v is None or math.isnan(v) else sign * v)
         table = table.sort_values(["_rank", "index"], kind="stable").drop(columns=["_rank"]).reset_index(drop=True)
