@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     # 2. Tile: chips on the snapped grid, labeled from NLCD, split into train/validation by spatial blocks.
     #    scheduler="sync" runs in this process; "local" (the default of the CLI) starts a LocalCluster.
     index = tiling.tile([scene.naip], scene.nlcd, out / "chips", scheduler="sync", progress=False)
+    # A scene of a few dozen chips is small: a rare class may land in validation only, where no model could
+    # ever predict it (train_classifier refuses that). Keep the classes that have training chips; a
+    # county-sized index does not need this.
+    trained = set(index.loc[index["split"] == "train", "label"])
+    if set(index["label"]) - trained:
+        index = index[index["label"].isin(trained)]
+        tiling.write_index(index, out / "chips" / "chips.parquet")
     print(f"\n{len(index)} labeled chips")
     print(tiling.summarize(index).to_string())
 
