@@ -824,13 +824,13 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
     overlays = [(f"Land use {labels[0]}", grids["before"], scheme, False),
                 (f"Land use {labels[1]}", grids["after"], scheme, False),
                 (f"Change {labels[0]} → {labels[1]}", grids["display"], _display_legend(scheme), True)]
-    images = [(name, *maps._overlay_image(grid, legend, overlay_max_pixels), show)
+    images = [(name, *maps.overlay_image(grid, legend, overlay_max_pixels), show)
               for name, grid, legend, show in overlays]
     bounds = images[0][2]
     fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
                       tiles=None, control_scale=True, prefer_canvas=True)
     fmap.default_js, fmap.default_css = [], []
-    leaflet_js, leaflet_css = maps._leaflet_assets()
+    leaflet_js, leaflet_css = maps.leaflet_assets()
     root = fmap.get_root()
     root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
     root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
@@ -854,7 +854,7 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
                        highlight_function=lambda feature: {"weight": 3},
                        popup=folium.GeoJsonPopup(fields=list(props.columns))).add_to(fmap)
     folium.LayerControl(collapsed=False).add_to(fmap)
-    root.html.add_child(folium.Element(maps._legend_html(_display_legend(scheme), "Change", None)), name="legend")
+    root.html.add_child(folium.Element(maps.legend_html(_display_legend(scheme), "Change", None)), name="legend")
     fmap.fit_bounds(bounds)
     path = Path(path)
     fmap.save(str(path))

@@ -475,7 +475,7 @@ def write_vector(frame: gpd.GeoDataFrame, path: PathLike) -> Path:
 
 
 @cache
-def _leaflet_assets() -> tuple[str, str]:
+def leaflet_assets() -> tuple[str, str]:
     """Leaflet's JS and CSS, shipped by the xstatic-leaflet package, to inline into the page."""
     import xstatic.pkg.leaflet as leaflet
 
@@ -490,11 +490,12 @@ def _rgba_palette(classes: ClassScheme) -> np.ndarray:
     return palette
 
 
-def _hex(rgb: Sequence[int]) -> str:
+def hex_color(rgb: Sequence[int]) -> str:
+    """``#rrggbb`` of an RGB triple (legends, chip outlines)."""
     return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
 
 
-def _overlay_image(grid: LandUseGrid, classes: ClassScheme, max_pixels: int) -> tuple[str, list[list[float]]]:
+def overlay_image(grid: LandUseGrid, classes: ClassScheme, max_pixels: int) -> tuple[str, list[list[float]]]:
     """The class raster warped (nearest) to Web Mercator as a palette PNG data URL, and its lat/lon bounds.
 
     Leaflet stretches an image overlay linearly in Web Mercator, so the raster is warped there first. It is
@@ -562,10 +563,11 @@ def _chip_features(predictions: pd.DataFrame, classes: ClassScheme) -> tuple[dic
     return data, fields, aliases
 
 
-def _legend_html(classes: ClassScheme, title: str, note: str | None) -> str:
+def legend_html(classes: ClassScheme, title: str, note: str | None) -> str:
+    """A fixed-position HTML legend of ``classes`` for a folium map (change and trend maps reuse it)."""
     items = "".join(
         f'<div><span style="display:inline-block;width:14px;height:14px;margin-right:6px;'
-        f'vertical-align:middle;border:1px solid #555;background:{_hex(classes.color(name))}"></span>'
+        f'vertical-align:middle;border:1px solid #555;background:{hex_color(classes.color(name))}"></span>'
         f"{html.escape(name)}</div>" for name in classes.names)
     extra = f'<div style="margin-top:4px;color:#555;max-width:220px">{html.escape(note)}</div>' if note else ""
     return (f'<div class="geoclf-legend" style="position:absolute;right:10px;bottom:28px;z-index:1000;'
@@ -605,14 +607,14 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
         raise InputError("predictions lack the 'pred' column; expected the columns of predictions.parquet")
     if grid is None:
         grid = predictions_to_grid(predictions, classes)
-    url, bounds = _overlay_image(grid, classes, overlay_max_pixels)
+    url, bounds = overlay_image(grid, classes, overlay_max_pixels)
     fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
                       tiles=None, control_scale=True, prefer_canvas=True)
     # Only Leaflet is needed (no jQuery/Bootstrap: nothing here uses them); inlining it keeps the map working
     # offline and from a file:// URL. Instance attributes, because folium's lists are shared module globals.
     fmap.default_js = []
     fmap.default_css = []
-    leaflet_js, leaflet_css = _leaflet_assets()
+    leaflet_js, leaflet_css = leaflet_assets()
     root = fmap.get_root()
     root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
     root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
@@ -627,7 +629,7 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
     count = int(predictions["pred"].notna().sum())
     if count <= max_popup_chips:
         data, fields, aliases = _chip_features(predictions, classes)
-        colors = {name: _hex(classes.color(name)) for name in classes.names}
+        colors = {name: hex_color(classes.color(name)) for name in classes.names}
         folium.GeoJson(
             data, name="Chips (click for details)",
             style_function=lambda feature: {"color": colors[feature["properties"]["land_use_class"]],
@@ -638,7 +640,7 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
     else:
         note = f"{count} chips: chip popups are left out past {max_popup_chips}."
     folium.LayerControl(collapsed=False).add_to(fmap)
-    root.html.add_child(folium.Element(_legend_html(classes, title, note)), name="legend")
+    root.html.add_child(folium.Element(legend_html(classes, title, note)), name="legend")
     fmap.fit_bounds(bounds)
     with _atomic_output(path) as temporary:
         fmap.save(str(temporary))

@@ -16,7 +16,11 @@ Each stage is a call of one library function (the same one the CLI command of th
 stage's mapping as keyword arguments, checked against the function's signature before anything runs.
 After a stage completes, a stamp (its parameters and the size and modification time of its input files) is
 written under ``<workdir>/.geoclf/``; a rerun skips every stage whose stamp matches and whose outputs still
-exist, so an interrupted recipe resumes and an edited one reruns only what changed.
+exist, so an interrupted recipe resumes and an edited one reruns only what changed. Recipes that share a
+working directory share the stages they have in common (the seed study's recipes share their chips).
+
+Where a stage takes NAIP rasters (``naip``), a recipe may give a list of paths or URLs, or the path of a
+text file listing them one per line (what the ``naip_search`` stage writes beside its GeoJSON).
 """
 
 from __future__ import annotations
@@ -52,26 +56,46 @@ class Stage:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     run_name: str | None = None
+    extra: tuple[str, ...] = ()
 
     def function(self) -> Callable[..., Any]:
         """The library function this stage calls."""
-        module, name = self.target.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _load(self.target)
+
+    def accepted(self) -> set[str] | None:
+        """Every argument name the stage accepts, or ``None`` when it takes any."""
+        names: set[str] = set()
+        for target in (self.target, *self.extra):
+            params = inspect.signature(_load(target)).parameters
+            names |= {n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                     inspect.Parameter.VAR_KEYWORD)}
+            if not self.extra and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+                return None
+        return names
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 #: Every stage a recipe may name.
 STAGES: dict[str, Stage] = {
-    "synth": Stage("geoclf.recipes:synth_stage", outputs=("out",)),
-    "naip_search": Stage("geoclf.recipes:naip_search_stage", inputs=("aoi",), outputs=("out",)),
-    "tile": Stage("geoclf.recipes:tile_stage", inputs=("naip", "nlcd", "aoi"), outputs=("out",)),
+    "synth": Stage("geoclf.recipes:synth_stage", outputs=("out",),
+                   extra=("tiling.synth:make_scene", "tiling.synth:make_years")),
+    "naip_search": Stage("geoclf.recipes:naip_search_stage", inputs=("aoi",), outputs=("out",),
+                         extra=("geoclf.stac:search_naip",)),
+    "tile": Stage("geoclf.recipes:tile_stage", inputs=("naip", "nlcd", "aoi"), outputs=("out",),
+                  extra=("tiling.index:TileParams",)),
     "featurize": Stage("geoclf.features:featurize", inputs=("chips",), outputs=("out",)),
     "train": Stage("geoclf.recipes:train_stage", inputs=("features",), run_name="name"),
     "finetune": Stage("geoclf.finetune:finetune", inputs=("chips",), run_name="name"),
-    "sweep": Stage("geoclf.sweep:sweep", inputs=("features",), run_name="name"),
-    "score": Stage("geoclf.score:score", inputs=("naip", "chips", "aoi"), outputs=("out",)),
+    "sweep": Stage("geoclf.sweep:run_sweep", inputs=("features",), run_name="name"),
+    "score": Stage("geoclf.recipes:score_stage", inputs=("naip", "chips", "aoi"), outputs=("out",),
+                   extra=("geoclf.score:score",)),
     "change": Stage("geoclf.change:run_change", inputs=("before", "after", "zones", "reference"),
                     outputs=("out",)),
-    "trend": Stage("geoclf.trend:run_trend", inputs=("maps", "zones", "reference"), outputs=("out",)),
+    "trend": Stage("geoclf.trend:analyze_trends", inputs=("maps", "zones", "reference"), outputs=("out",)),
 }
 
 
@@ -117,17 +141,17 @@ def load_recipe(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | 
 
 
 def _check_arguments(kind: str, args: Mapping[str, Any], where: str, path: Path) -> None:
+    stage = STAGES[kind]
     try:
-        signature = inspect.signature(STAGES[kind].function())
+        accepted = stage.accepted()
+        params = inspect.signature(stage.function()).parameters
     except (ImportError, AttributeError) as exc:
         raise InputError(f"{where}: this geoclf cannot run {kind!r} stages ({exc})", path) from exc
-    params = signature.parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    unknown = sorted(set(args) - set(valid))
-    if unknown:
-        raise InputError(f"{where}: unknown parameter(s) {', '.join(unknown)} (valid: {', '.join(valid)})", path)
+    if accepted is not None:
+        unknown = sorted(set(args) - accepted)
+        if unknown:
+            raise InputError(f"{where}: unknown parameter(s) {', '.join(unknown)} "
+                             f"(valid: {', '.join(sorted(accepted))})", path)
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty
                and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
                and n not in args]
@@ -199,8 +223,9 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
         stage = STAGES[kind]
         args = {k: (_resolve(v, workdir) if k in (*stage.inputs, *stage.outputs, "runs_dir") else v)
                 for k, v in raw.items()}
-        stamp_path = stamps / f"{i:02d}-{kind}.json"
         digest = _fingerprint(kind, args, stage)
+        # named by content, so recipes sharing a working directory also share the stages they have in common
+        stamp_path = stamps / f"{kind}-{digest[:16]}.json"
         if not force and stamp_path.exists() and json.loads(stamp_path.read_text()).get("digest") == digest \
                 and _outputs_exist(stage, args):
             echo(f"[{i}/{len(recipe.stages)}] {kind}: done before with the same inputs, skipped")
@@ -218,6 +243,18 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
 # -- stage adapters: library calls whose arguments a recipe spells flat ---------------------------------
 
 
+def raster_list(naip: list[str] | str) -> list[str]:
+    """NAIP rasters of a stage: a list as it is, one path or URL, or a ``.txt`` file listing them."""
+    if isinstance(naip, str) and naip.endswith(".txt"):
+        if not os.path.exists(naip):
+            raise InputError("no such raster list (run the naip_search stage first?)", naip)
+        rasters = [line.strip() for line in Path(naip).read_text().splitlines() if line.strip()]
+        if not rasters:
+            raise InputError("lists no rasters", naip)
+        return rasters
+    return [naip] if isinstance(naip, str) else list(naip)
+
+
 def tile_stage(naip: list[str] | str, nlcd: str, out: str, aoi: str | None = None, scheduler: Any = "sync",
                **params: Any) -> Any:
     """``tile`` stage: :func:`tiling.tile` with :class:`tiling.TileParams` fields given flat."""
@@ -227,8 +264,18 @@ def tile_stage(naip: list[str] | str, nlcd: str, out: str, aoi: str | None = Non
     unknown = sorted(set(params) - valid)
     if unknown:
         raise InputError(f"unknown tile parameter(s) {', '.join(unknown)} (valid: {', '.join(sorted(valid))})")
-    return tile([naip] if isinstance(naip, str) else naip, nlcd, out, params=TileParams(**params), aoi=aoi,
-                scheduler=scheduler)
+    return tile(raster_list(naip), nlcd, out, params=TileParams(**params), aoi=aoi, scheduler=scheduler)
+
+
+def score_stage(model: str, out: str, naip: list[str] | str | None = None, **kwargs: Any) -> Any:
+    """``score`` stage: :func:`geoclf.score.score`, NAIP rasters given as a list or a ``.txt`` list."""
+    from geoclf.score import score
+
+    valid = set(inspect.signature(score).parameters) - {"model", "out", "naip"}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise InputError(f"unknown score parameter(s) {', '.join(unknown)} (valid: {', '.join(sorted(valid))})")
+    return score(model, out, naip=raster_list(naip) if naip is not None else None, **kwargs)
 
 
 def train_stage(features: str | list[str], classifier: str = "logistic_regression",

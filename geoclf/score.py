@@ -82,7 +82,8 @@ def _worker_threads() -> int | None:
 
 def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chips: PathLike | None = None,
           aoi: PathLike | None = None, scheduler: Scheduler = None, n_workers: int | None = None,
-          batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5, crs: Any = None,
+          batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5,
+          chip_size_m: float | None = None, crs: Any = None,
           smooth: bool = False, probabilities: bool = False, html_map: bool = True, trusted: bool = False,
           progress: bool = True) -> dict[str, Path]:
     """Score an area with a model and write ``predictions.parquet`` and the maps into ``out``.
@@ -98,6 +99,8 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
         batch_size: chips per forward pass.
         chips_per_partition: chips per task and output partition.
         max_nodata: skip chips with more than this fraction without data (image collars).
+        chip_size_m: ground side of a chip in metres (default: the model's training chips, else the model's
+            chip size in pixels at the first raster's resolution).
         crs: map CRS (default: the rasters' CRS, or EPSG:5070 across UTM zones).
         smooth: 3x3 plurality smoothing of the class map.
         probabilities: also write per-class probability bands.
@@ -113,7 +116,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     model_dir = str(resolve_model_dir(model))
     loaded = load_model(model_dir, trusted=trusted)  # fails here, with one line, if it does not load
     out_dir = Path(out)
-    index = _chips_to_score(loaded, out_dir, naip, chips, aoi, max_nodata)
+    index = _chips_to_score(loaded, out_dir, naip, chips, aoi, max_nodata, chip_size_m)
     table = pd.DataFrame(index.drop(columns="geometry"))
     threads = default_workers() if scheduler == "sync" else (
         max(1, default_workers() // (n_workers or default_workers())) if scheduler in (None, "local") else None)
@@ -132,7 +135,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
 
 
 def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chips: PathLike | None,
-                    aoi: PathLike | None, max_nodata: float) -> gpd.GeoDataFrame:
+                    aoi: PathLike | None, max_nodata: float, chip_size_m: float | None) -> gpd.GeoDataFrame:
     """The chip index of the area: given, reused from an earlier run of this output, or tiled now."""
     if chips is not None:
         return read_index(chips)
@@ -152,7 +155,7 @@ def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chip
         if scene.count < need:
             raise InputError(f"has {scene.count} bands; the model reads bands {list(model.bands)} "
                              f"(trained on {need}-band imagery)", scene.source)
-    params = TileParams(chip_size=model.chip_size, chip_size_m=getattr(model, "chip_size_m", None),
+    params = TileParams(chip_size=model.chip_size, chip_size_m=chip_size_m or model.chip_size_m,
                         max_nodata=max_nodata)
     return tile(naip, None, out_dir, params=params, aoi=aoi, scheduler="sync")
 

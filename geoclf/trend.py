@@ -1196,7 +1196,7 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
     from branca.element import MacroElement
     from jinja2 import Template
 
-    from geoclf.maps import _hex, _leaflet_assets, _legend_html, _overlay_image
+    from geoclf.maps import hex_color, leaflet_assets, legend_html, overlay_image
 
     classes = stack_classes(stack)
     crs, transform = stack.rio.crs, stack.rio.transform()
@@ -1205,13 +1205,13 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
     images = []
     for t in range(stack.sizes["time"]):
         grid = _decimated(stack[CODES].isel(time=t), transform, crs, max_pixels)
-        images.append(_overlay_image(grid, classes, max_pixels))
+        images.append(overlay_image(grid, classes, max_pixels))
     bounds = images[0][1]
     fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
                       tiles=None, control_scale=True, prefer_canvas=True)
     fmap.default_js = []
     fmap.default_css = []
-    leaflet_js, leaflet_css = _leaflet_assets()
+    leaflet_js, leaflet_css = leaflet_assets()
     root = fmap.get_root()
     root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
     root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
@@ -1229,7 +1229,7 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
     year_scheme = _year_scheme(years)
     developed_grid = _decimated(trajectory["year_developed"], transform, crs, max_pixels)
     developed_grid = developed_grid._replace(codes=_year_codes(developed_grid.codes, years))
-    url, layer_bounds = _overlay_image(developed_grid, year_scheme, max_pixels)
+    url, layer_bounds = overlay_image(developed_grid, year_scheme, max_pixels)
     developed = trajectory.attrs.get("developed") or "developed"
     folium.raster_layers.ImageOverlay(url, bounds=layer_bounds, opacity=0.9, pixelated=True, interactive=False,
                                       name=f"Year first {developed}", show=False,
@@ -1237,10 +1237,10 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
     if zones is not None and zone_trends is not None and not zone_trends.empty:
         _add_zones(fmap, zones, zone_trends, classes.names, zone_column)
     folium.LayerControl(collapsed=False).add_to(fmap)
-    root.html.add_child(folium.Element(_legend_html(classes, "Land use", None)), name="legend")
+    root.html.add_child(folium.Element(legend_html(classes, "Land use", None)), name="legend")
     swatches = "".join(
         f"<span style='display:inline-block;margin-right:6px'><span style='display:inline-block;width:12px;"
-        f"height:12px;vertical-align:middle;border:1px solid #555;background:{_hex(year_scheme.color(n))}'>"
+        f"height:12px;vertical-align:middle;border:1px solid #555;background:{hex_color(year_scheme.color(n))}'>"
         f"</span> {html.escape(n)}</span>" for n in year_scheme.names)
     smoothing = int(trajectory.attrs.get("smoothing_window", 1))
     note = f"temporal majority filter over {smoothing} dates" if smoothing > 1 else "no temporal smoothing"

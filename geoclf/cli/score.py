@@ -24,6 +24,8 @@ from geoclf.cli.common import scheduler_option
 @click.option("--batch-size", default=32, show_default=True, help="Chips per forward pass.")
 @click.option("--chips-per-partition", default=512, show_default=True, help="Chips per Dask task / output file.")
 @click.option("--max-nodata", default=0.5, show_default=True, help="Skip chips with more nodata than this fraction.")
+@click.option("--chip-size-m", type=float, default=None,
+              help="Ground side of a chip in metres (default: the size the model was trained on).")
 @click.option("--crs", default=None, help="CRS of the map (default: the rasters', or EPSG:5070 across UTM zones).")
 @click.option("--smooth/--no-smooth", default=False, show_default=True, help="3x3 plurality smoothing of the map.")
 @click.option("--probabilities/--no-probabilities", default=False, show_default=True,
@@ -33,7 +35,8 @@ from geoclf.cli.common import scheduler_option
 @scheduler_option
 def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: str | None, aoi: str | None, out: str,
           cluster_recipe: str | None, n_workers: int | None, batch_size: int, chips_per_partition: int,
-          max_nodata: float, crs: str | None, smooth: bool, probabilities: bool, trust: bool, scheduler: str) -> None:
+          max_nodata: float, chip_size_m: float | None, crs: str | None, smooth: bool, probabilities: bool,
+          trust: bool, scheduler: str) -> None:
     """Score every chip of an area with a model and write georeferenced land-use maps."""
     import contextlib
 
@@ -47,6 +50,7 @@ def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: 
     with context as target:
         written = run(model, out, naip=[*naip, *more_naip] or None, chips=chips, aoi=aoi, scheduler=target,
                       n_workers=n_workers, batch_size=batch_size, chips_per_partition=chips_per_partition,
-                      max_nodata=max_nodata, crs=crs, smooth=smooth, probabilities=probabilities, trusted=trust)
+                      max_nodata=max_nodata, chip_size_m=chip_size_m, crs=crs, smooth=smooth,
+                      probabilities=probabilities, trusted=trust)
     for key, path in written.items():
         click.echo(f"{key:>13}: {path}")
