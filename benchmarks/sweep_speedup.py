@@ -62,6 +62,22 @@ def peer_bytes(client: Any) -> int:
     return sum(client.run(count).values())
 
 
+def fits_only(client: Any, feats: Path, trees: int, space: dict[str, list[Any]]) -> float:
+    """Wall time of the sweep's fit tasks alone (features scattered, results gathered, nothing recorded)."""
+    from geoclf.classifiers import load_features
+    from geoclf.sweep import FitData, fit_one, grid
+
+    data = load_features(feats)
+    x_train, y_train = data.split("train")
+    x_val, _ = data.split("val")
+    future = client.scatter(FitData(x_train, y_train, x_val), broadcast=True, hash=False)
+    combos = grid({"n_estimators": [trees], **space})
+    started = time.perf_counter()
+    client.gather([client.submit(fit_one, future, i, "random_forest", p, 0, None, pure=False)
+                   for i, p in enumerate(combos)])
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chips", type=int, default=6000)
@@ -95,15 +111,19 @@ def main() -> None:
                                            progress=False)
                     wall = time.perf_counter() - started
                     per_worker = Counter(t["worker"] for t in stream.data if t["key"].startswith("fit_one"))
+                    compute = fits_only(client, feats, args.trees, space)
                     results[workers] = (wall, result, peer_bytes(client) - before, sorted(per_worker.values()),
-                                        load)
-    (t1, r1, _, _, load1), (t2, r2, peer2, spread2, load2) = results[1], results[2]
+                                        load, compute)
+    (t1, r1, _, _, load1, c1), (t2, r2, peer2, spread2, load2, c2) = results[1], results[2]
     fits = len(r1.fits)
     print(f"sweep of {fits} random-forest fits ({args.trees} trees) on {args.chips} chips x {args.dim} features, "
           f"{os.cpu_count()} cores")
     print(f"  1 worker process : {t1:6.1f} s   (load average at start {load1:.1f})")
     print(f"  2 worker processes: {t2:6.1f} s   (load average at start {load2:.1f}), fits per worker {spread2}")
     print(f"  speed-up {t1 / t2:.2f}x  (meaningful only on an otherwise idle machine: load average below 1)")
+    print(f"  the fits alone (same tasks, no run recording): {c1:.1f} s vs {c2:.1f} s, speed-up {c1 / c2:.2f}x")
+    print(f"  fit time summed over fits: {r1.fits['fit_seconds'].sum():.1f} s (1 worker), "
+          f"{r2.fits['fit_seconds'].sum():.1f} s (2 workers)")
     features = r1.data_bytes  # one copy, on the single worker
     total = r2.data_bytes + peer2 + r2.task_bytes * fits
     print(f"  features: {features / 1e6:.2f} MB; sent to 2 workers: {r2.data_bytes / 1e6:.2f} MB (one copy each), "
