@@ -142,3 +142,22 @@ def test_cli_models_list_show(runs_dir: Path, capsys: pytest.CaptureFixture[str]
         main(["models", "promote", "landuse-naip", "--version", "5"])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == "geoclf: error: model 'landuse-naip' has no version 5; versions: 1"
+
+
+def test_fine_tuned_models_register_the_same_way(runs_dir: Path, tmp_path: Path) -> None:
+    """Any run with a model artifact registers: here a fine-tune run's (kind ``finetune``)."""
+    from geoclf.artifact import write_model_dir
+
+    def weights(directory: Path) -> None:
+        (directory / "weights.pt").write_bytes(b"state dict")
+
+    artifact = write_model_dir(tmp_path / "model", "finetune",
+                               {"classes": CLASSES, "bands": [1, 2, 3], "chip_size": 224, "name": "ft"}, weights)
+    with runs.start_run("ft-lite0", "finetune", params={"chip_index_sha256": "abc123"}) as run:
+        run.log_metrics({"accuracy": 0.91, "val_loss": 0.3})
+        run.log_artifact_dir(artifact)
+    version = registry.register_model("ft-lite0", "landuse-naip-cnn")
+    assert version.tags[registry.KIND_TAG] == "finetune"
+    assert version.tags[registry.CHIP_INDEX_TAG] == "abc123"
+    assert version.metrics == {"accuracy": 0.91, "val_loss": 0.3}
+    assert (resolve_model_dir("landuse-naip-cnn/1") / "weights.pt").read_bytes() == b"state dict"
