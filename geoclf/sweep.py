@@ -23,7 +23,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,12 +242,13 @@ def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logist
     rows: list[dict[str, Any]] = []
     with runs.start_run(name, "train", params=parent_params, tags={SWEEP_TAG: "parent", METRIC_TAG: chosen_by},
                         runs_dir=runs_dir) as parent:
+        def record(outcome: FitOutcome) -> None:
+            rows.append(_record_fit(outcome, combos, data, prepared, classifier, seed, name, parent.run_id,
+                                    cv_folds, runs_dir))
+
         started = time.perf_counter()
-        data_bytes, task_bytes, link = _fit_all(fit_data, classifier, combos, seed, cv_folds, scheduler,
-                                                          n_workers, progress,
-                                                          lambda outcome: rows.append(_record_fit(
-                                                              outcome, combos, data, prepared, classifier, seed,
-                                                              name, parent.run_id, cv_folds, runs_dir)))
+        data_bytes, task_bytes, link = _fit_all(fit_data, classifier, combos, seed, cv_folds, scheduler, n_workers,
+                                                progress, record)
         wall = time.perf_counter() - started
         table = pd.DataFrame(rows)
         for key in space or {}:  # keep parameter values as given (10, None), not as floats with NaN
@@ -332,7 +333,7 @@ def fit_one(data: FitData, index: int, classifier: str, params: Mapping[str, Any
 
 def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed: int, cv_folds: int | None,
              scheduler: Scheduler, n_workers: int | None, progress: bool,
-             on_result: Any) -> tuple[int, float, str | None]:
+             on_result: Callable[[FitOutcome], None]) -> tuple[int, float, str | None]:
     """Run every fit, calling ``on_result`` on the client as each finishes.
 
     Returns:
