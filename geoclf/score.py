@@ -22,7 +22,7 @@ from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.index import TileParams, read_index, tile, write_index
-from tiling.io import PathLike
+from tiling.io import PathLike, normalize_source
 from tiling.parallel import Scheduler, default_workers
 
 PREDICTIONS = "predictions.parquet"
@@ -144,8 +144,9 @@ def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chip
     cached = out_dir / "chips.parquet"
     if cached.exists():  # a rerun: the grid of the first run (its partitions refer to these chips)
         index = read_index(cached)
-        if sorted(index.attrs.get("geoclf", {}).get("naip", [])) == sorted(
-                str(Path(p).resolve()) if "://" not in str(p) else str(p) for p in naip):
+        attrs = index.attrs.get("geoclf", {})
+        if sorted(attrs.get("naip", [])) == sorted(normalize_source(p) for p in naip) and attrs.get("aoi") == (
+                None if aoi is None else normalize_source(aoi)):
             return index
     from tiling.io import describe_naip
 

@@ -47,3 +47,18 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available on this machine")
     return path
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory):
+    """The quickstart recipe (what ``make demo`` runs), run once into a temporary working directory.
+
+    Its outputs (scene, chips, features, two trained classifiers, maps of two years, change report) feed the
+    end-to-end tests, so the whole pipeline is built once per test session.
+    """
+    from geoclf.recipes import load_recipe, run_recipe
+
+    workdir = tmp_path_factory.mktemp("quickstart")
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml", workdir)
+    report = run_recipe(recipe, echo=lambda _: None)
+    return workdir, recipe, report
