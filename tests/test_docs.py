@@ -6,7 +6,8 @@
   that command has.
 - Every argument a docstring documents exists in its function's signature (the API reference is built with
   griffe's own check off, because geoclf documents related arguments together: ``mean, std: ...``).
-- The recipe and the stage table of docs/recipes.md are what ``geoclf run`` accepts; scripts the docs name exist.
+- The recipe and the stage table of docs/recipes.md are what ``geoclf run`` accepts; scripts and library names
+  (`geoclf.maps.write_maps`) the docs mention exist.
 """
 
 from __future__ import annotations
@@ -192,3 +193,29 @@ def test_examples_named_in_docs_exist():
     assert named, "the docs point to the examples"
     missing = sorted(name for name in named if not (ROOT / name).is_file())
     assert not missing, f"docs name examples that do not exist: {missing}"
+
+
+def _resolve_name(dotted: str) -> bool:
+    """True when ``dotted`` (``geoclf.maps.write_maps``, ``tiling.ChipReader.read``) names something real."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+def test_python_names_in_docs_exist():
+    names = {name for page in doc_pages()
+             for name in re.findall(r"`((?:tiling|geoclf)(?:\.\w+)+)", page.read_text(encoding="utf-8"))}
+    assert len(names) > 20, "the docs name the library's functions"
+    missing = sorted(name for name in names if not _resolve_name(name))
+    assert not missing, f"docs name things the code does not have: {missing}"
