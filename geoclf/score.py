@@ -85,7 +85,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
           batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5,
           chip_size_m: float | None = None, crs: Any = None,
           smooth: bool = False, probabilities: bool = False, html_map: bool = True, trusted: bool = False,
-          progress: bool = True) -> dict[str, Path]:
+          runs_dir: PathLike | None = None, progress: bool = True) -> dict[str, Path]:
     """Score an area with a model and write ``predictions.parquet`` and the maps into ``out``.
 
     Args:
@@ -106,6 +106,9 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
         probabilities: also write per-class probability bands.
         html_map: write ``map.html``.
         trusted: load a pickled classifier artifact without checks (see :func:`geoclf.artifact.load_model`).
+        runs_dir: run history in which ``model`` names a run or a registered model (default: ``GEOCLF_RUNS``
+            or the current directory).
+        progress: show progress bars.
 
     Returns:
         Output name -> path (``predictions``, ``landuse``, ``html``, ``png``, ...).
@@ -113,10 +116,10 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     from geoclf.artifact import load_model, resolve_model_dir
     from geoclf.maps import write_maps
 
-    model_dir = str(resolve_model_dir(model))
+    model_dir = str(resolve_model_dir(model, runs_dir))
     loaded = load_model(model_dir, trusted=trusted)  # fails here, with one line, if it does not load
     out_dir = Path(out)
-    index = _chips_to_score(loaded, out_dir, naip, chips, aoi, max_nodata, chip_size_m)
+    index = _chips_to_score(loaded, out_dir, naip, chips, aoi, max_nodata, chip_size_m, progress)
     table = pd.DataFrame(index.drop(columns="geometry"))
     threads = default_workers() if scheduler == "sync" else (
         max(1, default_workers() // (n_workers or default_workers())) if scheduler in (None, "local") else None)
@@ -135,7 +138,8 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
 
 
 def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chips: PathLike | None,
-                    aoi: PathLike | None, max_nodata: float, chip_size_m: float | None) -> gpd.GeoDataFrame:
+                    aoi: PathLike | None, max_nodata: float, chip_size_m: float | None,
+                    progress: bool) -> gpd.GeoDataFrame:
     """The chip index of the area: given, reused from an earlier run of this output, or tiled now."""
     if chips is not None:
         return read_index(chips)
@@ -158,7 +162,7 @@ def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chip
                              f"(trained on {need}-band imagery)", scene.source)
     params = TileParams(chip_size=model.chip_size, chip_size_m=chip_size_m or model.chip_size_m,
                         max_nodata=max_nodata)
-    return tile(naip, None, out_dir, params=params, aoi=aoi, scheduler="sync")
+    return tile(naip, None, out_dir, params=params, aoi=aoi, scheduler="sync", progress=progress)
 
 
 def _model_stamp(model_dir: str) -> dict[str, Any]:
