@@ -38,16 +38,10 @@ def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: 
           max_nodata: float, chip_size_m: float | None, crs: str | None, smooth: bool, probabilities: bool,
           trust: bool, scheduler: str) -> None:
     """Score every chip of an area with a model and write georeferenced land-use maps."""
-    import contextlib
-
+    from geoclf.cluster import scheduler_from_option
     from geoclf.score import score as run
 
-    context = contextlib.nullcontext(scheduler)
-    if cluster_recipe:
-        from geoclf.cluster import cluster_from_recipe
-
-        context = cluster_from_recipe(cluster_recipe)
-    with context as target:
+    with scheduler_from_option(cluster_recipe or scheduler) as target:
         written = run(model, out, naip=[*naip, *more_naip] or None, chips=chips, aoi=aoi, scheduler=target,
                       n_workers=n_workers, batch_size=batch_size, chips_per_partition=chips_per_partition,
                       max_nodata=max_nodata, chip_size_m=chip_size_m, crs=crs, smooth=smooth,
