@@ -6,6 +6,7 @@ Commands are loaded lazily so that ``geoclf tile --help`` does not pay for impor
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -49,7 +50,11 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``geoclf`` console script: bad input is one line on stderr and exit status 2."""
+    """Entry point of the ``geoclf`` console script.
+
+    Bad input is one line on stderr and exit status 2; an operating-system error (disk full, permission
+    denied) is one line and status 1 (set ``GEOCLF_DEBUG=1`` for its traceback).
+    """
     try:
         cli.main(args=argv, prog_name="geoclf", standalone_mode=False)
     except click.exceptions.Abort:
@@ -61,6 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as exc:
         click.echo(f"geoclf: error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # disk full, permission denied, a network drive gone: the system's own words
+        if os.environ.get("GEOCLF_DEBUG"):
+            raise
+        click.echo(f"geoclf: error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("geoclf: interrupted", err=True)
         sys.exit(130)
