@@ -29,14 +29,20 @@ def runs() -> None:
 @click.option("--kind", type=click.Choice(["featurize", "train", "finetune"]), default=None,
               help="Only runs of this kind.")
 @click.option("--all", "include_unfinished", is_flag=True, help="Also list running, failed and killed runs.")
+@click.option("--parent", default=None, metavar="RUN",
+              help="Only the child runs of this run (name or id): the fits of one sweep.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON list.")
 @runs_dir_option
-def list_command(sort: str, kind: str | None, include_unfinished: bool, as_json: bool, runs_dir: str | None) -> None:
-    """List runs, best first."""
+def list_command(sort: str, kind: str | None, include_unfinished: bool, parent: str | None, as_json: bool,
+                 runs_dir: str | None) -> None:
+    """List runs, best first; the fits of a sweep show their sweep in the 'parent' column."""
     from geoclf import runs as history
 
     records = history.list_run_records(sort=sort, kind=kind, runs_dir=runs_dir,
                                        include_unfinished=include_unfinished)
+    if parent is not None:
+        parent_id = history.get_run(parent, runs_dir=runs_dir).run_id
+        records = [r for r in records if r.parent_id == parent_id]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
@@ -50,6 +56,10 @@ def list_command(sort: str, kind: str | None, include_unfinished: bool, as_json:
     shown["run_id"] = shown["run_id"].str[:8]
     if include_unfinished:
         shown.insert(2, "status", table["status"])
+    if table["parent_id"].notna().any():
+        names = {r.run_id: r.name for r in history.list_run_records(sort=None, runs_dir=runs_dir,
+                                                                    include_unfinished=True)}
+        shown.insert(2, "parent", table["parent_id"].map(lambda i: names.get(i, str(i)[:8]) if i else None))
     click.echo(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
 
 
