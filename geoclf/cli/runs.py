@@ -59,7 +59,7 @@ def list_command(sort: str, kind: str | None, include_unfinished: bool, parent: 
     if table["parent_id"].notna().any():
         names = {r.run_id: r.name for r in history.list_run_records(sort=None, runs_dir=runs_dir,
                                                                     include_unfinished=True)}
-        shown.insert(2, "parent", table["parent_id"].map(lambda i: names.get(i, str(i)[:8]) if i else None))
+        shown.insert(2, "parent", table["parent_id"].map(lambda i: names.get(i, i[:8]) if isinstance(i, str) else None))
     click.echo(shown.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.3f}"))
 
 
