@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "geoclf.cli.sweep:sweep",
     "models": "geoclf.cli.models:models",
     "finetune": "geoclf.cli.finetune:finetune",
+    "report": "geoclf.cli.report:report",
 }
 
 

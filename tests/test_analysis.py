@@ -1,0 +1,181 @@
+"""The results report (geoclf.analysis, ``geoclf report``) on the quickstart's runs and score output."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def report(quickstart, tmp_path_factory):
+    """The random forest's report with the 2016 map and a gallery large enough for every mistake."""
+    from geoclf.analysis import results_report
+
+    workdir = quickstart[0]
+    out = tmp_path_factory.mktemp("report-rf")
+    written = results_report("rf-lite0", out, runs_dir=workdir / "runs", predictions=workdir / "map-2016",
+                             gallery=10_000)
+    return workdir, out, written
+
+
+def test_report_metrics_are_the_recorded_ones(report):
+    from geoclf import runs
+
+    workdir, out, _ = report
+    record = runs.get_run("rf-lite0", runs_dir=workdir / "runs")
+    overall = pd.read_csv(out / "metrics.csv", index_col="metric")["value"]
+    for key in ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class"):
+        assert overall[key] == pytest.approx(record.metrics[key], abs=1e-12), key
+    assert overall["n"] == record.params["n_val"]
+    per_class = pd.read_csv(out / "per_class.csv", index_col="class")
+    for name, row in per_class.iterrows():
+        for score in ("precision", "recall", "f1"):
+            assert row[score] == pytest.approx(record.metrics[f"{score}.{name}"], abs=1e-12)
+
+
+def test_recall_is_divided_by_true_class_totals(report):
+    from geoclf import runs
+
+    workdir, out, _ = report
+    record = runs.get_run("rf-lite0", runs_dir=workdir / "runs")
+    # the run's own confusion matrix artifact, not the report's copy: true classes in rows
+    cm = pd.read_csv(runs.artifact_path(record, "confusion_matrix.csv"), index_col=0)
+    counts = cm.to_numpy()
+    recall = np.diag(counts) / counts.sum(axis=1)  # TP / (TP + FN)
+    precision = np.diag(counts) / np.maximum(counts.sum(axis=0), 1)
+    per_class = pd.read_csv(out / "per_class.csv", index_col="class").loc[list(cm.index)]
+    np.testing.assert_allclose(per_class["recall"].to_numpy(), recall, atol=1e-12)
+    np.testing.assert_array_equal(per_class["support"].to_numpy(), counts.sum(axis=1))
+    # the seed notebook's column-wise "recall" is precision; make sure the two differ here, so the check bites
+    assert not np.allclose(recall, precision)
+
+
+def test_gallery_holds_exactly_the_misclassified_validation_chips(report):
+    from geoclf.artifact import load_model
+    from geoclf.features import read_features
+
+    workdir, out, written = report
+    _, table = read_features(workdir / "features")
+    val = table[(table["split"] == "val") & table["label"].notna()]
+    model = load_model("rf-lite0", runs_dir=workdir / "runs")
+    predicted = model.predict_features(np.stack(val["features"].to_numpy()))
+    wrong = set(val["chip_id"][predicted != val["label"].to_numpy()])
+    assert wrong, "the quickstart's random forest should make some mistakes for this test to mean anything"
+
+    listed = pd.read_csv(out / "misclassified.csv")
+    assert set(listed["chip_id"]) == wrong
+    assert (listed["label"] != listed["pred"]).all()
+    assert listed["prob"].is_monotonic_decreasing  # most confident mistakes first
+    files = sorted(p.name for p in (out / "gallery").glob("*.png"))
+    assert len(files) == len(wrong)
+    assert sorted(listed["gallery_file"]) == files
+    assert written["gallery"].stat().st_size > 0
+    info = pd.read_json(out / "report.json", typ="series")
+    assert info["predicted_from"] == "features" and info["agrees_with_recorded"]
+    # the recorded confusion matrix counts the same number of mistakes
+    cm = pd.read_csv(out / "confusion_matrix.csv", index_col=0).to_numpy()
+    assert cm.sum() - np.trace(cm) == len(wrong)
+
+
+def test_report_html_embeds_every_image(report):
+    _, out, written = report
+    page = written["report"].read_text(encoding="utf-8")
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
+    assert images == ["confusion matrix", "misclassified chips", "land-use map"]
+    assert not re.search(r'(src|href)="(?!data:)', page)  # self-contained: nothing loaded from elsewhere
+    assert (out / "map.png").is_file() and (out / "confusion_matrix.png").is_file()
+
+
+def test_predicting_from_the_imagery_matches_the_features(report):
+    """The route fine-tuned models take (chips read through the index, model.predict_proba)."""
+    from geoclf.analysis import predict_validation
+    from geoclf.artifact import load_model
+
+    workdir, _, _ = report
+    model = load_model("lr-lite0", runs_dir=workdir / "runs")
+    from_features = predict_validation(model, features=workdir / "features")
+    from_chips = predict_validation(model, chips=workdir / "chips")
+    assert from_chips.attrs["route"] == "chips" and from_features.attrs["route"] == "features"
+    merged = from_features.merge(from_chips, on="chip_id", suffixes=("_f", "_c"))
+    assert len(merged) == len(from_features) == len(from_chips)
+    assert (merged["label_f"] == merged["label_c"]).all()
+    np.testing.assert_allclose(merged["prob_f"], merged["prob_c"], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """A one-epoch MobileNetV2 fine-tune on 32 px chips of a small 4 m scene (as tests/test_finetune.py)."""
+    import torch
+
+    import tiling
+    from geoclf.finetune import finetune
+    from tiling.synth import make_scene
+
+    root = tmp_path_factory.mktemp("report-finetune")
+    scene = make_scene(root / "scene", size_m=2560, resolution=4.0, seed=0)
+    tiling.tile([scene.naip], scene.nlcd, root / "chips", params=tiling.TileParams(chip_size=32), progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors on a busy machine: more threads only wait for each other
+    try:
+        finetune(root / "chips", backbone="mobilenet_v2", retrain="last_only", epochs=1, name="mnv2-report",
+                 out=root / "work", runs_dir=root / "runs", batch_size=16, num_workers=0, progress=False,
+                 min_chips_per_class=2, trainer_options={"limit_train_batches": 2})
+        yield root
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_finetune_run_gallery_from_the_imagery(finetuned, tmp_path):
+    from geoclf.analysis import results_report
+    from geoclf.artifact import load_model
+    from geoclf.chips import read_batch
+    from tiling.index import read_index
+    from tiling.io import ChipReader
+
+    written = results_report("mnv2-report", tmp_path, runs_dir=finetuned / "runs", gallery=10_000)
+    info = pd.read_json(written["json"], typ="series")
+    assert info["predicted_from"] == "chips" and info["agrees_with_recorded"], info["notes"]
+
+    index = read_index(finetuned / "chips")
+    val = index[(index["split"] == "val") & index["label"].notna()]
+    model = load_model("mnv2-report", runs_dir=finetuned / "runs")
+    with ChipReader(model.bands, model.chip_size) as reader:
+        predicted = model.predict(read_batch(val, reader))
+    wrong = set(val["chip_id"][predicted != val["label"].to_numpy()])
+    assert wrong, "a one-epoch fine-tune should still make mistakes"
+    assert set(pd.read_csv(written["misclassified"])["chip_id"]) == wrong
+    assert len(list(written["gallery_dir"].glob("*.png"))) == len(wrong)
+
+
+def test_cli_report_gallery_size(quickstart, tmp_path, capsys):
+    from geoclf.cli import main
+
+    workdir = quickstart[0]
+    out = tmp_path / "report"
+    args = ["report", "--run", "rf-lite0", "--out", str(out), "--runs-dir", str(workdir / "runs")]
+    main([*args, "--gallery", "1"])
+    assert "accuracy" in capsys.readouterr().out
+    assert len(list((out / "gallery").glob("*.png"))) == 1
+    assert pd.read_csv(out / "misclassified.csv")["gallery_file"].notna().sum() == 1
+    assert not (out / "map.png").exists()
+    # a rerun without a gallery leaves none of the earlier one behind
+    main([*args, "--gallery", "0"])
+    assert not list((out / "gallery").glob("*.png")) and not (out / "gallery.png").exists()
+    assert "misclassified chips" not in (out / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("args", [["--run", "no-such-run"], ["--run", "featurize-efficientnet_lite0"],
+                                  ["--run", "rf-lite0", "--chips", "moved/chips.parquet"]])
+def test_cli_bad_input_is_one_line(quickstart, tmp_path, capsys, args):
+    from geoclf.cli import main
+
+    workdir = quickstart[0]
+    with pytest.raises(SystemExit) as exited:
+        main(["report", *args, "--out", str(tmp_path / "r"), "--runs-dir", str(workdir / "runs")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geoclf: error:") and "\n" not in err
+    assert not (tmp_path / "r").exists()
