@@ -30,7 +30,7 @@ browser:
 demo: install
 	$(GEOCLF) run recipes/quickstart.yaml --workdir $(DEMO)
 	@echo; echo "Runs:"; GEOCLF_RUNS=$(DEMO)/runs $(GEOCLF) runs list
-	@echo; echo "Open $(DEMO)/map-2016/map.html and $(DEMO)/change/report.html in a browser."
+	@echo; echo "Open $(DEMO)/map-2016/map.html, $(DEMO)/change/report.html and $(DEMO)/report-lr-lite0/report.html in a browser."
 
 test: install browser
 	$(PY) -m ruff check geoclf tiling tests benchmarks examples

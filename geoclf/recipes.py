@@ -95,6 +95,8 @@ STAGES: dict[str, Stage] = {
                    extra=("geoclf.score:score",)),
     "change": Stage("geoclf.change:run_change", inputs=("before", "after", "zones", "reference"),
                     outputs=("out",)),
+    "report": Stage("geoclf.analysis:results_report", inputs=("chips", "features", "predictions"),
+                    outputs=("out",)),
     "trend": Stage("geoclf.trend:analyze_trends", inputs=("maps", "zones", "reference"), outputs=("out",)),
 }
 
