@@ -19,7 +19,6 @@ they agree. The gallery images are read from the source rasters through the chip
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from geoclf.htmlpage import html_table, png_img, write_page
 from tiling.errors import InputError
 
 if TYPE_CHECKING:
@@ -523,7 +523,6 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
         map_png: the area map, if any.
         top: most misclassified chips listed in the table.
     """
-    # The same page layout as geoclf.change.write_report (its table/image helpers are local to it).
     esc = html.escape
     name = info["run"]
     what = ", ".join(str(v) for v in (info["kind"], info.get("backbone"), info.get("classifier")) if v)
@@ -532,14 +531,14 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
              + (f", {info['n_train']} training chips" if info.get("n_train") is not None else "") + ".<br>"
              + (f"Chip index: <code>{esc(info['chip_index'])}</code>" if info.get("chip_index") else "")
              + "</p>",
-             "<h2>Overall</h2>", _table(overall),
+             "<h2>Overall</h2>", html_table(overall),
              '<p class="note"><i>accuracy_3class</i>: accuracy after regrouping into the seed study\'s Developed / '
              "Cultivated / Undeveloped. <i>balanced_accuracy</i>: mean recall over the classes present.</p>",
-             "<h2>Per class</h2>", _table(per_class),
+             "<h2>Per class</h2>", html_table(per_class),
              '<p class="note">Recall = correctly predicted chips of a class / all chips truly of that class (the '
              "row sum of the confusion matrix); precision divides by the column sum instead.</p>",
              "<h2>Confusion matrix (rows: true class, columns: predicted)</h2>",
-             _image(confusion_png, "confusion matrix")]
+             png_img(confusion_png, "confusion matrix")]
     parts.append(f"<h2>Misclassified validation chips ({len(wrong)} of {info['n_val']})</h2>")
     route = ("stored feature vectors" if info["predicted_from"] == "features"
              else "the imagery, read through the chip index")
@@ -547,10 +546,10 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
                  + ("this agrees with the recorded confusion matrix.</p>" if info["agrees_with_recorded"]
                     else "</p>" + "".join(f'<p class="warn">{esc(n)}</p>' for n in info["notes"])))
     if gallery_png is not None:
-        parts.append(_image(gallery_png, "misclassified chips"))
+        parts.append(png_img(gallery_png, "misclassified chips"))
     if len(wrong):
         shown = ["rank", "chip_id", "label", "pred", "prob"]
-        parts.append(_table(pd.DataFrame(wrong[shown].head(top)).set_index("rank")))
+        parts.append(html_table(pd.DataFrame(wrong[shown].head(top)).set_index("rank")))
     else:
         parts.append("<p>No validation chip was misclassified.</p>")
     if map_png is not None:
@@ -561,26 +560,8 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
         if accuracy and accuracy.get("accuracy") is not None:
             parts.append(f"<p>Agreement with the reference labels of the scored chips: accuracy "
                          f"{accuracy['accuracy']:.3f} over {accuracy['n']} chips.</p>")
-        parts.append(_image(map_png, "land-use map"))
-    style = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
-             "table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
-             "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "table.t th{background:#f4f4f4}img{max-width:100%}.note{color:#555}.warn{color:#a40}")
-    document = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>Results: {esc(name)}</title><style>{style}</style></head><body>"
-                + "\n".join(parts) + "</body></html>")
-    path = Path(path)
-    path.write_text(document, encoding="utf-8")
-    return path
-
-
-def _table(frame: pd.DataFrame, digits: int = 3) -> str:
-    return frame.to_html(float_format=lambda v: f"{v:,.{digits}f}", na_rep="–", border=0, classes="t")
-
-
-def _image(png: Path, alt: str) -> str:
-    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+        parts.append(png_img(map_png, "land-use map"))
+    return write_page(path, f"Results: {name}", parts)
 
 
 __all__ = [

@@ -1060,15 +1060,11 @@ def write_report(path: PathLike, *, info: dict, per_class: pd.DataFrame, matrix:
                  estimates: dict[str, AreaEstimate], bar_chart: Path, change_png: Path,
                  html_map: Path | None, top: int = 25) -> Path:
     """Write ``report.html``: one self-contained page (figures inlined, the map embedded) of the analysis."""
-    import base64
     import html
 
-    def table(frame: pd.DataFrame, digits: int = 3) -> str:
-        return frame.to_html(float_format=lambda v: f"{v:,.{digits}f}", na_rep="–", border=0, classes="t")
-
-    def image(png: Path, alt: str) -> str:
-        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    from geoclf.htmlpage import html_table as table
+    from geoclf.htmlpage import png_img as image
+    from geoclf.htmlpage import write_page
 
     before, after = info["dates"]
     parts = [f"<h1>Land-use change {html.escape(before)} → {html.escape(after)}</h1>",
@@ -1111,14 +1107,4 @@ def write_report(path: PathLike, *, info: dict, per_class: pd.DataFrame, matrix:
     if html_map is not None:
         page = html.escape(Path(html_map).read_text(encoding="utf-8"), quote=True)
         parts.append(f'<iframe title="interactive change map" srcdoc="{page}"></iframe>')
-    style = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
-             "table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
-             "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "table.t th{background:#f4f4f4}img{max-width:100%}"
-             "iframe{width:100%;height:600px;border:1px solid #ccc}.note{color:#555}")
-    document = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>Land-use change {html.escape(before)} → {html.escape(after)}</title>"
-                f"<style>{style}</style></head><body>" + "\n".join(parts) + "</body></html>")
-    path = Path(path)
-    path.write_text(document, encoding="utf-8")
-    return path
+    return write_page(path, f"Land-use change {before} → {after}", parts)

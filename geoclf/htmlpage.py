@@ -1,0 +1,46 @@
+"""Self-contained HTML report pages (change report, results report): tables, inlined figures, one style."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+_STYLE = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
+          "table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
+          "table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
+          "table.t th{background:#f4f4f4}img{max-width:100%}"
+          "iframe{width:100%;height:600px;border:1px solid #ccc}.note{color:#555}.warn{color:#a40}")
+
+
+def html_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A DataFrame as an HTML table with thousands separators and ``digits`` decimals."""
+    return frame.to_html(float_format=lambda v: f"{v:,.{digits}f}", na_rep="–", border=0, classes="t")
+
+
+def png_img(png: str | os.PathLike[str], alt: str) -> str:
+    """An ``<img>`` holding a PNG file inline (a data URL), so the page needs no other file."""
+    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_page(path: str | os.PathLike[str], title: str, parts: Sequence[str]) -> Path:
+    """Write one HTML page of ``parts`` (HTML fragments) with the report style, atomically."""
+    document = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+                f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+                + "\n".join(parts) + "</body></html>")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        Path(tmp).write_text(document, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
