@@ -81,10 +81,6 @@ NETWORK_FILE = "model.pt"
 #: when ``class_weights="auto"``.
 UNBALANCED_RATIO = 1.5
 
-# scoring finds the loader of each artifact kind in this registry (see geoclf.artifact.LOADERS)
-artifact.LOADERS.setdefault("finetune", "geoclf.finetune:FinetuneModel.load")
-
-
 def check_choice(value: str, valid: Sequence[str], what: str) -> str:
     """``value`` if it is one of ``valid``, else an InputError listing them."""
     if value not in valid:
@@ -195,16 +191,17 @@ class ChipDataset(Dataset):
 
 
 def default_num_workers() -> int:
-    """DataLoader worker processes: one per core beyond the one training, at most 4.
+    """DataLoader worker processes: one per core beyond the one training, at most 4 (8 with a GPU).
 
-    Reading a batch of chips costs a small fraction of a training step, so a few workers keep up even with
-    a GPU; more would only take cores from the step itself on a CPU.
+    On a CPU, reading a batch of chips costs a small fraction of a training step, so one or two workers
+    keep up and more would only take cores from the step itself. A GPU steps many times faster, so it
+    gets more readers.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(4, cores - 1))
+    return max(1, min(8 if torch.cuda.is_available() else 4, cores - 1))
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -1020,12 +1017,12 @@ def finetune(chips: PathLike, *, backbone: str = DEFAULT_BACKBONE, retrain: str 
             trainer.fit(module, datamodule=data, ckpt_path=resume_path)
         best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else checkpoints / "last.ckpt"
         last = checkpoints / "last.ckpt"
+        if not trainer.is_global_zero:  # other DDP ranks are done; rank zero evaluates and saves
+            return FinetuneResult(name, None, out_dir / runs.MODEL_ARTIFACT, out_dir, best, last, data.classes, {},
+                                  history.history, trainer.current_epoch, trainer.global_step, None,
+                                  trainer.current_epoch < epochs, module.trainable_params, module.total_params)
         best_state = torch.load(best, map_location="cpu", weights_only=True)
         best_epoch = int(best_state.get("epoch", -1)) + 1 or None
-        if not trainer.is_global_zero:  # other DDP ranks are done; rank zero evaluates and saves
-            return FinetuneResult(name, None, out_dir / "model", out_dir, best, last, data.classes, {},
-                                  history.history, trainer.current_epoch, trainer.global_step, best_epoch,
-                                  trainer.current_epoch < epochs, module.trainable_params, module.total_params)
         module.load_state_dict(best_state["state_dict"])
         module.cpu()
         provenance = {"run_id": None if recorder is None else recorder.run_id, "chip_index": data.source.get("path"),

@@ -73,26 +73,49 @@ def _trained_key(module: LandUseModule, key: str) -> bool:
     return module._is_trained(key.rpartition(".")[0])
 
 
-@pytest.mark.parametrize(("backbone", "retrain", "input_size", "epochs"), [
-    ("resnet18", "last_only", None, 3),
-    ("resnet18", "fully_connected", None, 3),
-    ("resnet18", "all", None, 3),
-    ("alexnet", "fully_connected", 64, 2),  # 58 M parameters train: fewer steps; AlexNet needs >= 63 px
+@pytest.fixture(scope="module")
+def tiny_index(index_path, tmp_path_factory):
+    """Six training chips per class (and the validation chips of those classes): seen every epoch."""
+    index = tiling.read_index(index_path)
+    train = index[index["split"] == "train"].groupby("label").head(6)
+    val = index[(index["split"] == "val") & index["label"].isin(train["label"])]
+    subset = index.loc[[*train.index, *val.index]]
+    subset.attrs = index.attrs
+    return tiling.write_index(subset, tmp_path_factory.mktemp("tiny-index") / "chips.parquet")
+
+
+def _loss_on(module: LandUseModule, data: ChipDataModule) -> float:
+    """Cross-entropy of the module (eval mode) on all training chips, unaugmented."""
+    chips, targets = zip(*data.dataset("train", augment=False).__getitems__(range(len(data.train_rows))),
+                         strict=True)
+    module.eval()
+    with torch.inference_mode():
+        logits = module(module.normalize(torch.stack(chips)))
+    return float(torch.nn.functional.cross_entropy(logits, torch.tensor(targets)))
+
+
+@pytest.mark.parametrize(("backbone", "retrain", "input_size", "lr"), [
+    ("resnet18", "last_only", None, 1e-3),
+    ("resnet18", "fully_connected", None, 1e-3),
+    ("resnet18", "all", None, 1e-3),
+    ("alexnet", "fully_connected", 64, 3e-4),  # AlexNet's pooling needs at least 63 px
 ])
-def test_retrain_depth_trains_only_its_part(index_path, backbone, retrain, input_size, epochs):
-    # random weights: what is tested is which part trains, not what pretrained weights know
+def test_retrain_depth_trains_only_its_part(tiny_index, backbone, retrain, input_size, lr):
+    # random weights: what is tested is which part trains, not what pretrained weights know. The same
+    # chips every epoch, unaugmented, so that epoch losses compare like with like.
     L.seed_everything(0, verbose=False)
-    data = ChipDataModule(index_path, batch_size=16, num_workers=0, min_chips_per_class=2)
-    module = LandUseModule(backbone, data.classes, retrain=retrain, weights="none", lr=1e-3, input_size=input_size)
+    data = ChipDataModule(tiny_index, batch_size=16, num_workers=0, min_chips_per_class=2, augment=False)
+    module = LandUseModule(backbone, data.classes, retrain=retrain, weights="none", lr=lr, input_size=input_size)
     before = {k: v.clone() for k, v in module.network.state_dict().items()}
+    loss_before = _loss_on(module, data)
     history = EpochHistory()
-    trainer = L.Trainer(max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[history])
+    trainer = L.Trainer(max_epochs=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[history])
     trainer.fit(module, datamodule=data)
 
     losses = [h["train_loss"] for h in history.history]
-    assert len(losses) == epochs and losses[-1] < losses[0], losses
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert _loss_on(module, data) < loss_before
     after = module.network.state_dict()
     frozen = [k for k in before if not _trained_key(module, k)]
     trained = [k for k in before if _trained_key(module, k)]
@@ -195,6 +218,22 @@ def test_finetune_run_listed_beside_feature_classifiers(first_run):
     lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
     assert "lr-lite0" in lines and "mnv2-last" in lines
     assert "finetune" in lines["mnv2-last"] and "train" in lines["lr-lite0"]
+
+
+def test_cli_finetune_end_to_end(index_path, tmp_path):
+    from click.testing import CliRunner
+
+    from geoclf.cli import cli
+
+    args = ["finetune", "--chips", str(index_path), "--backbone", "resnet18", "--weights", "none", "--epochs", "1",
+            "--batch-size", "32", "--num-workers", "0", "--min-chips-per-class", "2", "--name", "r18-cli", "--quiet",
+            "--runs-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "r18-cli: resnet18 last_only, 3,078 of 11,179,590 parameters trained, 1 epoch(s)" in result.output
+    assert "model artifact -> " in result.output
+    assert (tmp_path / "finetune" / "r18-cli" / "checkpoints" / "last.ckpt").is_file()
+    assert load_model("r18-cli", runs_dir=tmp_path).kind == "finetune"
 
 
 def test_four_band_input_extends_first_conv_and_scores(index_path, tmp_path):
