@@ -41,6 +41,31 @@ def utm_pair(tmp_path_factory):
     return make_utm_pair(tmp_path_factory.mktemp("utm-pair"), size_m=1344, seed=1)
 
 
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory):
+    """A migrated, empty MLflow database. Creating one takes seconds (schema migrations), copying it
+    milliseconds, so each test that wants a fresh run history gets a copy."""
+    from geoclf import runs
+
+    directory = tmp_path_factory.mktemp("template")
+    runs._client(runs.run_store(directory).tracking_uri)  # the client creates the tables, no experiment yet
+    return directory / runs.DB_NAME
+
+
+@pytest.fixture
+def runs_dir(tmp_path, empty_db, monkeypatch):
+    """A fresh run history, also set as $GEOCLF_RUNS for the CLI."""
+    import shutil
+
+    from geoclf import runs
+
+    directory = tmp_path / "history"
+    directory.mkdir()
+    shutil.copy(empty_db, directory / runs.DB_NAME)
+    monkeypatch.setenv(runs.RUNS_ENV, str(directory))
+    return directory
+
+
 def shared_data(*parts: str) -> Path:
     """A file of ../shared/data (real rasters for development); skips the test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -76,21 +76,6 @@ def read_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(frame["features"].to_numpy()), frame["label"].to_numpy()
 
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty MLflow database: creating one takes seconds, copying it milliseconds."""
-    directory = tmp_path_factory.mktemp("template")
-    runs._client(runs.run_store(directory).tracking_uri)
-    return directory / runs.DB_NAME
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "history"
-    directory.mkdir()
-    shutil.copy(empty_db, directory / runs.DB_NAME)
-    monkeypatch.setenv(runs.RUNS_ENV, str(directory))
-    return directory
 
 
 @pytest.mark.parametrize(("classifier", "params", "reference"), [

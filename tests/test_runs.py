@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,25 +10,6 @@ import pytest
 from geoclf import runs
 from geoclf.cli import main
 from tiling.errors import InputError
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty MLflow database. Creating one takes seconds (schema migrations), copying it
-    milliseconds, so each test gets a copy."""
-    directory = tmp_path_factory.mktemp("template")
-    runs._client(runs.run_store(directory).tracking_uri)  # the client creates the tables, no experiment yet
-    return directory / runs.DB_NAME
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh run history, also set as $GEOCLF_RUNS for the CLI."""
-    directory = tmp_path / "history"
-    directory.mkdir()
-    shutil.copy(empty_db, directory / runs.DB_NAME)
-    monkeypatch.setenv(runs.RUNS_ENV, str(directory))
-    return directory
 
 
 def record(name: str, kind: str = "train", params: dict | None = None, **metrics: float) -> str:

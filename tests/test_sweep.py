@@ -7,7 +7,6 @@ seeded numpy: one Gaussian cluster per class, chips in spatial blocks, so no CNN
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,21 +61,6 @@ def split_arrays(feats: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(frame["features"].to_numpy()), frame["label"].to_numpy()
 
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty MLflow database: creating one takes seconds, copying it milliseconds."""
-    directory = tmp_path_factory.mktemp("template")
-    runs._client(runs.run_store(directory).tracking_uri)
-    return directory / runs.DB_NAME
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path, empty_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "history"
-    directory.mkdir()
-    shutil.copy(empty_db, directory / runs.DB_NAME)
-    monkeypatch.setenv(runs.RUNS_ENV, str(directory))
-    return directory
 
 
 @pytest.fixture(scope="module")
