@@ -827,14 +827,8 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
     images = [(name, *maps.overlay_image(grid, legend, overlay_max_pixels), show)
               for name, grid, legend, show in overlays]
     bounds = images[0][2]
-    fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
-                      tiles=None, control_scale=True, prefer_canvas=True)
-    fmap.default_js, fmap.default_css = [], []
-    leaflet_js, leaflet_css = maps.leaflet_assets()
+    fmap = maps.offline_map(bounds, "OpenStreetMap")
     root = fmap.get_root()
-    root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
-    root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
-    folium.TileLayer("OpenStreetMap", name="Basemap (OpenStreetMap)", overlay=False).add_to(fmap)
     for name, url, image_bounds, show in images:
         folium.raster_layers.ImageOverlay(url, bounds=image_bounds, opacity=0.75, name=name, pixelated=True,
                                           interactive=False, show=show).add_to(fmap)

@@ -490,6 +490,31 @@ def _rgba_palette(classes: ClassScheme) -> np.ndarray:
     return palette
 
 
+def offline_map(bounds: Sequence[Sequence[float]], basemap: str | None = "OpenStreetMap") -> Any:
+    """A folium map over ``[[south, west], [north, east]]`` that renders offline and from a file:// URL.
+
+    Only Leaflet is loaded (no jQuery or Bootstrap: nothing here uses them), inlined into the page, so the
+    data layers show without a network; the basemap, a provider name or a tile URL template, needs one.
+    """
+    import folium
+
+    fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
+                      tiles=None, control_scale=True, prefer_canvas=True)
+    # instance attributes: folium's default lists are module globals shared by every map
+    fmap.default_js = []
+    fmap.default_css = []
+    leaflet_js, leaflet_css = leaflet_assets()
+    root = fmap.get_root()
+    root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
+    root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
+    if basemap is not None:
+        template = "{" in basemap  # a tile URL rather than a provider name: folium then wants an attribution
+        folium.TileLayer(basemap, attr="basemap" if template else None,
+                         name="Basemap" if template else f"Basemap ({basemap})", overlay=False,
+                         control=True).add_to(fmap)
+    return fmap
+
+
 def hex_color(rgb: Sequence[int]) -> str:
     """``#rrggbb`` of an RGB triple (legends, chip outlines)."""
     return "#{:02x}{:02x}{:02x}".format(*rgb[:3])
@@ -608,21 +633,8 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
     if grid is None:
         grid = predictions_to_grid(predictions, classes)
     url, bounds = overlay_image(grid, classes, overlay_max_pixels)
-    fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
-                      tiles=None, control_scale=True, prefer_canvas=True)
-    # Only Leaflet is needed (no jQuery/Bootstrap: nothing here uses them); inlining it keeps the map working
-    # offline and from a file:// URL. Instance attributes, because folium's lists are shared module globals.
-    fmap.default_js = []
-    fmap.default_css = []
-    leaflet_js, leaflet_css = leaflet_assets()
+    fmap = offline_map(bounds, basemap)
     root = fmap.get_root()
-    root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
-    root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
-    if basemap is not None:
-        template = "{" in basemap  # a tile URL rather than a provider name: folium then wants an attribution
-        folium.TileLayer(basemap, attr="basemap" if template else None,
-                         name="Basemap" if template else f"Basemap ({basemap})", overlay=False,
-                         control=True).add_to(fmap)
     folium.raster_layers.ImageOverlay(url, bounds=bounds, opacity=opacity, name=title, pixelated=True,
                                       interactive=False).add_to(fmap)
     note = None

@@ -1196,7 +1196,7 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
     from branca.element import MacroElement
     from jinja2 import Template
 
-    from geoclf.maps import hex_color, leaflet_assets, legend_html, overlay_image
+    from geoclf.maps import hex_color, legend_html, offline_map, overlay_image
 
     classes = stack_classes(stack)
     crs, transform = stack.rio.crs, stack.rio.transform()
@@ -1207,18 +1207,8 @@ def trend_map(stack: xr.Dataset, trajectory: xr.Dataset, trends: pd.DataFrame, c
         grid = _decimated(stack[CODES].isel(time=t), transform, crs, max_pixels)
         images.append(overlay_image(grid, classes, max_pixels))
     bounds = images[0][1]
-    fmap = folium.Map(location=[(bounds[0][0] + bounds[1][0]) / 2, (bounds[0][1] + bounds[1][1]) / 2],
-                      tiles=None, control_scale=True, prefer_canvas=True)
-    fmap.default_js = []
-    fmap.default_css = []
-    leaflet_js, leaflet_css = leaflet_assets()
+    fmap = offline_map(bounds, basemap)
     root = fmap.get_root()
-    root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
-    root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
-    if basemap is not None:
-        attribution = None if "{" not in basemap else "basemap"
-        folium.TileLayer(basemap, attr=attribution, name=f"Basemap ({attribution or basemap})", overlay=False,
-                         control=True).add_to(fmap)
     layers = []
     for t, (url, layer_bounds) in enumerate(images):
         layer = folium.raster_layers.ImageOverlay(url, bounds=layer_bounds, opacity=opacity, pixelated=True,
