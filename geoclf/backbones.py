@@ -53,6 +53,9 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 RGB: tuple[int, int, int] = (0, 1, 2)
 
 WeightsChoice = Literal["default", "imagenet", "none"]
+
+#: Seed of ``weights="none"``: random initialization is the same network wherever it is built.
+RANDOM_INIT_SEED = 0
 TrainablePart = Literal["all", "fc", "head"]
 StateDict = dict[str, torch.Tensor]
 
@@ -530,8 +533,12 @@ def load_backbone(name: str = DEFAULT_BACKBONE,
     mean, std, size = spec.mean, spec.std, spec.input_size
     ref: dict[str, Any]
     if choice == "none":
-        model = spec.build_model()
-        ref = {"kind": "none", "weights": "none", "source": "random initialization"}
+        # A fixed seed makes "random initialization" one network: every Dask worker, and the featurization of
+        # another year, must compute the same features (the global RNG state is left as it was).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = spec.build_model()
+        ref = {"kind": "none", "weights": "none", "source": "random initialization", "seed": RANDOM_INIT_SEED}
     elif (choice == "default" and spec.embedded is not None) or (
             choice == "imagenet" and spec.embedded is not None and spec.torchvision_weights() is None):
         model, ref = _load_embedded(spec)

