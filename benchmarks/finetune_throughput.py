@@ -10,8 +10,9 @@ run side by side, alternating ``--repeats`` times:
   forward, backward, optimizer step, nothing else.
 
 Both count samples/s over ``--steps`` steps after ``--warmup`` steps (worker start-up, allocator warm-up
-excluded); the best repeat of each is kept, which filters out other load on a shared machine. The ratio
-pipeline / bare shows whether the data pipeline limits training: at >= 85% it does not.
+excluded). They alternate in ABBA order ``--repeats`` times; the table shows median samples/s and the median
+of the pipeline / bare ratios of pairs run back to back (each ratio is printed too), so that other load on a
+shared machine cancels out. The ratio shows whether the data pipeline limits training: at >= 85% it does not.
 
 Run on this CPU (a few minutes with the small defaults)::
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import tempfile
 import time
@@ -133,18 +135,28 @@ def bare_rate(classes: list[str], backbone: str, retrain: str, args: argparse.Na
 
 
 def throughput_table(index: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Best-of-repeats samples/s of both loops for every configuration."""
+    """Median samples/s of both loops and median ratio of adjacent pairs, for every configuration.
+
+    The loops alternate in ABBA order (bare, pipeline, pipeline, bare, ...) and each ratio is taken from
+    a pair run back to back: load from other processes that rises or falls during the run cancels out
+    of the ratio instead of favouring whichever loop ran later.
+    """
     classes = ChipDataModule(index, num_workers=0, min_chips_per_class=1).classes
     rows = []
     for config in args.configs:
         backbone, retrain = config.split(":")
         pipeline, bare = [], []
-        for _ in range(args.repeats):  # alternate, so both sides see the same background load
-            bare.append(bare_rate(classes, backbone, retrain, args))
+        for repeat in range(args.repeats):
+            first_bare = repeat % 2 == 0
+            if first_bare:
+                bare.append(bare_rate(classes, backbone, retrain, args))
             pipeline.append(pipeline_rate(index, backbone, retrain, args))
+            if not first_bare:
+                bare.append(bare_rate(classes, backbone, retrain, args))
             print(f"{config}: bare {bare[-1]:.1f}/s, pipeline {pipeline[-1]:.1f}/s", file=sys.stderr)
-        rows.append({"config": config, "bare": max(bare), "pipeline": max(pipeline),
-                     "ratio": max(pipeline) / max(bare)})
+        ratios = [p / b for p, b in zip(pipeline, bare, strict=True)]
+        rows.append({"config": config, "bare": statistics.median(bare), "pipeline": statistics.median(pipeline),
+                     "ratio": statistics.median(ratios), "ratios": ratios})
     return rows
 
 
@@ -171,7 +183,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4, help="pairs of loops, in ABBA order")
     parser.add_argument("--workers", type=int, default=default_num_workers(), help="DataLoader workers")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--accelerator", default="auto")
@@ -198,10 +210,12 @@ def main() -> None:
             index = make_index(work / f"throughput-{args.chip_size}", args.scene_m, args.chip_size, overlap=True)
             print(f"\ndevice {device}, torch threads {torch.get_num_threads()}, DataLoader workers {args.workers}, "
                   f"batch {args.batch_size}, chips {args.chip_size} px, precision {args.precision}, "
-                  f"{args.steps} timed steps after {args.warmup}, best of {args.repeats}")
-            print(f"{'configuration':<26} {'bare samples/s':>15} {'pipeline samples/s':>19} {'ratio':>7}")
+                  f"{args.steps} timed steps after {args.warmup}, medians of {args.repeats} pairs")
+            print(f"{'configuration':<26} {'bare samples/s':>15} {'pipeline samples/s':>19} {'ratio':>7}  pairs")
             for row in throughput_table(index, args):
-                print(f"{row['config']:<26} {row['bare']:>15.1f} {row['pipeline']:>19.1f} {row['ratio']:>7.0%}")
+                pairs = " ".join(f"{r:.0%}" for r in row["ratios"])
+                print(f"{row['config']:<26} {row['bare']:>15.1f} {row['pipeline']:>19.1f} {row['ratio']:>7.0%}  "
+                      f"{pairs}")
         if args.nir_comparison:
             index = make_index(work / f"nir-{args.nir_chip_size}", args.nir_scene_m, args.nir_chip_size, overlap=False)
             print(f"\nMobileNetV2 (ImageNet weights), retrain all, {args.nir_epochs} epochs, {args.nir_chip_size} px "

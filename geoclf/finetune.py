@@ -623,6 +623,10 @@ class EpochHistory(L.Callback):
         self.history.append(entry)
         self._flush(trainer)
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log what is left (a run resumed after its last epoch trains no epoch, yet has its curves)."""
+        self._flush(trainer)
+
     def _flush(self, trainer: L.Trainer) -> None:
         if self.recorder is None or not trainer.is_global_zero:
             return

@@ -271,6 +271,23 @@ def test_augment_chips_keeps_pixels_and_nodata():
     assert np.abs(jittered.astype(int).mean() - chips.astype(int).mean()) < 20
 
 
+def test_png_folder_reads_like_the_index(tiny_index, tmp_path):
+    from tiling.materialize import materialize_chips
+
+    materialize_chips(tiling.read_index(tiny_index), tmp_path / "png", fmt="png", size=CHIP, progress=False)
+    png = ChipDataModule(tmp_path / "png", num_workers=0, min_chips_per_class=2, augment=False)
+    index = ChipDataModule(tiny_index, num_workers=0, min_chips_per_class=2, augment=False)
+    assert png.chip_size == CHIP and png.class_counts == {c: index.class_counts[c] for c in png.classes}
+    by_id = dict(zip(index.val_rows["chip_id"], index.dataset("val").__getitems__(range(len(index.val_rows))),
+                     strict=True))
+    for chip_id, (chip, target) in zip(png.val_rows["chip_id"], png.dataset("val").__getitems__(
+            range(len(png.val_rows))), strict=True):
+        assert torch.equal(chip, by_id[chip_id][0])
+        assert png.classes[target] == index.classes[by_id[chip_id][1]]
+    with pytest.raises(InputError, match="PNG chips hold only the RGB bands"):
+        ChipDataModule(tmp_path / "png", bands=(1, 2, 3, 4), num_workers=0)
+
+
 def test_workers_read_the_same_chips(index_path):
     inline = ChipDataModule(index_path, batch_size=8, num_workers=0, min_chips_per_class=2, augment=False)
     workers = ChipDataModule(index_path, batch_size=8, num_workers=1, min_chips_per_class=2, augment=False)
