@@ -46,7 +46,8 @@ def _devices(value: str) -> int | str:
               help="Devices: auto, a count (e.g. 8 GPUs, trained with DDP) or a list such as 0,1.")
 @click.option("--precision", default="32-true", show_default=True,
               help="Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed.")
-@click.option("--num-workers", type=int, default=None, help="DataLoader worker processes (default: cores - 1, max 4).")
+@click.option("--num-workers", type=int, default=None,
+              help="DataLoader worker processes (default: cores - 1, at most 4; 8 with a GPU).")
 @click.option("--seed", default=0, show_default=True, help="Seed of initialization, shuffling and augmentation.")
 @click.option("--resume", default=None, metavar="last|best|CKPT",
               help="Continue an interrupted run (same --name) from its last or best checkpoint, or from a file.")
