@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,17 @@ def quickstart(tmp_path_factory):
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml", workdir)
     report = run_recipe(recipe, echo=lambda _: None)
     return workdir, recipe, report
+
+
+#: Debian's headless Chromium, for the tests that open geoclf's HTML pages in a real browser.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(tmp_path: Path, page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Open ``page`` in headless Chromium with no network services (``--dump-dom``, ``--screenshot``...)."""
+    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+               *flags, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)

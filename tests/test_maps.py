@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import geopandas as gpd
@@ -15,6 +13,7 @@ import pytest
 import rasterio
 import rasterio.transform
 import rasterio.warp
+from conftest import CHROMIUM, chromium
 from PIL import Image
 from rasterio.crs import CRS
 
@@ -26,7 +25,6 @@ from tiling.grid import ChipGrid
 CLASSES = ClassScheme.default()
 UTM19 = CRS.from_epsg(26919)
 UTM18 = CRS.from_epsg(26918)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def make_predictions(grid: ChipGrid, cells: list[tuple[int, int, str]], seed: int = 0,
@@ -325,15 +323,6 @@ def test_dissolve_gives_one_geometry_per_class_with_areas_adding_up(tmp_path: Pa
 # HTML in a real browser, PNG
 
 
-def _chromium(tmp_path: Path, page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-               *flags, page.as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-
-
 # Clicks the first chip the way a user would: a DOM click on the canvas, at the chip's centre.
 _CLICK_FIRST_CHIP = """
 <script>
@@ -352,7 +341,7 @@ setTimeout(function () {
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
-def test_html_map_renders_offline_in_headless_chromium(tmp_path: Path) -> None:
+def test_html_map_renders_offline_in_headlesschromium(tmp_path: Path) -> None:
     cells = [*block(1480, 23950, 4, 3, "Forest"), *block(1484, 23950, 2, 3, "Developed")]
     predictions = make_predictions(ChipGrid(UTM19, 200.0), cells)
     predictions["label"] = predictions["pred"]
@@ -364,7 +353,7 @@ def test_html_map_renders_offline_in_headless_chromium(tmp_path: Path) -> None:
 
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", _CLICK_FIRST_CHIP + "</body>"))
-    dom = _chromium(tmp_path, probe, "--dump-dom").stdout
+    dom = chromium(tmp_path, probe, "--dump-dom").stdout
     assert 'class="leaflet-image-layer' in dom  # the class layer is in the page
     assert "leaflet-control-layers" in dom and "Chips (click for details)" in dom
     assert "geoclf-legend" in dom and all(name in dom for name in ["Forest", "Developed", "Cultivated"])
@@ -375,7 +364,7 @@ def test_html_map_renders_offline_in_headless_chromium(tmp_path: Path) -> None:
     assert f"{round(float(first['prob_Forest']), 3)}" in popup.group(1)
 
     shot = tmp_path / "map.png"
-    _chromium(tmp_path, page, f"--screenshot={shot}", "--window-size=900,700")
+    chromium(tmp_path, page, f"--screenshot={shot}", "--window-size=900,700")
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     # the class layer at 0.7 opacity over Leaflet's grey (#ddd) background, where tiles are missing
     for name, count in (("Forest", 12), ("Developed", 6)):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import dask
@@ -25,6 +23,7 @@ import rasterio.io
 import rasterio.vrt
 import shapely
 import xarray as xr
+from conftest import CHROMIUM, chromium
 from PIL import Image
 from rasterio.crs import CRS
 
@@ -37,7 +36,6 @@ from tiling.grid import ChipGrid
 CLASSES = ClassScheme.default()
 UTM19 = CRS.from_epsg(26919)
 GRID = ChipGrid(UTM19, 200.0)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "naip-nd-m_4709963_se-opengeos"
 
 DATES = [dt.date(2010, 6, 29), dt.date(2012, 7, 31), dt.date(2014, 7, 20), dt.date(2016, 8, 16),
@@ -526,15 +524,6 @@ def test_cli_bad_input_is_one_line(scene: list[Path], tmp_path: Path, capsys: py
     assert "at least two dates" in err and "\n" not in err
 
 
-def _chromium(tmp_path: Path, page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-               *flags, page.as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-
-
 # Moves the year slider to the first date the way a user would (an input event), then shows the
 # year-developed layer through the layer control.
 _MOVE_SLIDER = """
@@ -551,12 +540,12 @@ setTimeout(function () {
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
-def test_trend_html_renders_offline_in_headless_chromium(outputs: Path, tmp_path: Path) -> None:
+def test_trend_html_renders_offline_in_headlesschromium(outputs: Path, tmp_path: Path) -> None:
     page = outputs / "trend.html"
     text = page.read_text()
     assert "cdn.jsdelivr" not in text and "code.jquery" not in text  # everything it needs is inline
 
-    dom = _chromium(tmp_path, page, "--dump-dom").stdout
+    dom = chromium(tmp_path, page, "--dump-dom").stdout
     layers = re.findall(r'<img[^>]*class="[^"]*geoclf-year-(\d{4}-\d{2}-\d{2})', dom)
     assert layers == [str(DATES[-1])]  # one date shown at a time: the last
     assert "geoclf-slider" in dom and f'id="geoclf-date">{DATES[-1]}<' in dom
@@ -565,14 +554,14 @@ def test_trend_html_renders_offline_in_headless_chromium(outputs: Path, tmp_path
 
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", _MOVE_SLIDER + "</body>"))
-    dom = _chromium(tmp_path, probe, "--dump-dom").stdout
+    dom = chromium(tmp_path, probe, "--dump-dom").stdout
     layers = re.findall(r'<img[^>]*class="[^"]*geoclf-year-(\d{4}-\d{2}-\d{2})', dom)
     assert layers == [str(DATES[0])]
     assert f'id="geoclf-date">{DATES[0]}<' in dom
     assert "geoclf-year-developed" in dom
 
     shot = tmp_path / "trend.png"
-    _chromium(tmp_path, page, f"--screenshot={shot}", "--window-size=1000,800")
+    chromium(tmp_path, page, f"--screenshot={shot}", "--window-size=1000,800")
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
     # the last date's classes at 0.75 opacity over Leaflet's grey background, where tiles are missing
     for name in ("Developed", "Cultivated"):
