@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from rasterio.crs import CRS
@@ -69,9 +70,14 @@ class ChipGrid:
         iy, ix = np.meshgrid(np.arange(iy1, iy0 - 1, -1), np.arange(ix0, ix1 + 1), indexing="ij")
         return ix.ravel().astype(np.int64), iy.ravel().astype(np.int64)
 
+    @cached_property
+    def _key_prefix(self) -> str:
+        # CRS.to_string() is a PROJ database lookup: once per grid, not once per cell
+        return f"{self.crs.to_string()}:{self.size:g}:{self.step:g}"
+
     def cell_id(self, ix: int, iy: int) -> str:
         """A stable text key of a cell, the same for every raster on this grid."""
-        return f"{self.crs.to_string()}:{self.size:g}:{self.step:g}:{ix}:{iy}"
+        return f"{self._key_prefix}:{ix}:{iy}"
 
     def footprint(self, ix: int, iy: int):  # -> shapely Polygon
         """The cell's square footprint in the grid CRS."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -32,7 +35,7 @@ def chip_filename(chip_id: str, fmt: str) -> str:
     return chip_id.replace(":", "__") + (".png" if fmt == "png" else ".tif")
 
 
-def chip_path(root: PathLike, row: pd.Series, fmt: str) -> Path:
+def chip_path(root: PathLike, row: Mapping[str, Any], fmt: str) -> Path:
     """Where a chip row is written under ``root`` (``split/label/`` when the index is labeled)."""
     parts = [str(row.get("split") or "all"), str(row.get("label") or "unlabeled")] if "label" in row else []
     return Path(root, *parts, chip_filename(row["chip_id"], fmt))
@@ -61,7 +64,7 @@ def _write_batch(batch: pd.DataFrame, out_dir: str, fmt: str, size: int) -> int:
     bands = (1, 2, 3) if fmt == "png" else (1, 2, 3, 4)
     written = 0
     with ChipReader(bands=bands, size=size) as reader:
-        for _, row in batch.iterrows():
+        for row in batch.to_dict("records"):
             path = chip_path(out_dir, row, fmt)
             if path.exists():
                 written += 1
@@ -72,7 +75,9 @@ def _write_batch(batch: pd.DataFrame, out_dir: str, fmt: str, size: int) -> int:
             os.close(fd)
             try:
                 if fmt == "png":
-                    Image.fromarray(np.moveaxis(chip, 0, -1)).save(tmp, format="PNG")
+                    # fast zlib settings: the default level costs 70% of materializing, for a 0.1% smaller file
+                    Image.fromarray(np.moveaxis(chip, 0, -1)).save(tmp, format="PNG", compress_level=1,
+                                                                   compress_type=zlib.Z_RLE)
                 else:
                     _write_geotiff(tmp, chip, row)
                 os.replace(tmp, path)
@@ -83,7 +88,7 @@ def _write_batch(batch: pd.DataFrame, out_dir: str, fmt: str, size: int) -> int:
     return written
 
 
-def _write_geotiff(path: str, chip: np.ndarray, row: pd.Series) -> None:
+def _write_geotiff(path: str, chip: np.ndarray, row: Mapping[str, Any]) -> None:
     _, _, step, ix, iy = row["cell"].rsplit(":", 4)
     size_m = float(row["cell"].rsplit(":", 4)[1])
     left, bottom = int(ix) * float(step), int(iy) * float(step)
