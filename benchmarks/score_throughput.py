@@ -41,7 +41,7 @@ from common import (
     cached_scene,
     command_line,
     cpu_rate,
-    cpu_seconds,
+    cpu_split,
     default_work_dir,
     describe_load,
     local_cluster,
@@ -122,19 +122,20 @@ def bare_rate(client: Any, model_dir: str, threads: int, batches: int) -> tuple[
 
 
 def scoring_rate(client: Any, table: Any, out: Path, model_dir: str, threads: int, per_partition: int,
-                 settings: dict[str, Any] | None = None) -> tuple[float, float, float]:
+                 settings: dict[str, Any] | None = None) -> tuple[float, float, float, float]:
     """The real scoring stage over ``table`` into ``out`` (fresh): chips/s, chips per CPU-second (workers and
-    this process), seconds."""
+    this process), chips per CPU-second of the workers alone, seconds."""
     from geoclf.partitions import run_partitions
     from geoclf.score import ScoreTask
 
     shutil.rmtree(out, ignore_errors=True)
     task = ScoreTask(model_dir=model_dir, batch_size=32, torch_threads=threads)
-    cpu, started = cpu_seconds(client), time.perf_counter()
+    (own, cpu), started = cpu_split(client), time.perf_counter()
     run_partitions(table, out, task, settings=settings or {"bench": True}, chips_per_partition=per_partition,
                    scheduler=client, desc="scoring", progress=False)
-    seconds, cpu = time.perf_counter() - started, cpu_seconds(client) - cpu
-    return len(table) / seconds, len(table) / cpu, seconds
+    seconds, (own_after, cpu_after) = time.perf_counter() - started, cpu_split(client)
+    return (len(table) / seconds, len(table) / (own_after - own + cpu_after - cpu), len(table) / (cpu_after - cpu),
+            seconds)
 
 
 def ratio_runs(table: Any, work: Path, model_dir: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -146,16 +147,18 @@ def ratio_runs(table: Any, work: Path, model_dir: str, args: argparse.Namespace)
             pairs = []
             for repeat in range(args.repeats):
                 bare, bare_cpu = bare_rate(client, model_dir, threads, args.bare_batches)
-                e2e, e2e_cpu, _ = scoring_rate(client, table, work / "ratio-out", model_dir, threads,
-                                               args.chips_per_partition)
-                pairs.append((bare, e2e, bare_cpu, e2e_cpu))
+                e2e, e2e_cpu, e2e_workers, _ = scoring_rate(client, table, work / "ratio-out", model_dir, threads,
+                                                            args.chips_per_partition)
+                pairs.append((bare, e2e, bare_cpu, e2e_cpu, e2e_workers))
                 log(f"{workers} worker(s), repeat {repeat + 1}: bare {bare:.1f} chips/s ({bare_cpu:.1f}/CPU-s), end "
-                    f"to end {e2e:.1f} chips/s ({e2e_cpu:.1f}/CPU-s): {pct(e2e / bare)} wall, "
-                    f"{pct(e2e_cpu / bare_cpu)} CPU")
+                    f"to end {e2e:.1f} chips/s ({e2e_cpu:.1f}/CPU-s, workers alone {e2e_workers:.1f}): "
+                    f"{pct(e2e / bare)} wall, {pct(e2e_cpu / bare_cpu)} CPU, "
+                    f"{pct(e2e_workers / bare_cpu)} workers' CPU")
         rows.append({"workers": workers, "torch_threads": threads, "bare": median([p[0] for p in pairs]),
                      "e2e": median([p[1] for p in pairs]), "ratio": median([p[1] / p[0] for p in pairs]),
                      "bare_cpu": median([p[2] for p in pairs]), "e2e_cpu": median([p[3] for p in pairs]),
-                     "ratio_cpu": median([p[3] / p[2] for p in pairs]), "pairs": pairs})
+                     "ratio_cpu": median([p[3] / p[2] for p in pairs]),
+                     "ratio_workers_cpu": median([p[4] / p[2] for p in pairs]), "pairs": pairs})
     return rows
 
 
@@ -184,8 +187,9 @@ def area_run(index_path: Path, work: Path, model_dir: str, args: argparse.Namesp
 
         with RssSampler(client, chips_done) as sampler:
             # the same fingerprint score() computes, so that score() below resumes instead of redoing the work
-            e2e, e2e_cpu, seconds = scoring_rate(client, table, parts, model_dir, threads, per_partition,
-                                                 settings={"model": _model_stamp(model_dir)})
+            stamp = {"model": _model_stamp(model_dir)}
+            e2e, e2e_cpu, e2e_workers, seconds = scoring_rate(client, table, parts, model_dir, threads,
+                                                              per_partition, settings=stamp)
         bare_after, cpu_after = bare_rate(client, model_dir, threads, args.bare_batches)
         peak = max(worker_peak_rss(client).values())
     started = time.perf_counter()
@@ -194,10 +198,12 @@ def area_run(index_path: Path, work: Path, model_dir: str, args: argparse.Namesp
     small = min(5_000, len(table) // 4)
     return {"workers": workers, "chips": len(table), "seconds": seconds, "e2e": e2e,
             "bare": (bare_before + bare_after) / 2, "bare_before": bare_before, "bare_after": bare_after,
-            "e2e_cpu": e2e_cpu, "bare_cpu": (cpu_before + cpu_after) / 2,
+            "e2e_cpu": e2e_cpu, "e2e_workers_cpu": e2e_workers, "bare_cpu": (cpu_before + cpu_after) / 2,
             "cluster_seconds": cluster_seconds, "finish_seconds": finish_seconds, "small": small,
             "rss_small": sampler.peak_until(small), "rss_all": sampler.peak_until(float("inf")),
-            "ru_maxrss": peak, "samples": len(sampler.samples)}
+            "ru_maxrss": peak, "samples": len(sampler.samples),
+            "rss_curve": [(done, sampler.peak_until(done)) for done in range(per_partition, len(table) + per_partition,
+                                                                             max(per_partition, len(table) // 8))]}
 
 
 def main() -> None:
@@ -258,22 +264,24 @@ def main() -> None:
     print(f"\nend to end (read -> predict_proba -> partition) vs bare forward, {len(table)} chips, "
           f"partitions of {args.chips_per_partition}, median of {args.repeats} alternating pair(s):")
     print(f"{'workers':>7} {'torch thr':>9} {'bare/s':>7} {'e2e/s':>7} {'wall ratio':>10} {'bare/CPU-s':>10} "
-          f"{'e2e/CPU-s':>10} {'CPU ratio':>9} {'vs 85%':>7}")
+          f"{'e2e/CPU-s':>10} {'CPU ratio':>9} {'workers CPU':>11} {'vs 85%':>7}")
     for row in ratios:
         verdict = "met" if min(row["ratio"], row["ratio_cpu"]) >= TARGET else (
             "met/CPU" if row["ratio_cpu"] >= TARGET else "MISSED")
         print(f"{row['workers']:>7} {row['torch_threads']:>9} {row['bare']:>7.1f} {row['e2e']:>7.1f} "
               f"{pct(row['ratio']):>10} {row['bare_cpu']:>10.1f} {row['e2e_cpu']:>10.1f} {pct(row['ratio_cpu']):>9} "
-              f"{verdict:>7}")
+              f"{pct(row['ratio_workers_cpu']):>11} {verdict:>7}")
     a = area
     print(f"\narea run: {a['chips']} chips from {len(scenes)} distinct scenes on {a['workers']} workers: "
           f"{a['e2e']:.1f} chips/s end to end vs bare {a['bare']:.1f} chips/s (before {a['bare_before']:.1f}, "
           f"after {a['bare_after']:.1f}): {pct(a['e2e'] / a['bare'])}; per CPU-second {a['e2e_cpu']:.1f} vs "
-          f"{a['bare_cpu']:.1f}: {pct(a['e2e_cpu'] / a['bare_cpu'])}")
+          f"{a['bare_cpu']:.1f}: {pct(a['e2e_cpu'] / a['bare_cpu'])} (workers alone "
+          f"{pct(a['e2e_workers_cpu'] / a['bare_cpu'])})")
     flat = a["rss_all"] <= 1.1 * a["rss_small"]
     print(f"worker peak RSS: {a['rss_small']:.0f} MB by {a['small']} chips, {a['rss_all']:.0f} MB by "
           f"{a['chips']} chips ({'flat' if flat else 'GROWS'}; ru_maxrss {a['ru_maxrss']:.0f} MB, "
           f"{a['samples']} samples)")
+    print("worker peak RSS by chips done: " + ", ".join(f"{done}: {rss:.0f} MB" for done, rss in a["rss_curve"]))
     print(f"pipeline stages: tiling {tiled / tile_seconds:.0f} chips/s, cluster start {a['cluster_seconds']:.1f} s, "
           f"scoring {a['seconds']:.0f} s, predictions + maps {a['finish_seconds']:.1f} s")
     print(f"county projection ({COUNTY_CHIPS} chips) on this machine at this load: {county_minutes:.0f} minutes; "
