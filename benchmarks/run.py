@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 #: name -> (script, small-default arguments), in run order (tiling first: it renders the cached scene).
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
-    "tiling": ("tiling_throughput.py", ["--png-chips", "256"]),
+    "tiling": ("tiling_throughput.py", ["--png-chips", "512"]),  # 2 tasks of 256: both workers write
     "featurize": ("featurize_throughput.py", ["--backbones", "efficientnet_lite0", "--seconds", "10",
                                               "--bare-batches", "2"]),
     "score": ("score_throughput.py", ["--chips", "512", "--ratio-chips", "128", "--chips-per-partition", "64",
