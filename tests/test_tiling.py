@@ -179,3 +179,38 @@ def test_real_nlcd_against_real_naip_elsewhere_is_a_clear_error():
     nlcd = shared_data("nlcd-ct-ma-jhollist", "nlcd.tif")
     with pytest.raises(tiling.InputError, match="does not overlap the NLCD raster"):
         tiling.tile([naip], nlcd, progress=False)
+
+
+def _undated_copy(source, path):
+    """A copy of a raster with no date anywhere: a name without ``_YYYYMMDD`` and no date tags."""
+    import shutil
+
+    shutil.copy(source, path)
+    with rasterio.open(path, "r+") as dataset:
+        tags = dataset.tags()
+        dataset.update_tags(**{key: "" for key in tags if "DATE" in key.upper()})
+    assert tiling.describe_naip(path).date is None
+    return path
+
+
+def test_an_undated_raster_tiles_to_the_same_chips_as_its_dated_copy(small_scene, tmp_path):
+    # Under pandas 3 the overlap key built with astype(str) was missing for every undated chip, so all of them
+    # collapsed into a single chip while the command exited 0.
+    dated = tiling.tile([small_scene.naip], small_scene.nlcd, progress=False)
+    assert dated["date"].notna().all()
+    undated_path = _undated_copy(small_scene.naip, tmp_path / "clip.tif")
+    undated = tiling.tile([undated_path], small_scene.nlcd, progress=False)
+    assert undated["date"].isna().all()
+    assert len(undated) == len(dated) > 1
+    columns = ["cell", "col_off", "row_off", "width", "height", "label", "split"]
+    pd.testing.assert_frame_equal(undated[columns].reset_index(drop=True), dated[columns].reset_index(drop=True))
+
+
+def test_overlapping_undated_rasters_keep_one_chip_per_cell(small_scene, tmp_path):
+    one = _undated_copy(small_scene.naip, tmp_path / "one.tif")
+    two = _undated_copy(small_scene.naip, tmp_path / "two.tif")
+    single = tiling.tile([one], small_scene.nlcd, progress=False)
+    both = tiling.tile([one, two], small_scene.nlcd, progress=False)
+    assert both["cell"].is_unique
+    assert len(both) == len(single) > 1
+    assert set(both["cell"]) == set(single["cell"])

@@ -246,10 +246,14 @@ def _filter(frame: pd.DataFrame, params: TileParams, labeled: bool) -> pd.DataFr
 
 
 def _dedupe_overlaps(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep one chip per grid cell and date where neighbouring rasters overlap (the one with most data)."""
-    key = frame["cell"] + "|" + frame["date"].astype(str)
-    order = frame.assign(_key=key).sort_values(["_key", "nodata_frac", "scene"], kind="stable")
-    return order.drop_duplicates("_key").drop(columns="_key").sort_index()
+    """Keep one chip per grid cell and date where neighbouring rasters overlap (the one with most data).
+
+    A missing date is an ordinary value here: undated rasters of one place compete with each other, never
+    with all other undated chips (``duplicated`` treats missing values as equal to each other, but a text key
+    built from them would be missing itself under pandas 3, and every row would collapse into one).
+    """
+    order = frame.sort_values(["nodata_frac", "scene"], kind="stable")
+    return order[~order.duplicated(["cell", "date"])].sort_index()
 
 
 def _index_crs(scenes: Sequence[SceneInfo]) -> CRS:
