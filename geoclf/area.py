@@ -33,6 +33,9 @@ from pyproj import CRS
 from shapely import box
 
 from tiling.errors import InputError
+from tiling.grid import parse_cell
+
+__all__ = ["parse_cell"]  # re-exported: its home is tiling.grid
 
 #: Allocation methods understood by :func:`allocate` and :func:`stratified_sample`.
 ALLOCATIONS = ("proportional", "equal")
@@ -419,28 +422,6 @@ def _centre_lonlat(gdf: gpd.GeoDataFrame) -> tuple[float, float]:
     # Only the bounding box is reprojected: a county's worth of chips need not be transformed to find it.
     bounds = gpd.GeoSeries([box(*gdf.total_bounds)], crs=gdf.crs).to_crs(4326).total_bounds
     return float((bounds[0] + bounds[2]) / 2), float((bounds[1] + bounds[3]) / 2)
-
-
-def parse_cell(cells: pd.Series) -> pd.DataFrame:
-    """Split grid cell keys ``<crs>:<size>:<stride>:<ix>:<iy>`` into columns.
-
-    Returns:
-        Columns ``grid`` (``<crs>:<size>:<stride>``, the same for every cell of one grid), ``grid_crs``,
-        ``size``, ``stride`` (float), ``ix``, ``iy`` (int); NaN/None where a key cannot be parsed.
-    """
-    parts = cells.astype(object).where(cells.notna(), "").astype(str).str.rsplit(":", n=4, expand=True)
-    if parts.shape[1] < 5:
-        parts = parts.reindex(columns=range(5))
-    out = pd.DataFrame(index=cells.index)
-    out["grid_crs"] = parts[0]
-    out["size"] = pd.to_numeric(parts[1], errors="coerce")
-    out["stride"] = pd.to_numeric(parts[2], errors="coerce")
-    out["ix"] = pd.to_numeric(parts[3], errors="coerce")
-    out["iy"] = pd.to_numeric(parts[4], errors="coerce")
-    bad = out[["size", "stride", "ix", "iy"]].isna().any(axis=1) | (out["grid_crs"] == "")
-    out.loc[bad, ["grid_crs"]] = None
-    out["grid"] = (out["grid_crs"].astype(str) + ":" + parts[1].astype(str) + ":" + parts[2].astype(str)).where(~bad)
-    return out[["grid", "grid_crs", "size", "stride", "ix", "iy"]]
 
 
 def chip_area_km2(gdf: gpd.GeoDataFrame) -> pd.Series:

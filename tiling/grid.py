@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple, overload
 
 import numpy as np
+import pandas as pd
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from shapely import box
@@ -103,3 +105,57 @@ def scene_windows(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndarr
 def as_window(row: tuple[int, int, int, int]) -> Window:
     """A rasterio ``Window`` from ``(col_off, row_off, width, height)``."""
     return Window(*map(int, row))
+
+
+class CellKey(NamedTuple):
+    """One grid cell key, parsed: the grid's CRS text, cell size and stride (CRS units), and the indices."""
+
+    grid_crs: str
+    size: float
+    stride: float
+    ix: int
+    iy: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) of the cell in the grid CRS."""
+        left, bottom = self.ix * self.stride, self.iy * self.stride
+        return left, bottom, left + self.size, bottom + self.size
+
+
+@overload
+def parse_cell(cells: str) -> CellKey: ...
+@overload
+def parse_cell(cells: pd.Series) -> pd.DataFrame: ...
+def parse_cell(cells: str | pd.Series) -> CellKey | pd.DataFrame:
+    """Split grid cell keys ``<crs>:<size>:<stride>:<ix>:<iy>`` (:meth:`ChipGrid.cell_id`) into their parts.
+
+    The CRS text may itself hold colons (``EPSG:26914``); the four numbers after it never do.
+
+    Args:
+        cells: one key, or a Series of them.
+
+    Returns:
+        For one key, a :class:`CellKey` (``ValueError`` if it is malformed). For a Series, columns ``grid``
+        (``<crs>:<size>:<stride>``, the same for every cell of one grid), ``grid_crs``, ``size``, ``stride``
+        (float), ``ix``, ``iy``; NaN/None where a key cannot be parsed.
+    """
+    if isinstance(cells, str):
+        try:
+            crs, size, stride, ix, iy = cells.rsplit(":", 4)
+            return CellKey(crs, float(size), float(stride), int(ix), int(iy))
+        except ValueError:
+            raise ValueError(f"malformed grid cell key {cells!r}; expected <crs>:<size>:<stride>:<ix>:<iy>") from None
+    parts = cells.astype(object).where(cells.notna(), "").astype(str).str.rsplit(":", n=4, expand=True)
+    if parts.shape[1] < 5:
+        parts = parts.reindex(columns=range(5))
+    out = pd.DataFrame(index=cells.index)
+    out["grid_crs"] = parts[0]
+    out["size"] = pd.to_numeric(parts[1], errors="coerce")
+    out["stride"] = pd.to_numeric(parts[2], errors="coerce")
+    out["ix"] = pd.to_numeric(parts[3], errors="coerce")
+    out["iy"] = pd.to_numeric(parts[4], errors="coerce")
+    bad = out[["size", "stride", "ix", "iy"]].isna().any(axis=1) | (out["grid_crs"] == "")
+    out.loc[bad, ["grid_crs"]] = None
+    out["grid"] = (out["grid_crs"].astype(str) + ":" + parts[1].astype(str) + ":" + parts[2].astype(str)).where(~bad)
+    return out[["grid", "grid_crs", "size", "stride", "ix", "iy"]]

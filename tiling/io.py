@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import secrets
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -51,6 +53,41 @@ def is_remote(path: PathLike) -> bool:
 def normalize_source(path: PathLike) -> str:
     """An absolute path for local files, the URL unchanged for remote ones."""
     return os.fspath(path) if is_remote(path) else str(Path(path).resolve())
+
+
+@contextmanager
+def atomic_path(path: PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it replaces ``path`` only when the block succeeds.
+
+    Every geoclf writer goes through this: a reader never sees half a file, a failed or interrupted write
+    leaves the previous version (or nothing), and a rerun starts clean. The writer creates the temporary
+    file itself, so it gets the permissions the user's umask gives any new file (``mkstemp`` would make it
+    0600). With ``directory=True`` the temporary path is a fresh empty directory (mode from the umask too)
+    and an existing directory at ``path`` is replaced as a whole.
+
+    Args:
+        path: the final file or directory.
+        directory: yield an empty directory to fill instead of a file name.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    if directory:
+        temporary.mkdir()
+    try:
+        yield temporary
+        if directory and target.is_dir():
+            old = target.with_name(f"{temporary.name}.old")
+            os.replace(target, old)
+            os.replace(temporary, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, target)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
 
 
 @contextmanager
