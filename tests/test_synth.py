@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +113,58 @@ def test_same_seed_same_pixels_other_seed_other_pixels(tmp_path):
     c = make_scene(tmp_path / "c", size_m=448, seed=4, nlcd=False)
     np.testing.assert_array_equal(read_all(a.naip), read_all(b.naip))
     assert (read_all(a.naip) != read_all(c.naip)).mean() > 0.5
+
+
+FINGERPRINTS = json.loads((Path(__file__).parent / "data" / "synth" / "fingerprint.json").read_text())
+
+
+def naip_block_means(path, block: int) -> tuple[np.ndarray, int, str]:
+    with rasterio.open(path) as dataset:
+        pixels = dataset.read().astype(np.float64)
+        date = dataset.tags()["ACQUISITION_DATE"]
+    bands, height, width = pixels.shape
+    cut = pixels[:, :height // block * block, :width // block * block]
+    means = cut.reshape(bands, height // block, block, width // block, block).mean(axis=(2, 4))
+    return means, int((pixels == 0).all(axis=0).sum()), date
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("scene_448m_seed3", {"size_m": 448, "seed": 3, "year": 2016, "nlcd_year": 2010, "conversion_rate": 0.05}),
+    ("scene_4m_seed2", {"size_m": 1024, "resolution": 4.0, "seed": 2, "nlcd": False}),
+])
+def test_output_matches_the_recorded_fingerprint(tmp_path, name, kwargs):
+    """The generator makes what it made when the fingerprints were recorded (before it became a package).
+
+    Land cover and conversions are integers and compared exactly. Imagery is compared by 64 x 64 (16 x 16 at
+    4 m) block means to 0.01 DN: any change to a texture or a colour moves them by far more, while a last-bit
+    difference of a float function on another CPU can only flip a rare pixel by one DN.
+    """
+    expected = FINGERPRINTS[name]
+    scene = make_scene(tmp_path, **kwargs)
+    naip = expected["naip"]
+    means, zeros, date = naip_block_means(scene.naip, naip["block"])
+    assert [len(means), *scene.shape] == naip["shape"] and date == naip["date"] == scene.date.isoformat()
+    np.testing.assert_allclose(means, np.array(naip["block_means"]), atol=0.01)
+    assert zeros == naip["zero_pixels"]
+    if "nlcd" in expected:
+        with rasterio.open(scene.nlcd) as nlcd:
+            codes = nlcd.read(1)
+            assert list(nlcd.transform)[:6] == expected["nlcd"]["transform"]
+        assert hashlib.sha256(codes.tobytes()).hexdigest() == expected["nlcd"]["sha256"]
+        parts = [[f["properties"][key] for key in ("part", "year", "from_code", "to_code", "area_m2")]
+                 for f in json.loads(scene.conversions.read_text())["features"]]
+        assert [p[:4] for p in parts] == [p[:4] for p in expected["conversions"]]
+        np.testing.assert_allclose([p[4] for p in parts], [p[4] for p in expected["conversions"]], atol=1.0)
+
+
+def test_import_tiling_leaves_the_generator_unloaded():
+    code = ("import sys, tiling\n"
+            "assert 'tiling.synth' not in sys.modules\n"
+            "from tiling import make_scene\n"
+            "import tiling.synth\n"
+            "assert make_scene is tiling.synth.make_scene is tiling.make_scene\n"
+            "assert {'make_scene', 'make_years', 'make_nlcd', 'make_utm_pair'} <= set(dir(tiling))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_imagery_shows_its_land_cover(scene):

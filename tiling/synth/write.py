@@ -1,0 +1,172 @@
+"""Writing synthetic rasters: NAIP-like scenes rendered block by block into tiled GeoTIFFs, NLCD-like land
+cover on the NLCD grid, and the conversions to Developed traced into GeoJSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import Transformer
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.windows import Window
+
+from tiling.classes import NLCD_COLORS, NLCD_NAMES, NLCD_NODATA
+from tiling.errors import InputError
+from tiling.synth.layout import SceneGrid, bilinear, snap_to_nlcd, valid_mask
+from tiling.synth.render import Look, render, sensor_noise
+from tiling.synth.world import WORLD_CODES, WORLD_CRS, SyntheticWorld
+
+#: GeoTIFF tile side and rendering block side, in pixels.
+BLOCK = 512
+_GDAL_CACHE_BYTES = 64 * 2**20
+
+_NAIP_PROFILE = {
+    "driver": "GTiff", "count": 4, "dtype": "uint8", "nodata": 0, "tiled": True, "blockxsize": BLOCK,
+    "blockysize": BLOCK, "compress": "deflate", "predictor": 2, "interleave": "pixel", "photometric": "RGB",
+    "alpha": "unspecified", "bigtiff": "if_safer",
+}
+
+
+def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[dt.date, np.ndarray]:
+    """Render one scene block by block into ``path``; returns the date and per-code sample counts.
+
+    Pixels coarser than 1 m average ``sub x sub`` samples, as a sensor integrates the ground: point-sampling
+    1 m textures at 4 m would alias them into noise.
+    """
+    look = Look.of(world.seed, year)
+    to_world = Transformer.from_crs(grid.crs, WORLD_CRS, always_xy=True)
+    to_lonlat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
+    sub = min(4, max(1, math.ceil(abs(grid.transform.a) - 1e-6)))
+    block = BLOCK // sub  # keeps the samples per block (and memory) the same at every resolution
+    counts = np.zeros(257, dtype=np.int64)  # NLCD codes, then nodata
+    step = 64 // sub
+    blocks = [(c, r) for r in range(0, grid.height, block) for c in range(0, grid.width, block)]
+    profile = dict(_NAIP_PROFILE, width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform)
+    # GDAL's block cache defaults to 5% of RAM and would hold most of a large scene before flushing it;
+    # a small cache keeps memory flat whatever the scene size (blocks are written once, in order).
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_BYTES), rasterio.open(path, "w", **profile) as dst:
+        for done, (col, row) in enumerate(blocks):
+            ncols, nrows = min(block, grid.width - col), min(block, grid.height - row)
+            nx, ny = grid.nodes(col, row, ncols, nrows, step, to_world)
+            x = bilinear(nx, step, nrows, ncols, sub).ravel()
+            y = bilinear(ny, step, nrows, ncols, sub).ravel()
+            valid = valid_mask(grid, col, row, ncols, nrows, step, to_lonlat)
+            inside = valid if sub == 1 else np.repeat(np.repeat(valid.reshape(nrows, ncols), sub, 0), sub, 1).ravel()
+            sample = world.sample(x[inside], y[inside], year)
+            color = np.zeros((4, inside.size), dtype=np.float32)
+            color[:, inside] = render(sample, look, world.seed, year)
+            if sub > 1:
+                color = color.reshape(4, nrows, sub, ncols, sub).mean(axis=(2, 4)).reshape(4, -1)
+            color = color[:, valid] * look.gain + look.offset
+            color += sensor_noise(world.seed, year, col, row, ncols, nrows)[:, valid]
+            pixels = np.zeros((4, nrows * ncols), dtype=np.uint8)
+            # Valid pixels are never all-zero: 0 in every band is how NAIP marks nodata.
+            pixels[:, valid] = np.clip(np.rint(color), 1, 255).astype(np.uint8)
+            dst.write(pixels.reshape(4, nrows, ncols), window=Window(col, row, ncols, nrows))
+            counts[:256] += np.bincount(sample.code, minlength=256)
+            counts[256] += int((~inside).sum())
+            if progress is not None:
+                progress(done + 1, len(blocks))
+        dst.descriptions = ("red", "green", "blue", "nir")
+        dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)
+        dst.update_tags(ACQUISITION_DATE=look.date.isoformat(), SYNTH_YEAR=str(year), **_world_tags(world))
+        factors = [f for f in (2, 4, 8, 16, 32, 64) if min(grid.width, grid.height) // f >= 64]
+        if factors:
+            dst.build_overviews(factors, Resampling.average)
+            dst.update_tags(ns="rio_overview", resampling="average")
+    return look.date, counts
+
+
+def _world_tags(world: SyntheticWorld) -> dict[str, str]:
+    """GeoTIFF tags that say which world a raster shows, so it can be made again."""
+    return {"SYNTH_GENERATOR": "tiling.synth", "SYNTH_SEED": str(world.seed),
+            "SYNTH_CONVERSION_RATE": str(world.conversion_rate),
+            "SYNTH_CONVERSIONS_AFTER": str(world.conversions_after)}
+
+
+def render_nlcd(path: Path, world: SyntheticWorld, cover: tuple[float, float, float, float], year: int,
+                margin_m: float) -> Path:
+    """Write the world's land cover in ``year`` as an NLCD-like GeoTIFF over ``cover`` (EPSG:5070) plus a margin."""
+    transform, width, height = snap_to_nlcd(cover, margin_m)
+    if width * height > 400_000_000:
+        raise InputError(f"an NLCD of {width} x {height} cells is too large to synthesize")
+    profile = {"driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NLCD_NODATA, "width": width,
+               "height": height, "crs": WORLD_CRS, "transform": transform, "tiled": True, "blockxsize": 256,
+               "blockysize": 256, "compress": "deflate", "bigtiff": "if_safer"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        colormap = {i: (0, 0, 0, 0) for i in range(256)}
+        colormap.update({code: (*rgb, 255) for code, rgb in NLCD_COLORS.items()})
+        dst.write_colormap(1, colormap)
+        rows_per_block = max(1, 1_000_000 // width)
+        for row in range(0, height, rows_per_block):
+            nrows = min(rows_per_block, height - row)
+            cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(row, row + nrows) + 0.5)
+            x, y = transform * (cols, rows)
+            codes = world.land_cover(x, y, year).astype(np.uint8)
+            dst.write(codes[None], window=Window(0, row, width, nrows))
+        dst.set_band_description(1, "land_cover")
+        dst.update_tags(NLCD_YEAR=str(year), **_world_tags(world))
+        dst.update_tags(1, **{f"CLASS_{code}": name for code, name in NLCD_NAMES.items() if code in WORLD_CODES})
+    return path
+
+
+def trace_conversions(path: Path, world: SyntheticWorld, cover: tuple[float, float, float, float],
+                       after: int, until: int, resolution: float) -> Path:
+    """Write the parcel parts converted to Developed in ``(after, until]`` over ``cover`` as GeoJSON.
+
+    See :func:`tiling.synth.write_conversions` for the properties of each feature.
+    """
+    from rasterio import features
+    from shapely.geometry import mapping, shape
+    from shapely.ops import unary_union
+
+    left, bottom, right, top = cover
+    width, height = math.ceil((right - left) / resolution), math.ceil((top - bottom) / resolution)
+    transform = Affine(resolution, 0, left, 0, -resolution, top)
+    labels = np.zeros((height, width), dtype=np.int32)
+    parts: dict[int, dict[str, int]] = {}
+    ids: dict[int, int] = {}
+    rows_per_block = max(1, 500_000 // width)
+    for row in range(0, height, rows_per_block):
+        nrows = min(rows_per_block, height - row)
+        cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(row, row + nrows) + 0.5)
+        x, y = transform * (cols, rows)
+        part, year, from_code, to_code = world.conversion_parts(x, y)
+        hit = np.flatnonzero((year > after) & (year <= until))
+        block = np.zeros(part.size, dtype=np.int32)
+        if hit.size:
+            keys, first, inverse = np.unique(part[hit], return_index=True, return_inverse=True)
+            label_of = np.empty(keys.size, dtype=np.int32)
+            for j, (key, i) in enumerate(zip(keys.tolist(), hit[first], strict=True)):
+                if key not in ids:
+                    ids[key] = len(ids) + 1
+                    parts[ids[key]] = {"year": int(year[i]), "from_code": int(from_code[i]),
+                                       "to_code": int(to_code[i]), "part": key}
+                label_of[j] = ids[key]
+            block[hit] = label_of[inverse]
+        labels[row:row + nrows] = block.reshape(nrows, width)
+    pieces: dict[int, list] = {}
+    for geometry, value in features.shapes(labels, mask=labels > 0, transform=transform):
+        pieces.setdefault(int(value), []).append(shape(geometry))
+    feats = []
+    for label, polygons in sorted(pieces.items(), key=lambda item: (parts[item[0]]["year"], item[0])):
+        geometry = unary_union(polygons)
+        props = dict(parts[label], part=f"{parts[label]['part']:016x}", area_m2=round(float(geometry.area), 1))
+        feats.append({"type": "Feature", "properties": props, "geometry": mapping(geometry)})
+    collection = {"type": "FeatureCollection", "name": "conversions",
+                  "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::5070"}},
+                  "features": feats}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(collection))
+    return path
+
+
