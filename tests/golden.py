@@ -12,6 +12,7 @@ Regenerate a golden file deliberately (after an intended change of outputs) with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -27,8 +28,8 @@ import rasterio
 from PIL import Image
 
 #: Keys whose values differ between two identical runs (or are hashes of files that embed paths).
-VOLATILE_KEYS = {"created", "run_id", "sha256", "chip_index_sha256", "geoclf_version", "duration_s", "elapsed_s", "mlflow_run_id",
-                 "start_time", "end_time"}
+VOLATILE_KEYS = {"created", "run_id", "sha256", "chip_index_sha256", "geoclf_version", "duration_s", "elapsed_s",
+                 "mlflow_run_id", "start_time", "end_time"}
 #: Files that are not compared byte by byte: their content is covered by the data files beside them.
 SKIPPED_SUFFIXES = {".html", ".db", ".skops", ".pt", ".ckpt", ".lock"}
 
@@ -100,10 +101,8 @@ def raster_fingerprint(path: Path, root: str) -> dict[str, Any]:
             bands[str(band)] = ({"float": _moments(data)} if np.issubdtype(data.dtype, np.floating)
                                 else {"exact": _digest(data.tobytes())})
         colormap = None
-        try:
+        with contextlib.suppress(ValueError):  # no colour table
             colormap = {str(k): list(v) for k, v in sorted(ds.colormap(1).items()) if any(v)}
-        except ValueError:
-            pass
         return {"crs": ds.crs.to_string() if ds.crs else None, "transform": list(ds.transform)[:6],
                 "shape": [ds.count, ds.height, ds.width], "dtypes": list(ds.dtypes), "nodata": ds.nodata,
                 "tags": _normalize(ds.tags(), root), "band_tags": [_normalize(ds.tags(b), root)
