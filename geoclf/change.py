@@ -26,9 +26,11 @@ import pandas as pd
 import shapely
 from rasterio.crs import CRS
 
-from geoclf.area import AreaEstimate, chip_area_km2, equal_area_crs, error_matrix, olofsson, parse_cell
+from geoclf.area import AreaEstimate, chip_area_km2, equal_area_crs, error_matrix, olofsson
+from geoclf.zones import DEVELOPED, checked_zone_names, read_reference, read_zones, zone_names
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
+from tiling.grid import parse_cell
 
 if TYPE_CHECKING:
     from geoclf.maps import LandUseGrid
@@ -39,8 +41,6 @@ ARROW = "→"
 STABLE = "Stable "
 #: Default minimum share of an after-chip's footprint that its before-chip must cover to pair them.
 MIN_OVERLAP = 0.5
-#: The class whose gains are reported as urbanization.
-DEVELOPED = "Developed"
 
 _PROB = "prob_"
 # Per-date columns carried into the aligned table (suffixed ``_before`` / ``_after``) when present.
@@ -435,22 +435,6 @@ def _codes(values: pd.Series, classes: Sequence[str]) -> np.ndarray:
 # Zones
 # --------------------------------------------------------------------------------------------------------
 
-def read_zones(path: PathLike) -> gpd.GeoDataFrame:
-    """Read a zones file (any vector format geopandas reads: GeoJSON, GeoPackage, shapefile, GeoParquet)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", path)
-    try:
-        zones = gpd.read_parquet(path) if path.suffix.lower() == ".parquet" else gpd.read_file(path)
-    except Exception as exc:
-        raise InputError(f"cannot be read as a vector file ({_first_line(exc)})", path) from exc
-    if zones.empty:
-        raise InputError("holds no zones", path)
-    if zones.crs is None:
-        raise InputError("has no CRS; zones need one to be placed on the chips", path)
-    return zones
-
-
 def zonal_summary(aligned: gpd.GeoDataFrame, zones: gpd.GeoDataFrame, classes: Sequence[str] | None = None,
                   zone_column: str | None = None, developed: str = DEVELOPED) -> pd.DataFrame:
     """Area per class per year and change, per zone (town, tract, watershed...).
@@ -463,8 +447,7 @@ def zonal_summary(aligned: gpd.GeoDataFrame, zones: gpd.GeoDataFrame, classes: S
         aligned: pairs from :func:`align_dates`.
         zones: polygons; their CRS must be set.
         classes: class order (default: the aligned table's).
-        zone_column: the column naming each zone; by default the first of ``name``, ``NAME``, ``zone``,
-            ``id``, ``GEOID``, else the first text column, else the row number.
+        zone_column: the column naming each zone (default: see :func:`geoclf.zones.zone_names`).
         developed: the class whose gains are reported as ``to_<developed>_km2``.
 
     Returns:
@@ -473,17 +456,10 @@ def zonal_summary(aligned: gpd.GeoDataFrame, zones: gpd.GeoDataFrame, classes: S
         ``to_<developed>_km2``.
     """
     classes = aligned_classes(aligned, classes)
-    if zones.crs is None:
-        raise InputError("the zones have no CRS; zones need one to be placed on the chips")
+    names = checked_zone_names(zones, zone_column)
     if aligned.crs is None:
         raise InputError("the chips have no CRS")
     zones = zones.to_crs(aligned.crs) if not zones.crs.equals(aligned.crs) else zones
-    if zone_column is not None and zone_column not in zones.columns:
-        raise InputError(f"no column {zone_column!r} in the zones (columns: {', '.join(map(str, zones.columns))})")
-    names = zone_names(zones, zone_column)
-    if names.duplicated().any():
-        repeated = sorted(names[names.duplicated()].unique())[:5]
-        raise InputError(f"zone names repeat ({repeated}); pick a column that names each zone once")
     centres = gpd.GeoDataFrame({"_row": np.arange(len(aligned))}, geometry=aligned.geometry.centroid.to_numpy(),
                                crs=aligned.crs)
     polygons = gpd.GeoDataFrame({"zone": names.to_numpy()}, geometry=zones.geometry.to_numpy(), crs=aligned.crs)
@@ -509,24 +485,6 @@ def zonal_summary(aligned: gpd.GeoDataFrame, zones: gpd.GeoDataFrame, classes: S
         table[f"to_{developed}_km2"] = area[became].groupby(zone[became].to_numpy()).sum().reindex(
             table.index, fill_value=0.0)
     return table
-
-
-def _zone_name_column(zones: gpd.GeoDataFrame) -> str | None:
-    for name in ("name", "NAME", "Name", "zone", "id", "ID", "GEOID"):
-        if name in zones.columns:
-            return name
-    for name in zones.columns:
-        if name != zones.geometry.name and zones[name].dtype == object:
-            return str(name)
-    return None
-
-
-def zone_names(zones: gpd.GeoDataFrame, zone_column: str | None = None) -> pd.Series:
-    """The names :func:`zonal_summary` gives the zones (for joining its table back to the polygons)."""
-    column = zone_column or _zone_name_column(zones)
-    if column is None:
-        return pd.Series([f"zone {i + 1}" for i in range(len(zones))], index=zones.index, name="zone")
-    return zones[column].astype(str).rename("zone")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -615,25 +573,6 @@ def reference_estimates(aligned: gpd.GeoDataFrame, reference: gpd.GeoDataFrame |
         raise InputError("the reference sample has no labels: fill 'reference' (change class) or "
                          "'reference_before'/'reference_after' (land-use classes)")
     return results
-
-
-def read_reference(path: PathLike) -> gpd.GeoDataFrame | pd.DataFrame:
-    """Read a reference sample: GeoParquet/Parquet, or any vector file geopandas reads."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError("no such file", path)
-    try:
-        if path.suffix.lower() == ".parquet":
-            try:
-                return gpd.read_parquet(path)
-            except ValueError:  # plain Parquet: matched by cell
-                return pd.read_parquet(path)
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
-        return gpd.read_file(path)
-    except Exception as exc:
-        raise InputError(f"cannot be read as a reference sample ({_first_line(exc)})", path) from exc
-
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1102,3 +1041,13 @@ def write_report(path: PathLike, *, info: dict, per_class: pd.DataFrame, matrix:
         page = html.escape(Path(html_map).read_text(encoding="utf-8"), quote=True)
         parts.append(f'<iframe title="interactive change map" srcdoc="{page}"></iframe>')
     return write_page(path, f"Land-use change {before} → {after}", parts)
+
+
+__all__ = [
+    "ARROW", "DEVELOPED", "MIN_OVERLAP", "STABLE", "align_dates", "aligned_classes", "area_bar_chart",
+    "change_grids", "change_html", "change_labels", "class_areas", "date_label", "gains_losses", "load_scheme",
+    "match_reference", "prediction_classes", "rank_changes", "read_predictions", "read_reference", "read_zones",
+    "reference_estimates", "run_change", "smooth_predictions", "transition_legend", "transition_matrix",
+    "transitions_long", "urbanization", "write_change_cog", "write_image_pairs", "write_report", "zonal_summary",
+    "zone_names",
+]

@@ -402,6 +402,29 @@ def test_zonal_areas_and_trends(scene: list[Path]) -> None:
     assert trends.loc[("East town", "Cultivated"), "trend"] == "no trend"
 
 
+def test_zones_are_named_and_checked(scene: list[Path]) -> None:
+    stack = trend.open_stack(scene)
+    zones = _zones()
+    # no usual name column: the first text column names the zones (pandas 3 reads text as its str dtype)
+    towns = trend.zonal_areas(stack, zones.rename(columns={"name": "TOWNNAME"}))
+    assert towns["zone"].unique().tolist() == ["West town", "East town", "County"]
+    with pytest.raises(InputError, match=r"zone names repeat \(\['Town'\]\)"):
+        trend.zonal_areas(stack, zones.assign(name=["Town", "Town", "County"]))
+    with pytest.raises(InputError, match="no column 'TOWN' in the zones"):
+        trend.zonal_areas(stack, zones, zone_column="TOWN")
+
+
+def test_bad_zones_fail_before_the_stack_is_computed(scene: list[Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    zones = tmp_path / "zones.geojson"
+    zones.write_text(_zones().assign(name="Town").to_json())
+    with pytest.raises(SystemExit) as info:
+        main(["trend", "--maps", *map(str, scene), "--out", str(tmp_path / "out"), "--zones", str(zones),
+              "--scheduler", "sync"])
+    assert info.value.code == 2 and "zone names repeat" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "landuse_stack.zarr").exists()
+
+
 def test_reference_sample_gives_error_adjusted_areas(scene: list[Path]) -> None:
     stack = trend.open_stack(scene)
     # Every assessed chip labelled at the first and last dates; at the last date the map called two true
@@ -514,13 +537,15 @@ def outputs(scene: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path
                   "reference": [schedule(0)[c] for c in cells] + [schedule(4)[c] for c in cells]}).to_csv(reference,
                                                                                                     index=False)
     out = root / "out"
-    # The basemap points at a closed local port: the page must render exactly as it would offline.
+    # The basemap points at a closed local port: the page must render exactly as it would offline. Chunks of
+    # 4 pixels cut the stack in six, so it is computed on a LocalCluster of worker processes, as a county is.
     main(["trend", "--maps", *map(str, scene), "--out", str(out), "--zones", str(zones), "--reference",
-          str(reference), "--smooth", "3", "--basemap", "http://127.0.0.1:9/{z}/{x}/{y}.png"])
+          str(reference), "--smooth", "3", "--basemap", "http://127.0.0.1:9/{z}/{x}/{y}.png", "--chunks", "4",
+          "--workers", "2", "--scheduler", "local"])
     return out
 
 
-def test_cli_writes_every_output(outputs: Path) -> None:
+def test_cli_writes_every_output(outputs: Path, scene: list[Path]) -> None:
     for name in ("landuse_stack.zarr", "areas.csv", "trends.csv", "trajectories.csv", "developed_by_year.csv",
                  "zonal_areas.csv", "zonal_trends.csv", "areas.png", "year_developed.png", "trend.html"):
         assert (outputs / name).exists(), name
@@ -537,6 +562,9 @@ def test_cli_writes_every_output(outputs: Path) -> None:
     assert {"land_use_class", "land_use_class_smoothed", "year_developed", "changes_raw", "flicker_raw"} <= set(
         stored.data_vars)
     assert stored["year_developed"].rio.crs == UTM19
+    # the workers computed the stack this process reads
+    assert stored["land_use_class"].data.chunksize == (len(DATES), 4, 4)
+    assert (stored["land_use_class"].to_numpy() == trend.open_stack(scene)[trend.CODES].to_numpy()).all()
     assert set(pd.read_csv(outputs / "zonal_trends.csv")["zone"]) == {"West town", "East town", "County"}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geoclf.cli.common import scheduler_option
+
 
 @click.command("trend")
 @click.option("--maps", "maps", multiple=True,
@@ -30,9 +32,12 @@ import click
 @click.option("--html/--no-html", "html_map", default=True, show_default=True, help="Write trend.html.")
 @click.option("--basemap", default="OpenStreetMap", show_default=True,
               help="Basemap of trend.html: a folium provider name or a tile URL template; 'none' for none.")
+@click.option("--workers", "n_workers", type=int, default=None,
+              help="Worker processes of the local cluster (default: one per core).")
+@scheduler_option
 def trend(maps: tuple[str, ...], more_maps: tuple[str, ...], out: str, zones: str | None, zone_column: str | None,
           reference: str | None, smooth: int, developed: str, dates: str | None, probabilities: bool, chunks: int,
-          html_map: bool, basemap: str) -> None:
+          html_map: bool, basemap: str, n_workers: int | None, scheduler: str) -> None:
     """Trends of land use over several dates: areas per class and date, Theil–Sen trends, per-chip change
     and flicker counts, the year each chip became developed, zonal trends and an interactive map."""
     from geoclf.trend import analyze_trends
@@ -41,6 +46,7 @@ def trend(maps: tuple[str, ...], more_maps: tuple[str, ...], out: str, zones: st
                              smooth=smooth, developed=developed,
                              dates=[d.strip() for d in dates.split(",")] if dates else None,
                              probabilities=probabilities, chunks=chunks, html_map=html_map,
-                             basemap=None if basemap.lower() == "none" else basemap)
+                             basemap=None if basemap.lower() == "none" else basemap, scheduler=scheduler,
+                             n_workers=n_workers)
     for key, path in written.items():
         click.echo(f"{key:>18}: {path}")
