@@ -92,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geoclf-bench-") as tmp:
         feats = write_features(Path(tmp) / "feats", args.chips, args.dim)
         runs_dir = Path(tmp) / "history"
-        runs._client(runs.run_store(runs_dir).tracking_uri)  # create the database before timing
+        runs.mlflow_client(runs_dir)  # create the database before timing
         # warm the client: imports (skops, matplotlib) and the first recorded run are not the sweep's cost
         run_sweep(feats, "random_forest", {"n_estimators": [5]}, name="warm-up", scheduler="sync",
                   runs_dir=runs_dir, progress=False)

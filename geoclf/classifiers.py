@@ -207,7 +207,7 @@ def train_classifier(features: PathLike | Sequence[PathLike], classifier: str = 
     from sklearn.exceptions import ConvergenceWarning
 
     from geoclf import runs
-    from geoclf.artifact import save_features_model
+    from geoclf.features_model import save_features_model
     from geoclf.metrics import evaluate, evaluation_to_json
 
     data = load_features(features)

@@ -693,14 +693,7 @@ class FinetuneModel(LandUseModel):
         The weights are a plain state dict read with ``torch.load(weights_only=True)``: no code runs on
         load, so ``trusted`` changes nothing here.
         """
-        entry = spec.get("network") or {}
-        path = directory / str(entry.get("file", NETWORK_FILE))
-        if not path.is_file():
-            raise InputError(f"model artifact lacks its network file {path.name}", directory)
-        digest = entry.get("sha256")
-        if digest and artifact._sha256(path) != digest:
-            raise InputError(f"{path.name} does not match the checksum in {artifact.MODEL_JSON} (file changed or "
-                             "truncated since it was saved)", directory)
+        path = artifact.check_file(directory, spec.get("network") or {}, NETWORK_FILE, "network")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises pickle, zip and runtime errors for a damaged file
@@ -741,7 +734,7 @@ def save_finetune_model(directory: PathLike, module: LandUseModule, *, chip_size
     def write(staging: Path) -> dict[str, Any]:
         path = staging / NETWORK_FILE
         torch.save(state, path)
-        return {"network": {**spec["network"], "sha256": artifact._sha256(path)}}
+        return {"network": {**spec["network"], "sha256": artifact.file_checksum(path)}}
 
     return artifact.write_model_dir(directory, FinetuneModel.kind, spec, write, overwrite=overwrite)
 

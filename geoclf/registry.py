@@ -6,8 +6,7 @@ version of a name; a version points at the run's ``model`` artifact directory an
 from: the source run, the chip index hash of its training data, its validation metrics, the model kind and
 the geoclf version. Aliases (MLflow's successor of stages) name a version: ``promote`` moves an alias.
 
-Model references, accepted wherever a model is (``geoclf score --model``, :func:`geoclf.artifact.load_model`
-once it calls :func:`resolve_model_ref`):
+Model references, accepted wherever a model is (``geoclf score --model``, :func:`geoclf.models.load_model`):
 
 - ``NAME@ALIAS``, e.g. ``landuse-naip@production``: the version the alias points at;
 - ``NAME/VERSION``, e.g. ``landuse-naip/3``: that version;
@@ -27,6 +26,8 @@ from typing import Any
 
 import pandas as pd
 
+from geoclf import __version__, runs
+from geoclf.artifact import read_model_json
 from tiling.errors import InputError
 
 PathLike = str | os.PathLike[str]
@@ -125,16 +126,13 @@ def register_model(run: str, name: str, description: str | None = None,
     Raises:
         InputError: an invalid name, no such run, or a run without a model artifact.
     """
-    from geoclf import __version__, runs
-    from geoclf.artifact import read_model_json
-
     if not re.fullmatch(_NAME, name or ""):
         raise InputError(f"model name {name!r} must start with a letter or digit and hold only letters, digits, "
                          "'_', '-' and '.'")
     record = runs.get_run(run, runs_dir=runs_dir)
     directory = runs.artifact_path(record, runs.MODEL_ARTIFACT, runs_dir=runs_dir)  # fails if it has none
     spec = read_model_json(directory)
-    client = _client(runs_dir)
+    client = runs.mlflow_client(runs_dir)
     metrics = {k: v for k, v in record.metrics.items() if not math.isnan(v)}
     tags = {
         SOURCE_RUN_TAG: record.run_id,
@@ -164,7 +162,7 @@ def promote(name: str, version: int, stage: str = "production", runs_dir: PathLi
     if not re.fullmatch(_ALIAS, stage or "") or stage == "latest":
         raise InputError(f"stage {stage!r} must start with a letter and hold only letters, digits, '_' and '-' "
                          "('latest' is reserved for the newest version)")
-    client = _client(runs_dir)
+    client = runs.mlflow_client(runs_dir)
     get_version(name, version, runs_dir=runs_dir)  # one-line errors for a missing model or version
     client.set_registered_model_alias(name, stage, str(version))
     return get_version(name, version, runs_dir=runs_dir)
@@ -176,7 +174,7 @@ def get_version(name: str, version: int, runs_dir: PathLike | None = None) -> Mo
     Raises:
         InputError: no such model (the message lists the registered ones) or no such version (lists them).
     """
-    client = _client(runs_dir)
+    client = runs.mlflow_client(runs_dir)
     versions = _versions(client, _require_model(client, name, runs_dir).name)
     for candidate in versions:
         if candidate.version == int(version):
@@ -194,7 +192,7 @@ def resolve_version(ref: str, runs_dir: PathLike | None = None) -> ModelVersion:
     name, alias, number = parse_model_ref(ref)
     if number is not None:
         return get_version(name, number, runs_dir=runs_dir)
-    client = _client(runs_dir)
+    client = runs.mlflow_client(runs_dir)
     model = _require_model(client, name, runs_dir)
     aliases = dict(getattr(model, "aliases", {}) or {})
     if alias in aliases:
@@ -213,10 +211,8 @@ def resolve_model_ref(ref: str, runs_dir: PathLike | None = None) -> Path:
     Raises:
         InputError: see :func:`resolve_version`; the version's artifact is gone.
     """
-    from geoclf import runs
-
     version = resolve_version(ref, runs_dir=runs_dir)
-    local = runs._local_path(version.source)
+    local = runs.local_path(version.source)
     if local is not None:
         if not local.is_dir():
             raise InputError(f"model {version.ref} points at {local}, which no longer exists (run deleted?)")
@@ -229,7 +225,7 @@ def resolve_model_ref(ref: str, runs_dir: PathLike | None = None) -> Path:
 def list_models(runs_dir: PathLike | None = None) -> pd.DataFrame:
     """Registered models, one row each: ``name``, ``versions``, ``latest``, ``aliases`` (``alias:version``),
     the latest version's ``accuracy`` and ``source_run``, and ``updated``."""
-    client = _client(runs_dir)
+    client = runs.mlflow_client(runs_dir)
     rows = []
     for model in _search_models(client):
         versions = _versions(client, model.name)
@@ -253,18 +249,11 @@ def show_model(name: str, runs_dir: PathLike | None = None) -> list[ModelVersion
     Raises:
         InputError: no such model (the message lists the registered ones).
     """
-    client = _client(runs_dir)
+    client = runs.mlflow_client(runs_dir)
     return _versions(client, _require_model(client, name, runs_dir).name)
 
 
 # -- internals ---------------------------------------------------------------------------------------------
-
-
-def _client(runs_dir: PathLike | None) -> Any:
-    # the run history's client: the same store, MLflow's chatter already silenced
-    from geoclf import runs
-
-    return runs._client(runs.tracking_uri(runs_dir))
 
 
 def _search_models(client: Any) -> list[Any]:
@@ -298,8 +287,6 @@ def _create_model(client: Any, name: str) -> None:
 
 
 def _require_model(client: Any, name: str, runs_dir: PathLike | None) -> Any:
-    from geoclf import runs
-
     model = _find_model(client, name) if runs.run_store(runs_dir).exists() else None
     if model is None:
         names = [m.name for m in _search_models(client)] if runs.run_store(runs_dir).exists() else []

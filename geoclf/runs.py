@@ -154,7 +154,7 @@ class RunRecord:
     @property
     def artifact_dir(self) -> Path | None:
         """Local directory of the run's artifacts, or ``None`` when they live on a server."""
-        return _local_path(self.artifact_uri)
+        return local_path(self.artifact_uri)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: name, run_id, kind, status, times, parameters, metrics, tags, artifacts."""
@@ -272,7 +272,7 @@ class RunRecorder:
     @property
     def artifact_dir(self) -> Path | None:
         """Local directory of this run's artifacts (``None`` on a tracking server)."""
-        return _local_path(self._client.get_run(self.run_id).info.artifact_uri)
+        return local_path(self._client.get_run(self.run_id).info.artifact_uri)
 
 
 @contextmanager
@@ -478,6 +478,22 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(("loss", "error", "rmse", "mae"))
 
 
+def mlflow_client(runs_dir: str | os.PathLike[str] | None = None) -> MlflowClient:
+    """The MLflow client of a run store (see :func:`run_store`), for code that talks to MLflow itself (the
+    model registry): one client per store, MLflow's telemetry off and its log chatter silenced."""
+    return _client(tracking_uri(runs_dir))
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of a ``file:`` URI or a plain path (an artifact location); ``None`` for a server's."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and uri:
+        return Path(uri)
+    return None
+
+
 # -- internals ---------------------------------------------------------------------------------------------
 
 
@@ -560,20 +576,11 @@ def _record(run: Run) -> RunRecord:
 
 
 def _delete_run(client: MlflowClient, run: Run) -> None:
-    local = _local_path(run.info.artifact_uri)
+    local = local_path(run.info.artifact_uri)
     client.delete_run(run.info.run_id)
     if local is not None:
         # the run directory (<root>/<experiment>/<run_id>/artifacts): remove the run's folder entirely
         shutil.rmtree(local.parent if local.name == "artifacts" else local, ignore_errors=True)
-
-
-def _local_path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" and uri:
-        return Path(uri)
-    return None
 
 
 def _time(ms: int | None) -> dt.datetime | None:

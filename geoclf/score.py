@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -60,14 +61,14 @@ class ScoreTask:
     def _model(self) -> Any:
         import torch
 
-        from geoclf.artifact import load_model
+        from geoclf.artifact import load_model_dir
 
         threads = self.torch_threads or _worker_threads()
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         if self.model_dir not in _MODEL_CACHE:
             _MODEL_CACHE.clear()  # one model per process keeps memory bounded
-            _MODEL_CACHE[self.model_dir] = load_model(self.model_dir, trusted=True)
+            _MODEL_CACHE[self.model_dir] = load_model_dir(self.model_dir, trusted=True)
         return _MODEL_CACHE[self.model_dir]
 
 
@@ -105,7 +106,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
         smooth: 3x3 plurality smoothing of the class map.
         probabilities: also write per-class probability bands.
         html_map: write ``map.html``.
-        trusted: load a pickled classifier artifact without checks (see :func:`geoclf.artifact.load_model`).
+        trusted: load a pickled classifier artifact without checks (see :func:`geoclf.models.load_model`).
         runs_dir: run history in which ``model`` names a run or a registered model (default: ``GEOCLF_RUNS``
             or the current directory).
         progress: show progress bars.
@@ -113,7 +114,6 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     Returns:
         Output name -> path (``predictions``, ``landuse``, ``html``, ``png``, ...).
     """
-    from geoclf.artifact import load_model, resolve_model_dir
     from geoclf.maps import write_maps
 
     model_dir = str(resolve_model_dir(model, runs_dir))

@@ -391,8 +391,8 @@ def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: Any, pr
                 runs_dir: PathLike | None) -> dict[str, Any]:
     """Record one fit as a child run with its model artifact, as ``geoclf train`` records a run."""
     from geoclf import runs
-    from geoclf.artifact import save_features_model
     from geoclf.classifiers import _class_groups
+    from geoclf.features_model import save_features_model
     from geoclf.metrics import evaluate, evaluation_to_json, scalar_metrics
 
     params = combos[outcome.index]

@@ -50,7 +50,7 @@ def empty_db(tmp_path_factory):
     from geoclf import runs
 
     directory = tmp_path_factory.mktemp("template")
-    runs._client(runs.run_store(directory).tracking_uri)  # the client creates the tables, no experiment yet
+    runs.mlflow_client(directory)  # the client creates the tables, no experiment yet
     return directory / runs.DB_NAME
 
 

@@ -90,7 +90,7 @@ def smuggle(directory: Path, estimator: Any) -> None:
     path = directory / "classifier.skops"
     sio.dump(estimator, path)
     spec = json.loads((directory / "model.json").read_text())
-    spec["classifier"]["sha256"] = artifact._sha256(path)
+    spec["classifier"]["sha256"] = artifact.file_checksum(path)
     (directory / "model.json").write_text(json.dumps(spec))
 
 

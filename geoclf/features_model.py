@@ -1,0 +1,219 @@
+"""The ``features`` model kind: chips -> a featurizer -> a scikit-learn classifier -> class probabilities.
+
+What ``geoclf train`` and ``geoclf sweep`` save (:func:`save_features_model`) and scoring loads
+(:class:`FeaturesModel`, through :func:`geoclf.models.load_model`). The artifact holds ``model.json`` and
+the classifier as a skops file (``classifier.skops``), loaded with geoclf's type allowlist
+(:func:`geoclf.artifact.load_skops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoclf.artifact import (
+    TRUSTED_SKOPS_TYPES,
+    LandUseModel,
+    PathLike,
+    check_file,
+    file_checksum,
+    load_skops,
+    write_model_dir,
+)
+from tiling.errors import InputError
+
+#: Classifier file of a ``features`` artifact.
+CLASSIFIER_FILE = "classifier.skops"
+
+
+class FeaturesModel(LandUseModel):
+    """A ``features`` model: a CNN backbone's feature vector, then a scikit-learn classifier.
+
+    The backbone is loaded (through :func:`geoclf.backbones.load_backbone`) only when chips are first
+    predicted, so scoring precomputed features or reading metadata never touches torch.
+
+    Args:
+        spec: ``model.json`` content.
+        classifier: fitted scikit-learn estimator (a ``Pipeline`` of scaling and classifier) on feature
+            vectors; its ``classes_`` must be the model's classes.
+        path: artifact directory, if loaded from one.
+        device, batch_size: see :class:`LandUseModel`.
+    """
+
+    kind = "features"
+
+    def __init__(self, spec: Mapping[str, Any], classifier: Any, path: Path | None = None,
+                 device: str | None = None, batch_size: int = 32) -> None:
+        super().__init__(spec, path, device, batch_size)
+        self.classifier = classifier
+        learned = [str(c) for c in classifier.classes_]
+        missing = sorted(set(self.classes) ^ set(learned))
+        if missing:
+            raise InputError(f"model.json classes {self.classes} differ from the classifier's {learned}",
+                             path)
+        # sklearn orders classes_ alphabetically; the artifact promises scheme order
+        self._columns = np.array([learned.index(c) for c in self.classes])
+        self._extractor: Any = None
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of the backbone's feature vector, the classifier's input."""
+        return int(self.spec["feature_dim"])
+
+    def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities from precomputed feature vectors ``(N, feature_dim)``."""
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.feature_dim:
+            raise InputError(f"model {self.name!r} takes feature vectors of length {self.feature_dim} "
+                             f"(backbone {self.spec.get('backbone')!r}), got shape {x.shape}")
+        return self.classifier.predict_proba(x)[:, self._columns].astype(np.float32)
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """Most probable class names from precomputed feature vectors."""
+        return self._names(self.predict_proba_features(features))
+
+    def featurize(self, chips: np.ndarray) -> np.ndarray:
+        """Backbone feature vectors ``(N, feature_dim)`` float32 of chips, exactly as at training time."""
+        chips = self.check_chips(chips)
+        if len(chips) == 0:
+            return np.empty((0, self.feature_dim), dtype=np.float32)
+        return np.concatenate([f for f, _ in self._batches(chips, classify=False)])
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        """Class probabilities of chips: backbone then classifier, batch by batch (bounded memory)."""
+        chips = self.check_chips(chips)
+        if len(chips) == 0:
+            return np.empty((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate([p for _, p in self._batches(chips, classify=True)])
+
+    def _batches(self, chips: np.ndarray, classify: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        import torch
+
+        from geoclf.backbones import to_tensor
+
+        network, device = self._network()
+        norm = self.spec["normalization"]
+        with torch.inference_mode():
+            for start in range(0, len(chips), self.batch_size):
+                batch = to_tensor(chips[start:start + self.batch_size], norm["mean"], norm["std"],
+                                  size=norm.get("input_size"))
+                batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+                features = network(batch).reshape(len(batch), -1).float().cpu().numpy()
+                yield features, (self.predict_proba_features(features) if classify else None)
+
+    def _network(self) -> tuple[Any, Any]:
+        if self._extractor is None:
+            import torch
+
+            from geoclf.backbones import load_backbone
+
+            backbone = load_backbone(self.spec["backbone"], self.spec.get("weights") or "default")
+            if int(backbone.feature_dim) != self.feature_dim:
+                raise InputError(f"backbone {self.spec['backbone']!r} gives {backbone.feature_dim} features, "
+                                 f"the classifier was trained on {self.feature_dim}", self.path)
+            trained = (self.spec.get("weights_ref") or {}).get("sha256")
+            loaded = (backbone.weights_ref or {}).get("sha256")
+            if trained and loaded and trained != loaded:
+                # other weights give other features: the classifier's predictions would be meaningless
+                raise InputError(f"backbone weights {self.spec.get('weights')!r} now resolve to another file "
+                                 f"(sha256 {loaded[:12]}...) than the classifier was trained on "
+                                 f"({trained[:12]}...)", self.path)
+            device = self.torch_device()
+            network = backbone.feature_extractor().eval().to(device, memory_format=torch.channels_last)
+            self._extractor = (network, device)
+        return self._extractor
+
+    @classmethod
+    def load(cls, directory: Path, spec: Mapping[str, Any], trusted: bool = False) -> FeaturesModel:
+        """Load a ``features`` artifact (the :data:`LOADERS` entry for this kind)."""
+        path = check_file(directory, spec.get("classifier") or {}, CLASSIFIER_FILE, "classifier")
+        return cls(spec, load_skops(path, trusted=trusted), path=directory)
+
+
+
+
+def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequence[str], backbone: str,
+                        weights: str | None, feature_layer: str | None, feature_dim: int,
+                        mean: Sequence[float], std: Sequence[float], bands: Sequence[int], chip_size: int,
+                        input_size: int | None = None, weights_ref: Mapping[str, Any] | None = None,
+                        name: str | None = None, metrics: Mapping[str, Any] | None = None,
+                        class_groups: Mapping[str, Sequence[int]] | None = None,
+                        provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Save a ``features`` model artifact: ``model.json`` + ``classifier.skops``.
+
+    Args:
+        directory: artifact directory to create (written atomically).
+        classifier: fitted scikit-learn estimator on feature vectors (with ``classes_`` and
+            ``predict_proba``).
+        classes: class names in output order (scheme order); the same set as ``classifier.classes_``.
+        backbone: backbone name in :mod:`geoclf.backbones`' registry.
+        weights: weights the features were computed with, as ``load_backbone`` takes them (``default``,
+            ``imagenet``, a file path).
+        feature_layer: layer the features were taken from.
+        feature_dim: length of a feature vector.
+        mean, std: per-band normalization applied to chips scaled to [0, 1].
+        bands: 1-based bands read, in input order.
+        chip_size: input side in pixels.
+        input_size: network input side chips are resized to (``None``: the chip size).
+        weights_ref: the backbone's description of the weights (``Backbone.weights_ref``); its ``sha256``
+            is checked when the backbone is loaded for scoring, so other weights cannot slip in.
+        name: model name (the run name).
+        metrics: validation metrics (as :func:`geoclf.metrics.evaluation_to_json` gives).
+        class_groups: NLCD codes of each class (map legends and colours), if known.
+        provenance: where it came from (features directories, chip index hash, run id, seed, ...).
+        overwrite: replace an existing directory.
+
+    Returns:
+        The artifact directory.
+    """
+    import skops.io as sio  # see load_skops: seconds to import, only when saving
+
+    learned = sorted(str(c) for c in classifier.classes_)
+    if sorted(classes) != learned:
+        raise InputError(f"classes {list(classes)} differ from the classifier's {learned}")
+    spec = {
+        "name": name,
+        "classes": [str(c) for c in classes],
+        "bands": [int(b) for b in bands],
+        "chip_size": int(chip_size),
+        "backbone": backbone,
+        "weights": weights,
+        "weights_ref": dict(weights_ref or {}),
+        "feature_layer": feature_layer,
+        "feature_dim": int(feature_dim),
+        "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
+                          "input_size": None if input_size is None else int(input_size)},
+        "class_groups": None if class_groups is None else {str(k): [int(c) for c in v]
+                                                           for k, v in class_groups.items()},
+        "metrics": dict(metrics or {}),
+        "provenance": dict(provenance or {}),
+    }
+
+    def write(staging: Path) -> dict[str, Any]:
+        path = staging / CLASSIFIER_FILE
+        sio.dump(classifier, path)
+        # check now, not at scoring time, that the file loads with the allowlist
+        untrusted = sorted(set(sio.get_untrusted_types(file=path)) - TRUSTED_SKOPS_TYPES)
+        if untrusted:
+            raise InputError(f"the classifier holds types outside geoclf's allowlist ({', '.join(untrusted)}); "
+                             "it could not be loaded without trusted=True")
+        return {"classifier": {"file": CLASSIFIER_FILE, "sha256": file_checksum(path),
+                               "estimator": _describe(classifier)}}
+
+    return write_model_dir(directory, FeaturesModel.kind, spec, write, overwrite=overwrite)
+
+
+def _describe(estimator: Any) -> str:
+    steps = getattr(estimator, "steps", None)
+    if steps:
+        return " -> ".join(type(step).__name__ for _, step in steps)
+    return type(estimator).__name__
+
+
+
+
+
+__all__ = ["CLASSIFIER_FILE", "FeaturesModel", "save_features_model"]
