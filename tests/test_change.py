@@ -540,3 +540,17 @@ def test_change_command_bad_input_is_one_line(dates, tmp_path, capsys):
     assert exit_code.value.code == 2
     error = capsys.readouterr().err.strip()
     assert "different class sets" in error and "\n" not in error
+
+
+def test_change_command_reads_zones_before_comparing(dates, tmp_path, capsys):
+    from geoclf.cli import main
+
+    before, after = dates
+    write_score_dir(tmp_path / "m2010", before, 2010)
+    write_score_dir(tmp_path / "m2016", after, 2016)
+    (tmp_path / "towns.geojson").write_text("not a vector file")
+    with pytest.raises(SystemExit) as exit_code:
+        main(["change", "--before", str(tmp_path / "m2010"), "--after", str(tmp_path / "m2016"), "--out",
+              str(tmp_path / "out"), "--zones", str(tmp_path / "towns.geojson")])
+    assert exit_code.value.code == 2 and "towns.geojson: cannot be read as a vector file" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "transitions.csv").exists()

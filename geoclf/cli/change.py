@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 
@@ -37,10 +40,7 @@ def change(before: str, after: str, out: str, zones: str | None, zone_column: st
            smooth: bool, min_overlap: float, developed: str, pairs: int, sample_size: int | None,
            min_per_stratum: int, seed: int, html_map: bool) -> None:
     """Compare the land use of two dates: transitions.csv, change.tif, changes.parquet, change.html, report.html."""
-    import json
-    from pathlib import Path
-
-    from geoclf.change import run_change
+    from geoclf.change import run_change  # here, so that `geoclf change --help` does not load the analysis
 
     written = run_change(before, after, out, zones=zones, zone_column=zone_column, reference=reference,
                          smooth=smooth, min_overlap=min_overlap, developed=developed, pairs=pairs,

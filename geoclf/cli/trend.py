@@ -40,7 +40,7 @@ def trend(maps: tuple[str, ...], more_maps: tuple[str, ...], out: str, zones: st
           html_map: bool, basemap: str, n_workers: int | None, scheduler: str) -> None:
     """Trends of land use over several dates: areas per class and date, Theil–Sen trends, per-chip change
     and flicker counts, the year each chip became developed, zonal trends and an interactive map."""
-    from geoclf.trend import analyze_trends
+    from geoclf.trend import analyze_trends  # here, so that `geoclf trend --help` does not load the analysis
 
     written = analyze_trends([*maps, *more_maps], out, zones=zones, zone_column=zone_column, reference=reference,
                              smooth=smooth, developed=developed,

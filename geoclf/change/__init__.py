@@ -1,0 +1,65 @@
+"""Land-use change between two dates: chips paired across dates, transitions, gains and losses, zones.
+
+The stages, each in its module:
+
+- :mod:`geoclf.change.pairs` -- reading predictions and pairing each after-date chip with the before-date
+  chip of the same place (:func:`align_dates`); change labels and the ranking of changed chips;
+- :mod:`geoclf.change.summaries` -- over the pairs: the transition matrix, areas per class and date, gross
+  gains and losses, urbanization, zonal summaries and error-adjusted estimates from a reference sample;
+- :mod:`geoclf.change.maps` -- the chip grid: plurality smoothing of one date, the transition COG;
+- :mod:`geoclf.change.report` -- the area chart, the change map (PNG and ``change.html``), image pairs and
+  ``report.html``;
+- :mod:`geoclf.change.run` -- :func:`run_change`: all of the above written to a directory.
+
+Areas are ground areas in km² (see :func:`geoclf.area.chip_area_km2`). Counted areas are *mapped* areas and
+inherit the maps' errors; change is hit twice, since a wrong label on either date makes a transition. For
+areas with confidence intervals, label a stratified sample of chips (:func:`geoclf.area.stratified_sample` on
+:func:`change_labels`) and use :func:`reference_estimates`.
+"""
+
+from __future__ import annotations
+
+from geoclf.change.maps import (
+    Legend,
+    change_grids,
+    display_legend,
+    smooth_predictions,
+    transition_legend,
+    write_change_cog,
+)
+from geoclf.change.pairs import (
+    ARROW,
+    MIN_OVERLAP,
+    PROB_PREFIX,
+    STABLE,
+    align_dates,
+    aligned_classes,
+    change_labels,
+    date_label,
+    label_changes,
+    prediction_classes,
+    rank_changes,
+    read_predictions,
+)
+from geoclf.change.report import area_bar_chart, change_html, change_png, write_image_pairs, write_report
+from geoclf.change.run import load_scheme, run_change
+from geoclf.change.summaries import (
+    class_areas,
+    gains_losses,
+    match_reference,
+    reference_estimates,
+    transition_matrix,
+    transitions_long,
+    urbanization,
+    zonal_summary,
+)
+from geoclf.zones import DEVELOPED, read_reference, read_zones, zone_names
+
+__all__ = [
+    "ARROW", "DEVELOPED", "MIN_OVERLAP", "PROB_PREFIX", "STABLE", "Legend", "align_dates", "aligned_classes",
+    "area_bar_chart", "change_grids", "change_html", "change_labels", "change_png", "class_areas", "date_label",
+    "display_legend", "gains_losses", "label_changes", "load_scheme", "match_reference", "prediction_classes",
+    "rank_changes", "read_predictions", "read_reference", "read_zones", "reference_estimates", "run_change",
+    "smooth_predictions", "transition_legend", "transition_matrix", "transitions_long", "urbanization",
+    "write_change_cog", "write_image_pairs", "write_report", "zonal_summary", "zone_names",
+]

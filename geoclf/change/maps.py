@@ -1,0 +1,151 @@
+"""Change on the chip grid: smoothing a date's predictions, the transition raster ``change.tif`` and its legends."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+from pyproj import Transformer
+from rasterio.crs import CRS
+
+from geoclf import maps
+from geoclf.change.pairs import ARROW, PROB_PREFIX, STABLE
+from geoclf.maps import LandUseGrid
+from tiling.classes import ClassScheme
+from tiling.errors import InputError
+from tiling.grid import parse_cell
+
+PathLike = str | os.PathLike[str]
+
+
+def smooth_predictions(predictions: gpd.GeoDataFrame, scheme: ClassScheme, size: int = 3) -> gpd.GeoDataFrame:
+    """A copy of one date's predictions with a ``class`` column smoothed by a plurality filter.
+
+    The predictions are rasterized on their chip grid (one pixel per chip, :func:`geoclf.maps.predictions_to_grid`)
+    and filtered with :func:`geoclf.maps.smooth_plurality` (``size`` x ``size``, 3 by default), which removes
+    isolated single-chip labels: most of them are classifier noise, and every one would otherwise make two
+    spurious transitions. The price: real patches smaller than about five chips vanish too, and edges of
+    patches can move by a chip, so smoothing trades small real changes for fewer false ones. ``pred`` is
+    kept; :func:`geoclf.change.align_dates` compares ``class`` when it is present.
+    """
+    grid = maps.predictions_to_grid(_grid_table(predictions), scheme)
+    codes = maps.smooth_plurality(grid.codes, size)
+    code = _sample_grid(predictions, grid._replace(codes=codes))
+    names = np.array(scheme.names, dtype=object)
+    smoothed = predictions.copy()
+    smoothed["class"] = np.where(code > 0, names[np.maximum(code, 1) - 1], predictions["pred"].astype(str))
+    return smoothed
+
+
+def _grid_table(table: pd.DataFrame, pred: str = "pred") -> pd.DataFrame:
+    """The columns :func:`geoclf.maps.predictions_to_grid` needs, derived from the ``cell`` keys."""
+    if "cell" not in table.columns or table["cell"].isna().any():
+        raise InputError("chips without 'cell' keys cannot be placed on a chip grid")
+    cells = parse_cell(table["cell"])
+    if cells["grid"].isna().any():
+        raise InputError("malformed 'cell' keys; expected <crs>:<size>:<stride>:<ix>:<iy>")
+    frame = pd.DataFrame({"cell": table["cell"].to_numpy(), "ix": cells["ix"].astype(np.int64).to_numpy(),
+                          "iy": cells["iy"].astype(np.int64).to_numpy(), "crs": cells["grid_crs"].to_numpy(),
+                          "pred": table[pred].astype(str).to_numpy()})
+    for column in table.columns:
+        if str(column).startswith(PROB_PREFIX) and not str(column).endswith(("_before", "_after")):
+            frame[column] = table[column].to_numpy()
+    return frame
+
+
+def _sample_grid(table: pd.DataFrame, grid: LandUseGrid) -> np.ndarray:
+    """The grid's code under each chip: at the centre of the chip's stride square, the pixel it became."""
+    cells = parse_cell(table["cell"])
+    x = (cells["ix"] + 0.5) * cells["stride"]
+    y = (cells["iy"] + 0.5) * cells["stride"]
+    # Writable copies: pandas may hand out read-only views, and the points are reprojected in place.
+    x, y = x.to_numpy(dtype=float, copy=True), y.to_numpy(dtype=float, copy=True)
+    for crs_text in cells["grid_crs"].unique():
+        rows = (cells["grid_crs"] == crs_text).to_numpy()
+        if CRS.from_user_input(crs_text) != grid.crs:
+            transformer = Transformer.from_crs(crs_text, grid.crs, always_xy=True)
+            x[rows], y[rows] = transformer.transform(x[rows], y[rows])
+    col, row = ~grid.transform * (x, y)
+    col, row = np.floor(col).astype(np.int64), np.floor(row).astype(np.int64)
+    height, width = grid.codes.shape
+    inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    out = np.zeros(len(table), dtype=np.int64)
+    out[inside] = grid.codes[row[inside], col[inside]]
+    return out
+
+
+class Legend:
+    """Names and colours of raster codes that are not land-use classes (transitions), for :mod:`geoclf.maps`.
+
+    It offers what the map writers read from a :class:`~tiling.classes.ClassScheme`: ``names`` (code
+    ``i + 1`` is ``names[i]``), ``color(name)`` and ``to_dict()``.
+    """
+
+    def __init__(self, names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> None:
+        self.names = list(names)
+        self.colors = dict(zip(self.names, (tuple(int(v) for v in c) for c in colors), strict=True))
+
+    def color(self, name: str) -> tuple[int, int, int]:
+        """The RGB colour of a code's name."""
+        return self.colors[name]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """Names -> (no) NLCD codes, the layout of :meth:`tiling.classes.ClassScheme.to_dict`."""
+        return {name: [] for name in self.names}
+
+
+def _tint(rgb: tuple[int, int, int], amount: float = 0.65) -> tuple[int, int, int]:
+    """The colour mixed with white: stable land stays recognisable but steps back behind change."""
+    return tuple(round(v + (255 - v) * amount) for v in rgb)  # type: ignore[return-value]
+
+
+def transition_legend(scheme: ClassScheme) -> Legend:
+    """The codes of ``change.tif``: ``from_index * C + to_index + 1`` (0-based class indices, C classes).
+
+    Stable transitions (``"Stable Forest"``) are drawn in a pale tint of the class colour, changes in the
+    colour of the class they became.
+    """
+    names, colors = [], []
+    for a in scheme.names:
+        for b in scheme.names:
+            names.append(STABLE + a if a == b else a + ARROW + b)
+            colors.append(_tint(scheme.color(a)) if a == b else scheme.color(b))
+    return Legend(names, colors)
+
+
+def display_legend(scheme: ClassScheme) -> Legend:
+    """A short legend for maps: no change, or the class the land became."""
+    names = ["No change"] + [f"Became {name}" for name in scheme.names]
+    return Legend(names, [(225, 225, 225)] + [scheme.color(name) for name in scheme.names])
+
+
+def change_grids(aligned: pd.DataFrame, scheme: ClassScheme) -> dict[str, LandUseGrid]:
+    """The compared area on the after-date chip grid: ``before`` and ``after`` classes, ``transition`` codes
+    (see :func:`transition_legend`) and ``display`` codes (0 nodata, 1 no change, ``1 + k`` became class k).
+    """
+    before = maps.predictions_to_grid(_grid_table(aligned, "class_before"), scheme)
+    after = maps.predictions_to_grid(_grid_table(aligned, "class_after"), scheme)
+    b = before.codes.astype(np.int64)
+    a = after.codes.astype(np.int64)
+    both = (b > 0) & (a > 0)
+    n = len(scheme.names)
+    transition = np.where(both, (b - 1) * n + a, 0).astype(np.uint8 if n * n < 256 else np.uint16)
+    display = np.where(both, np.where(a == b, 1, a + 1), 0).astype(np.uint8)
+    return {"before": before, "after": after, "transition": after._replace(codes=transition),
+            "display": after._replace(codes=display)}
+
+
+def write_change_cog(path: PathLike, aligned: pd.DataFrame, scheme: ClassScheme) -> Path:
+    """Write ``change.tif``: a COG on the chip grid coding each chip's from -> to transition.
+
+    Code ``from_index * C + to_index + 1`` (0 nodata), with a colour table and the transition names in the
+    ``CLASS_NAMES`` tag, as in ``landuse.tif``.
+    """
+    if len(scheme.names) ** 2 > 255:
+        raise InputError(f"{len(scheme.names)} classes make more transitions than an 8-bit colour table holds")
+    grid = change_grids(aligned, scheme)["transition"]
+    return maps.write_landuse_cog(path, grid, transition_legend(scheme))  # type: ignore[arg-type]

@@ -1,0 +1,173 @@
+"""``geoclf change`` as a function: two score outputs compared, every change product written to one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from geoclf import maps
+from geoclf.area import AreaEstimate, stratified_sample
+from geoclf.change.maps import smooth_predictions, write_change_cog
+from geoclf.change.pairs import (
+    MIN_OVERLAP,
+    align_dates,
+    change_labels,
+    date_label,
+    prediction_classes,
+    rank_changes,
+    read_predictions,
+)
+from geoclf.change.report import area_bar_chart, change_html, change_png, write_image_pairs, write_report
+from geoclf.change.summaries import (
+    class_areas,
+    gains_losses,
+    reference_estimates,
+    transition_matrix,
+    transitions_long,
+    urbanization,
+    zonal_summary,
+)
+from geoclf.zones import DEVELOPED, read_reference, read_zones
+from tiling.classes import ClassScheme
+from tiling.errors import InputError
+from tiling.io import atomic_path
+
+PathLike = str | os.PathLike[str]
+
+
+def load_scheme(score_dir: PathLike, classes: Sequence[str]) -> ClassScheme:
+    """The class scheme (names, order, colours) of a score output: from its ``landuse.tif`` tags, else the
+    default scheme when the classes are its classes."""
+    path = Path(score_dir)
+    landuse = path / "landuse.tif" if path.is_dir() else path.with_name("landuse.tif")
+    if landuse.exists():
+        scheme = maps.read_landuse(landuse)[1]
+    else:
+        scheme = ClassScheme.default()
+        if set(scheme.names) != set(classes):
+            raise InputError(f"no landuse.tif to read the class scheme from, and the classes {list(classes)} "
+                             "are not the default scheme's", path)
+    if set(scheme.names) != set(classes):
+        raise InputError(f"landuse.tif has classes {scheme.names} but predictions.parquet has {list(classes)}",
+                         landuse)
+    return scheme
+
+
+def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathLike | None = None,
+               zone_column: str | None = None, reference: PathLike | None = None, smooth: bool = False,
+               min_overlap: float = MIN_OVERLAP, developed: str = DEVELOPED, pairs: int = 0,
+               sample_size: int | None = None, min_per_stratum: int = 50, seed: int = 0,
+               html_map: bool = True) -> dict[str, Path]:
+    """Compare two score outputs and write every change product into ``out``.
+
+    Writes ``transitions.csv`` (from, to, chips, km²), ``classes.csv`` (area per class per year, gains,
+    losses, net), ``urbanization.csv`` (when ``developed`` is a class), ``changes.parquet`` (changed chips,
+    ranked), ``change.tif`` (transition COG), ``area_by_class.png``, ``change_map.png``, ``change.html``
+    (unless ``html_map`` is false), ``report.html`` and ``change.json`` (alignment and headline figures);
+    with ``zones``, ``zones.csv``; with ``reference``, ``area_estimates.csv`` and ``accuracy.csv``; with
+    ``pairs``, ``pairs/*.png``; with ``sample_size``, ``sample.parquet`` (chips to label, stratified by
+    change class, for a later ``reference``).
+
+    Args:
+        before: score output directory (or predictions file) of the earlier date.
+        after: the same for the later date.
+        out: output directory, created if needed.
+        zones: polygons (towns, tracts) for zonal summaries, in any CRS.
+        zone_column: the zones' name column (default: guessed, see :func:`geoclf.zones.zone_names`).
+        reference: a labelled reference sample (see :func:`geoclf.change.reference_estimates`).
+        smooth: smooth each date with a 3x3 plurality filter before comparing.
+        min_overlap: alignment threshold for chips on different grids (see :func:`geoclf.change.align_dates`).
+        developed: the class whose gains are urbanization.
+        pairs: how many top-ranked changes get before/after image pairs.
+        sample_size: draw a stratified sample of this many chips to label.
+        min_per_stratum: floor per change class in that sample (Olofsson et al. suggest 50-100).
+        seed: seed of the sample.
+        html_map: write the interactive map (and embed it in the report).
+
+    Returns:
+        Output name -> path.
+    """
+    # Inputs are read before anything is computed, so that a bad zone or reference file fails at once.
+    zone_frame = read_zones(zones) if zones is not None else None
+    samples = read_reference(reference) if reference is not None else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    before_table = read_predictions(before)
+    after_table = read_predictions(after)
+    classes = prediction_classes(before_table)
+    scheme = load_scheme(before, classes)
+    if smooth:
+        before_table = smooth_predictions(before_table, scheme)
+        after_table = smooth_predictions(after_table, scheme)
+    aligned = align_dates(before_table, after_table, min_overlap=min_overlap)
+    aligned.attrs["geoclf_change"]["classes"] = list(scheme.names)
+    names = scheme.names
+    labels = (date_label(aligned, "before"), date_label(aligned, "after"))
+    written: dict[str, Path] = {}
+
+    written["transitions"] = _write_table(transitions_long(aligned, names), out / "transitions.csv", index=False)
+    areas = class_areas(aligned, names)
+    flows = gains_losses(aligned, names)
+    per_class = areas.join(flows.drop(columns=["before_km2", "after_km2"]))
+    written["classes"] = _write_table(per_class, out / "classes.csv")
+    urban = None
+    if developed in names:
+        urban = urbanization(aligned, names, developed)
+        written["urbanization"] = _write_table(urban, out / "urbanization.csv")
+    ranked = rank_changes(aligned, names)
+    written["changes"] = _write_table(ranked, out / "changes.parquet", index=False)
+    written["change_tif"] = write_change_cog(out / "change.tif", aligned, scheme)
+    written["bar_chart"] = area_bar_chart(areas, out / "area_by_class.png", labels)
+    written["change_png"] = change_png(aligned, scheme, out / "change_map.png")
+    if pairs:
+        pair_files = write_image_pairs(ranked, out / "pairs", top=pairs)
+        if pair_files:
+            written["pairs"] = out / "pairs"
+    zone_table = None
+    if zone_frame is not None:
+        zone_table = zonal_summary(aligned, zone_frame, names, zone_column, developed)
+        written["zones"] = _write_table(zone_table, out / "zones.csv")
+    estimates: dict[str, AreaEstimate] = {}
+    if samples is not None:
+        estimates = reference_estimates(aligned, samples, names)
+        area = pd.concat({key: est.area for key, est in estimates.items()}, names=["map"])
+        accuracy = pd.concat({key: est.accuracy for key, est in estimates.items()}, names=["map"])
+        written["area_estimates"] = _write_table(area, out / "area_estimates.csv")
+        written["accuracy"] = _write_table(accuracy, out / "accuracy.csv")
+    if sample_size:
+        strata = aligned.assign(change=change_labels(aligned))
+        sample = stratified_sample(strata, int(sample_size), strata_column="change",
+                                   min_per_stratum=min_per_stratum, seed=seed)
+        written["sample"] = _write_table(sample, out / "sample.parquet", index=False)
+    if html_map:
+        written["html"] = change_html(aligned, scheme, out / "change.html", ranked)
+
+    info = dict(aligned.attrs["geoclf_change"])
+    info.update({"before": str(before), "after": str(after), "dates": list(labels), "smoothed": smooth,
+                 "compared_km2": float(aligned["area_km2"].sum()),
+                 "changed_km2": float(ranked["area_km2"].sum()) if len(ranked) else 0.0,
+                 "changed_chips": len(ranked)})
+    if urban is not None:
+        info["to_developed_km2"] = float(urban.loc["Total", "km2"])
+    with atomic_path(out / "change.json") as temporary:
+        temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    written["json"] = out / "change.json"
+    written["report"] = write_report(out / "report.html", info=info, per_class=per_class,
+                                     matrix=transition_matrix(aligned, names), urban=urban, ranked=ranked,
+                                     zones=zone_table, estimates=estimates, bar_chart=written["bar_chart"],
+                                     change_png=written["change_png"], html_map=written.get("html"))
+    return written
+
+
+def _write_table(frame: pd.DataFrame, path: Path, *, index: bool = True) -> Path:
+    """Write a table as CSV or (Geo)Parquet, by the name's suffix, atomically."""
+    with atomic_path(path) as temporary:
+        if path.suffix == ".parquet":
+            frame.to_parquet(temporary, index=index)
+        else:
+            frame.to_csv(temporary, index=index)
+    return path
