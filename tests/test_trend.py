@@ -161,6 +161,19 @@ def test_stack_is_the_chip_grid_with_dates_and_classes(scene: list[Path]) -> Non
     assert int(codes.sel(time="2018-07-16", x=x, y=y, method="nearest")) == code("Developed")
 
 
+def test_one_land_use_stack_serves_every_analysis(scene: list[Path]) -> None:
+    dataset = trend.open_stack(scene)
+    stack = trend.LandUseStack.of(dataset)
+    assert trend.LandUseStack.of(stack) is stack
+    assert stack.classes.names == CLASSES.names and stack.classes.color("Forest") == CLASSES.color("Forest")
+    assert stack.pixel_area_km2 == float(dataset.attrs["pixel_area_km2"])
+    assert int(stack.assessed.sum()) == len(assessed_cells())
+    assert stack.years.tolist() == [d.year for d in DATES]
+    pd.testing.assert_frame_equal(trend.class_areas(stack), trend.class_areas(dataset))
+    with pytest.raises(InputError, match="not a geoclf land-use stack"):
+        trend.LandUseStack.of(xr.Dataset())
+
+
 def shifted_map(path: Path, k: int) -> Path:
     """A score directory of date ``k`` whose map is shifted by a quarter pixel (50 m) east and north."""
     shifted = score_dir(path, schedule(k), DATES[k])
