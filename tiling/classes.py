@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -59,6 +61,10 @@ NLCD_COLORS: dict[int, tuple[int, int, int]] = {
 
 #: The value MRLC uses for "no data" in NLCD rasters.
 NLCD_NODATA = 255
+
+#: The code of "no land-use class" in a scheme's code space (:meth:`ClassScheme.lookup_table`) and so of
+#: "nodata" in a land-use map: class ``i`` is code ``i + 1``.
+NO_CLASS = 0
 
 _DEFAULT_GROUPS: dict[str, tuple[int, ...]] = {
     "Developed": (21, 22, 23, 24),
@@ -145,6 +151,49 @@ class ClassScheme:
     def to_dict(self) -> dict[str, list[int]]:
         """JSON/YAML-friendly form, the inverse of :meth:`from_mapping`."""
         return {k: list(v) for k, v in self.groups.items()}
+
+    def to_tags(self) -> dict[str, str]:
+        """The scheme as GeoTIFF metadata tags, how every land-use map carries its classes.
+
+        ``CLASS_NAMES`` (JSON list, code order), ``CLASS_CODES`` (``{name: code}``, class ``i`` is code
+        ``i + 1``), ``CLASS_SCHEME`` (``{name: [NLCD codes]}``), ``CLASS_COLORS`` (``{name: [r, g, b]}``) and
+        ``NODATA_CODE`` (0). :meth:`from_tags` reads them back.
+        """
+        return {
+            "CLASS_NAMES": json.dumps(self.names),
+            "CLASS_CODES": json.dumps({name: i + 1 for i, name in enumerate(self.names)}),
+            "CLASS_SCHEME": json.dumps(self.to_dict()),
+            "CLASS_COLORS": json.dumps({name: list(self.color(name)) for name in self.names}),
+            "NODATA_CODE": str(NO_CLASS),
+        }
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str], source: str | os.PathLike[str] | None = None) -> ClassScheme:
+        """The scheme a land-use map's tags hold (:meth:`to_tags`).
+
+        Args:
+            tags: the raster's metadata tags (``dataset.tags()``).
+            source: the file they come from, named in the error.
+
+        Raises:
+            InputError: no ``CLASS_SCHEME`` tag (not a geoclf land-use map), or tags that do not parse into a
+                scheme; one line naming ``source``.
+        """
+        if "CLASS_SCHEME" not in tags:
+            raise InputError("is not a geoclf land-use map (no CLASS_SCHEME tag)", source)
+        try:
+            groups = json.loads(tags["CLASS_SCHEME"])
+            colors = json.loads(tags.get("CLASS_COLORS", "{}"))
+            parsed = {name: _rgb(value) for name, value in colors.items()}
+            return cls({str(k): tuple(v) for k, v in groups.items()}, parsed)
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise InputError(f"has an unreadable class scheme tag ({exc})", source) from exc
+
+
+def _rgb(value: object) -> tuple[int, int, int]:
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value)):
+        raise ValueError(f"colour {value!r} is not [r, g, b] with values 0-255")
+    return tuple(value)  # type: ignore[return-value]
 
 
 def valid_nlcd_codes() -> np.ndarray:
