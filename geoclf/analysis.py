@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from geoclf.htmlpage import html_table, png_img, write_page
+from geoclf.landuse import ScoreOutput
+from geoclf.maps import static_png
 from tiling.errors import InputError
 
 if TYPE_CHECKING:
@@ -330,36 +332,11 @@ def area_map(score_output: PathLike, path: PathLike) -> tuple[Path, dict[str, An
     Raises:
         InputError: no ``landuse.tif`` there.
     """
-    from geoclf import maps
-
-    landuse = _landuse_path(score_output)
-    folder = landuse.parent
-    grid, scheme = maps.read_landuse(landuse)
-    written = maps.static_png(grid, scheme, path, title=f"Land use, {folder.name}")
-    accuracy_file = folder / "accuracy.json"
-    accuracy = json.loads(accuracy_file.read_text(encoding="utf-8")) if accuracy_file.is_file() else None
-    table = folder / "predictions.parquet"
-    models = None
-    if table.is_file():
-        names = pd.read_parquet(table, columns=["model"])["model"] if "model" in _columns(table) else None
-        models = None if names is None else sorted(str(m) for m in names.dropna().unique())
-    return written, {"models": models, "accuracy": accuracy}
-
-
-def _landuse_path(score_output: PathLike) -> Path:
-    """The ``landuse.tif`` of a score output (its directory, or a file in it)."""
-    given = Path(score_output)
-    folder = given if given.is_dir() else given.parent
-    landuse = given if given.suffix.lower() in (".tif", ".tiff") else folder / "landuse.tif"
-    if not landuse.is_file():
-        raise InputError("no landuse.tif here; give a `geoclf score` output directory", given)
-    return landuse
-
-
-def _columns(parquet: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return list(pq.read_schema(parquet).names)
+    output = ScoreOutput(score_output)
+    grid, scheme = output.read_landuse()
+    written = static_png(grid, scheme, path, title=f"Land use, {output.directory.name}")
+    accuracy = json.loads(output.accuracy.read_text(encoding="utf-8")) if output.accuracy.is_file() else None
+    return written, {"models": output.models(), "accuracy": accuracy}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -410,7 +387,7 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
     record = runs.get_run(run, runs_dir=runs_dir)
     evaluation = recorded_evaluation(record)
     if predictions is not None:
-        _landuse_path(predictions)
+        ScoreOutput(predictions).require_landuse()
     model = load_model(runs.artifact_path(record), trusted=trusted)
     index = chips if chips is not None else record.params.get("chip_index")
     feature_dirs = _usable_features(features if features is not None else record.params.get("features"))

@@ -18,15 +18,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from geoclf.landuse import ScoreOutput, classes_of
+from geoclf.maps import write_maps
 from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions
-from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.index import TileParams, read_index, tile, write_index
 from tiling.io import PathLike, normalize_source
 from tiling.parallel import Scheduler, default_workers
 
-PREDICTIONS = "predictions.parquet"
+#: The predictions table's name in a score output (:class:`geoclf.landuse.ScoreOutput` names every file).
+PREDICTIONS = ScoreOutput.PREDICTIONS
 
 # One model per worker process, keyed by its artifact directory.
 _MODEL_CACHE: dict[str, Any] = {}
@@ -114,30 +116,27 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     Returns:
         Output name -> path (``predictions``, ``landuse``, ``html``, ``png``, ...).
     """
-    from geoclf.maps import write_maps
-
     model_dir = str(resolve_model_dir(model, runs_dir))
     loaded = load_model(model_dir, trusted=trusted)  # fails here, with one line, if it does not load
-    out_dir = Path(out)
-    index = _chips_to_score(loaded, out_dir, naip, chips, aoi, max_nodata, chip_size_m, progress)
+    output = ScoreOutput.at(out)
+    index = _chips_to_score(loaded, output, naip, chips, aoi, max_nodata, chip_size_m, progress)
     table = pd.DataFrame(index.drop(columns="geometry"))
     threads = default_workers() if scheduler == "sync" else (
         max(1, default_workers() // (n_workers or default_workers())) if scheduler in (None, "local") else None)
     task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=threads)
     settings = {"model": _model_stamp(model_dir)}
-    run_partitions(table, out_dir / "partitions", task, settings=settings, chips_per_partition=chips_per_partition,
+    run_partitions(table, output.partitions, task, settings=settings, chips_per_partition=chips_per_partition,
                    scheduler=scheduler, n_workers=n_workers, desc="scoring", progress=progress,
                    on_client=print_dashboard)
-    scored = read_partitions(out_dir / "partitions")
+    scored = read_partitions(output.partitions)
     predictions = _predictions(index, scored, loaded, model)
-    written = {"predictions": write_index(predictions, out_dir / PREDICTIONS)}
-    classes = classes_of(predictions)
-    written.update(write_maps(predictions, classes, out_dir, crs=crs, smooth=smooth, probabilities=probabilities,
-                              html_map=html_map))
+    written = {"predictions": write_index(predictions, output.predictions)}
+    written.update(write_maps(predictions, classes_of(predictions), output.directory, crs=crs, smooth=smooth,
+                              probabilities=probabilities, html_map=html_map))
     return written
 
 
-def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chips: PathLike | None,
+def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None, chips: PathLike | None,
                     aoi: PathLike | None, max_nodata: float, chip_size_m: float | None,
                     progress: bool) -> gpd.GeoDataFrame:
     """The chip index of the area: given, reused from an earlier run of this output, or tiled now."""
@@ -145,7 +144,7 @@ def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chip
         return read_index(chips)
     if not naip:
         raise InputError("nothing to score: give NAIP rasters or a chip index")
-    cached = out_dir / "chips.parquet"
+    cached = output.chips
     if cached.exists():  # a rerun: the grid of the first run (its partitions refer to these chips)
         index = read_index(cached)
         attrs = index.attrs.get("geoclf", {})
@@ -162,7 +161,7 @@ def _chips_to_score(model: Any, out_dir: Path, naip: list[PathLike] | None, chip
                              f"(trained on {need}-band imagery)", scene.source)
     params = TileParams(chip_size=model.chip_size, chip_size_m=chip_size_m or model.chip_size_m,
                         max_nodata=max_nodata)
-    return tile(naip, None, out_dir, params=params, aoi=aoi, scheduler="sync", progress=progress)
+    return tile(naip, None, output.directory, params=params, aoi=aoi, scheduler="sync", progress=progress)
 
 
 def _model_stamp(model_dir: str) -> dict[str, Any]:
@@ -181,18 +180,6 @@ def _predictions(index: gpd.GeoDataFrame, scored: pd.DataFrame, model: Any, name
     merged.attrs = {"geoclf": {**index.attrs.get("geoclf", {}), "model": name, "classes": list(model.classes),
                                "class_groups": dict(groups) if groups else None}}
     return gpd.GeoDataFrame(merged, geometry="geometry", crs=index.crs)
-
-
-def classes_of(predictions: pd.DataFrame) -> ClassScheme:
-    """The class scheme of a predictions table: from its metadata, else its ``prob_<Class>`` columns."""
-    meta = predictions.attrs.get("geoclf", {})
-    groups = meta.get("class_groups")
-    if groups:
-        return ClassScheme.from_mapping(groups)
-    names = meta.get("classes") or [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
-    if not names:
-        raise InputError("the predictions name no classes (no prob_<Class> columns)")
-    return ClassScheme.from_mapping({name: [] for name in names})
 
 
 __all__ = ["PREDICTIONS", "ScoreTask", "classes_of", "score"]

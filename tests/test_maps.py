@@ -373,6 +373,42 @@ def test_html_map_renders_offline_in_headlesschromium(tmp_path: Path) -> None:
         assert covered > 200 * count, f"{name} is missing from the rendered map"
 
 
+def hostile(tag: str) -> str:
+    """A name that runs script if a page puts it into HTML unescaped: it sets the page title and adds a
+    ``<pwned-TAG>`` element. No slash, so it can be a raster's file name (``<img ...>.tif``)."""
+    return (f"<img src=x onerror=\"document.title='PWNED-{tag}';"
+            f"document.body.appendChild(document.createElement('pwned-{tag}'))\">")
+
+
+def hostile_predictions() -> tuple[gpd.GeoDataFrame, ClassScheme]:
+    """Predictions of a raster named like a script, scored with a class named like one."""
+    name = hostile("class")
+    scheme = ClassScheme({name if k == "Forest" else k: v for k, v in CLASSES.groups.items()})
+    cells = [*block(1480, 23950, 3, 2, "Forest"), *block(1483, 23950, 2, 2, "Developed")]
+    predictions = make_predictions(ChipGrid(UTM19, 200.0), cells, scene=hostile("scene"))
+    predictions = predictions.rename(columns={"prob_Forest": f"prob_{name}"})
+    predictions["pred"] = predictions["pred"].replace("Forest", name)
+    predictions["label"] = predictions["pred"]
+    predictions["model"] = hostile("model")
+    return predictions, scheme
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_hostile_names_do_not_run_in_the_map(tmp_path: Path) -> None:
+    predictions, scheme = hostile_predictions()
+    page = maps.folium_map(predictions, scheme, tmp_path / "map.html", title=hostile("title"),
+                           basemap="http://127.0.0.1:9/{z}/{x}/{y}.png")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", _CLICK_FIRST_CHIP + "</body>"))
+    dom = chromium(tmp_path, probe, "--dump-dom").stdout
+    assert "<pwned-" not in dom and not re.search(r"<title>[^<]*PWNED", dom), "a planted name ran as script"
+    # ... and the names are still there, as text: in the popup, the layer list and the legend
+    popup = re.search(r'class="leaflet-popup-content"[^>]*>(.*?)</table>', dom, re.S)
+    assert popup, "clicking a chip opened no popup"
+    assert popup.group(1).count("&lt;img src=x onerror=") >= 3  # class, scene, chip id, p(class)
+    assert "leaflet-control-layers" in dom and dom.count("PWNED-title") >= 2  # layer name, legend title
+
+
 def test_html_map_leaves_out_chip_popups_past_the_limit(tmp_path: Path) -> None:
     predictions = make_predictions(ChipGrid(UTM19, 200.0), block(1480, 23950, 10, 10, "Shrub"))
     small = maps.folium_map(predictions, CLASSES, tmp_path / "small.html", max_popup_chips=10).read_text()

@@ -16,9 +16,8 @@ import click
 @click.option("--html/--no-html", default=True, show_default=True, help="Write the interactive map.html.")
 def map_command(predictions: str, out: str, crs: str | None, smooth: bool, probabilities: bool, html: bool) -> None:
     """Write landuse.tif (COG), class polygons, map.html and map.png from scored predictions."""
-    from geoclf.change import read_predictions
+    from geoclf.landuse import classes_of, read_predictions
     from geoclf.maps import write_maps
-    from geoclf.score import classes_of
 
     frame = read_predictions(predictions)
     written = write_maps(frame, classes_of(frame), out, crs=crs, smooth=smooth, probabilities=probabilities,
