@@ -14,7 +14,7 @@ import rasterio
 from pyproj import Transformer
 from rasterio import features
 from rasterio.crs import CRS
-from rasterio.enums import Compression, Resampling
+from rasterio.enums import ColorInterp, Compression, MaskFlags, Resampling
 from rasterio.warp import reproject
 
 from tiling.classes import NLCD_COLORS, NLCD_NAMES, ClassScheme
@@ -327,6 +327,80 @@ def test_coarse_pixels_average_the_ground(tmp_path):
     assert np.abs(a - b).mean() < 4  # sensor noise (drawn per pixel) is what differs
 
 
+VARIANTS = {
+    "alpha": {"nodata": "alpha"},
+    "mask": {"nodata": "mask"},
+    "rgb": {"bands": 3},
+    "rgb-alpha": {"bands": 3, "nodata": "alpha"},
+    "rgb-mask": {"bands": 3, "nodata": "mask"},
+    "date-in-name": {"date_in": "name"},
+    "undated": {"date_in": "none"},
+}
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """The default 448 m scene the variants are compared with."""
+    return make_scene(tmp_path_factory.mktemp("plain"), size_m=448, seed=0, nlcd=False)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variants_hold_the_default_pixels_wherever_they_have_data(plain, tmp_path, variant):
+    options = VARIANTS[variant]
+    scene = make_scene(tmp_path, size_m=448, seed=0, nlcd=False, **options)
+    bands = options.get("bands", 4)
+    nodata = options.get("nodata", "zero")
+    with rasterio.open(plain.naip) as dataset:
+        reference = dataset.read()
+    valid = (reference > 0).any(axis=0)
+    with rasterio.open(scene.naip) as dataset:
+        pixels = dataset.read()
+        assert dataset.count == bands + (nodata == "alpha")
+        assert dataset.descriptions[:bands] == ("red", "green", "blue", "nir")[:bands]
+        assert dataset.nodata == (0 if nodata == "zero" else None)
+        flags = dataset.mask_flag_enums[0]
+        if nodata == "alpha":
+            assert dataset.colorinterp[-1] == ColorInterp.alpha and dataset.descriptions[-1] == "alpha"
+            np.testing.assert_array_equal(pixels[-1] > 0, valid)  # alpha 0 exactly on the collar
+        elif nodata == "mask":
+            assert flags == [MaskFlags.per_dataset]
+            np.testing.assert_array_equal(dataset.dataset_mask() > 0, valid)
+        else:
+            assert flags == [MaskFlags.nodata]
+        tags = dataset.tags()
+    np.testing.assert_array_equal(pixels[:bands][:, valid], reference[:bands][:, valid])
+    collar = pixels[:bands][:, ~valid]
+    assert (~valid).sum() > 1000
+    if nodata == "zero":
+        assert (collar == 0).all()
+    else:  # the collar holds imagery: only the mask says it has no data
+        assert (collar > 0).any(axis=0).all()
+    date_in = options.get("date_in", "tag")
+    assert ("ACQUISITION_DATE" in tags) == (date_in == "tag")
+    assert scene.naip.name == (f"naip_{plain.date:%Y%m%d}.tif" if date_in == "name" else "naip.tif")
+    assert describe_naip(scene.naip).date == (None if date_in == "none" else plain.date) == scene.date
+    assert scene.class_shares == plain.class_shares and scene.nodata_share == plain.nodata_share
+
+
+def test_a_series_of_undated_rgb_scenes(tmp_path):
+    series = make_years(tmp_path, years=(2010, 2012), size_m=224, seed=0, bands=3, date_in="none")
+    for year, scene in series.scenes.items():
+        assert scene.naip.name == f"naip_{year}.tif" and scene.date is None
+        info = describe_naip(scene.naip)
+        assert info.count == 3 and info.date is None
+
+
+def test_cli_writes_the_variants(tmp_path, capsys):
+    from geoclf.cli import main
+
+    main(["synth", "--out", str(tmp_path), "--size-m", "224", "--bands", "3", "--nodata", "mask", "--date-in", "none",
+          "--no-nlcd"])
+    assert "undated (2016)" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "naip.tif") as dataset:
+        assert dataset.count == 3 and dataset.mask_flag_enums[0] == [MaskFlags.per_dataset]
+        assert "ACQUISITION_DATE" not in dataset.tags()
+
+
 def test_cli_writes_naip_and_nlcd(tmp_path, capsys):
     from geoclf.cli import main
 
@@ -375,3 +449,10 @@ def test_bad_parameters_raise_input_errors(tmp_path):
         make_nlcd(tmp_path / "x.tif")
     with pytest.raises(InputError, match="conversion rate"):
         SyntheticWorld(conversion_rate=1.5)
+    with pytest.raises(InputError, match="3 .RGB. or 4"):
+        make_scene(tmp_path, size_m=448, bands=5)
+    with pytest.raises(InputError, match="unknown nodata kind"):
+        make_scene(tmp_path, size_m=448, nodata="nan")
+    with pytest.raises(InputError, match="unknown date place"):
+        make_years(tmp_path, size_m=448, date_in="exif")
+    assert not list(tmp_path.iterdir())  # refused before anything was written

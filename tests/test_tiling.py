@@ -214,3 +214,99 @@ def test_overlapping_undated_rasters_keep_one_chip_per_cell(small_scene, tmp_pat
     assert both["cell"].is_unique
     assert len(both) == len(single) > 1
     assert set(both["cell"]) == set(single["cell"])
+
+
+# -- the variants users' rasters come in (tiling.synth makes each from the same world) ------------------------
+
+VARIANTS = {
+    "alpha": {"nodata": "alpha"},
+    "mask": {"nodata": "mask"},
+    "rgb": {"bands": 3},
+    "rgb-alpha": {"bands": 3, "nodata": "alpha"},
+    "rgb-mask": {"bands": 3, "nodata": "mask"},
+    "date-in-name": {"date_in": "name"},
+    "undated": {"date_in": "none"},
+}
+INDEX_COLUMNS = ["cell", "col_off", "row_off", "width", "height", "label", "purity", "nodata_frac", "split"]
+
+
+@pytest.fixture(scope="module")
+def plain_scene(tmp_path_factory):
+    """A 1,344 m scene (5 x 5 whole cells) with its NLCD and a collar that reaches into every edge chip."""
+    from tiling.synth import make_scene
+
+    return make_scene(tmp_path_factory.mktemp("plain"), size_m=1344, seed=0, collar_m=150)
+
+
+@pytest.fixture(scope="module")
+def plain_indexes(plain_scene):
+    """The plain scene tiled with the nodata filter (``kept``) and without (``all``)."""
+    return {name: tiling.tile([plain_scene.naip], plain_scene.nlcd, progress=False,
+                              params=tiling.TileParams(min_purity=0, max_nodata=max_nodata))
+            for name, max_nodata in (("kept", 0.05), ("all", 1.0))}
+
+
+def read_chips(index, bands) -> np.ndarray:
+    with tiling.ChipReader(bands=bands) as reader:
+        return np.stack([reader.read(row.source, (row.col_off, row.row_off, row.width, row.height))
+                         for row in index.itertuples()])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_raster_variant_tiles_to_the_chips_of_the_plain_scene(plain_scene, plain_indexes, tmp_path, variant):
+    """No date, a date in the name, RGB only, an alpha band or a nodata mask: the chips are the same.
+
+    With an alpha band or a mask the collar holds imagery; read as data, its chips would pass the nodata
+    filter (and show pixels the raster says it has not).
+    """
+    from tiling.synth import make_scene
+
+    options = VARIANTS[variant]
+    scene = make_scene(tmp_path, size_m=1344, seed=0, collar_m=150, nlcd=False, **options)
+    plain = plain_indexes["kept"]
+    index = tiling.tile([scene.naip], plain_scene.nlcd, params=tiling.TileParams(min_purity=0, max_nodata=0.05),
+                        progress=False)
+    edge_plain = plain_indexes["all"]
+    assert 0 < len(plain) < len(edge_plain)  # the collar drops the edge chips
+    pd.testing.assert_frame_equal(index[INDEX_COLUMNS], plain[INDEX_COLUMNS])
+    assert index["date"].isna().all() if options.get("date_in") == "none" else (
+        index["date"] == plain_scene.date).all()
+    bands = [1, 2, 3] if options.get("bands") == 3 else [1, 2, 3, 4]
+    np.testing.assert_array_equal(read_chips(index, bands), read_chips(plain, bands))
+    # The masked collar reads as 0, as a zero collar does, in chips that reach into it
+    edge = tiling.tile([scene.naip], plain_scene.nlcd, params=tiling.TileParams(min_purity=0, max_nodata=1),
+                       progress=False)
+    assert (edge_plain["nodata_frac"] > 0.05).sum() >= 8
+    pd.testing.assert_frame_equal(edge[INDEX_COLUMNS], edge_plain[INDEX_COLUMNS])
+    np.testing.assert_array_equal(read_chips(edge, bands), read_chips(edge_plain, bands))
+    if options.get("bands") == 3:
+        with pytest.raises(tiling.InputError, match=r"has 3 (image )?band"):
+            read_chips(index, [1, 2, 3, 4])  # an alpha band is never read as NIR
+
+
+def test_rgb_rasters_materialize_as_three_band_geotiffs(plain_scene, tmp_path):
+    from tiling.synth import make_scene
+
+    scene = make_scene(tmp_path / "rgb", size_m=448, seed=0, bands=3, nodata="alpha", nlcd=False)
+    index = tiling.tile([scene.naip], plain_scene.nlcd, params=tiling.TileParams(min_purity=0), progress=False)
+    assert materialize_chips(index, tmp_path / "tif", "geotiff", progress=False) == len(index) > 0
+    with rasterio.open(next((tmp_path / "tif").rglob("*.tif"))) as chip:
+        assert chip.count == 3 and chip.descriptions == ("red", "green", "blue")
+
+
+def test_a_06m_scene_reads_the_ground_of_the_1m_scene(plain_scene, tmp_path):
+    """Post-2018 NAIP is 0.6 m: on a 224 m grid its windows are 373 px, read back at 224 px like 1 m chips."""
+    from tiling.synth import make_scene
+
+    fine = make_scene(tmp_path, size_m=1344, resolution=0.6, seed=0, collar_m=150, nlcd=False)
+    params = tiling.TileParams(min_purity=0, chip_size_m=224)
+    coarse = tiling.tile([plain_scene.naip], plain_scene.nlcd, params=params, progress=False).set_index("cell")
+    index = tiling.tile([fine.naip], plain_scene.nlcd, params=params, progress=False).set_index("cell")
+    shared = index.index.intersection(coarse.index)
+    assert len(shared) >= 4 and index.loc[shared, "width"].between(372, 374).all()
+    assert (index.loc[shared, "label"] == coarse.loc[shared, "label"]).all()
+    a = read_chips(index.loc[shared], [1, 2, 3, 4]).astype(float)
+    b = read_chips(coarse.loc[shared], [1, 2, 3, 4]).astype(float)
+    same_place = np.abs(a.mean(axis=(2, 3)) - b.mean(axis=(2, 3))).mean()
+    other_place = np.abs(a.mean(axis=(2, 3)) - np.roll(b, 1, axis=0).mean(axis=(2, 3))).mean()
+    assert same_place < 3 < other_place

@@ -16,7 +16,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -118,9 +118,12 @@ class SceneInfo:
         crs: the raster's CRS.
         transform: pixel -> CRS affine transform.
         width, height: size in pixels.
-        count: number of bands.
+        count: number of image bands (an alpha band used as a mask is not one of them).
         nodata: declared nodata value, if any.
         date: acquisition date, from the file name (NAIP's ``_YYYYMMDD``) or the ``ACQUISITION_DATE`` tag.
+        mask: how nodata is marked besides 0 (or the declared nodata) in every band: ``"alpha"`` (an alpha
+            band), ``"mask"`` (a GDAL nodata mask, internal or ``.msk``) or None.
+        alpha_band: the alpha band's number when ``mask == "alpha"``.
     """
 
     source: str
@@ -132,6 +135,8 @@ class SceneInfo:
     count: int
     nodata: float | None
     date: dt.date | None
+    mask: str | None = None
+    alpha_band: int | None = None
 
     @property
     def res(self) -> tuple[float, float]:
@@ -161,23 +166,67 @@ def scene_date(name: str, tags: dict[str, str] | None = None) -> dt.date | None:
     return None
 
 
+def nodata_mask(dataset: rasterio.DatasetReader) -> tuple[str | None, int | None]:
+    """How a NAIP-like raster marks nodata besides 0 in every band: ``(kind, alpha band)``.
+
+    ``("alpha", band)`` for an alpha band, ``("mask", None)`` for a GDAL nodata mask (internal, or a ``.msk``
+    file), ``(None, None)`` otherwise. Many NAIP files tag their NIR band as alpha, so a band tagged alpha is
+    taken as a mask only when it looks like one: at least 90% of a decimated read is 0 or 255 (overviews
+    average the mask's edge), where NIR is neither but in rare pixels.
+    """
+    for band, interp in enumerate(dataset.colorinterp, start=1):
+        if interp != ColorInterp.alpha:
+            continue
+        shape = (min(dataset.height, 64), min(dataset.width, 64))
+        values = dataset.read(band, out_shape=shape, resampling=Resampling.nearest)
+        if np.isin(values, (0, 255)).mean() >= 0.9:
+            return "alpha", band
+    flags = dataset.mask_flag_enums[0]
+    if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
+        return "mask", None
+    return None, None
+
+
+def read_valid(dataset: rasterio.DatasetReader, mask: str | None, alpha_band: int | None, window: Window,
+               out_shape: tuple[int, int], boundless: bool = False) -> np.ndarray | None:
+    """Where a window has data by the raster's mask (see :func:`nodata_mask`), nearest-sampled to ``out_shape``.
+
+    Returns None for a raster without a mask; outside the raster (``boundless``) has no data.
+    """
+    if mask is None:
+        return None
+    if mask == "alpha":
+        values = dataset.read(alpha_band, window=window, out_shape=out_shape, boundless=boundless, fill_value=0,
+                              resampling=Resampling.nearest)
+    else:
+        values = dataset.read_masks(1, window=window, out_shape=out_shape, boundless=boundless,
+                                    resampling=Resampling.nearest)
+    return values > 0
+
+
+def _bands_text(count: int, alpha_band: int | None) -> str:
+    return f"{count} band(s)" if alpha_band is None else f"{count} image band(s) and an alpha band (band {alpha_band})"
+
+
 def describe_naip(path: PathLike, min_bands: int = 3) -> SceneInfo:
     """Open a NAIP-like raster and check it can be tiled: a CRS, a north-up transform, >= ``min_bands``."""
     source = normalize_source(path)
     with open_raster(source) as ds:
         if ds.crs is None:
             raise InputError("has no CRS (a georeferenced raster is needed)", source)
-        if ds.count < min_bands:
-            raise InputError(f"has {ds.count} band(s); NAIP imagery needs at least {min_bands} (R, G, B[, NIR])",
-                             source)
+        mask, alpha_band = nodata_mask(ds)
+        count = ds.count - (alpha_band is not None)
+        if count < min_bands:
+            raise InputError(f"has {_bands_text(count, alpha_band)}; NAIP imagery needs at least {min_bands} "
+                             "(R, G, B[, NIR])", source)
         if ds.transform.b != 0 or ds.transform.d != 0 or ds.transform.e >= 0:
             raise InputError("is rotated or not north-up; warp it to a north-up grid first", source)
         if ds.dtypes[0] != "uint8":
             raise InputError(f"has {ds.dtypes[0]} pixels; NAIP imagery is 8-bit (uint8)", source)
         stem = Path(source.split("?")[0]).stem
         return SceneInfo(source=source, name=stem, crs=ds.crs, transform=ds.transform, width=ds.width,
-                         height=ds.height, count=ds.count, nodata=ds.nodata,
-                         date=scene_date(stem, ds.tags()))
+                         height=ds.height, count=count, nodata=ds.nodata, date=scene_date(stem, ds.tags()),
+                         mask=mask, alpha_band=alpha_band)
 
 
 class ChipReader:
@@ -185,6 +234,7 @@ class ChipReader:
 
     Opening a GeoTIFF costs far more than reading one 224x224 window from it, so a reader holds its
     datasets until :meth:`close` (or the end of a ``with`` block). Not thread-safe: use one per worker.
+    Pixels a raster's alpha band or nodata mask marks as nodata read as 0, as NAIP's own collars are.
 
     Args:
         bands: 1-based band numbers to read, in output order (default: R, G, B, NIR).
@@ -194,20 +244,22 @@ class ChipReader:
     def __init__(self, bands: Sequence[int] = (1, 2, 3, 4), size: int = 224) -> None:
         self.bands = list(bands)
         self.size = int(size)
-        self._open: dict[str, rasterio.DatasetReader] = {}
+        self._open: dict[str, tuple[rasterio.DatasetReader, str | None, int | None]] = {}
 
-    def _dataset(self, source: str) -> rasterio.DatasetReader:
-        dataset = self._open.get(source)
-        if dataset is None:
+    def _dataset(self, source: str) -> tuple[rasterio.DatasetReader, str | None, int | None]:
+        opened = self._open.get(source)
+        if opened is None:
             try:
                 dataset = rasterio.open(source)
+                mask, alpha_band = nodata_mask(dataset)
             except RasterioError as exc:
                 raise InputError(f"cannot be read as a raster ({_first_line(exc)})", source) from exc
-            if dataset.count < max(self.bands):
+            count = dataset.count - (alpha_band is not None)
+            if count < max(self.bands) or alpha_band in self.bands:
                 dataset.close()
-                raise InputError(f"has {dataset.count} band(s); band {max(self.bands)} was asked for", source)
-            self._open[source] = dataset
-        return dataset
+                raise InputError(f"has {_bands_text(count, alpha_band)}; band {max(self.bands)} was asked for", source)
+            opened = self._open[source] = (dataset, mask, alpha_band)
+        return opened
 
     def read(self, source: str, window: Window | tuple[int, int, int, int]) -> np.ndarray:
         """Read one chip as a ``(bands, size, size)`` uint8 array; parts outside the raster are 0.
@@ -218,7 +270,7 @@ class ChipReader:
         """
         if not isinstance(window, Window):
             window = Window(*window)
-        dataset = self._dataset(source)
+        dataset, mask, alpha_band = self._dataset(source)
         col, row = int(window.col_off), int(window.row_off)
         width, height = int(window.width), int(window.height)
         c0, r0 = max(col, 0), max(row, 0)
@@ -228,9 +280,16 @@ class ChipReader:
         inside = Window(c0, r0, c1 - c0, r1 - r0)
         try:
             if (c0, r0, c1, r1) == (col, row, col + width, row + height):
-                return dataset.read(self.bands, window=inside, out_shape=(len(self.bands), self.size, self.size),
+                chip = dataset.read(self.bands, window=inside, out_shape=(len(self.bands), self.size, self.size),
                                     resampling=Resampling.bilinear)
+                valid = read_valid(dataset, mask, alpha_band, inside, (self.size, self.size))
+                if valid is not None:
+                    chip[:, ~valid] = 0
+                return chip
             block = dataset.read(self.bands, window=inside)
+            valid = read_valid(dataset, mask, alpha_band, inside, block.shape[1:])
+            if valid is not None:
+                block[:, ~valid] = 0
         except RasterioError as exc:
             raise InputError(f"window {window} cannot be read ({_first_line(exc)})", source) from exc
         full = np.zeros((len(self.bands), height, width), dtype=block.dtype)
@@ -241,7 +300,7 @@ class ChipReader:
 
     def close(self) -> None:
         """Close every raster this reader opened."""
-        for dataset in self._open.values():
+        for dataset, _, _ in self._open.values():
             dataset.close()
         self._open.clear()
 

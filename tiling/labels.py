@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from tiling.classes import NLCD_NODATA, ClassScheme, valid_nlcd_codes
 from tiling.errors import InputError
 from tiling.grid import ChipGrid
-from tiling.io import SceneInfo, describe_naip, open_raster
+from tiling.io import SceneInfo, describe_naip, open_raster, read_valid
 
 #: Largest lattice (in sample points) warped at once; bounds memory to a few tens of MB per task.
 _MAX_LATTICE = 4_000_000
@@ -139,10 +139,12 @@ def _warp_nlcd(nlcd_ds: rasterio.DatasetReader, nlcd: NlcdInfo, transform: Affin
 
 
 def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: Affine, shape) -> np.ndarray:
-    """True at lattice points where the NAIP raster has no data (outside it, or all bands 0/nodata).
+    """True at lattice points where the NAIP raster has no data: outside it, 0 (or the declared nodata) in
+    every image band, or marked so by its alpha band or nodata mask.
 
-    NAIP marks its collar by 0 in every band; a declared alpha band (some NAIP files tag NIR as alpha) is
-    not trusted as a mask.
+    NAIP marks its collar by 0 in every band. Mosaics and warped copies often mark it by an alpha band or a
+    mask instead, with pixel values left in place; both count (see :func:`tiling.io.nodata_mask` for when a
+    band tagged alpha is NIR instead, as in many NAIP files).
     """
     step = transform.a
     res_x, res_y = scene.res
@@ -152,10 +154,11 @@ def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: A
     width, height = shape[1] * step / res_x, shape[0] * step / res_y
     window = Window(col, row, width, height)
     fill = 0 if scene.nodata is None else scene.nodata
-    bands = list(range(1, min(scene.count, 4) + 1))
+    bands = [b for b in range(1, scene.count + 1 + (scene.alpha_band is not None)) if b != scene.alpha_band][:4]
     pixels = naip_ds.read(bands, window=window, out_shape=(len(bands), *shape), boundless=True,
                           fill_value=fill, resampling=Resampling.nearest)
-    return np.all(pixels == fill, axis=0)
-
+    nodata = np.all(pixels == fill, axis=0)
+    valid = read_valid(naip_ds, scene.mask, scene.alpha_band, window, shape, boundless=True)
+    return nodata if valid is None else nodata | ~valid
 
 __all__ = ["ChipFractions", "NlcdInfo", "check_overlap", "chip_fractions", "describe_naip", "describe_nlcd"]

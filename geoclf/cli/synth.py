@@ -59,7 +59,8 @@ def _progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
 def _summary(scene: SyntheticScene, label: str) -> str:
     height, width = scene.shape
     shares = ", ".join(f"{name} {share:.0%}" for name, share in scene.class_shares.items())
-    return (f"{label}: {scene.naip} ({width} x {height} px, {scene.crs}, {scene.date}, nodata "
+    date = scene.date or f"undated ({scene.year})"
+    return (f"{label}: {scene.naip} ({width} x {height} px, {scene.crs}, {date}, nodata "
             f"{scene.nodata_share:.1%})\n  land cover: {shares}")
 
 
@@ -96,15 +97,25 @@ def _summary(scene: SyntheticScene, label: str) -> str:
                    "set it just before the first year, or the scene starts out mostly developed.")
 @click.option("--collar-m", type=float, default=None,
               help="Narrowest width of the nodata collar in metres (default: 0.5% of the size; 0: none).")
+@click.option("--bands", type=click.Choice(["4", "3"]), default="4", show_default=True,
+              help="4 (red, green, blue, NIR) or 3 (red, green, blue, like NAIP before about 2009).")
+@click.option("--nodata", "nodata_kind", type=click.Choice(["zero", "alpha", "mask"]), default="zero",
+              show_default=True,
+              help="How the collar is marked: 0 in every band (NAIP's way), an alpha band after the image bands "
+                   "(what gdalwarp -dstalpha writes) or a GDAL internal nodata mask; with alpha or mask the collar "
+                   "holds imagery that only the mask hides.")
+@click.option("--date-in", type=click.Choice(["tag", "name", "none"]), default="tag", show_default=True,
+              help="Where the acquisition date is recorded: the ACQUISITION_DATE tag, the file name "
+                   "(naip_YYYYMMDD.tif) or nowhere (like most hand-made clips and mosaics).")
 @click.option("--utm-pair", is_flag=True, default=False,
               help="Instead of one scene, write naip_18.tif and naip_19.tif either side of the UTM 18/19 "
-                   "boundary (72 W) and one nlcd.tif under both; --crs, --center, --collar-m and "
-                   "--conversions-after do not apply.")
+                   "boundary (72 W) and one nlcd.tif under both; --crs, --center, --collar-m, "
+                   "--conversions-after, --bands, --nodata and --date-in do not apply.")
 @click.argument("more_years", nargs=-1, type=str)
 def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years: tuple[str, ...],
           more_years: tuple[str, ...], seed: int,
           nlcd: bool, nlcd_year: int | None, conversion_rate: float, conversions_after: int, collar_m: float | None,
-          utm_pair: bool) -> None:
+          bands: str, nodata_kind: str, date_in: str, utm_pair: bool) -> None:
     """Write a synthetic NAIP-like scene (4-band uint8 GeoTIFF in UTM) and its NLCD-like land cover.
 
     Both are views of one seeded procedural world: the imagery shows its land cover (roofs and streets,
@@ -123,7 +134,8 @@ def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years
         raise InputError("--nlcd-year applies to a single-year scene; a series uses its first year")
     common = {"resolution": resolution, "seed": seed, "conversion_rate": conversion_rate}
     options = {"size_m": size_arg, "crs": crs, "center": (lon, lat), "collar_m": collar_m,
-               "conversions_after": conversions_after, **common}
+               "conversions_after": conversions_after, "bands": int(bands), "nodata": nodata_kind,
+               "date_in": date_in, **common}
     with _progress_bar("synth") as progress:
         if utm_pair:
             if len(year_list) > 1 or not nlcd:

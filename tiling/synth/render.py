@@ -69,6 +69,11 @@ class Look:
         return cls(gains, offsets, greenness=u[5], leaf=0.9 + 0.2 * u[6], date=date)
 
 
+
+def acquisition_date(seed: int, year: int) -> dt.date:
+    """The date of the synthetic acquisition of ``year`` in the world of ``seed`` (mid June to August)."""
+    return Look.of(seed, year).date
+
 def _crowns(s: Sample, spacing: float, key: int, radius: tuple[float, float], cover: float = 1.0) -> tuple[
         np.ndarray, np.ndarray, np.ndarray]:
     """Tree or bush crowns on a jittered grid, lit from the south-east.

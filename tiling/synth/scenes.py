@@ -15,8 +15,9 @@ from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.io import PathLike
 from tiling.synth.layout import DEFAULT_CENTER, footprint_in_world, scene_grid
+from tiling.synth.render import acquisition_date
 from tiling.synth.world import SyntheticWorld
-from tiling.synth.write import BLOCK, render_naip, render_nlcd, trace_conversions
+from tiling.synth.write import BLOCK, NaipFormat, render_naip, render_nlcd, trace_conversions
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class SyntheticScene:
         conversions: path of the GeoJSON of conversions to Developed between the NLCD year and the scene
             year (None if not written).
         year: the scene's (acquisition) year.
-        date: acquisition date (the ``ACQUISITION_DATE`` tag).
+        date: acquisition date as the raster records it (``ACQUISITION_DATE`` tag or file name); None when
+            it records none (``date_in="none"``), though the imagery still shows ``year``.
         crs: the scene's CRS, e.g. ``EPSG:26919``.
         bounds: (left, bottom, right, top) in the scene's CRS.
         shape: (height, width) in pixels.
@@ -42,7 +44,7 @@ class SyntheticScene:
     nlcd: Path | None
     conversions: Path | None
     year: int
-    date: dt.date
+    date: dt.date | None
     crs: str
     bounds: tuple[float, float, float, float]
     shape: tuple[int, int]
@@ -142,12 +144,15 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
                crs: str | CRS = "EPSG:26919", center: tuple[float, float] = DEFAULT_CENTER, year: int = 2016,
                seed: int = 0, nlcd: bool = True, nlcd_year: int | None = None, name: str = "naip",
                conversion_rate: float = 0.008, conversions_after: int = 2000, collar_m: float | None = None,
+               bands: int = 4, nodata: str = "zero", date_in: str = "tag",
                progress: Callable[[int, int], None] | None = None) -> SyntheticScene:
     """Write a synthetic NAIP-like scene (and the NLCD-like raster under it) into ``out_dir``.
 
     The scene is a 4-band (red, green, blue, NIR) uint8 GeoTIFF: tiled 512 x 512, DEFLATE-compressed, with
     average overviews, nodata 0 in a slanted collar (a quarter-quad's lon/lat box seen in UTM), and the
-    ``ACQUISITION_DATE`` tag. Same arguments, same bytes.
+    ``ACQUISITION_DATE`` tag. Same arguments, same bytes. ``bands``, ``nodata`` and ``date_in`` make the
+    variants users' rasters come in (RGB only, an alpha band or a nodata mask, no date or a date in the name):
+    wherever they have data, they hold the very pixels of the default scene.
 
     Args:
         out_dir: output directory (created if missing).
@@ -165,17 +170,23 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
         conversions_after: conversions happen after this year (see :class:`SyntheticWorld`).
         collar_m: width of the nodata collar at its narrowest, in metres (default 0.5% of the size; 0 for
             none).
+        bands: 4 (red, green, blue, NIR) or 3 (red, green, blue, as older NAIP).
+        nodata: how the collar is marked: ``"zero"`` (0 in all bands), ``"alpha"`` (an alpha band last) or
+            ``"mask"`` (a GDAL internal mask); with an alpha band or a mask the collar holds imagery.
+        date_in: where the date is recorded: ``"tag"`` (``ACQUISITION_DATE``), ``"name"`` (the file is
+            ``<name>_YYYYMMDD.tif``) or ``"none"``.
         progress: called as ``progress(blocks_done, blocks_total)`` while rendering.
 
     Returns:
         The paths written and a summary of the scene.
     """
+    fmt = NaipFormat(bands=bands, nodata=nodata, date_in=date_in)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     world = SyntheticWorld(seed, conversion_rate, conversions_after)
     grid = scene_grid(size_m, resolution, crs, center, collar_m)
-    path = out / f"{name}.tif"
-    date, counts = render_naip(world, grid, int(year), path, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / fmt.file_name(name, acquisition_date(world.seed, int(year)))
+    date, counts = render_naip(world, grid, int(year), path, progress, fmt)
     nlcd_year = int(year if nlcd_year is None else nlcd_year)
     nlcd_path = conversions = None
     if nlcd:
@@ -183,16 +194,17 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
     if nlcd_year < year:
         conversions = trace_conversions(out / "conversions.geojson", world, footprint_in_world([grid]),
                                          nlcd_year, int(year), 5.0)
-    shares, nodata = _shares(counts)
-    return SyntheticScene(naip=path, nlcd=nlcd_path, conversions=conversions, year=int(year), date=date,
-                          crs=grid.crs.to_string(), bounds=grid.bounds, shape=(grid.height, grid.width),
-                          class_shares=shares, nodata_share=nodata)
+    shares, nodata_share = _shares(counts)
+    return SyntheticScene(naip=path, nlcd=nlcd_path, conversions=conversions, year=int(year),
+                          date=None if date_in == "none" else date, crs=grid.crs.to_string(), bounds=grid.bounds,
+                          shape=(grid.height, grid.width), class_shares=shares, nodata_share=nodata_share)
 
 
 def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
                size_m: float | tuple[float, float] = 4480.0, resolution: float = 1.0,
                crs: str | CRS = "EPSG:26919", center: tuple[float, float] = DEFAULT_CENTER, seed: int = 0,
                conversion_rate: float = 0.008, conversions_after: int = 2000, collar_m: float | None = None,
+               bands: int = 4, nodata: str = "zero", date_in: str = "tag",
                progress: Callable[[int, int], None] | None = None) -> SyntheticSeries:
     """Write a time series of one place: ``naip_<year>.tif`` per year, ``nlcd.tif``, ``conversions.geojson``.
 
@@ -206,6 +218,8 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
         years: acquisition years, at least one; sorted and deduplicated.
         size_m, resolution, crs, center, seed, conversion_rate, conversions_after, collar_m: as in
             :func:`make_scene`.
+        bands, nodata, date_in: as in :func:`make_scene`; with ``date_in="name"`` the files are
+            ``naip_<year>_YYYYMMDD.tif``.
         progress: called as ``progress(blocks_done, blocks_total)`` over all years.
 
     Returns:
@@ -214,22 +228,23 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
     years = sorted({int(y) for y in years})
     if not years:
         raise InputError("give at least one year")
+    fmt = NaipFormat(bands=bands, nodata=nodata, date_in=date_in)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     world = SyntheticWorld(seed, conversion_rate, conversions_after)
     grid = scene_grid(size_m, resolution, crs, center, collar_m)
+    out.mkdir(parents=True, exist_ok=True)
     per_year = math.ceil(grid.width / BLOCK) * math.ceil(grid.height / BLOCK)
     scenes: dict[int, SyntheticScene] = {}
     for i, year in enumerate(years):
         report = None if progress is None else (lambda done, _, i=i: progress(i * per_year + done,
                                                                              per_year * len(years)))
-        path = out / f"naip_{year}.tif"
-        date, counts = render_naip(world, grid, year, path, report)
-        shares, nodata = _shares(counts)
-        scenes[year] = SyntheticScene(naip=path, nlcd=out / "nlcd.tif", conversions=None, year=year, date=date,
-                                      crs=grid.crs.to_string(), bounds=grid.bounds,
-                                      shape=(grid.height, grid.width), class_shares=shares,
-                                      nodata_share=nodata)
+        path = out / fmt.file_name(f"naip_{year}", acquisition_date(world.seed, year))
+        date, counts = render_naip(world, grid, year, path, report, fmt)
+        shares, nodata_share = _shares(counts)
+        scenes[year] = SyntheticScene(naip=path, nlcd=out / "nlcd.tif", conversions=None, year=year,
+                                      date=None if date_in == "none" else date, crs=grid.crs.to_string(),
+                                      bounds=grid.bounds, shape=(grid.height, grid.width), class_shares=shares,
+                                      nodata_share=nodata_share)
     cover = footprint_in_world([grid])
     nlcd_path = render_nlcd(out / "nlcd.tif", world, cover, years[0], 300.0)
     conversions = trace_conversions(out / "conversions.geojson", world, cover, years[0], years[-1], 5.0)

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,53 @@ _NAIP_PROFILE = {
 }
 
 
+@dataclass(frozen=True)
+class NaipFormat:
+    """How a synthetic NAIP scene is stored: the variants real NAIP comes in.
+
+    Attributes:
+        bands: 4 (red, green, blue, NIR: NAIP since about 2009) or 3 (red, green, blue: older NAIP).
+        nodata: how the collar is marked: ``"zero"`` (0 in every band, nodata 0 declared: NAIP's way),
+            ``"alpha"`` (an alpha band after the image bands, as ``gdalwarp -dstalpha`` writes) or ``"mask"`` (a
+            GDAL internal nodata mask). With a
+            mask or an alpha band the collar holds imagery, as a mosaic's masked-out overlap does: only the
+            mask says it has no data.
+        date_in: where the acquisition date is recorded: ``"tag"`` (the ``ACQUISITION_DATE`` tag), ``"name"``
+            (``_YYYYMMDD`` at the end of the file name, like NAIP's own names) or ``"none"`` (nowhere, like
+            most hand-made clips and mosaics).
+    """
+
+    bands: int = 4
+    nodata: str = "zero"
+    date_in: str = "tag"
+
+    def __post_init__(self) -> None:
+        if self.bands not in (3, 4):
+            raise InputError(f"a NAIP-like scene has 3 (RGB) or 4 (RGB + NIR) bands, not {self.bands}")
+        if self.nodata not in NODATA_KINDS:
+            raise InputError(f"unknown nodata kind {self.nodata!r}; choose one of {', '.join(NODATA_KINDS)}")
+        if self.date_in not in DATE_PLACES:
+            raise InputError(f"unknown date place {self.date_in!r}; choose one of {', '.join(DATE_PLACES)}")
+
+    def file_name(self, stem: str, date: dt.date) -> str:
+        """The scene's file name: ``<stem>.tif``, or ``<stem>_YYYYMMDD.tif`` with the date in the name."""
+        return f"{stem}_{date:%Y%m%d}.tif" if self.date_in == "name" else f"{stem}.tif"
+
+
+#: Ways of marking the nodata collar (see :class:`NaipFormat`).
+NODATA_KINDS = ("zero", "alpha", "mask")
+#: Where a scene's acquisition date can be recorded (see :class:`NaipFormat`).
+DATE_PLACES = ("tag", "name", "none")
+
+
 def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[dt.date, np.ndarray]:
+                progress: Callable[[int, int], None] | None = None,
+                fmt: NaipFormat = NaipFormat()) -> tuple[dt.date, np.ndarray]:
     """Render one scene block by block into ``path``; returns the date and per-code sample counts.
 
     Pixels coarser than 1 m average ``sub x sub`` samples, as a sensor integrates the ground: point-sampling
-    1 m textures at 4 m would alias them into noise.
+    1 m textures at 4 m would alias them into noise. Every pixel's value is a function of its place alone, so
+    the variants of :class:`NaipFormat` hold the same values wherever they have data.
     """
     look = Look.of(world.seed, year)
     to_world = Transformer.from_crs(grid.crs, WORLD_CRS, always_xy=True)
@@ -49,10 +91,14 @@ def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
     counts = np.zeros(257, dtype=np.int64)  # NLCD codes, then nodata
     step = 64 // sub
     blocks = [(c, r) for r in range(0, grid.height, block) for c in range(0, grid.width, block)]
-    profile = dict(_NAIP_PROFILE, width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform)
+    zero_collar = fmt.nodata == "zero"
+    alpha = fmt.nodata == "alpha"
+    profile = dict(_NAIP_PROFILE, width=grid.width, height=grid.height, crs=grid.crs, transform=grid.transform,
+                   count=fmt.bands + alpha, nodata=0 if zero_collar else None)
     # GDAL's block cache defaults to 5% of RAM and would hold most of a large scene before flushing it;
     # a small cache keeps memory flat whatever the scene size (blocks are written once, in order).
-    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_BYTES), rasterio.open(path, "w", **profile) as dst:
+    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_BYTES, GDAL_TIFF_INTERNAL_MASK=True), \
+            rasterio.open(path, "w", **profile) as dst:
         for done, (col, row) in enumerate(blocks):
             ncols, nrows = min(block, grid.width - col), min(block, grid.height - row)
             nx, ny = grid.nodes(col, row, ncols, nrows, step, to_world)
@@ -63,21 +109,39 @@ def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
             sample = world.sample(x[inside], y[inside], year)
             color = np.zeros((4, inside.size), dtype=np.float32)
             color[:, inside] = render(sample, look, world.seed, year)
+            # A zero collar is left unrendered; a masked one holds imagery that only the mask hides. It is
+            # rendered apart: texture coordinates are relative to the extent of the points rendered together,
+            # and float32 rounding would otherwise move the valid pixels by a digital number here and there.
+            drawn = valid
+            if not zero_collar:
+                drawn = np.ones_like(valid)
+                collar = ~inside
+                color[:, collar] = render(world.sample(x[collar], y[collar], year), look, world.seed, year)
             if sub > 1:
                 color = color.reshape(4, nrows, sub, ncols, sub).mean(axis=(2, 4)).reshape(4, -1)
-            color = color[:, valid] * look.gain + look.offset
-            color += sensor_noise(world.seed, year, col, row, ncols, nrows)[:, valid]
+            color = color[:, drawn] * look.gain + look.offset
+            color += sensor_noise(world.seed, year, col, row, ncols, nrows)[:, drawn]
             pixels = np.zeros((4, nrows * ncols), dtype=np.uint8)
             # Valid pixels are never all-zero: 0 in every band is how NAIP marks nodata.
-            pixels[:, valid] = np.clip(np.rint(color), 1, 255).astype(np.uint8)
-            dst.write(pixels.reshape(4, nrows, ncols), window=Window(col, row, ncols, nrows))
+            pixels[:, drawn] = np.clip(np.rint(color), 1, 255).astype(np.uint8)
+            window = Window(col, row, ncols, nrows)
+            dst.write(pixels[:fmt.bands].reshape(fmt.bands, nrows, ncols), indexes=list(range(1, fmt.bands + 1)),
+                      window=window)
+            mask = np.where(valid, 255, 0).astype(np.uint8).reshape(nrows, ncols)
+            if alpha:
+                dst.write(mask, fmt.bands + 1, window=window)
+            elif fmt.nodata == "mask":
+                dst.write_mask(mask, window=window)
             counts[:256] += np.bincount(sample.code, minlength=256)
             counts[256] += int((~inside).sum())
             if progress is not None:
                 progress(done + 1, len(blocks))
-        dst.descriptions = ("red", "green", "blue", "nir")
-        dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)
-        dst.update_tags(ACQUISITION_DATE=look.date.isoformat(), SYNTH_YEAR=str(year), **_world_tags(world))
+        names = ("red", "green", "blue", "nir")[:fmt.bands] + (("alpha",) if alpha else ())
+        interp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)[:fmt.bands]
+        dst.descriptions = names
+        dst.colorinterp = interp + ((ColorInterp.alpha,) if alpha else ())
+        tags = {"ACQUISITION_DATE": look.date.isoformat()} if fmt.date_in == "tag" else {}
+        dst.update_tags(**tags, SYNTH_YEAR=str(year), **_world_tags(world))
         factors = [f for f in (2, 4, 8, 16, 32, 64) if min(grid.width, grid.height) // f >= 64]
         if factors:
             dst.build_overviews(factors, Resampling.average)
