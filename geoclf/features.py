@@ -43,7 +43,7 @@ def load_chip_table(chips: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[s
     if path.is_dir() and not (path / "chips.parquet").exists():
         table = read_png_folder(path)
         return table, {"kind": "png", "path": str(path.resolve())}
-    index = read_index(path)
+    index = read_index(path, check_rasters=True)
     table = pd.DataFrame(index.drop(columns="geometry"))
     index_file = path / "chips.parquet" if path.is_dir() else path
     attrs = index.attrs.get("geoclf", {})

@@ -141,12 +141,12 @@ def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None
                     progress: bool) -> gpd.GeoDataFrame:
     """The chip index of the area: given, reused from an earlier run of this output, or tiled now."""
     if chips is not None:
-        return read_index(chips)
+        return read_index(chips, check_rasters=True)
     if not naip:
         raise InputError("nothing to score: give NAIP rasters or a chip index")
     cached = output.chips
     if cached.exists():  # a rerun: the grid of the first run (its partitions refer to these chips)
-        index = read_index(cached)
+        index = read_index(cached, check_rasters=True)
         attrs = index.attrs.get("geoclf", {})
         if sorted(attrs.get("naip", [])) == sorted(normalize_source(p) for p in naip) and attrs.get("aoi") == (
                 None if aoi is None else normalize_source(aoi)):

@@ -142,3 +142,84 @@ def test_tiling_never_imports_torch():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'geoclf'))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- a chip index is checked when it is read, before a stage starts or writes anything -------------------------
+
+
+@pytest.fixture
+def good_index(good_pair, tmp_path):
+    """A 36-chip index of the good pair (100 px chips), as geoclf tile writes it."""
+    import tiling
+
+    naip, nlcd = good_pair
+    tiling.tile([naip], nlcd, tmp_path / "chips", params=tiling.TileParams(chip_size=100, min_purity=0),
+                progress=False)
+    return tiling.read_index(tmp_path / "chips")
+
+
+def _set(column, row, value):
+    def change(index):
+        values = index[column].astype(object).copy()
+        values.iloc[row] = value
+        index[column] = values.infer_objects() if not isinstance(value, str) else values.astype(index[column].dtype)
+        return index
+    return change
+
+
+BAD_INDEXES = {
+    "zero width": (_set("width", 3, 0), "row 3", "window width is 0"),
+    "negative offset": (_set("row_off", 5, -7), "row 5", "row_off is negative"),
+    "duplicate chip id": (lambda index: index.assign(chip_id=index["chip_id"].where(index.index != 4,
+                                                                                     index["chip_id"].iloc[1])),
+                          "row 4", "chip_id repeats"),
+    "no chip id": (_set("chip_id", 2, ""), "row 2", "chip_id is empty"),
+    "float window": (lambda index: index.assign(col_off=index["col_off"] + 0.5), "col_off", "integers"),
+    "purity above 1": (_set("purity", 6, 1.5), "row 6", "outside [0, 1]"),
+    "unknown split": (_set("split", 1, "test"), "row 1", "neither train nor val"),
+    "text date": (lambda index: index.assign(date="2016-08-01"), "row 0", "date is not a date"),
+    "missing column": (lambda index: index.drop(columns="height"), "missing columns: height", ""),
+    "window beyond the raster": (_set("col_off", 7, 590), "row 7", "reaches beyond its 600 x 600 px raster"),
+    "missing raster": (_set("source", 8, "/nowhere/naip.tif"), "row 8", "no such file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INDEXES)
+def test_a_bad_index_is_refused_with_its_first_bad_row(good_index, tmp_path, capsys, case):
+    import tiling
+
+    change, *needles = BAD_INDEXES[case]
+    bad = tmp_path / "bad.parquet"
+    change(good_index.copy()).to_parquet(bad)
+    with pytest.raises(tiling.InputError) as raised:
+        tiling.read_index(bad, check_rasters=True)
+    message = str(raised.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message
+    for needle in needles:
+        assert needle in message
+    # featurize refuses it before loading a network or writing anything
+    code, err = run_cli(["featurize", "--chips", str(bad), "--out", str(tmp_path / "feats"), "--scheduler", "sync"],
+                        capsys)
+    assert_one_line_error(code, err, "bad.parquet", *needles)
+    assert not (tmp_path / "feats").exists()
+
+
+def test_an_index_whose_raster_was_replaced_by_a_smaller_one(good_pair, good_index, tmp_path):
+    import tiling
+
+    naip, _ = good_pair
+    write_naip(naip, size=300)  # a clip of the raster the index was made from
+    assert len(tiling.read_index(tmp_path / "chips")) == len(good_index)  # the run parameters stay readable
+    with pytest.raises(tiling.InputError, match=r"row \d+ .*reaches beyond its 300 x 300 px raster"):
+        tiling.read_index(tmp_path / "chips", check_rasters=True)
+
+
+def test_an_index_made_by_tile_passes_its_checks(good_index, tmp_path):
+    import tiling
+    from tiling.index import validate_index
+
+    validate_index(good_index, check_rasters=True)
+    undated = good_index.assign(date=None, label=None)
+    validate_index(undated)  # missing dates and labels are ordinary values
+    assert good_index["date"].isna().all()  # write_naip's raster has no date
+    assert tiling.read_index(tmp_path / "chips").attrs["geoclf"]["params"]["chip_size"] == 100

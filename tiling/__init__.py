@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tiling.classes import NLCD_COLORS, NLCD_NAMES, ClassScheme
 from tiling.errors import InputError
 from tiling.grid import ChipGrid
-from tiling.index import TileParams, index_hash, read_index, summarize, tile, write_index
+from tiling.index import TileParams, index_hash, read_index, summarize, tile, validate_index, write_index
 from tiling.io import ChipReader, SceneInfo, describe_naip, open_raster
 from tiling.parallel import dask_client
 
@@ -44,6 +44,7 @@ __all__ = [
     "read_index",
     "summarize",
     "tile",
+    "validate_index",
     "write_index",
 ]
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from rasterio.crs import CRS
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.grid import ChipGrid, scene_windows
-from tiling.io import PathLike, SceneInfo, describe_naip, normalize_source
+from tiling.io import PathLike, SceneInfo, describe_naip, normalize_source, open_raster
 from tiling.labels import NlcdInfo, check_overlap, chip_fractions, describe_nlcd
 from tiling.parallel import Scheduler, dask_client, for_tasks, map_tasks
 from tiling.split import SPLIT_METHODS, assign_split, balance_classes, block_keys
@@ -303,8 +304,20 @@ def write_index(index: gpd.GeoDataFrame, path: PathLike) -> Path:
     return path
 
 
-def read_index(path: PathLike) -> gpd.GeoDataFrame:
-    """Read a chip index written by :func:`tile` (a directory holding ``chips.parquet`` or the file)."""
+def read_index(path: PathLike, *, check_rasters: bool = False) -> gpd.GeoDataFrame:
+    """Read a chip index written by :func:`tile` (a directory holding ``chips.parquet`` or the file), checked.
+
+    The index is checked as :func:`validate_index` says before it is returned, so that a stage refuses a bad
+    index with one line before it starts any work or writes any output.
+
+    Args:
+        path: ``chips.parquet`` or the directory holding it.
+        check_rasters: also open every source raster (its header only) and check that each chip's window lies
+            inside it. Stages that read pixels ask for it; reading the run parameters needs no rasters.
+
+    Raises:
+        InputError: the file is missing, is no chip index, or a row is bad (the message names the first one).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "chips.parquet"
@@ -314,10 +327,117 @@ def read_index(path: PathLike) -> gpd.GeoDataFrame:
         index = gpd.read_parquet(path)
     except Exception as exc:
         raise InputError(f"is not a chip index ({str(exc).splitlines()[0]})", path) from exc
-    missing = {"chip_id", "source", "col_off", "row_off", "width", "height"} - set(index.columns)
-    if missing:
-        raise InputError(f"is not a chip index (missing columns: {', '.join(sorted(missing))})", path)
+    validate_index(index, path, check_rasters=check_rasters)
     return index
+
+
+#: Columns every chip index has: the chip and where to read it.
+REQUIRED_COLUMNS = ("chip_id", "source", "col_off", "row_off", "width", "height")
+_INTEGER_COLUMNS = ("col_off", "row_off", "width", "height", "ix", "iy")
+_TEXT_COLUMNS = ("chip_id", "source", "cell", "scene", "crs", "label", "split", "block")
+_SPLITS = ("train", "val")
+
+
+def validate_index(index: pd.DataFrame, path: PathLike | None = None, *, check_rasters: bool = False) -> None:
+    """Check a chip index: known columns, their types, and every row; one :class:`InputError` for the first problem.
+
+    Checked: the columns every index needs (``chip_id``, ``source`` and the window); integer window offsets and
+    sizes and cell indices, text ids and keys, dates, fractions in [0, 1] and splits ``train``/``val`` where
+    those columns exist; and per row, a unique non-empty ``chip_id``, a source, offsets >= 0 and sizes > 0.
+    With ``check_rasters``, each source raster's header is read and every window must lie inside the raster.
+
+    Args:
+        index: the index (from :func:`read_index`, or built in memory).
+        path: the file it came from, named in the message.
+        check_rasters: also check windows against the source rasters (opens each once).
+
+    Raises:
+        InputError: ``<path>: row <n> (chip_id '<id>'): <problem>`` for the first bad row, or the column's
+            problem.
+    """
+    missing = [name for name in REQUIRED_COLUMNS if name not in index.columns]
+    if missing:
+        raise InputError(f"is not a chip index (missing columns: {', '.join(missing)})", path)
+    if index.empty:
+        raise InputError("holds no chips", path)
+    for name in _INTEGER_COLUMNS:
+        if name in index.columns and not pd.api.types.is_integer_dtype(index[name]):
+            raise InputError(f"column {name!r} holds {index[name].dtype} values; chip windows and cell indices are "
+                             "integers", path)
+    fractions = [c for c in index.columns if c in ("purity", "nodata_frac") or str(c).startswith("frac_")]
+    for name in fractions:
+        if not pd.api.types.is_float_dtype(index[name]):
+            raise InputError(f"column {name!r} holds {index[name].dtype} values; fractions are floats", path)
+    # Row problems, each a mask and a message; the earliest bad row is reported.
+    problems: list[tuple[np.ndarray, Callable[[int], str]]] = []
+
+    def problem(bad: pd.Series | np.ndarray, message: str | Callable[[int], str]) -> None:
+        problems.append((np.asarray(bad, dtype=bool), message if callable(message) else lambda _: message))
+
+    for name in (c for c in _TEXT_COLUMNS if c in index.columns):
+        problem(~_is_text(index[name]),
+                lambda row, name=name: f"{name} is {type(index[name].iloc[row]).__name__}, not text")
+    chip_id = index["chip_id"].astype(object)
+    problem(chip_id.isna() | (chip_id == ""), "chip_id is empty")
+    problem(chip_id.duplicated(), "chip_id repeats an earlier row's; chip ids must be unique")
+    source = index["source"].astype(object)
+    problem(source.isna() | (source == ""), "no source raster")
+    for name in ("col_off", "row_off"):
+        problem(index[name] < 0, f"{name} is negative; chip windows start inside the raster")
+    for name in ("width", "height"):
+        problem(index[name] <= 0, lambda row, name=name: f"window {name} is {index[name].iloc[row]}; chip windows "
+                                                         "need positive sizes")
+    for name in fractions:
+        problem(~index[name].between(0, 1) & index[name].notna(),
+                lambda row, name=name: f"{name} is {index[name].iloc[row]}, outside [0, 1]")
+    if "date" in index.columns and not pd.api.types.is_datetime64_any_dtype(index["date"]):
+        dates = index["date"].astype(object)
+        problem(~(dates.isna() | dates.map(lambda v: isinstance(v, dt.date))), "date is not a date")
+    if "split" in index.columns:
+        problem(~index["split"].isin(_SPLITS) & index["split"].notna(), "split is neither train nor val")
+    _refuse_first_row(index, problems, path)
+    if check_rasters:
+        _check_windows(index, path)
+
+
+def _is_text(values: pd.Series) -> np.ndarray:
+    """True where a value is text or missing."""
+    if pd.api.types.is_string_dtype(values):  # every value is text or missing (checked without a Python loop)
+        return np.ones(len(values), dtype=bool)
+    values = values.astype(object)
+    return (values.isna() | values.map(lambda v: isinstance(v, str))).to_numpy(dtype=bool)
+
+
+def _refuse_first_row(index: pd.DataFrame, problems: list[tuple[np.ndarray, Callable[[int], str]]],
+                      path: PathLike | None) -> None:
+    """Raise for the earliest row any problem flags (the first problem listed for that row)."""
+    first = [(int(np.flatnonzero(bad)[0]), order, message) for order, (bad, message) in enumerate(problems)
+             if bad.any()]
+    if first:
+        row, _, message = min(first, key=lambda item: item[:2])
+        raise InputError(f"row {row} (chip_id {index['chip_id'].iloc[row]!r}): {message(row)}", path)
+
+
+def _check_windows(index: pd.DataFrame, path: PathLike | None) -> None:
+    """Every window inside its source raster: an index outlives the rasters it was made from."""
+    right = (index["col_off"] + index["width"]).to_numpy()
+    bottom = (index["row_off"] + index["height"]).to_numpy()
+    problems: list[tuple[np.ndarray, Callable[[int], str]]] = []
+    for source, rows in index.groupby("source", sort=False).indices.items():
+        mine = np.zeros(len(index), dtype=bool)
+        mine[rows] = True
+        try:
+            with open_raster(source) as dataset:
+                width, height = dataset.width, dataset.height
+        except InputError as exc:
+            problems.append((mine, lambda _, exc=exc: f"its source raster {exc}"))
+            continue
+        problems.append((mine & ((right > width) | (bottom > height)),
+                         lambda row, width=width, height=height, source=source: (
+                             f"window ({index['col_off'].iloc[row]}, {index['row_off'].iloc[row]}, "
+                             f"{index['width'].iloc[row]}, {index['height'].iloc[row]}) reaches beyond its "
+                             f"{width} x {height} px raster {source}")))
+    _refuse_first_row(index, problems, path)
 
 
 def index_hash(path: PathLike) -> str:
