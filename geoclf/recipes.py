@@ -13,7 +13,9 @@ A recipe::
       - score: {model: lr-lite0, naip: [scene/naip_2016.tif], out: map-2016}
 
 Each stage is a call of one library function (the same one the CLI command of that name calls), with the
-stage's mapping as keyword arguments, checked against the function's signature before anything runs.
+stage's mapping as keyword arguments, checked against the function's signature before anything runs: every
+name must be a parameter of the function and every value must fit its type annotation (``size_m: big``
+fails when the recipe is read, also with ``geoclf run --check``, not minutes later inside the stage).
 After a stage completes, a stamp (its parameters and the size and modification time of its input files) is
 written under ``<workdir>/.geoclf/``; a rerun skips every stage whose stamp matches and whose outputs still
 exist, so an interrupted recipe resumes and an edited one reruns only what changed. Recipes that share a
@@ -30,12 +32,16 @@ import importlib
 import inspect
 import json
 import os
+import types
+import typing
+from collections import abc
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
 from tiling.errors import InputError
 
@@ -61,6 +67,20 @@ class Stage:
     def function(self) -> Callable[..., Any]:
         """The library function this stage calls."""
         return _load(self.target)
+
+    def annotations(self) -> dict[str, Any]:
+        """The type annotation of every argument the stage accepts (the function's own first, then the
+        functions and classes its ``**kwargs`` go to); arguments annotated ``Any`` are left out."""
+        hints: dict[str, Any] = {}
+        for target in (self.target, *self.extra):
+            try:
+                found = typing.get_type_hints(_load(target))
+            except (NameError, TypeError):  # an annotation that cannot be resolved is not checked
+                continue
+            for name, hint in found.items():
+                if name != "return" and name not in hints and hint is not Any:
+                    hints[name] = hint
+        return hints
 
     def accepted(self) -> set[str] | None:
         """Every argument name the stage accepts, or ``None`` when it takes any."""
@@ -119,14 +139,19 @@ def load_recipe(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | 
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise InputError("no such recipe", path) from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is not a text file ({exc.reason} at byte {exc.start})", path) from exc
     except yaml.YAMLError as exc:
         raise InputError(f"is not valid YAML ({str(exc).splitlines()[0]})", path) from exc
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise InputError("a recipe is a mapping with a non-empty 'stages' list", path)
-    unknown = set(data) - {"name", "workdir", "runs_dir", "stages", "description"}
+    unknown = set(map(str, data)) - {"name", "workdir", "runs_dir", "stages", "description"}
     if unknown:
         raise InputError(f"unknown recipe keys: {', '.join(sorted(unknown))} (valid: name, workdir, runs_dir, "
                          "stages, description)", path)
+    for key in ("name", "workdir", "runs_dir"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InputError(f"'{key}' must be a string, not {_shown(data[key])}", path)
     recipe = Recipe(name=str(data.get("name") or path.stem),
                     workdir=Path(workdir or data.get("workdir") or ".").expanduser(), path=path,
                     runs_dir=data.get("runs_dir"))
@@ -136,13 +161,21 @@ def load_recipe(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | 
         (kind, args), = entry.items()
         if kind not in STAGES:
             raise InputError(f"stage {i}: unknown stage {kind!r} (valid: {', '.join(STAGES)})", path)
-        args = dict(args or {})
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise InputError(f"stage {i} ({kind}): its parameters must be a mapping (name: value, or "
+                             f"{{name: value, ...}}), not {_shown(args)}", path)
+        bad = [k for k in args if not isinstance(k, str)]
+        if bad:
+            raise InputError(f"stage {i} ({kind}): parameter names are words, not {_shown(bad[0])}", path)
+        args = dict(args)
         _check_arguments(kind, args, f"stage {i} ({kind})", path)
         recipe.stages.append((kind, args))
     return recipe
 
 
-def _check_arguments(kind: str, args: Mapping[str, Any], where: str, path: Path) -> None:
+def _check_arguments(kind: str, args: Mapping[str, Any], where: str, path: Path | None) -> None:
     stage = STAGES[kind]
     try:
         accepted = stage.accepted()
@@ -159,6 +192,71 @@ def _check_arguments(kind: str, args: Mapping[str, Any], where: str, path: Path)
                and n not in args]
     if missing:
         raise InputError(f"{where}: missing parameter(s) {', '.join(missing)}", path)
+    hints = stage.annotations()
+    for name, value in args.items():
+        if name in hints and not _fits(value, hints[name]):
+            raise InputError(f"{where}: {name} must be {_type_name(hints[name])}, not {_shown(value)}", path)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a parameter's annotation.
+
+    YAML has lists but no tuples, so a list also fits a tuple annotation of the same items; a string does
+    not fit a list annotation (it would be taken letter by letter) nor ``true``/``false`` a number.
+    """
+    members = _members(hint)
+    if isinstance(value, bool) and bool not in members and any(m in (int, float) for m in members):
+        return False
+    if isinstance(value, str) and not any(_takes_text(m) for m in members):
+        return False
+    for candidate in (value, tuple(value)) if isinstance(value, list) else (value,):
+        try:
+            check_type(candidate, hint, collection_check_strategy=CollectionCheckStrategy.ALL_ITEMS)
+            return True
+        except TypeCheckError:
+            continue
+    return False
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _takes_text(hint: Any) -> bool:
+    """Whether an annotation member may be given a string: anything but an abstract sequence of items
+    (which a string satisfies letter by letter)."""
+    return typing.get_origin(hint) not in (abc.Sequence, abc.Iterable, abc.Collection)
+
+
+def _type_name(hint: Any, plural: bool = False) -> str:
+    """An annotation in words: ``a number or null``, ``a list of 2 numbers``, ``a list of strings or paths``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_type_name(m, plural) for m in typing.get_args(hint)))
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    words = {str: ("a string", "strings"), int: ("a whole number", "whole numbers"), float: ("a number", "numbers"),
+             bool: ("true or false", "booleans"), type(None): ("null", "nulls"), os.PathLike: ("a path", "paths"),
+             dict: ("a mapping", "mappings"), abc.Mapping: ("a mapping", "mappings"),
+             abc.Callable: ("a function", "functions")}
+    if origin in words:
+        return words[origin][plural]
+    if origin in (list, tuple, abc.Sequence, abc.Iterable, abc.Collection):
+        items = [a for a in args if a is not Ellipsis]
+        if origin is tuple and len(items) > 1 and len(set(items)) == 1 and Ellipsis not in args:
+            return f"a list of {len(items)} {_type_name(items[0], True)}"
+        if len(set(items)) == 1:
+            return f"{'lists' if plural else 'a list'} of {_type_name(items[0], True)}"
+        return "lists" if plural else "a list"
+    return getattr(origin, "__name__", str(origin))
+
+
+def _shown(value: Any) -> str:
+    """A value of a recipe, short, with what YAML made of it."""
+    kind = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+            dict: "a mapping"}.get(type(value), type(value).__name__)
+    text = json.dumps(value, default=str)
+    return f"{text[:60]}{'...' if len(text) > 60 else ''} ({kind})"
 
 
 def _resolve(value: Any, workdir: Path) -> Any:
@@ -212,6 +310,10 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    for i, (kind, raw) in enumerate(recipe.stages, 1):  # a Recipe built in code is checked like a file
+        if kind not in STAGES:
+            raise InputError(f"stage {i}: unknown stage {kind!r} (valid: {', '.join(STAGES)})", recipe.path)
+        _check_arguments(kind, raw, f"stage {i} ({kind})", recipe.path)
     workdir = recipe.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     if recipe.runs_dir:  # every stage, and model references by run name, use the recipe's run history
