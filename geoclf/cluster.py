@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from tiling.errors import InputError
-from tiling.parallel import Scheduler, default_workers, worker_environment
+from tiling.parallel import (
+    Scheduler,
+    dashboard_address,
+    default_workers,
+    local_cluster_config,
+    quiet_shutdown,
+    worker_environment,
+)
 
 #: Provider -> (module holding its cluster classes, the classes a recipe may name, the default class).
 PROVIDERS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -100,7 +107,8 @@ class ClusterRecipe:
         if self.provider == "local":
             kwargs.setdefault("processes", True)
             kwargs.setdefault("threads_per_worker", 1)
-            kwargs.setdefault("dashboard_address", ":0")
+            if "dashboard_address" not in kwargs:  # loopback unless the recipe or GEOCLF_DASHBOARD opens it
+                kwargs["dashboard_address"] = dashboard_address()
             kwargs["n_workers"] = default_workers() if initial is None else initial
             return kwargs
         if initial is not None:
@@ -245,8 +253,9 @@ def build_cluster(recipe: ClusterRecipe) -> Any:
         import dask
 
         # workers must be spawned with the environment (malloc tunables, BLAS threads) set beforehand
-        env = {**worker_environment(), **recipe.env}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": env, "distributed.worker.daemon": False}):
+        config = local_cluster_config()
+        config["distributed.nanny.pre-spawn-environ"] = {**worker_environment(), **recipe.env}
+        with dask.config.set(config):
             cluster = cluster_class(**kwargs)
     else:
         try:
@@ -288,11 +297,14 @@ def cluster_from_recipe(path: str | os.PathLike[str], quiet: bool = False) -> It
     if not quiet:
         print(f"geoclf: starting {describe(recipe)}", file=sys.stderr)
     cluster = build_cluster(recipe)
+    failed = True
     try:
         yield cluster
+        failed = False
     finally:
         if not isinstance(cluster, str):
-            cluster.close()
+            with quiet_shutdown(failed):
+                cluster.close()
 
 
 @contextmanager

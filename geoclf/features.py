@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.errors import InputError
-from tiling.parallel import Scheduler, default_workers
+from tiling.parallel import Scheduler, check_counts, default_workers
 
 META_FILE = "features.json"
 
@@ -154,6 +154,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     """
     from geoclf.backbones import load_backbone
 
+    check_counts(batch_size=batch_size, chips_per_partition=chips_per_partition, n_workers=n_workers)
     table, source = load_chip_table(chips)
     if table.empty:
         raise InputError("holds no chips", chips)

@@ -25,7 +25,7 @@ from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.errors import InputError
 from tiling.index import TileParams, read_index, tile, write_index
 from tiling.io import PathLike, normalize_source
-from tiling.parallel import Scheduler, default_workers
+from tiling.parallel import Scheduler, check_counts, default_workers
 
 #: The predictions table's name in a score output (:class:`geoclf.landuse.ScoreOutput` names every file).
 PREDICTIONS = ScoreOutput.PREDICTIONS
@@ -116,6 +116,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     Returns:
         Output name -> path (``predictions``, ``landuse``, ``html``, ``png``, ...).
     """
+    check_counts(batch_size=batch_size, chips_per_partition=chips_per_partition, n_workers=n_workers)
     model_dir = str(resolve_model_dir(model, runs_dir))
     loaded = load_model(model_dir, trusted=trusted)  # fails here, with one line, if it does not load
     output = ScoreOutput.at(out)

@@ -3,13 +3,20 @@
 Every parallel stage (tiling, featurization, scoring, sweeps) takes a ``scheduler`` argument and passes it
 to :func:`dask_client`, so the same code runs on a laptop, on ``dask scheduler``/``dask worker`` processes
 or on a cloud cluster.
+
+A LocalCluster's dashboard listens on 127.0.0.1 only (other machines on the network cannot reach it) unless
+``GEOCLF_DASHBOARD`` names another address, and its worker processes ignore Ctrl-C: the client process
+takes the interrupt and closes the cluster, so an interrupted command stops with one line instead of a
+traceback from every worker.
 """
 
 from __future__ import annotations
 
+import logging
+import numbers
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import dask
@@ -22,6 +29,17 @@ from tiling.errors import InputError
 WORKER_GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 
 Scheduler = Any  # None | "sync" | "local" | "tcp://host:port" | distributed.Client | a cluster object
+
+#: Environment variable naming where the dashboard of the LocalClusters geoclf starts listens: ``HOST:PORT``
+#: (``0.0.0.0:8787`` to open it to the network, ``:8787`` for every interface), or ``off`` for no dashboard.
+DASHBOARD_ENV = "GEOCLF_DASHBOARD"
+#: The default: loopback only, on a free port.
+DEFAULT_DASHBOARD = "127.0.0.1:0"
+
+# A worker preload (Python source, which Dask runs in each worker process as it starts): Ctrl-C in a
+# terminal reaches every process of the group, and a worker that dies of it prints a traceback and makes
+# the scheduler reschedule its task, while the client is already shutting the cluster down.
+_IGNORE_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
 
 
 def worker_environment() -> dict[str, str]:
@@ -37,6 +55,78 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def dashboard_address() -> str | None:
+    """Where a new LocalCluster's dashboard listens: ``GEOCLF_DASHBOARD``, else 127.0.0.1 on a free port.
+
+    Returns ``None`` (no dashboard) for ``off``/``none``/``false``/``0``.
+
+    Raises:
+        InputError: the variable is not ``HOST:PORT``, ``:PORT`` or ``off``.
+    """
+    value = os.environ.get(DASHBOARD_ENV, "").strip() or DEFAULT_DASHBOARD
+    if value.lower() in ("off", "none", "false", "0", "no"):
+        return None
+    _, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InputError(f"{DASHBOARD_ENV}={value!r} is not a dashboard address: give HOST:PORT "
+                         "(e.g. 127.0.0.1:8787, 0.0.0.0:8787), :PORT for every interface, or off")
+    return value
+
+
+def local_cluster_config() -> dict[str, Any]:
+    """Dask settings a LocalCluster's worker processes must start with (to pass to ``dask.config.set``).
+
+    The malloc tunables and BLAS threads of :func:`worker_environment`, non-daemonic workers (they may
+    start processes of their own), and workers that leave Ctrl-C to the client.
+    """
+    preload = list(dask.config.get("distributed.worker.preload", default=[]) or [])
+    return {"distributed.nanny.pre-spawn-environ": worker_environment(), "distributed.worker.daemon": False,
+            "distributed.worker.preload": [*preload, _IGNORE_SIGINT] if _IGNORE_SIGINT not in preload else preload}
+
+
+@contextmanager
+def quiet_shutdown(interrupted: bool, client: Any = None) -> Iterator[None]:
+    """Silence Dask's log (here and, given a client, on its workers) while a cluster closes after an error.
+
+    Closing a cluster whose tasks are still running makes the scheduler, nannies and workers log every
+    cancelled task, lost key and killed worker; after Ctrl-C those lines would bury the one line the user
+    needs.
+    """
+    if not interrupted:
+        yield
+        return
+    if client is not None:
+        with suppress(Exception):
+            client.run(_silence_dask_log)
+    log = logging.getLogger("distributed")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _silence_dask_log() -> None:
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def check_counts(**counts: int | None) -> None:
+    """Check that sizes of parallel work (batch size, chips per partition, workers) are whole numbers >= 1.
+
+    Called before any work starts: a batch size of 0 would otherwise fail inside a worker task, after
+    tiling, with a traceback. ``None`` means "the default" and passes.
+
+    Raises:
+        InputError: naming the first count that is not a whole number of at least 1.
+    """
+    for name, value in counts.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise InputError(f"{name.replace('_', ' ')} must be a whole number of at least 1, not {value!r}")
 
 
 def for_tasks(scheduler: Scheduler, n_tasks: int) -> Scheduler:
@@ -69,16 +159,19 @@ def dask_client(scheduler: Scheduler = None, n_workers: int | None = None, threa
         yield scheduler
         return
     if scheduler is None or scheduler == "local":
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment(),
-                              "distributed.worker.daemon": False}):
+        address = dashboard_address()
+        with dask.config.set(local_cluster_config()):
             cluster = LocalCluster(n_workers=n_workers or default_workers(), threads_per_worker=threads_per_worker,
-                                   processes=True, memory_limit=memory_limit, dashboard_address=":0")
+                                   processes=True, memory_limit=memory_limit, dashboard_address=address)
             client = Client(cluster)
+        failed = True
         try:
             yield client
+            failed = False
         finally:
-            client.close()
-            cluster.close()
+            with quiet_shutdown(failed, client):
+                client.close()
+                cluster.close()
         return
     if isinstance(scheduler, str):
         try:
@@ -98,11 +191,24 @@ def dask_client(scheduler: Scheduler = None, n_workers: int | None = None, threa
 
 
 def dashboard_link(client: Any) -> str | None:
-    """The Dask dashboard address of a client, if it has one."""
+    """The Dask dashboard address of a client, if it has one.
+
+    Dask builds the link from the scheduler's host; for a cluster whose scheduler runs in this process
+    (a LocalCluster) the host the dashboard really listens on is used instead, so the link printed is the
+    one that answers (a dashboard bound to another interface than the scheduler's is not on 127.0.0.1).
+    """
     try:
-        return client.dashboard_link
+        link = client.dashboard_link
     except Exception:
         return None
+    server = getattr(getattr(getattr(client, "cluster", None), "scheduler", None), "http_server", None)
+    host, port = getattr(server, "address", None), getattr(server, "port", None)
+    if link and host and port and host not in ("0.0.0.0", "::", ""):
+        from distributed.utils import format_dashboard_link
+
+        with suppress(Exception):
+            return format_dashboard_link(f"[{host}]" if ":" in host else host, port)
+    return link
 
 
 def map_tasks(func: Any, items: list[Any], client: Any = None, *args: Any, desc: str = "tasks",

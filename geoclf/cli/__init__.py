@@ -8,10 +8,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
+from typing import Any, NoReturn
 
 import click
 
 from tiling.errors import InputError
+from tiling.parallel import DASHBOARD_ENV, dashboard_address
 
 # command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
@@ -33,7 +36,17 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _Interrupted(Exception):
+    """Ctrl-C, carried past click (which would print a blank line and turn it into a generic abort)."""
+
+
 class _LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
 
@@ -46,35 +59,93 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="geoclf")
-def cli() -> None:
+@click.option("--dashboard", metavar="HOST:PORT", default=None,
+              help="Where the Dask dashboard of local clusters listens (default 127.0.0.1 on a free port, so "
+                   f"only this machine reaches it; 0.0.0.0:8787 opens it to the network; off for none). Also "
+                   f"${DASHBOARD_ENV}.")
+def cli(dashboard: str | None) -> None:
     """geoclf: land-use classification of aerial imagery (NAIP x NLCD)."""
+    if dashboard is not None:  # an environment variable, so worker processes and recipe stages see it too
+        os.environ[DASHBOARD_ENV] = dashboard
+        try:
+            dashboard_address()
+        except InputError as exc:
+            raise click.BadParameter(str(exc).replace(f"{DASHBOARD_ENV}=", ""), param_hint="--dashboard") from exc
+
+
+class _LineTracker:
+    """``sys.stderr`` as seen by progress bars: remembers whether the last write ended its line.
+
+    A progress bar leaves the cursor after its last character (or after a carriage return once cleared);
+    an error printed then would be glued onto the bar's line, so :func:`main` ends that line first.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._last = "\n"
+
+    def write(self, text: str) -> int:
+        if text:
+            self._last = text[-1]
+        return self._stream.write(text)
+
+    def end_line(self) -> None:
+        """Start a new line unless the cursor is at the start of one (a cleared bar on a terminal is)."""
+        at_start = self._last == "\n" or (self._last == "\r" and _isatty(self._stream))
+        if not at_start:
+            self._stream.write("\n")
+            self._last = "\n"
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``geoclf`` console script.
 
     Bad input is one line on stderr and exit status 2; an operating-system error (disk full, permission
-    denied) is one line and status 1 (set ``GEOCLF_DEBUG=1`` for its traceback).
+    denied) is one line and status 1; Ctrl-C is one line and status 130. Set ``GEOCLF_DEBUG=1`` to see the
+    traceback of bad input and system errors too.
     """
+    original, dashboard = sys.stderr, os.environ.get(DASHBOARD_ENV)
+    tracker = _LineTracker(original)
+    sys.stderr = tracker  # progress bars created by the command write through it
+
+    def fail(message: str, status: int, exc: BaseException | None = None) -> NoReturn:
+        tracker.end_line()
+        if exc is not None and os.environ.get("GEOCLF_DEBUG"):
+            traceback.print_exception(exc, file=original)
+        click.echo(f"geoclf: {message}", err=True)
+        sys.exit(status)
+
     try:
         cli.main(args=argv, prog_name="geoclf", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("geoclf: aborted", err=True)
-        sys.exit(130)
+    except (_Interrupted, KeyboardInterrupt):
+        fail("interrupted", 130)
+    except click.exceptions.Abort:  # an aborted prompt, or Ctrl-C while click parsed the command line
+        fail("aborted", 130)
     except click.ClickException as exc:
+        tracker.end_line()
         exc.show()
         sys.exit(exc.exit_code)
     except InputError as exc:
-        click.echo(f"geoclf: error: {exc}", err=True)
-        sys.exit(2)
+        fail(f"error: {exc}", 2, exc)
     except OSError as exc:  # disk full, permission denied, a network drive gone: the system's own words
-        if os.environ.get("GEOCLF_DEBUG"):
-            raise
-        click.echo(f"geoclf: error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("geoclf: interrupted", err=True)
-        sys.exit(130)
+        fail(f"error: {exc}", 1, exc)
+    finally:
+        sys.stderr = original
+        if dashboard is None:  # main() is also called in-process (tests, notebooks): leave no setting behind
+            os.environ.pop(DASHBOARD_ENV, None)
+        else:
+            os.environ[DASHBOARD_ENV] = dashboard
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoclf.cli.common import scheduler_option
+from geoclf.cli.common import batch_size_option, chips_per_partition_option, scheduler_option, workers_option
 
 
 @click.command("featurize")
@@ -18,10 +18,9 @@ from geoclf.cli.common import scheduler_option
                    "'imagenet' (torchvision, needs internet once), a local weights file, or 'none' (random).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output directory (partitions + features.json); a rerun resumes.")
-@click.option("--batch-size", default=32, show_default=True, help="Chips per forward pass.")
-@click.option("--chips-per-partition", default=512, show_default=True, help="Chips per Dask task / output file.")
-@click.option("--workers", "n_workers", type=int, default=None,
-              help="Worker processes of the local cluster (default: one per core).")
+@batch_size_option
+@chips_per_partition_option
+@workers_option
 @click.option("--nir/--no-nir", default=True, show_default=True,
               help="Also store NDVI/NIR statistics per chip (from NAIP's 4th band).")
 @click.option("--name", default=None, help="Run name in the run history (default: featurize-<backbone>).")

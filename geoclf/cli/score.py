@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoclf.cli.common import scheduler_option
+from geoclf.cli.common import batch_size_option, chips_per_partition_option, scheduler_option, workers_option
 
 
 @click.command("score")
@@ -20,9 +20,9 @@ from geoclf.cli.common import scheduler_option
               help="Output directory; a rerun resumes from the partitions already scored.")
 @click.option("--cluster", "cluster_recipe", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Cluster recipe (YAML) for a cloud cluster through dask-cloudprovider.")
-@click.option("--workers", "n_workers", type=int, default=None, help="Worker processes of the local cluster.")
-@click.option("--batch-size", default=32, show_default=True, help="Chips per forward pass.")
-@click.option("--chips-per-partition", default=512, show_default=True, help="Chips per Dask task / output file.")
+@workers_option
+@batch_size_option
+@chips_per_partition_option
 @click.option("--max-nodata", default=0.5, show_default=True, help="Skip chips with more nodata than this fraction.")
 @click.option("--chip-size-m", type=float, default=None,
               help="Ground side of a chip in metres (default: the size the model was trained on).")

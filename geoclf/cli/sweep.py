@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from geoclf.cli.common import workers_option
 from geoclf.cli.runs import runs_dir_option
 
 
@@ -26,7 +27,7 @@ from geoclf.cli.runs import runs_dir_option
 @click.option("--cluster", default="local", show_default=True, metavar="local|sync|ADDRESS|RECIPE",
               help="Where fits run: a LocalCluster, this process, a scheduler address (tcp://HOST:PORT) or a "
                    "cluster recipe file (YAML, see docs/scaling.md).")
-@click.option("--workers", "n_workers", type=int, default=None, help="Worker processes of the local cluster.")
+@workers_option
 @click.option("--register", "register_as", default=None, metavar="NAME",
               help="Register the best fit as the next version of this model name.")
 @runs_dir_option

@@ -1,0 +1,291 @@
+"""Trust boundaries and failure behaviour: what a listening port, a bad count, a bad recipe or Ctrl-C can do.
+
+Commands run as a user runs them (``python -m geoclf`` in a process of its own, Ctrl-C as the terminal
+sends it: SIGINT to the whole process group), on real LocalClusters and a real model artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+from urllib.request import urlopen
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+
+import tiling
+from geoclf.cli import main
+from tiling.errors import InputError
+from tiling.parallel import DASHBOARD_ENV, dashboard_link, dask_client
+
+# -- fixtures ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chips(small_scene, tmp_path_factory):
+    """The small scene's chip index (58 chips)."""
+    out = tmp_path_factory.mktemp("security-chips")
+    tiling.tile([small_scene.naip], small_scene.nlcd, out, scheduler="sync", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A real ``features`` artifact: EfficientNet-Lite0 (offline weights) + a logistic regression.
+
+    The classifier is fitted on random vectors: what it predicts does not matter here, only that scoring
+    runs the real backbone and classifier on real chips.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from geoclf.artifact import save_features_model
+    from geoclf.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0", "default")
+    scheme = tiling.ClassScheme.default()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6 * len(scheme.names), backbone.feature_dim)).astype(np.float32)
+    y = np.repeat(scheme.names, 6)
+    return save_features_model(
+        tmp_path_factory.mktemp("security-model") / "model", classifier=LogisticRegression(max_iter=50).fit(x, y),
+        classes=scheme.names, backbone="efficientnet_lite0", weights="default", weights_ref=backbone.weights_ref,
+        feature_layer=backbone.feature_layer, feature_dim=backbone.feature_dim, mean=backbone.mean,
+        std=backbone.std, input_size=backbone.input_size, bands=[1, 2, 3], chip_size=224, name="random-lr",
+        class_groups=scheme.to_dict())
+
+
+def geoclf(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``geoclf ARGS`` in a process of its own, as a user runs it (stderr not a terminal).
+
+    Output is decoded without newline translation (``text=True`` would turn a progress bar's carriage
+    returns into line ends, hiding the very problem some tests look for).
+    """
+    done = subprocess.run([sys.executable, "-m", "geoclf", *args], capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def error_line(stderr: str) -> str:
+    """The last line of stderr (lines end with a newline only: a progress bar's carriage returns do not)."""
+    return stderr.rstrip("\n").split("\n")[-1]
+
+
+# -- item 3: the Dask dashboard ---------------------------------------------------------------------------
+
+
+def _listening(port: int) -> set[str]:
+    return {c.laddr.ip for c in psutil.Process().net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def _external_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback (others on the network would connect to these)."""
+    return [a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+            if a.family == socket.AF_INET and not a.address.startswith("127.")]
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return True
+    except OSError:
+        return False
+
+
+def test_the_dashboard_of_a_local_cluster_listens_on_loopback_only(monkeypatch):
+    monkeypatch.delenv(DASHBOARD_ENV, raising=False)
+    with dask_client("local", n_workers=1) as client:
+        link = dashboard_link(client)
+        host, port = urlsplit(link).hostname, urlsplit(link).port
+        assert _listening(port) == {"127.0.0.1"}
+        assert host == "127.0.0.1"
+        with urlopen(link, timeout=30) as page:  # the link printed is the one that answers
+            assert page.status == 200
+        for address in _external_addresses():
+            assert not _reachable(address, port), f"the dashboard answers on {address}"
+
+
+def test_a_cluster_recipe_keeps_the_dashboard_on_loopback(tmp_path, monkeypatch):
+    from distributed import Client
+
+    from geoclf.cluster import cluster_from_recipe
+
+    monkeypatch.delenv(DASHBOARD_ENV, raising=False)
+    recipe = tmp_path / "local.yaml"
+    recipe.write_text("provider: local\nworkers: 1\n")
+    with cluster_from_recipe(recipe, quiet=True) as cluster, Client(cluster) as client:
+        port = urlsplit(dashboard_link(client)).port
+        assert _listening(port) == {"127.0.0.1"}
+
+
+def test_the_dashboard_opens_to_the_network_only_when_asked(monkeypatch):
+    addresses = _external_addresses()
+    if not addresses:
+        pytest.skip("this machine has no network address besides loopback")
+    monkeypatch.setenv(DASHBOARD_ENV, f"{addresses[0]}:0")
+    with dask_client("local", n_workers=1) as client:
+        link = dashboard_link(client)
+        assert urlsplit(link).hostname == addresses[0]  # Dask alone would print the scheduler's 127.0.0.1
+        assert _listening(urlsplit(link).port) == {addresses[0]}
+        with urlopen(link, timeout=30) as page:
+            assert page.status == 200
+
+
+def test_a_bad_dashboard_address_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--dashboard", "everywhere", "tile", "--help"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "Invalid value for --dashboard: 'everywhere' is not a dashboard address" in err
+
+
+# -- item 5: counts, recipes, progress bars, Ctrl-C, GEOCLF_DEBUG ------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["featurize", "--batch-size", "0"],
+    ["featurize", "--chips-per-partition", "0"],
+    ["featurize", "--workers", "-2"],
+    ["score", "--batch-size", "-1", "--model", "MODEL"],
+], ids=["featurize-batch-0", "featurize-partition-0", "featurize-workers-neg", "score-batch-neg"])
+def test_counts_below_one_are_usage_errors(args, chips, artifact, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [str(artifact) if a == "MODEL" else a for a in args]
+    source = ["--chips", str(chips)]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, *source, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"Invalid value for '{args[1]}'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_library_counts_below_one_fail_before_any_output(chips, artifact, tmp_path):
+    from geoclf.features import featurize
+    from geoclf.score import score
+
+    with pytest.raises(InputError, match="batch size must be a whole number of at least 1, not 0"):
+        featurize(chips, tmp_path / "feats", batch_size=0, scheduler="sync")
+    with pytest.raises(InputError, match="batch size must be a whole number of at least 1, not -1"):
+        score(str(artifact), tmp_path / "map", chips=chips, batch_size=-1, scheduler="sync")
+    with pytest.raises(InputError, match="chips per partition"):
+        score(str(artifact), tmp_path / "map", chips=chips, chips_per_partition=0, scheduler="sync")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("stage", "needle"), [
+    ({"tile": ["scene/naip.tif", "scene/nlcd.tif"]}, "stage 1 (tile): its parameters must be a mapping"),
+    ({"tile": "scene/naip.tif"}, "stage 1 (tile): its parameters must be a mapping"),
+    ({"synth": {"out": "scene", "size_m": "big"}}, "size_m must be a number or a list of 2 numbers, not \"big\""),
+    ({"synth": {"out": "scene", "seed": True}}, "seed must be a whole number, not true"),
+    ({"tile": {"naip": ["a.tif"], "nlcd": "n.tif", "out": "c", "min_purity": "high"}}, "min_purity must be a number"),
+    ({"trend": {"maps": "map-2016", "out": "trend"}}, "maps must be a list of strings or paths"),
+    ({"train": {"features": "f", "params": [1, 2]}}, "params must be a mapping or null"),
+    ({"featurize": {"chips": "c", "out": "f", "batch_size": "32"}}, "batch_size must be a whole number"),
+    ({"score": {"model": "m", "out": "o", "naip": ["a.tif"], "smooth": "yes please"}}, "smooth must be true or false"),
+    ({"synth": {1: 2}}, "parameter names are words"),
+], ids=["list", "string", "size_m-big", "seed-bool", "tile-extra", "maps-string", "params-list", "batch-string",
+        "score-extra", "int-key"])
+def test_recipe_parameters_of_the_wrong_shape_or_type_fail_the_check(stage, needle, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", "stages": [stage]}))
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(path), "--check"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith(f"geoclf: error: {path}: ") and needle in err
+
+
+def test_a_recipe_that_is_not_text_is_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: x\nstages:\n  - synth: {out: \xff\xfe}\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["run", str(path), "--check"])
+    assert exited.value.code == 2 and "is not a text file" in capsys.readouterr().err
+
+
+def test_a_recipe_built_in_code_is_checked_before_any_stage_runs(tmp_path):
+    from geoclf.recipes import Recipe, run_recipe
+
+    workdir = tmp_path / "work"
+    recipe = Recipe("code", workdir, [("synth", {"out": "scene", "size_m": 448}),
+                                      ("tile", {"naip": ["scene/naip.tif"], "nlcd": "scene/nlcd.tif", "out": "c",
+                                                "chip_size": "224"})])
+    with pytest.raises(InputError, match=r"stage 2 \(tile\): chip_size must be a whole number"):
+        run_recipe(recipe, echo=lambda _: None)
+    assert not workdir.exists()  # the first stage did not run either
+
+
+@pytest.fixture(scope="module")
+def bad_nlcd(small_scene, tmp_path_factory):
+    """The small scene's NLCD with a patch of a code NLCD does not have: found only while labeling."""
+    import rasterio
+
+    with rasterio.open(small_scene.nlcd) as source:
+        profile, codes = source.profile, source.read()
+    codes[:, 20:40, 20:40] = 200
+    path = tmp_path_factory.mktemp("bad-nlcd") / "nlcd.tif"
+    with rasterio.open(path, "w", **profile) as target:
+        target.write(codes)
+    return path
+
+
+def test_an_error_ends_the_progress_bar_line_first(small_scene, bad_nlcd, tmp_path):
+    done = geoclf("tile", "--naip", str(small_scene.naip), "--nlcd", str(bad_nlcd), "--out", str(tmp_path / "c"),
+                  "--scheduler", "sync")
+    assert done.returncode == 2
+    assert "labeling chips" in done.stderr and "\r" in done.stderr  # a bar was drawn, then cleared with "\r"
+    assert error_line(done.stderr).startswith(f"geoclf: error: {bad_nlcd}: holds values that are not NLCD codes")
+    assert "Traceback" not in done.stderr
+
+
+def test_geoclf_debug_shows_the_traceback_of_bad_input(small_scene, bad_nlcd, tmp_path):
+    done = geoclf("tile", "--naip", str(small_scene.naip), "--nlcd", str(bad_nlcd), "--out", str(tmp_path / "c"),
+                  "--scheduler", "sync", env={"GEOCLF_DEBUG": "1"})
+    assert done.returncode == 2
+    assert "Traceback (most recent call last)" in done.stderr and "tiling.errors.InputError" in done.stderr
+    assert error_line(done.stderr).startswith(f"geoclf: error: {bad_nlcd}: holds values that are not NLCD codes")
+
+
+def _interrupt(args: list[str], after: float = 4.0) -> tuple[int, str]:
+    """Run ``geoclf ARGS``, press Ctrl-C ``after`` seconds after its Dask cluster is up; (status, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "geoclf", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    stderr = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + 300
+        while b"Dask dashboard" not in stderr and time.monotonic() < deadline and process.poll() is None:
+            if selector.select(timeout=1):
+                stderr += os.read(process.stderr.fileno(), 1 << 16)
+    assert b"Dask dashboard" in stderr, stderr.decode()
+    time.sleep(after)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group gets it
+    try:
+        _, rest = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, (stderr + rest).decode()
+
+
+@pytest.mark.parametrize("command", ["featurize", "score"])
+def test_ctrl_c_is_one_line_and_status_130(command, chips, artifact, tmp_path):
+    out = tmp_path / "out"
+    if command == "featurize":
+        args = ["featurize", "--chips", str(chips), "--out", str(out)]
+    else:
+        args = ["score", "--model", str(artifact), "--chips", str(chips), "--out", str(out)]
+    status, stderr = _interrupt([*args, "--workers", "2", "--chips-per-partition", "8"])
+    assert status == 130
+    assert error_line(stderr) == "geoclf: interrupted"
+    for noise in ("Traceback", "KeyboardInterrupt", "distributed.", "CancelledError"):
+        assert noise not in stderr, stderr
