@@ -1,8 +1,10 @@
 """Finding NAIP scenes for an area through a STAC API (Microsoft Planetary Computer's ``naip`` collection).
 
 Planetary Computer serves NAIP as Cloud-Optimized GeoTIFFs in Azure Blob Storage; reading one needs a
-short-lived SAS token appended to its URL ("signing"). Signed URLs go straight to tiling and scoring, which
-read only the windows they need over HTTP (GDAL's ``/vsicurl``), never whole files.
+short-lived SAS token appended to its URL ("signing"). Tiling and scoring read only the windows they need
+over HTTP (GDAL's ``/vsicurl``), never whole files. Tokens expire within hours, so what geoclf writes (scene
+lists, chip indexes, predictions) holds the URLs without them, and every read signs them afresh
+(:mod:`tiling.signing`): an index tiled today still featurizes next month.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import geopandas as gpd
 from shapely.geometry import shape
 
+from tiling import signing
 from tiling.errors import InputError
+from tiling.io import atomic_path
 
 #: Planetary Computer's STAC API.
 PLANETARY_COMPUTER_STAC = "https://planetarycomputer.microsoft.com/api/stac/v1"
@@ -49,7 +52,8 @@ def search_naip(aoi: str | os.PathLike[str] | Any, year: int | None = None, *,
         year: acquisition year (NAIP flies each state every 2-3 years); all years when ``None``.
         stac_url: the STAC API root.
         collection: the collection id.
-        sign: sign asset URLs for Planetary Computer's blob storage (SAS tokens).
+        sign: sign asset URLs for Planetary Computer's blob storage (SAS tokens), for reading them right
+            away with other tools; geoclf's own readers sign the bare URLs themselves.
         max_items: stop after this many items.
         timeout: seconds to wait for the API.
 
@@ -115,32 +119,31 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def sign_href(href: str, timeout: float = 30.0) -> str:
-    """Append a Planetary Computer SAS token to a blob-storage URL (other URLs are returned unchanged)."""
-    from planetary_computer.sas import BLOB_STORAGE_DOMAIN, get_token, parse_blob_url
+    """Append a current Planetary Computer SAS token to a blob-storage URL (other URLs are returned unchanged).
 
-    parsed = urlparse(href)
-    if not parsed.netloc.endswith(BLOB_STORAGE_DOMAIN) or "se=" in parsed.query:
-        return href
-    account, container = parse_blob_url(parsed)
-    try:
-        token = get_token(account, container, retry_total=1, retry_backoff_factor=0.1)
-    except OSError as exc:
-        raise InputError(f"cannot get a Planetary Computer token for {account}/{container} (offline? "
-                         f"{type(exc).__name__})") from exc
-    return token.sign(href).href
+    Raises:
+        InputError: the token service cannot be reached (offline) or refuses the container.
+    """
+    return signing.for_reading(href, timeout=timeout)
 
 
 def write_scenes(scenes: gpd.GeoDataFrame, path: str | os.PathLike[str]) -> Path:
-    """Save a scene list (GeoJSON, GeoParquet by extension) and a plain ``.txt`` of hrefs beside it."""
+    """Save a scene list (GeoJSON, GeoParquet by extension) and a plain ``.txt`` of hrefs beside it.
+
+    The hrefs are written without SAS tokens (which would expire long before the list is used); tiling
+    and scoring sign them when they read.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = scenes.copy()
+    out["href"] = [signing.unsigned(str(h)) for h in out["href"]]
     out["date"] = out["date"].astype(str)
-    if path.suffix == ".parquet":
-        out.to_parquet(path)
-    else:
-        out.to_file(path, driver="GeoJSON")
-    path.with_suffix(".txt").write_text("\n".join(scenes["href"]) + ("\n" if len(scenes) else ""))
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            out.to_parquet(tmp)
+        else:
+            out.to_file(tmp, driver="GeoJSON")
+    with atomic_path(path.with_suffix(".txt")) as tmp:
+        tmp.write_text("\n".join(out["href"]) + ("\n" if len(out) else ""))
     return path
 
 

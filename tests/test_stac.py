@@ -115,3 +115,107 @@ def test_unreachable_api_is_one_line(aoi, capsys):
     err = capsys.readouterr().err
     assert exited.value.code == 2
     assert "cannot reach the STAC API at http://127.0.0.1:9/stac" in err and "Traceback" not in err
+
+
+# -- signed URLs: stored bare, signed at read time -------------------------------------------------------
+
+SCENE_URL = ("http://naipeuwest.blob.core.windows.net/naip/v002/ma/2021/ma_060cm_2021/42071/"
+             "m_4207123_ne_19_060_20211018.tif")
+
+
+@pytest.fixture(scope="module")
+def blob_scene(tmp_path_factory):
+    """A small synthetic NAIP scene (9 chips) and its NLCD."""
+    from tiling.synth import make_scene
+
+    return make_scene(tmp_path_factory.mktemp("blob-scene"), size_m=672, seed=3, collar_m=0)
+
+
+@pytest.fixture
+def blob_storage(blob_scene, tmp_path, monkeypatch):
+    """Blob storage holding the scene at ``SCENE_URL``, and the token service issuing its tokens.
+
+    See tests/blob_server.py: it refuses reads without a token it issued, or with one it has expired.
+    """
+    import shutil
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+    from urllib.request import Request, urlopen
+
+    import planetary_computer.settings as pc_settings
+    from planetary_computer.sas import TOKEN_CACHE
+
+    root = tmp_path / "blobs"
+    blob = root / SCENE_URL.split(".net/", 1)[1]
+    blob.parent.mkdir(parents=True)
+    shutil.copy(blob_scene.naip, blob)
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("blob_server.py")), str(root)],
+                              stdout=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{int(server.stdout.readline())}"
+    monkeypatch.setenv("GDAL_HTTP_PROXY", url.removeprefix("http://"))  # GDAL reaches "blob storage" here
+    monkeypatch.setenv("PC_SDK_SAS_URL", f"{url}/sas")
+    pc_settings.Settings.get.cache_clear()
+    TOKEN_CACHE.clear()
+
+    def expire() -> None:
+        urlopen(Request(f"{url}/_control/expire", method="POST"), timeout=10).close()
+
+    def log() -> list[list]:
+        with urlopen(f"{url}/_control/log", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    yield SimpleNamespace(url=url, expire=expire, log=log)
+    server.terminate()
+    server.wait(timeout=30)
+    pc_settings.Settings.get.cache_clear()
+    TOKEN_CACHE.clear()
+
+
+def test_storage_refuses_unsigned_reads(blob_storage):
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    with pytest.raises(RasterioIOError, match="403"):
+        rasterio.open(SCENE_URL)
+
+
+def test_an_index_stores_bare_urls_and_featurizes_after_its_tokens_expired(stac_server, blob_storage, blob_scene,
+                                                                           aoi, tmp_path):
+    from geoclf.features import featurize
+    from geoclf.stac import write_scenes
+    from tiling.index import read_index
+
+    scenes = search_naip(aoi, 2021, stac_url=f"{stac_server}/stac")
+    assert "sig=token" in scenes.loc[0, "href"]  # signed for immediate use by other tools
+    # the recorded item points at https; this storage speaks plain HTTP (through GDAL's proxy setting)
+    scenes["href"] = scenes["href"].str.replace("https://", "http://", regex=False)
+    listed = write_scenes(scenes, tmp_path / "scenes.geojson")
+    assert listed.with_suffix(".txt").read_text().split() == [SCENE_URL]
+    assert "sig=" not in listed.read_text()
+
+    main(["tile", "--naip", *listed.with_suffix(".txt").read_text().split(), "--nlcd", str(blob_scene.nlcd),
+          "--out", str(tmp_path / "chips"), "--scheduler", "sync"])
+    index = read_index(tmp_path / "chips")
+    assert len(index) > 0 and set(index["source"]) == {SCENE_URL}
+    assert "sig=" not in (tmp_path / "chips" / "chips.parquet").read_bytes().decode("latin-1")
+
+    blob_storage.expire()  # weeks later: every token issued so far is refused
+    before = len(blob_storage.log())
+    featurize(tmp_path / "chips", tmp_path / "feats", scheduler="sync", record_run=False, progress=False)
+    assert (tmp_path / "feats" / "features.json").exists()
+    later = blob_storage.log()[before:]
+    assert any(status == 403 for *_, status in later)  # the cached token was tried and refused...
+    served = {sig for _, host, _, sig, status in later if status in (200, 206)}
+    assert served and all(int(sig.removeprefix("token")) > 1 for sig in served)  # ...then a fresh one read
+
+
+def test_a_url_stored_with_an_expired_token_is_read_with_a_fresh_one(blob_storage):
+    from tiling.io import ChipReader
+
+    old = f"{SCENE_URL}?st=2020-01-01&se=2020-01-02&sp=rl&sv=2020-01-01&sr=c&sig=token0"  # as geoclf once stored
+    with ChipReader(bands=(1, 2, 3), size=224) as reader:
+        chip = reader.read(old, (0, 0, 224, 224))
+    assert chip.shape == (3, 224, 224) and chip.any()
+    log = blob_storage.log()
+    assert not any(sig == "token0" and status in (200, 206) for *_, sig, status in log)

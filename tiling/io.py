@@ -20,6 +20,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from tiling import signing
 from tiling.errors import InputError
 
 PathLike = str | os.PathLike[str]
@@ -51,8 +52,28 @@ def is_remote(path: PathLike) -> bool:
 
 
 def normalize_source(path: PathLike) -> str:
-    """An absolute path for local files, the URL unchanged for remote ones."""
-    return os.fspath(path) if is_remote(path) else str(Path(path).resolve())
+    """An absolute path for local files; for remote ones the URL, without a blob-storage SAS token (tokens
+    expire: geoclf stores URLs bare and signs them when it reads, see :mod:`tiling.signing`)."""
+    return signing.unsigned(os.fspath(path)) if is_remote(path) else str(Path(path).resolve())
+
+
+def open_dataset(source: str) -> rasterio.DatasetReader:
+    """``rasterio.open`` for reading, signing blob-storage URLs first, and once more if that fails.
+
+    A refused token shows as HTTP 403/409 when opening but only as "read failed" when reading blocks, so
+    any failure on a signed URL earns one retry with a fresh token; a file that is really broken fails
+    the second time too.
+
+    Raises:
+        RasterioError: as ``rasterio.open`` (callers turn it into a one-line :class:`InputError`).
+        InputError: a blob-storage URL for which no token can be had.
+    """
+    try:
+        return rasterio.open(signing.for_reading(source))
+    except RasterioError:
+        if not signing.signable(source):
+            raise
+        return rasterio.open(signing.for_reading(source, renew=True))
 
 
 @contextmanager
@@ -97,14 +118,14 @@ def open_raster(path: PathLike) -> Iterator[rasterio.DatasetReader]:
     if not is_remote(source) and not Path(source).exists():
         raise InputError("no such file", source)
     try:
-        with rasterio.open(source) as dataset:
+        with open_dataset(source) as dataset:
             yield dataset
     except RasterioError as exc:
         raise InputError(f"cannot be read as a raster ({_first_line(exc)})", source) from exc
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = signing.redact(str(exc)).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
 
@@ -246,11 +267,11 @@ class ChipReader:
         self.size = int(size)
         self._open: dict[str, tuple[rasterio.DatasetReader, str | None, int | None]] = {}
 
-    def _dataset(self, source: str) -> tuple[rasterio.DatasetReader, str | None, int | None]:
+    def _dataset(self, source: str, renew: bool = False) -> tuple[rasterio.DatasetReader, str | None, int | None]:
         opened = self._open.get(source)
         if opened is None:
             try:
-                dataset = rasterio.open(source)
+                dataset = rasterio.open(signing.for_reading(source, renew=True)) if renew else open_dataset(source)
                 mask, alpha_band = nodata_mask(dataset)
             except RasterioError as exc:
                 raise InputError(f"cannot be read as a raster ({_first_line(exc)})", source) from exc
@@ -270,7 +291,19 @@ class ChipReader:
         """
         if not isinstance(window, Window):
             window = Window(*window)
-        dataset, mask, alpha_band = self._dataset(source)
+        opened = self._dataset(source)
+        try:
+            return self._read(opened, source, window)
+        except InputError:
+            if not signing.signable(source):
+                raise
+            # the token may have expired while the raster was open: reopen it with a fresh one, once
+            self._open.pop(source)[0].close()
+            return self._read(self._dataset(source, renew=True), source, window)
+
+    def _read(self, opened: tuple[rasterio.DatasetReader, str | None, int | None], source: str,
+              window: Window) -> np.ndarray:
+        dataset, mask, alpha_band = opened
         col, row = int(window.col_off), int(window.row_off)
         width, height = int(window.width), int(window.height)
         c0, r0 = max(col, 0), max(row, 0)

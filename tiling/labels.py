@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from tiling.classes import NLCD_NODATA, ClassScheme, valid_nlcd_codes
 from tiling.errors import InputError
 from tiling.grid import ChipGrid
-from tiling.io import SceneInfo, describe_naip, open_raster, read_valid
+from tiling.io import SceneInfo, describe_naip, open_dataset, open_raster, read_valid
 
 #: Largest lattice (in sample points) warped at once; bounds memory to a few tens of MB per task.
 _MAX_LATTICE = 4_000_000
@@ -93,8 +93,8 @@ def chip_fractions(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndar
     widest = int(np.unique(iy, return_counts=True)[1].max()) if n else 1
     rows_per_strip = max(1, _MAX_LATTICE // (samples * samples * widest))
     with ExitStack() as stack:
-        naip_ds = stack.enter_context(rasterio.open(scene.source))
-        nlcd_ds = stack.enter_context(rasterio.open(nlcd.source)) if nlcd is not None else None
+        naip_ds = stack.enter_context(open_dataset(scene.source))
+        nlcd_ds = stack.enter_context(open_dataset(nlcd.source)) if nlcd is not None else None
         for start in range(0, len(rows), rows_per_strip):
             strip_rows = rows[start:start + rows_per_strip]
             members = np.flatnonzero(np.isin(iy, strip_rows))
