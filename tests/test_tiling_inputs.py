@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,87 @@ def test_an_index_made_by_tile_passes_its_checks(good_index, tmp_path):
     validate_index(undated)  # missing dates and labels are ordinary values
     assert good_index["date"].isna().all()  # write_naip's raster has no date
     assert tiling.read_index(tmp_path / "chips").attrs["geoclf"]["params"]["chip_size"] == 100
+
+
+# -- CRS units and grid sizes: refused with one line before anything is allocated ----------------------------
+
+
+def test_naip_in_degrees_is_refused(tmp_path, capsys):
+    """EPSG:4326 pixels are degrees: "224 m" chips would be 224 pixel-widths of 1e-5 degrees."""
+    naip = write_naip(tmp_path / "geo.tif", crs="EPSG:4326", origin=(-71.90, 42.40), res=1e-5)
+    nlcd = write_nlcd_over(tmp_path / "nlcd.tif", naip)
+    code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(nlcd), "--out", str(tmp_path / "o"),
+                         "--chip-size", "100", "--scheduler", "sync"], capsys)
+    assert_one_line_error(code, err, "geo.tif", "geographic CRS", "not metres", "gdalwarp -t_srs EPSG:26919")
+    assert not (tmp_path / "o").exists()
+
+
+def test_naip_in_us_survey_feet_is_refused(tmp_path, capsys):
+    """A Massachusetts state plane in US feet: chips of "224 m" would be 224 ft."""
+    naip = write_naip(tmp_path / "ft.tif", crs="EPSG:2249", origin=(600_000, 2_950_000), res=3.28)
+    nlcd = write_nlcd_over(tmp_path / "nlcd.tif", naip)
+    code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(nlcd), "--out", str(tmp_path / "o"),
+                         "--chip-size", "100", "--scheduler", "sync"], capsys)
+    assert_one_line_error(code, err, "ft.tif", "EPSG:2249", "US survey foot", "reproject it to its UTM zone")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("option, value, needle", [
+    ("--stride-m", "0.001", "stride of 0.001 m is finer than its 1 m pixels"),  # was a MemoryError (5.85 TiB)
+    ("--chip-size-m", "0.001", "chips need at least 8 pixels"),
+    ("--stride-m", "nan", "stride m must be a positive number"),
+    ("--chip-size-m", "-5", "chip size m must be a positive number"),
+])
+def test_grid_sizes_that_make_no_sense_are_refused(good_pair, tmp_path, capsys, option, value, needle):
+    naip, nlcd = good_pair
+    code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(nlcd), "--out", str(tmp_path / "o"), option, value,
+                         "--scheduler", "sync"], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def wide_raster(tmp_path):
+    """A 40 km square NAIP-like raster at 1 m, stored sparse (no tile written) but for 2 km of imagery."""
+    path = tmp_path / "wide.tif"
+    profile = {"driver": "GTiff", "width": 40_000, "height": 40_000, "count": 4, "dtype": "uint8", "crs": UTM19,
+               "transform": from_origin(300_000, 4_740_000, 1, 1), "tiled": True, "sparse_ok": True, "nodata": 0}
+    with rasterio.open(path, "w", **profile) as dst:
+        pixels = np.random.default_rng(2).integers(1, 255, (4, 2_000, 2_000), dtype=np.uint8)
+        dst.write(pixels, window=rasterio.windows.Window(10_000, 10_000, 2_000, 2_000))
+    assert path.stat().st_size < 40_000_000
+    return path
+
+
+def test_a_grid_of_too_many_cells_is_refused_before_it_is_laid_out(wide_raster, tmp_path, capsys):
+    import tiling
+
+    nlcd = write_nlcd_over(tmp_path / "nlcd.tif", wide_raster)
+    code, err = run_cli(["tile", "--naip", str(wide_raster), "--nlcd", str(nlcd), "--out", str(tmp_path / "o"),
+                         "--chip-size", "100", "--stride-m", "12", "--scheduler", "sync"], capsys)
+    # 100 m cells snapped to multiples of 12 m inside x 300-340 km, y 4,700-4,740 km
+    columns = math.floor((340_000 - 100) / 12) - math.ceil(300_000 / 12) + 1
+    rows = math.floor((4_740_000 - 100) / 12) - math.ceil(4_700_000 / 12) + 1
+    assert_one_line_error(code, err, f"{columns * rows:,} grid cells", f"more than {tiling.index.MAX_CELLS:,}", "--aoi")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_aoi_limits_the_grid_to_its_part_of_a_wide_raster(wide_raster, tmp_path):
+    """The same grid over a 2 km AOI is 31,000 cells, not 11 million: only the AOI's part of the raster is laid out."""
+    import geopandas as gpd
+    from shapely import box
+
+    import tiling
+
+    nlcd = write_nlcd_over(tmp_path / "nlcd.tif", wide_raster)
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame(geometry=[box(310_000, 4_728_000, 312_000, 4_730_000)], crs=UTM19).to_file(aoi)
+    params = tiling.TileParams(chip_size=100, stride_m=12, samples=4, min_purity=0)
+    index = tiling.tile([wide_raster], nlcd, params=params, aoi=aoi, progress=False)
+    square = box(310_000, 4_728_000, 312_000, 4_730_000)  # the imagery, and the AOI
+    assert index.geometry.intersects(square).all() and (index["nodata_frac"] <= 0.05).all()
+    # every 100 m cell of the 12 m grid wholly inside the imagery is a chip (and a few that hardly leave it)
+    whole = {(ix, iy) for ix in range(math.ceil(310_000 / 12), math.floor(311_900 / 12) + 1)
+             for iy in range(math.ceil(4_728_000 / 12), math.floor(4_729_900 / 12) + 1)}
+    cells = set(zip(index["ix"], index["iy"], strict=True))
+    assert len(whole) == 158 * 159 and whole <= cells and len(cells) < 1.05 * len(whole)

@@ -56,17 +56,23 @@ class ChipGrid:
         bottom = np.asarray(iy, dtype=float) * self.step
         return np.stack([left, bottom, left + self.size, bottom + self.size], axis=1)
 
+    def _span(self, bounds: tuple[float, float, float, float], tolerance: float) -> tuple[int, int, int, int]:
+        left, bottom, right, top = bounds
+        return (math.ceil((left - tolerance) / self.step), math.floor((right + tolerance - self.size) / self.step),
+                math.ceil((bottom - tolerance) / self.step), math.floor((top + tolerance - self.size) / self.step))
+
+    def count_within(self, bounds: tuple[float, float, float, float], tolerance: float = 0.0) -> int:
+        """How many cells :meth:`cells_within` would return, without laying them out."""
+        ix0, ix1, iy0, iy1 = self._span(bounds, tolerance)
+        return max(0, ix1 - ix0 + 1) * max(0, iy1 - iy0 + 1)
+
     def cells_within(self, bounds: tuple[float, float, float, float], tolerance: float = 0.0) -> tuple[
             np.ndarray, np.ndarray]:
         """Indices ``(ix, iy)`` of every cell lying inside ``bounds`` (within ``tolerance`` units).
 
         Cells are ordered top row first, left to right, like pixels.
         """
-        left, bottom, right, top = bounds
-        ix0 = math.ceil((left - tolerance) / self.step)
-        ix1 = math.floor((right + tolerance - self.size) / self.step)
-        iy0 = math.ceil((bottom - tolerance) / self.step)
-        iy1 = math.floor((top + tolerance - self.size) / self.step)
+        ix0, ix1, iy0, iy1 = self._span(bounds, tolerance)
         if ix1 < ix0 or iy1 < iy0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         iy, ix = np.meshgrid(np.arange(iy1, iy0 - 1, -1), np.arange(ix0, ix1 + 1), indexing="ij")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -83,8 +84,8 @@ class TileParams:
             raise InputError(f"unknown AOI predicate {self.aoi_predicate!r}; choose intersects or within")
         for name in ("chip_size_m", "stride_m", "block_size_m"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise InputError(f"{name.replace('_', ' ')} must be positive, not {value}")
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(f"{name.replace('_', ' ')} must be a positive number of metres, not {value}")
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,15 @@ def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | Non
             check_overlap(scene, nlcd)
     size_m = params.chip_size_m or params.chip_size * scenes[0].res[0]
     aoi_shapes = _read_aoi(aoi) if aoi is not None else None
+    grids = [ChipGrid(scene.crs, size_m, params.stride_m) for scene in scenes]
+    # Only cells near the AOI's bounding box can meet it: the grid is laid over that part of each raster.
+    extents = [_extent(scene, grid, aoi_shapes) for scene, grid in zip(scenes, grids, strict=True)]
+    _check_grid_size(scenes, grids, extents, params)
     tasks: list[_Task] = []
     counts = {"cells": 0, "in_aoi": 0}
-    for scene in scenes:
-        grid = ChipGrid(scene.crs, size_m, params.stride_m)
-        ix, iy = grid.cells_within(scene.bounds, tolerance=0.5 * scene.res[0])
-        counts["cells"] += len(ix)
+    for scene, grid, extent in zip(scenes, grids, extents, strict=True):
+        counts["cells"] += grid.count_within(scene.bounds, tolerance=0.5 * scene.res[0])
+        ix, iy = grid.cells_within(extent, tolerance=0.5 * scene.res[0]) if extent else (np.empty(0, np.int64),) * 2
         if aoi_shapes is not None and len(ix):
             shape = aoi_shapes.to_crs(scene.crs).union_all()
             boxes = shapely.box(*grid.cell_bounds(ix, iy).T)
@@ -130,6 +134,43 @@ def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | Non
             stop = start + _CELLS_PER_TASK
             tasks.append(_Task(scene, grid, ix[start:stop], iy[start:stop]))
     return scenes, tasks, counts
+
+
+#: Most grid cells one tiling run may lay out (before the nodata and purity filters): ten million chips make
+#: an index of about ten GB in memory. A stride or chip size far below a chip's usual size is refused
+#: before anything is allocated.
+MAX_CELLS = 10_000_000
+
+
+def _extent(scene: SceneInfo, grid: ChipGrid, aoi: gpd.GeoSeries | None) -> tuple[float, float, float, float] | None:
+    """The part of a raster where cells can be kept: all of it, or what lies within a cell of the AOI's bounds."""
+    if aoi is None:
+        return scene.bounds
+    a_left, a_bottom, a_right, a_top = aoi.to_crs(scene.crs).total_bounds
+    left, bottom, right, top = scene.bounds
+    extent = (max(left, a_left - grid.size), max(bottom, a_bottom - grid.size), min(right, a_right + grid.size),
+              min(top, a_top + grid.size))
+    return extent if extent[0] < extent[2] and extent[1] < extent[3] else None
+
+
+def _check_grid_size(scenes: Sequence[SceneInfo], grids: Sequence[ChipGrid],
+                     extents: Sequence[tuple[float, float, float, float] | None], params: TileParams) -> None:
+    """Refuse chips smaller than a few pixels, strides finer than a pixel, and grids of more than MAX_CELLS."""
+    for scene, grid in zip(scenes, grids, strict=True):
+        res = min(scene.res)
+        if grid.size < 8 * res:
+            raise InputError(f"a chip side of {grid.size:g} m covers {grid.size / res:.3g} pixels of its {res:g} m "
+                             "pixels; chips need at least 8 pixels (raise --chip-size-m)", scene.source)
+        if grid.step < res:
+            raise InputError(f"a stride of {grid.step:g} m is finer than its {res:g} m pixels: chips would repeat "
+                             "the same windows (use a stride of at least the pixel size)", scene.source)
+    total = sum(grid.count_within(extent, tolerance=0.5 * scene.res[0])
+                for scene, grid, extent in zip(scenes, grids, extents, strict=True) if extent is not None)
+    if total > MAX_CELLS:
+        stride = grids[0].step
+        raise InputError(f"chips of {grids[0].size:g} m every {stride:g} m make {total:,.0f} grid cells over the "
+                         f"{len(scenes)} NAIP raster(s), more than {MAX_CELLS:,} in one run: use a larger --stride-m "
+                         "or --chip-size-m, an --aoi, or fewer rasters per run")
 
 
 def _read_aoi(path: PathLike) -> gpd.GeoSeries:

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import CRSError, RasterioError
 from rasterio.windows import Window
 
 from tiling import signing
@@ -229,12 +230,39 @@ def _bands_text(count: int, alpha_band: int | None) -> str:
     return f"{count} band(s)" if alpha_band is None else f"{count} image band(s) and an alpha band (band {alpha_band})"
 
 
+def check_metric_crs(crs: CRS, bounds: tuple[float, float, float, float], source: str) -> None:
+    """Refuse a raster whose CRS is not projected in metres (degrees, US survey feet, ...).
+
+    Chip sizes, strides and blocks are metres, and so are the areas later stages report; in a geographic CRS
+    "224 m" would be 224 degrees. The message names a UTM zone to reproject to (NAD83 in North America).
+    """
+    if crs.is_projected:
+        try:
+            units, factor = crs.linear_units_factor
+        except CRSError:  # a projected CRS without defined units
+            units, factor = "unknown", 0.0
+        if factor == 1.0:
+            return
+        what = f"is in {crs.to_string()}, whose units are {units}, not metres"
+    else:
+        what = f"is in {crs.to_string()}, a geographic CRS (degrees, not metres)"
+    hint = ""
+    with suppress(Exception):  # the hint is a courtesy: an odd CRS still gets the refusal
+        x, y = (bounds[0] + bounds[2]) / 2, (bounds[1] + bounds[3]) / 2
+        lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(x, y)
+        zone = int((lon + 180) // 6) % 60 + 1
+        epsg = 26900 + zone if lat >= 0 and zone <= 23 else (32600 if lat >= 0 else 32700) + zone
+        hint = f", e.g. gdalwarp -t_srs EPSG:{epsg} {Path(source.split('?')[0]).name} utm.tif"
+    raise InputError(f"{what}; geoclf sizes chips in metres: reproject it to its UTM zone first{hint}", source)
+
+
 def describe_naip(path: PathLike, min_bands: int = 3) -> SceneInfo:
-    """Open a NAIP-like raster and check it can be tiled: a CRS, a north-up transform, >= ``min_bands``."""
+    """Open a NAIP-like raster and check it can be tiled: a CRS in metres, a north-up transform, >= ``min_bands``."""
     source = normalize_source(path)
     with open_raster(source) as ds:
         if ds.crs is None:
             raise InputError("has no CRS (a georeferenced raster is needed)", source)
+        check_metric_crs(ds.crs, tuple(ds.bounds), source)
         mask, alpha_band = nodata_mask(ds)
         count = ds.count - (alpha_band is not None)
         if count < min_bands:
