@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -399,6 +400,25 @@ def test_cli_writes_the_variants(tmp_path, capsys):
     with rasterio.open(tmp_path / "naip.tif") as dataset:
         assert dataset.count == 3 and dataset.mask_flag_enums[0] == [MaskFlags.per_dataset]
         assert "ACQUISITION_DATE" not in dataset.tags()
+
+
+def test_outputs_are_written_atomically_with_the_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        scene = make_scene(tmp_path / "a", size_m=448, seed=0, nlcd_year=2010, conversion_rate=0.2)
+        for path in (scene.naip, scene.nlcd, scene.conversions):
+            assert path.stat().st_mode & 0o777 == 0o640, path
+        assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["conversions.geojson", "naip.tif", "nlcd.tif"]
+
+        def interrupt(done: int, total: int) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):  # Ctrl-C while rendering: the scene there stays whole
+            make_scene(tmp_path / "a", size_m=1024, seed=1, nlcd=False, progress=interrupt)
+        np.testing.assert_array_equal(read_all(scene.naip).shape, (4, 448, 448))
+        assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["conversions.geojson", "naip.tif", "nlcd.tif"]
+    finally:
+        os.umask(old)
 
 
 def test_cli_writes_naip_and_nlcd(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -308,3 +309,39 @@ def test_an_aoi_limits_the_grid_to_its_part_of_a_wide_raster(wide_raster, tmp_pa
              for iy in range(math.ceil(4_728_000 / 12), math.floor(4_729_900 / 12) + 1)}
     cells = set(zip(index["ix"], index["iy"], strict=True))
     assert len(whole) == 158 * 159 and whole <= cells and len(cells) < 1.05 * len(whole)
+
+
+# -- every tiling writer is atomic and honours the umask -------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o640
+    os.umask(old)
+
+
+def test_chip_index_gets_the_umask_permissions(good_pair, tmp_path, umask_027):
+    # write_index used mkstemp, which made chips.parquet 0600 whatever the umask: a group could not read it
+    import tiling
+
+    naip, nlcd = good_pair
+    tiling.tile([naip], nlcd, tmp_path / "chips", params=tiling.TileParams(chip_size=100, min_purity=0),
+                progress=False)
+    assert _mode(tmp_path / "chips" / "chips.parquet") == umask_027
+
+
+def test_a_failed_index_write_keeps_the_previous_index(good_index, tmp_path):
+    import tiling
+
+    path = tmp_path / "chips" / "chips.parquet"
+    before = path.read_bytes()
+    broken = good_index.assign(label=[1, "Forest", *good_index["label"].iloc[2:]])  # arrow cannot store it
+    with pytest.raises(Exception, match=r"(?i)arrow|convert"):
+        tiling.write_index(broken, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["chips.parquet"]

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from rasterio.crs import CRS
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.grid import ChipGrid, scene_windows
-from tiling.io import PathLike, SceneInfo, describe_naip, normalize_source, open_raster
+from tiling.io import PathLike, SceneInfo, atomic_path, describe_naip, normalize_source, open_raster
 from tiling.labels import NlcdInfo, check_overlap, chip_fractions, describe_nlcd
 from tiling.parallel import Scheduler, dask_client, for_tasks, map_tasks
 from tiling.split import SPLIT_METHODS, assign_split, balance_classes, block_keys
@@ -329,19 +328,12 @@ def _split(index: gpd.GeoDataFrame, params: TileParams) -> gpd.GeoDataFrame:
 
 
 def write_index(index: gpd.GeoDataFrame, path: PathLike) -> Path:
-    """Write a chip index as GeoParquet, atomically (a temporary file renamed into place)."""
+    """Write a chip index as GeoParquet, atomically (:func:`tiling.io.atomic_path`), run parameters included."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        frame = index.copy()
-        frame.attrs = json.loads(json.dumps(index.attrs, default=str))
+    frame = index.copy()
+    frame.attrs = json.loads(json.dumps(index.attrs, default=str))
+    with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

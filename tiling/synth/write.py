@@ -20,6 +20,7 @@ from rasterio.windows import Window
 
 from tiling.classes import NLCD_COLORS, NLCD_NAMES, NLCD_NODATA
 from tiling.errors import InputError
+from tiling.io import atomic_path
 from tiling.synth.layout import SceneGrid, bilinear, snap_to_nlcd, valid_mask
 from tiling.synth.render import Look, render, sensor_noise
 from tiling.synth.world import WORLD_CODES, WORLD_CRS, SyntheticWorld
@@ -97,8 +98,8 @@ def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
                    count=fmt.bands + alpha, nodata=0 if zero_collar else None)
     # GDAL's block cache defaults to 5% of RAM and would hold most of a large scene before flushing it;
     # a small cache keeps memory flat whatever the scene size (blocks are written once, in order).
-    with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_BYTES, GDAL_TIFF_INTERNAL_MASK=True), \
-            rasterio.open(path, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_BYTES, GDAL_TIFF_INTERNAL_MASK=True), \
+            rasterio.open(tmp, "w", **profile) as dst:
         for done, (col, row) in enumerate(blocks):
             ncols, nrows = min(block, grid.width - col), min(block, grid.height - row)
             nx, ny = grid.nodes(col, row, ncols, nrows, step, to_world)
@@ -165,8 +166,7 @@ def render_nlcd(path: Path, world: SyntheticWorld, cover: tuple[float, float, fl
     profile = {"driver": "GTiff", "count": 1, "dtype": "uint8", "nodata": NLCD_NODATA, "width": width,
                "height": height, "crs": WORLD_CRS, "transform": transform, "tiled": True, "blockxsize": 256,
                "blockysize": 256, "compress": "deflate", "bigtiff": "if_safer"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **profile) as dst:
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         colormap = {i: (0, 0, 0, 0) for i in range(256)}
         colormap.update({code: (*rgb, 255) for code, rgb in NLCD_COLORS.items()})
         dst.write_colormap(1, colormap)
@@ -229,8 +229,8 @@ def trace_conversions(path: Path, world: SyntheticWorld, cover: tuple[float, flo
     collection = {"type": "FeatureCollection", "name": "conversions",
                   "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::5070"}},
                   "features": feats}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(collection))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(collection))
     return path
 
 
