@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
                                               "--bare-batches", "2"]),
     "score": ("score_throughput.py", ["--chips", "512", "--ratio-chips", "128", "--chips-per-partition", "64",
                                       "--bare-batches", "2"]),
+    "runtime": ("runtime_forward.py", ["--repeats", "2", "--batches", "2"]),
     "finetune": ("finetune_throughput.py", ["--configs", "resnet18:last_only", "--repeats", "1"]),
     "sweep": ("sweep_speedup.py", ["--chips", "3000"]),
 }
@@ -43,7 +44,7 @@ def main() -> int:
         script, extra = BENCHMARKS[name]
         command = [sys.executable, str(HERE / script), *extra]
         if args.work is not None and script in ("tiling_throughput.py", "featurize_throughput.py",
-                                                "score_throughput.py"):
+                                                "score_throughput.py", "runtime_forward.py"):
             command += ["--work", str(args.work)]
         print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
         started = time.perf_counter()

@@ -1,0 +1,190 @@
+"""Inference runtimes: ONNX export with its hash, OpenVINO runs, and the accuracy guard against torch fp32.
+
+The accuracy guard runs the real networks (EfficientNet-Lite0 and MobileNetV2 with their offline ImageNet
+weights, ResNet-18 with random init) on the chips of a real synthetic scene, through torch fp32 (the reference)
+and through OpenVINO in fp32 and bf16, and states the tolerances geoclf promises:
+
+- fp32: relative error (``||x - ref|| / ||ref||`` over all the chips' vectors) at most :data:`FP32_RTOL`;
+- bf16: at most :data:`BF16_RTOL` (bf16 keeps 8 bits of mantissa: EfficientNet-Lite0's 16 depthwise blocks
+  accumulate ~6%, MobileNetV2 ~3%, ResNet-18 ~0.3%);
+- and what users see: the land-use classes a classifier trained on torch fp32 features predicts from the
+  runtime's features agree on at least :data:`MIN_AGREEMENT` of the scene's chips (ResNet-18: the argmax of
+  its logits).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from geoclf.runtime import (
+    ONNX_OPSET,
+    OpenVINORunner,
+    cpu_has_bf16,
+    export_onnx,
+    open_runner,
+    relative_error,
+    resolve_precision,
+    verified_onnx,
+)
+from tiling.errors import InputError
+
+pytest.importorskip("openvino")
+
+FP32_RTOL = 1e-4
+BF16_RTOL = 0.10
+MIN_AGREEMENT = 0.98
+
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no BF16 instructions")
+
+
+def _tiny_network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A small conv network exported once: (network, directory, record)."""
+    directory = tmp_path_factory.mktemp("tiny-export")
+    network = _tiny_network()
+    record = export_onnx(network, directory / "network.onnx", input_shape=(3, 32, 32))
+    return network, directory, record
+
+
+@pytest.fixture(scope="module")
+def scene_chips(small_scene, tmp_path_factory):
+    """RGB chips of the small synthetic scene and their NLCD land-use labels."""
+    import tiling
+    from geoclf.chips import read_batch
+    from tiling.io import ChipReader
+
+    index = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path_factory.mktemp("rt-chips"), progress=False)
+    with ChipReader(bands=(1, 2, 3), size=224) as reader:
+        chips = read_batch(pd.DataFrame(index.drop(columns="geometry")), reader)
+    return chips, index["label"].astype(str).to_numpy()
+
+
+def test_export_records_file_hash_and_dynamic_batch(tiny_export):
+    network, directory, record = tiny_export
+    path = verified_onnx(directory, record)
+    assert record["file"] == "network.onnx" and record["opset"] == ONNX_OPSET
+    assert record["input_shape"] == [None, 3, 32, 32] and record["output_dim"] == 5
+    assert len(record["sha256"]) == 64
+    assert not list(directory.glob(".*tmp"))  # written atomically, nothing left beside it
+    runner = open_runner("openvino", onnx=path, precision="fp32", threads=1)
+    for n in (1, 3, 32):  # any batch size, including 1 (torch.export would have fixed a sample batch of 1)
+        x = torch.rand(n, 3, 32, 32)
+        with torch.inference_mode():
+            expected = network(x).numpy()
+        assert relative_error(runner(x), expected) < FP32_RTOL
+        # a numpy NCHW array and a channels_last tensor give the same outputs
+        assert relative_error(runner(x.numpy()), expected) < FP32_RTOL
+        assert relative_error(runner(x.contiguous(memory_format=torch.channels_last)), expected) < FP32_RTOL
+
+
+def test_a_changed_export_is_refused(tiny_export, tmp_path):
+    _, directory, record = tiny_export
+    copy = tmp_path / "artifact"
+    copy.mkdir()
+    data = bytearray((directory / "network.onnx").read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the weights
+    (copy / "network.onnx").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="does not match the checksum"):
+        verified_onnx(copy, record)
+    (copy / "network.onnx").unlink()
+    with pytest.raises(InputError, match="lacks its exported network"):
+        verified_onnx(copy, record)
+    with pytest.raises(InputError, match="no exported network"):
+        verified_onnx(copy, None)
+    with pytest.raises(InputError, match="outside its directory"):
+        verified_onnx(copy, {**record, "file": "../network.onnx"})
+
+
+def test_runner_choices_are_checked(tiny_export):
+    network, directory, record = tiny_export
+    path = verified_onnx(directory, record)
+    with pytest.raises(InputError, match="unknown inference runtime 'onnx'"):
+        open_runner("onnx", onnx=path)
+    with pytest.raises(InputError, match="unknown precision 'fp16'"):
+        open_runner("openvino", onnx=path, precision="fp16")
+    with pytest.raises(InputError, match="needs the exported network"):
+        open_runner("openvino", network=network)
+    with pytest.raises(InputError, match="at least one thread"):
+        open_runner("openvino", onnx=path, threads=0)
+    assert resolve_precision("torch", "auto") == "fp32"
+    assert resolve_precision("openvino", "auto") == ("bf16" if cpu_has_bf16() else "fp32")
+    runner = open_runner("openvino", onnx=path, precision="fp32", threads=2)
+    assert runner.describe() == {"runtime": "openvino", "precision": "fp32", "threads": 2}
+    assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    with pytest.raises(TypeError, match="not pickled"):
+        pickle.dumps(runner)
+
+
+def test_an_unreadable_export_is_one_line(tmp_path):
+    bad = tmp_path / "network.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(InputError, match="OpenVINO cannot load the exported network"):
+        OpenVINORunner(bad, precision="fp32", threads=1)
+
+
+@pytest.mark.parametrize("name, weights, part", [
+    ("efficientnet_lite0", "default", "features"),
+    ("mobilenet_v2", "default", "features"),
+    ("resnet18", "none", "logits"),
+])
+def test_accuracy_guard(name, weights, part, scene_chips, tmp_path):
+    """OpenVINO's outputs match torch fp32 within the stated tolerance, and the predicted classes agree."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from geoclf.backbones import load_backbone
+
+    chips, labels = scene_chips
+    backbone = load_backbone(name, weights)
+    network = backbone.feature_extractor() if part == "features" else backbone.model
+    record = export_onnx(network, tmp_path / "network.onnx", input_shape=(3, 224, 224))
+    path = verified_onnx(tmp_path, record)
+    batches = [backbone.preprocess(chips[i:i + 32]) for i in range(0, len(chips), 32)]
+
+    def run(runner):
+        return np.concatenate([runner(batch) for batch in batches])
+
+    reference = run(open_runner("torch", network=network, precision="fp32", threads=2))
+    if part == "features":  # a land-use classifier trained on torch's features, as geoclf train makes one
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(reference, labels)
+        predict = classifier.predict
+    else:
+        def predict(outputs):
+            return outputs.argmax(axis=1)
+    expected = predict(reference)
+    precisions = {"fp32": FP32_RTOL, **({"bf16": BF16_RTOL} if cpu_has_bf16() else {})}
+    for precision, tolerance in precisions.items():
+        outputs = run(open_runner("openvino", onnx=path, precision=precision, threads=2))
+        assert outputs.shape == reference.shape
+        error = relative_error(outputs, reference)
+        assert error <= tolerance, f"{name} {precision}: relative error {error:.2g} > {tolerance}"
+        agreement = float(np.mean(predict(outputs) == expected))
+        assert agreement >= MIN_AGREEMENT, f"{name} {precision}: classes agree on {agreement:.1%} of chips"
+
+
+@needs_bf16
+def test_bf16_is_what_runs(tiny_export):
+    """The precision hint reaches OpenVINO (bf16 outputs differ from fp32's; fp32 stays exact)."""
+    _, directory, record = tiny_export
+    path = verified_onnx(directory, record)
+    x = torch.rand(4, 3, 32, 32)
+    fp32 = open_runner("openvino", onnx=path, precision="fp32", threads=1)
+    bf16 = open_runner("openvino", onnx=path, precision="bf16", threads=1)
+    import openvino as ov
+
+    assert bf16.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+    assert fp32.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert 0 < relative_error(bf16(x), fp32(x)) < BF16_RTOL
