@@ -26,7 +26,6 @@ would add a dependency and a code path and buy no speed; the exported file stays
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import warnings
 from abc import ABC, abstractmethod
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from geoclf.artifact import check_file, file_checksum
 from tiling.errors import InputError
 from tiling.io import PathLike, atomic_path
 
@@ -123,7 +123,7 @@ def export_onnx(network: nn.Module, path: PathLike, *, input_shape: Sequence[int
             raise InputError("the ONNX exporter wrote no file", target)
         if check:
             _check_export(tmp, sample.numpy(), expected)
-    return {"format": "onnx", "file": target.name, "sha256": file_sha256(target), "opset": int(opset),
+    return {"format": "onnx", "file": target.name, "sha256": file_checksum(target), "opset": int(opset),
             "input": INPUT_NAME, "output": OUTPUT_NAME, "input_shape": [None, *shape],
             "output_dim": int(expected.shape[1]), "exporter": f"torch=={torch.__version__}"}
 
@@ -154,34 +154,17 @@ def verified_onnx(directory: PathLike, record: Mapping[str, Any] | None) -> Path
         record: what :func:`export_onnx` returned, as stored in ``model.json``/``features.json``.
 
     Raises:
-        InputError: no export recorded, the file is missing, or it is not the recorded file (other hash):
-            a network other than the one the model describes is never run.
+        InputError: no export recorded (or recorded without its hash), the file is missing, or it is not the
+            recorded file: a network other than the one the model describes is never run.
     """
     folder = Path(directory)
     if not record or not record.get("file") or not record.get("sha256"):
-        raise InputError("has no exported network (ONNX) recorded; export it first (geoclf models export) or "
-                         "use --runtime torch", folder)
+        raise InputError("has no exported network (ONNX) recorded with its sha256; export it first or use "
+                         "the torch runtime", folder)
     name = str(record["file"])
-    path = folder / name
     if Path(name).name != name:  # a record names a file in the directory, never a path elsewhere
         raise InputError(f"records an exported network outside its directory ({name!r})", folder)
-    if not path.is_file():
-        raise InputError(f"lacks its exported network {name}", folder)
-    digest = file_sha256(path)
-    if digest != record["sha256"]:
-        raise InputError(f"{name} does not match the checksum recorded with it (sha256 {digest[:12]}..., "
-                         f"recorded {str(record['sha256'])[:12]}...): it is not the network the model describes",
-                         folder)
-    return path
-
-
-def file_sha256(path: PathLike) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return check_file(folder, record, ONNX_FILE, "exported network")
 
 
 def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
@@ -414,7 +397,6 @@ __all__ = [
     "check_runtime",
     "cpu_has_bf16",
     "export_onnx",
-    "file_sha256",
     "open_runner",
     "relative_error",
     "resolve_precision",

@@ -99,9 +99,9 @@ def test_a_changed_export_is_refused(tiny_export, tmp_path):
     with pytest.raises(InputError, match="does not match the checksum"):
         verified_onnx(copy, record)
     (copy / "network.onnx").unlink()
-    with pytest.raises(InputError, match="lacks its exported network"):
+    with pytest.raises(InputError, match="lacks its exported network file"):
         verified_onnx(copy, record)
-    with pytest.raises(InputError, match="no exported network"):
+    with pytest.raises(InputError, match="no exported network .ONNX. recorded"):
         verified_onnx(copy, None)
     with pytest.raises(InputError, match="outside its directory"):
         verified_onnx(copy, {**record, "file": "../network.onnx"})
