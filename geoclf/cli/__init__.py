@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import sys
 import traceback
 from typing import Any, NoReturn
@@ -14,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from tiling.errors import InputError
-from tiling.parallel import DASHBOARD_ENV, dashboard_address
+from tiling.parallel import DASHBOARD_ENV, WORKER_GLIBC_TUNABLES, dashboard_address
 
 # command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
@@ -101,6 +102,23 @@ class _LineTracker:
         return getattr(self._stream, name)
 
 
+def with_malloc_tunables() -> None:
+    """Re-execute this command with :data:`tiling.parallel.WORKER_GLIBC_TUNABLES` when ``GLIBC_TUNABLES`` is unset.
+
+    The tunables (no trimming, no mmap for large blocks) speed up CPU inference by 9-12% in the process that
+    runs it, and glibc reads them only when a process starts. Dask workers get them through their environment;
+    the command's own process - which scores and featurizes itself with ``--scheduler sync`` or a single
+    partition - gets them here, before anything heavy is imported. ``GLIBC_TUNABLES`` set to anything (even
+    empty) is left as it is; on a C library other than glibc nothing happens.
+    """
+    if "GLIBC_TUNABLES" in os.environ or platform.libc_ver()[0] != "glibc":
+        return
+    env = {**os.environ, "GLIBC_TUNABLES": WORKER_GLIBC_TUNABLES}
+    # -m geoclf rather than argv[0]: the same interpreter and import path whether run as the console script
+    # or as python -m geoclf; the process id (and so Ctrl-C and the shell's job control) stays the same
+    os.execve(sys.executable, [sys.executable, "-m", "geoclf", *sys.argv[1:]], env)
+
+
 def _isatty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -111,10 +129,15 @@ def _isatty(stream: Any) -> bool:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``geoclf`` console script.
 
+    Run as a command (``argv`` is ``None``) it first re-executes itself with geoclf's glibc malloc settings
+    when ``GLIBC_TUNABLES`` is unset (see :func:`with_malloc_tunables`).
+
     Bad input is one line on stderr and exit status 2; an operating-system error (disk full, permission
     denied) is one line and status 1; Ctrl-C is one line and status 130. Set ``GEOCLF_DEBUG=1`` to see the
     traceback of bad input and system errors too.
     """
+    if argv is None:
+        with_malloc_tunables()
     original, dashboard = sys.stderr, os.environ.get(DASHBOARD_ENV)
     tracker = _LineTracker(original)
     sys.stderr = tracker  # progress bars created by the command write through it
