@@ -31,11 +31,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from matplotlib import font_manager
+from PIL import Image, ImageDraw, ImageFont
 
+from geoclf import runs
+from geoclf.chips import iter_batches, read_batch
+from geoclf.classifiers import load_features
+from geoclf.features import load_chip_table
 from geoclf.htmlpage import html_table, png_img, write_page
 from geoclf.landuse import ScoreOutput
 from geoclf.maps import static_png
+from geoclf.metrics import evaluate, evaluation_from_json, plot_confusion_matrix
+from geoclf.models import load_model
 from tiling.errors import InputError
+from tiling.io import ChipReader, atomic_path
 
 if TYPE_CHECKING:
     from geoclf.artifact import LandUseModel
@@ -63,9 +72,6 @@ def recorded_evaluation(record: RunRecord) -> dict[str, Any]:
     Raises:
         InputError: the run is not a ``train`` or ``finetune`` run, or recorded no ``evaluation.json``.
     """
-    from geoclf import runs
-    from geoclf.metrics import evaluation_from_json
-
     if record.kind not in MODEL_KINDS:
         raise InputError(f"run {record.name!r} is a {record.kind or 'untyped'} run; a results report needs a "
                          f"trained model ({' or '.join(MODEL_KINDS)} run)")
@@ -98,8 +104,6 @@ def validation_chips(chips: PathLike) -> pd.DataFrame:
     Raises:
         InputError: the index is missing or unreadable, or has no labelled validation chips.
     """
-    from geoclf.features import load_chip_table
-
     if not Path(chips).exists():
         raise InputError("no such chip index (moved or deleted since training? pass --chips)", chips)
     table, _ = load_chip_table(chips)
@@ -132,8 +136,6 @@ def predict_validation(model: LandUseModel, *, features: PathLike | Sequence[Pat
         InputError: neither route is possible, or the inputs do not fit the model.
     """
     if features is not None and hasattr(model, "predict_proba_features"):
-        from geoclf.classifiers import load_features
-
         data = load_features(features)
         rows = data.rows
         mask = ((rows["split"] == "val") & rows["label"].notna()).to_numpy()
@@ -144,9 +146,6 @@ def predict_validation(model: LandUseModel, *, features: PathLike | Sequence[Pat
         chip_rows = rows.loc[mask, ["chip_id", "label"]].reset_index(drop=True)
         route = "features"
     elif chips is not None:
-        from geoclf.chips import iter_batches
-        from tiling.io import ChipReader
-
         chip_rows = validation_chips(chips)
         parts = []
         with ChipReader(model.bands, model.chip_size) as reader:
@@ -207,10 +206,6 @@ def write_gallery(wrong: pd.DataFrame, chips: PathLike | None, out_dir: PathLike
     Raises:
         InputError: a chip is not in the chip index, or its raster cannot be read.
     """
-    from geoclf.chips import read_batch
-    from geoclf.features import load_chip_table
-    from tiling.io import ChipReader
-
     out = Path(out_dir)
     folder = out / GALLERY_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,9 +232,9 @@ def write_gallery(wrong: pd.DataFrame, chips: PathLike | None, out_dir: PathLike
         cards.append(card)
         name = _UNSAFE.sub("_", f"{row.rank:03d}_{row.label}_as_{row.pred}_{row.chip_id}") + ".png"
         files.append(folder / name)
-        _with_text(card, [], [str(row.chip_id)], small).save(files[-1])
+        _save_png(_with_text(card, [], [str(row.chip_id)], small), files[-1])
     grid = out / "gallery.png"
-    _mosaic(cards, title, font).save(grid)
+    _save_png(_mosaic(cards, title, font), grid)
     return grid, files
 
 
@@ -251,9 +246,6 @@ _MIN_SIDE = 192  # small chips (e.g. 32 px) are enlarged, nearest neighbour, to 
 
 def _font(size: int) -> Any:
     """DejaVu Sans (shipped with matplotlib; it has the arrow), else Pillow's default font."""
-    from matplotlib import font_manager
-    from PIL import ImageFont
-
     try:
         return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), size)
     except OSError:
@@ -262,8 +254,6 @@ def _font(size: int) -> Any:
 
 def _chip_card(image: np.ndarray, label: str, pred: str, prob: float, font: Any) -> Any:
     """One chip (``(3, H, W)`` uint8), enlarged if small, under its caption ``true → predicted``, ``p``."""
-    from PIL import Image
-
     picture = Image.fromarray(np.ascontiguousarray(np.moveaxis(image, 0, -1)))
     scale = max(1, math.ceil(_MIN_SIDE / max(picture.width, 1)))
     if scale > 1:
@@ -275,8 +265,6 @@ def _chip_card(image: np.ndarray, label: str, pred: str, prob: float, font: Any)
 
 def _with_text(picture: Any, above: Sequence[str], below: Sequence[str], font: Any) -> Any:
     """``picture`` on a white card with centred lines of text above and below it."""
-    from PIL import Image, ImageDraw
-
     line = round(font.size * 1.3)
     width = max([picture.width, *(round(font.getlength(t)) for t in (*above, *below))]) + 2 * _PAD
     height = picture.height + line * (len(above) + len(below)) + 2 * _PAD
@@ -296,8 +284,6 @@ def _with_text(picture: Any, above: Sequence[str], below: Sequence[str], font: A
 
 def _mosaic(cards: Sequence[Any], heading: str, font: Any, columns: int = 6) -> Any:
     """Cards on a grid, row by row, under a heading wrapped to the grid's width."""
-    from PIL import Image, ImageDraw
-
     ncols = max(1, min(columns, len(cards)))
     nrows = math.ceil(len(cards) / ncols)
     cell_w, cell_h = max(c.width for c in cards), max(c.height for c in cards)
@@ -378,10 +364,6 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
     Raises:
         InputError: unknown run, a run without a model or evaluation, a missing chip index or score output.
     """
-    from geoclf import runs
-    from geoclf.artifact import load_model
-    from geoclf.metrics import evaluate, plot_confusion_matrix
-
     if gallery < 0:
         raise InputError(f"the gallery size must be 0 or more, not {gallery}")
     record = runs.get_run(run, runs_dir=runs_dir)
@@ -413,21 +395,17 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     overall = overall_table(evaluation)
-    overall.to_csv(out / "metrics.csv")
-    written["metrics"] = out / "metrics.csv"
+    written["metrics"] = _write_csv(overall, out / "metrics.csv")
     per_class: pd.DataFrame = evaluation["per_class"]
-    per_class.to_csv(out / "per_class.csv")
-    written["per_class"] = out / "per_class.csv"
-    cm.to_csv(out / "confusion_matrix.csv")
-    written["confusion_csv"] = out / "confusion_matrix.csv"
+    written["per_class"] = _write_csv(per_class, out / "per_class.csv")
+    written["confusion_csv"] = _write_csv(cm, out / "confusion_matrix.csv")
     written["confusion_matrix"] = plot_confusion_matrix(cm, out / "confusion_matrix.png", title=record.name)
     heading = (f"{record.name}: {len(shown)} of {len(wrong)} misclassified validation chips "
                "(true → predicted), most confident first")
     gallery_png, files = write_gallery(shown, index, out, title=heading, size=model.chip_size)
     file_of = {chip: path.name for chip, path in zip(shown["chip_id"], files, strict=True)}
-    wrong.assign(gallery_file=wrong["chip_id"].map(file_of).fillna("")).to_csv(out / "misclassified.csv",
-                                                                              index=False, float_format="%.4f")
-    written["misclassified"] = out / "misclassified.csv"
+    written["misclassified"] = _write_csv(wrong.assign(gallery_file=wrong["chip_id"].map(file_of).fillna("")),
+                                          out / "misclassified.csv", index=False, float_format="%.4f")
     if gallery_png is not None:
         written["gallery"] = gallery_png
         written["gallery_dir"] = out / GALLERY_DIR
@@ -451,12 +429,25 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
         "map_accuracy": None if map_accuracy is None else
         {k: map_accuracy.get(k) for k in ("n", "accuracy", "balanced_accuracy", "kappa", "accuracy_3class")},
     }
-    (out / "report.json").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    with atomic_path(out / "report.json") as temporary:
+        temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
     written["json"] = out / "report.json"
     written["report"] = write_report(out / "report.html", info=info, overall=overall, per_class=per_class,
                                      confusion_png=written["confusion_matrix"], wrong=wrong,
                                      gallery_png=gallery_png, map_png=written.get("map"))
     return written
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, **options: Any) -> Path:
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, **options)
+    return path
+
+
+def _save_png(image: Any, path: Path) -> Path:
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
+    return path
 
 
 def _usable_features(value: Any) -> list[Path] | None:
@@ -504,8 +495,9 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
     name = info["run"]
     what = ", ".join(str(v) for v in (info["kind"], info.get("backbone"), info.get("classifier")) if v)
     parts = [f"<h1>Results: {esc(name)}</h1>",
-             f"<p>Run <code>{esc(info['run_id'])}</code> ({esc(what)}); {info['n_val']} validation chips"
-             + (f", {info['n_train']} training chips" if info.get("n_train") is not None else "") + ".<br>"
+             f"<p>Run <code>{esc(info['run_id'])}</code> ({esc(what)}); {esc(str(info['n_val']))} validation chips"
+             + (f", {esc(str(info['n_train']))} training chips" if info.get("n_train") is not None else "")
+             + ".<br>"
              + (f"Chip index: <code>{esc(info['chip_index'])}</code>" if info.get("chip_index") else "")
              + "</p>",
              "<h2>Overall</h2>", html_table(overall),
@@ -516,7 +508,7 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
              "row sum of the confusion matrix); precision divides by the column sum instead.</p>",
              "<h2>Confusion matrix (rows: true class, columns: predicted)</h2>",
              png_img(confusion_png, "confusion matrix")]
-    parts.append(f"<h2>Misclassified validation chips ({len(wrong)} of {info['n_val']})</h2>")
+    parts.append(f"<h2>Misclassified validation chips ({len(wrong)} of {esc(str(info['n_val']))})</h2>")
     route = ("stored feature vectors" if info["predicted_from"] == "features"
              else "the imagery, read through the chip index")
     parts.append(f"<p>Which chips were wrong comes from predicting the validation chips again, from {route}; "
@@ -534,9 +526,10 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
         parts += ["<h2>Map</h2>", f"<p>Score output: <code>{esc(str(info['predictions']))}</code>"
                   + (f", scored with {esc(', '.join(models))}" if models else "") + ".</p>"]
         accuracy = info.get("map_accuracy")
-        if accuracy and accuracy.get("accuracy") is not None:
+        # accuracy.json is a file of the score output: its values are shown as text, never as markup
+        if accuracy and isinstance(accuracy.get("accuracy"), int | float):
             parts.append(f"<p>Agreement with the reference labels of the scored chips: accuracy "
-                         f"{accuracy['accuracy']:.3f} over {accuracy['n']} chips.</p>")
+                         f"{accuracy['accuracy']:.3f} over {esc(str(accuracy.get('n')))} chips.</p>")
         parts.append(png_img(map_png, "land-use map"))
     return write_page(path, f"Results: {name}", parts)
 

@@ -1,15 +1,21 @@
-"""Self-contained HTML report pages (change report, results report): tables, inlined figures, one style."""
+"""Self-contained HTML report pages (change report, results report): tables, inlined figures, one style.
+
+Text from data (run, class, chip and file names, notes) reaches these pages only escaped: :func:`html_table`
+escapes every cell, index entry and header, :func:`png_img` its alt text, :func:`write_page` the title;
+fragments a caller writes itself escape their values with :func:`html.escape`.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from tiling.io import atomic_path
 
 _STYLE = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}"
           "table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}"
@@ -19,8 +25,9 @@ _STYLE = ("body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:11
 
 
 def html_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A DataFrame as an HTML table with thousands separators and ``digits`` decimals."""
-    return frame.to_html(float_format=lambda v: f"{v:,.{digits}f}", na_rep="–", border=0, classes="t")
+    """A DataFrame as an HTML table with thousands separators and ``digits`` decimals; all text escaped."""
+    return frame.to_html(float_format=lambda v: f"{v:,.{digits}f}", na_rep="–", border=0, classes="t",
+                         escape=True)
 
 
 def png_img(png: str | os.PathLike[str], alt: str) -> str:
@@ -34,13 +41,6 @@ def write_page(path: str | os.PathLike[str], title: str, parts: Sequence[str]) -
     document = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
                 f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
                 + "\n".join(parts) + "</body></html>")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).write_text(document, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as temporary:
+        temporary.write_text(document, encoding="utf-8")
+    return Path(path)

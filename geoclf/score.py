@@ -24,7 +24,7 @@ from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.errors import InputError
 from tiling.index import TileParams, read_index, tile, write_index
-from tiling.io import PathLike, normalize_source
+from tiling.io import PathLike, describe_naip, normalize_source
 from tiling.parallel import Scheduler, check_counts, default_workers
 
 #: The predictions table's name in a score output (:class:`geoclf.landuse.ScoreOutput` names every file).
@@ -152,8 +152,6 @@ def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None
         if sorted(attrs.get("naip", [])) == sorted(normalize_source(p) for p in naip) and attrs.get("aoi") == (
                 None if aoi is None else normalize_source(aoi)):
             return index
-    from tiling.io import describe_naip
-
     need = max(model.bands)
     for path in naip:
         scene = describe_naip(path)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CHROMIUM, chromium
+from test_maps import hostile, hostile_predictions
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +182,35 @@ def test_cli_bad_input_is_one_line(quickstart, tmp_path, capsys, args):
     err = capsys.readouterr().err.strip()
     assert err.startswith("geoclf: error:") and "\n" not in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_hostile_names_do_not_run_in_the_report(tmp_path):
+    """A run, classes, chips, a score output directory and its accuracy.json all named like scripts."""
+    from geoclf import maps
+    from geoclf.analysis import area_map, misclassified, overall_table, write_report
+    from geoclf.metrics import evaluate, plot_confusion_matrix
+
+    predictions, scheme = hostile_predictions()
+    predictions.loc[predictions.index[:2], "label"] = "Developed"
+    score_out = tmp_path / hostile("dir")
+    written = maps.write_maps(predictions, scheme, score_out, html_map=False)
+    predictions.to_parquet(score_out / "predictions.parquet")
+    tampered = json.loads(written["accuracy"].read_text()) | {"n": hostile("accuracy")}
+    written["accuracy"].write_text(json.dumps(tampered))
+    map_png, about = area_map(score_out, tmp_path / "map.png")
+    evaluation = evaluate(predictions["label"].to_numpy(), predictions["pred"].to_numpy(), scheme.names)
+    chips = predictions.assign(prob=0.9)[["chip_id", "label", "pred", "prob"]]
+    info = {"run": hostile("run"), "run_id": hostile("run-id"), "kind": "train", "backbone": hostile("backbone"),
+            "classifier": "logistic_regression", "n_val": len(chips), "n_train": hostile("n-train"),
+            "chip_index": hostile("chips"), "predicted_from": "features", "agrees_with_recorded": False,
+            "notes": [hostile("note")], "predictions": str(score_out), "map_models": about["models"],
+            "map_accuracy": about["accuracy"]}
+    page = write_report(tmp_path / "report.html", info=info, overall=overall_table(evaluation),
+                        per_class=evaluation["per_class"],
+                        confusion_png=plot_confusion_matrix(evaluation["confusion_matrix"], tmp_path / "cm.png"),
+                        wrong=misclassified(chips), gallery_png=None, map_png=map_png)
+    dom = chromium(tmp_path, page, "--dump-dom").stdout
+    assert "<pwned-" not in dom and not re.search(r"<title>PWNED", dom), "a planted name ran as script"
+    for tag in ("run", "n-train", "chips", "note", "dir", "model", "accuracy", "class", "scene"):
+        assert f"PWNED-{tag}'" in dom, f"the {tag} name is missing from the page"  # shown, as text

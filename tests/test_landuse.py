@@ -168,3 +168,15 @@ def test_majority_filter_in_space_leaves_other_axes_alone() -> None:
     assert all((stacked[t] == landuse.majority_filter(codes[t], 3)).all() for t in range(3))
     with pytest.raises(InputError, match="odd number"):
         landuse.majority_filter(codes, 4)
+
+
+def test_landuse_and_webmap_sit_below_the_stages() -> None:
+    """The map contract and the page builder import no stage (score, change, trend) and no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, geoclf.landuse, geoclf.webmap; print(' '.join(sorted(m for m in sys.modules if m == 'torch' "
+            "or m.split('.')[:2] in (['geoclf', 'score'], ['geoclf', 'change'], ['geoclf', 'trend'], "
+            "['geoclf', 'maps']))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
