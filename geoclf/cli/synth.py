@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
+from tiling import synth as generator
 from tiling.errors import InputError
-
-if TYPE_CHECKING:
-    from tiling.synth import SyntheticScene
+from tiling.synth import SyntheticScene
 
 
 def _numbers(text: str, count: tuple[int, ...], what: str) -> tuple[float, ...]:
@@ -122,8 +121,6 @@ def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years
     tree crowns, field rows, bushes, water) with realistic variation, so classifiers can be trained and
     tested offline. Prints the files written and the land-cover shares of each scene.
     """
-    from tiling import synth as generator
-
     size = _numbers(size_m, (1, 2), "--size-m")
     size_arg: float | tuple[float, float] = size[0] if len(size) == 1 else (size[0], size[1])
     lon, lat = _numbers(center, (2,), "--center")
@@ -167,6 +164,4 @@ def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years
 
 
 def _count_features(path: Path | None) -> int:
-    import json
-
     return 0 if path is None else len(json.loads(Path(path).read_text())["features"])

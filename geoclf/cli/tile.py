@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 import click
+import yaml
 
+import tiling
 from geoclf.cli.common import scheduler_option
+from tiling.errors import InputError
+from tiling.materialize import materialize_chips
 
 
 @click.command("tile")
@@ -48,9 +52,6 @@ def tile(naip: tuple[str, ...], more_naip: tuple[str, ...], nlcd: str, out: str,
          max_nodata: float, classes_file: str | None, split: str, block_size_m: float | None, val_fraction: float,
          balance: bool, seed: int, materialize: str | None, scheduler: str) -> None:
     """Cut NAIP rasters into labeled chips against NLCD and write OUT/chips.parquet (GeoParquet)."""
-    import tiling
-    from tiling.materialize import materialize_chips
-
     params = tiling.TileParams(chip_size=chip_size, chip_size_m=chip_size_m, stride_m=stride_m,
                                min_purity=min_purity, max_nodata=max_nodata, split=split, block_size_m=block_size_m,
                                val_fraction=val_fraction, balance=balance, seed=seed, aoi_predicate=aoi_predicate)
@@ -66,10 +67,6 @@ def tile(naip: tuple[str, ...], more_naip: tuple[str, ...], nlcd: str, out: str,
 
 
 def _read_mapping(path: str) -> dict:
-    import yaml
-
-    from tiling.errors import InputError
-
     try:
         data = yaml.safe_load(Path(path).read_text()) if not path.endswith(".json") else json.loads(
             Path(path).read_text())
