@@ -2,8 +2,9 @@
 
 The stages, each in its module:
 
-- :mod:`geoclf.change.pairs` -- reading predictions and pairing each after-date chip with the before-date
-  chip of the same place (:func:`align_dates`); change labels and the ranking of changed chips;
+- :mod:`geoclf.change.pairs` -- pairing each after-date chip with the before-date chip of the same place
+  (:func:`align_dates`; predictions are read by :func:`geoclf.landuse.read_predictions`); change labels and
+  the ranking of changed chips;
 - :mod:`geoclf.change.summaries` -- over the pairs: the transition matrix, areas per class and date, gross
   gains and losses, urbanization, zonal summaries and error-adjusted estimates from a reference sample;
 - :mod:`geoclf.change.maps` -- the chip grid: plurality smoothing of one date, the transition COG;
@@ -20,7 +21,7 @@ areas with confidence intervals, label a stratified sample of chips (:func:`geoc
 from __future__ import annotations
 
 from geoclf.change.maps import (
-    Legend,
+    TransitionLegend,
     change_grids,
     display_legend,
     smooth_predictions,
@@ -30,16 +31,13 @@ from geoclf.change.maps import (
 from geoclf.change.pairs import (
     ARROW,
     MIN_OVERLAP,
-    PROB_PREFIX,
     STABLE,
     align_dates,
     aligned_classes,
     change_labels,
     date_label,
     label_changes,
-    prediction_classes,
     rank_changes,
-    read_predictions,
 )
 from geoclf.change.report import area_bar_chart, change_html, change_png, write_image_pairs, write_report
 from geoclf.change.run import load_scheme, run_change
@@ -53,10 +51,11 @@ from geoclf.change.summaries import (
     urbanization,
     zonal_summary,
 )
+from geoclf.landuse import PROB_PREFIX, prediction_classes, read_predictions
 from geoclf.zones import DEVELOPED, read_reference, read_zones, zone_names
 
 __all__ = [
-    "ARROW", "DEVELOPED", "MIN_OVERLAP", "PROB_PREFIX", "STABLE", "Legend", "align_dates", "aligned_classes",
+    "ARROW", "DEVELOPED", "MIN_OVERLAP", "PROB_PREFIX", "STABLE", "TransitionLegend", "align_dates", "aligned_classes",
     "area_bar_chart", "change_grids", "change_html", "change_labels", "change_png", "class_areas", "date_label",
     "display_legend", "gains_losses", "label_changes", "load_scheme", "match_reference", "prediction_classes",
     "rank_changes", "read_predictions", "read_reference", "read_zones", "reference_estimates", "run_change",

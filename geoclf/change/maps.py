@@ -12,9 +12,8 @@ import pandas as pd
 from pyproj import Transformer
 from rasterio.crs import CRS
 
-from geoclf import maps
-from geoclf.change.pairs import ARROW, PROB_PREFIX, STABLE
-from geoclf.maps import LandUseGrid
+from geoclf.change.pairs import ARROW, STABLE
+from geoclf.landuse import PROB_PREFIX, LandUseGrid, majority_filter, predictions_to_grid, write_landuse_cog
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.grid import parse_cell
@@ -25,15 +24,16 @@ PathLike = str | os.PathLike[str]
 def smooth_predictions(predictions: gpd.GeoDataFrame, scheme: ClassScheme, size: int = 3) -> gpd.GeoDataFrame:
     """A copy of one date's predictions with a ``class`` column smoothed by a plurality filter.
 
-    The predictions are rasterized on their chip grid (one pixel per chip, :func:`geoclf.maps.predictions_to_grid`)
-    and filtered with :func:`geoclf.maps.smooth_plurality` (``size`` x ``size``, 3 by default), which removes
+    The predictions are rasterized on their chip grid (one pixel per chip,
+    :func:`geoclf.landuse.predictions_to_grid`) and filtered with :func:`geoclf.landuse.majority_filter`
+    (``size`` x ``size``, 3 by default), which removes
     isolated single-chip labels: most of them are classifier noise, and every one would otherwise make two
     spurious transitions. The price: real patches smaller than about five chips vanish too, and edges of
     patches can move by a chip, so smoothing trades small real changes for fewer false ones. ``pred`` is
     kept; :func:`geoclf.change.align_dates` compares ``class`` when it is present.
     """
-    grid = maps.predictions_to_grid(_grid_table(predictions), scheme)
-    codes = maps.smooth_plurality(grid.codes, size)
+    grid = predictions_to_grid(_grid_table(predictions), scheme)
+    codes = majority_filter(grid.codes, size)
     code = _sample_grid(predictions, grid._replace(codes=codes))
     names = np.array(scheme.names, dtype=object)
     smoothed = predictions.copy()
@@ -42,7 +42,7 @@ def smooth_predictions(predictions: gpd.GeoDataFrame, scheme: ClassScheme, size:
 
 
 def _grid_table(table: pd.DataFrame, pred: str = "pred") -> pd.DataFrame:
-    """The columns :func:`geoclf.maps.predictions_to_grid` needs, derived from the ``cell`` keys."""
+    """The columns :func:`geoclf.landuse.predictions_to_grid` needs, derived from the ``cell`` keys."""
     if "cell" not in table.columns or table["cell"].isna().any():
         raise InputError("chips without 'cell' keys cannot be placed on a chip grid")
     cells = parse_cell(table["cell"])
@@ -78,11 +78,12 @@ def _sample_grid(table: pd.DataFrame, grid: LandUseGrid) -> np.ndarray:
     return out
 
 
-class Legend:
-    """Names and colours of raster codes that are not land-use classes (transitions), for :mod:`geoclf.maps`.
+class TransitionLegend:
+    """Names and colours of raster codes that are not land-use classes (transitions, change displays).
 
-    It offers what the map writers read from a :class:`~tiling.classes.ClassScheme`: ``names`` (code
-    ``i + 1`` is ``names[i]``), ``color(name)`` and ``to_dict()``.
+    It offers what the map writers of :mod:`geoclf.landuse` and :mod:`geoclf.webmap` read from a
+    :class:`~tiling.classes.ClassScheme` (the :class:`geoclf.landuse.Legend` protocol and ``to_dict()``):
+    ``names`` (code ``i + 1`` is ``names[i]``), ``color(name)`` and ``to_dict()``.
     """
 
     def __init__(self, names: Sequence[str], colors: Sequence[tuple[int, int, int]]) -> None:
@@ -103,7 +104,7 @@ def _tint(rgb: tuple[int, int, int], amount: float = 0.65) -> tuple[int, int, in
     return tuple(round(v + (255 - v) * amount) for v in rgb)  # type: ignore[return-value]
 
 
-def transition_legend(scheme: ClassScheme) -> Legend:
+def transition_legend(scheme: ClassScheme) -> TransitionLegend:
     """The codes of ``change.tif``: ``from_index * C + to_index + 1`` (0-based class indices, C classes).
 
     Stable transitions (``"Stable Forest"``) are drawn in a pale tint of the class colour, changes in the
@@ -114,21 +115,21 @@ def transition_legend(scheme: ClassScheme) -> Legend:
         for b in scheme.names:
             names.append(STABLE + a if a == b else a + ARROW + b)
             colors.append(_tint(scheme.color(a)) if a == b else scheme.color(b))
-    return Legend(names, colors)
+    return TransitionLegend(names, colors)
 
 
-def display_legend(scheme: ClassScheme) -> Legend:
+def display_legend(scheme: ClassScheme) -> TransitionLegend:
     """A short legend for maps: no change, or the class the land became."""
     names = ["No change"] + [f"Became {name}" for name in scheme.names]
-    return Legend(names, [(225, 225, 225)] + [scheme.color(name) for name in scheme.names])
+    return TransitionLegend(names, [(225, 225, 225)] + [scheme.color(name) for name in scheme.names])
 
 
 def change_grids(aligned: pd.DataFrame, scheme: ClassScheme) -> dict[str, LandUseGrid]:
     """The compared area on the after-date chip grid: ``before`` and ``after`` classes, ``transition`` codes
     (see :func:`transition_legend`) and ``display`` codes (0 nodata, 1 no change, ``1 + k`` became class k).
     """
-    before = maps.predictions_to_grid(_grid_table(aligned, "class_before"), scheme)
-    after = maps.predictions_to_grid(_grid_table(aligned, "class_after"), scheme)
+    before = predictions_to_grid(_grid_table(aligned, "class_before"), scheme)
+    after = predictions_to_grid(_grid_table(aligned, "class_after"), scheme)
     b = before.codes.astype(np.int64)
     a = after.codes.astype(np.int64)
     both = (b > 0) & (a > 0)
@@ -148,4 +149,4 @@ def write_change_cog(path: PathLike, aligned: pd.DataFrame, scheme: ClassScheme)
     if len(scheme.names) ** 2 > 255:
         raise InputError(f"{len(scheme.names)} classes make more transitions than an 8-bit colour table holds")
     grid = change_grids(aligned, scheme)["transition"]
-    return maps.write_landuse_cog(path, grid, transition_legend(scheme))  # type: ignore[arg-type]
+    return write_landuse_cog(path, grid, transition_legend(scheme))  # type: ignore[arg-type]

@@ -1,15 +1,15 @@
-"""Chips of two dates paired over the same ground: reading predictions, pairing, change labels, ranking.
+"""Chips of two dates paired over the same ground: pairing, change labels, ranking.
 
 The unit of analysis is the chip of the *after* date. Each is paired with the before-date chip of the same
 place (:func:`align_dates`), and every summary (:mod:`geoclf.change.summaries`) is computed over those
-pairs, so both dates are compared over exactly the same ground.
+pairs, so both dates are compared over exactly the same ground. Predictions are read and checked by
+:mod:`geoclf.landuse` (:func:`geoclf.landuse.read_predictions`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -17,6 +17,7 @@ import pandas as pd
 import shapely
 
 from geoclf.area import chip_area_km2, equal_area_crs
+from geoclf.landuse import PROB_PREFIX, prediction_classes
 from tiling.errors import InputError
 from tiling.grid import parse_cell
 
@@ -28,59 +29,9 @@ ARROW = "→"
 STABLE = "Stable "
 #: Default minimum share of an after-chip's footprint that its before-chip must cover to pair them.
 MIN_OVERLAP = 0.5
-#: Prefix of the per-class probability columns of a predictions table: ``prob_Forest``.
-PROB_PREFIX = "prob_"
 
 # Per-date columns carried into the aligned table (suffixed ``_before`` / ``_after``) when present.
 _CARRIED = ("chip_id", "scene", "source", "date", "model", "label")
-
-
-def read_predictions(path: PathLike) -> gpd.GeoDataFrame:
-    """Read a predictions table: a score output directory (``DIR/predictions.parquet``) or the file itself.
-
-    Raises:
-        InputError: the file is missing, is not GeoParquet with footprints, or lacks ``pred``/``prob_*``.
-    """
-    path = Path(path)
-    file = path / "predictions.parquet" if path.is_dir() else path
-    if not file.exists():
-        raise InputError("no predictions.parquet here (give a `geoclf score` output directory or the file)"
-                         if path.is_dir() else "no such file", file)
-    try:
-        gdf = gpd.read_parquet(file)
-    except ValueError as exc:  # geopandas' message for Parquet without geometry metadata
-        raise InputError(f"has no geometry, so chips cannot be placed ({_first_line(exc)}); predictions must be "
-                         "GeoParquet with chip footprints", file) from exc
-    except Exception as exc:
-        raise InputError(f"cannot be read as GeoParquet ({_first_line(exc)})", file) from exc
-    prediction_classes(gdf, name=str(file))
-    return gdf
-
-
-def prediction_classes(predictions: pd.DataFrame, name: str | None = None) -> list[str]:
-    """The classes a predictions table was scored with, in the model's order (from its ``prob_*`` columns).
-
-    Also checks what change analysis relies on: footprints with a CRS, a ``pred`` column, and predicted
-    classes that are among the scored ones.
-    """
-    if not isinstance(predictions, gpd.GeoDataFrame) or predictions.geometry.name not in predictions.columns:
-        raise InputError("predictions without geometry: chip footprints are needed to compare dates", name)
-    if predictions.crs is None:
-        raise InputError("the chip footprints have no CRS", name)
-    if "pred" not in predictions.columns:
-        raise InputError("no 'pred' column; is this a geoclf predictions table?", name)
-    classes = [str(c)[len(PROB_PREFIX):] for c in predictions.columns if str(c).startswith(PROB_PREFIX)]
-    if not classes:
-        raise InputError("no prob_<class> columns; is this a geoclf predictions table?", name)
-    unknown = sorted(set(predictions["pred"].dropna().astype(str)) - set(classes))
-    if unknown:
-        raise InputError(f"predicted classes {unknown} have no probability column", name)
-    return classes
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,

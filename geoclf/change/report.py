@@ -6,7 +6,6 @@ import html
 import os
 from pathlib import Path
 
-import folium
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -17,11 +16,12 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import from_bounds
 
-from geoclf import maps
 from geoclf.area import AreaEstimate
 from geoclf.change.maps import change_grids, display_legend
 from geoclf.change.pairs import date_label, rank_changes
 from geoclf.htmlpage import html_table, png_img, write_page
+from geoclf.maps import static_png
+from geoclf.webmap import WebMap, overlay_image
 from tiling.classes import ClassScheme
 from tiling.io import atomic_path
 
@@ -50,8 +50,8 @@ def change_png(aligned: pd.DataFrame, scheme: ClassScheme, path: PathLike) -> Pa
     """Write ``change_map.png``: the static change map (no change, or the class the land became)."""
     before, after = date_label(aligned, "before"), date_label(aligned, "after")
     grid = change_grids(aligned, scheme)["display"]
-    return maps.static_png(grid, display_legend(scheme), path,  # type: ignore[arg-type]
-                           title=f"Change {before} → {after}")
+    return static_png(grid, display_legend(scheme), path,  # type: ignore[arg-type]
+                      title=f"Change {before} → {after}")
 
 
 def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, ranked: pd.DataFrame | None = None,
@@ -60,21 +60,17 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
 
     Layers are switched in the layer control; changed chips (up to ``max_popup_chips``, likeliest first)
     open a popup with the transition, its rank and confidence. Leaflet is inlined (as in the land-use
-    map), so only the basemap needs a network.
+    map, :class:`geoclf.webmap.WebMap`), so only the basemap needs a network; names from the data are escaped.
     """
     grids = change_grids(aligned, scheme)
     labels = (date_label(aligned, "before"), date_label(aligned, "after"))
     overlays = [(f"Land use {labels[0]}", grids["before"], scheme, False),
                 (f"Land use {labels[1]}", grids["after"], scheme, False),
                 (f"Change {labels[0]} → {labels[1]}", grids["display"], display_legend(scheme), True)]
-    images = [(name, *maps.overlay_image(grid, legend, overlay_max_pixels), show)
-              for name, grid, legend, show in overlays]
-    bounds = images[0][2]
-    fmap = maps.offline_map(bounds, "OpenStreetMap")
-    root = fmap.get_root()
+    images = [(name, *overlay_image(grid, legend, overlay_max_pixels), show) for name, grid, legend, show in overlays]
+    page = WebMap(images[0][2], "OpenStreetMap")
     for name, url, image_bounds, show in images:
-        folium.raster_layers.ImageOverlay(url, bounds=image_bounds, opacity=0.75, name=name, pixelated=True,
-                                          interactive=False, show=show).add_to(fmap)
+        page.add_image(url, image_bounds, name=name, opacity=0.75, show=show)
     ranked = rank_changes(aligned, scheme.names) if ranked is None else ranked
     if len(ranked):
         top = ranked.head(max_popup_chips)
@@ -85,18 +81,14 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
         for column in ("chip_id_before", "chip_id_after"):
             if column in top.columns:
                 props[column] = top[column].astype(str).to_numpy()
-        data = gpd.GeoDataFrame(props, geometry=top.geometry.to_crs(4326).to_numpy(), crs=4326).to_json(drop_id=True)
-        folium.GeoJson(data, name=f"Changed chips (top {len(top)}, click for details)",
-                       style_function=lambda feature: {"color": "#000000", "weight": 1, "fillOpacity": 0.0},
-                       highlight_function=lambda feature: {"weight": 3},
-                       popup=folium.GeoJsonPopup(fields=list(props.columns))).add_to(fmap)
-    folium.LayerControl(collapsed=False).add_to(fmap)
-    root.html.add_child(folium.Element(maps.legend_html(display_legend(scheme), "Change", None)), name="legend")
-    fmap.fit_bounds(bounds)
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        fmap.save(str(temporary))
-    return path
+        chips = gpd.GeoDataFrame(props, geometry=top.geometry.to_crs(4326).to_numpy(), crs=4326)
+        page.add_features(chips, name=f"Changed chips (top {len(top)}, click for details)",
+                          fields=list(props.columns),
+                          style=lambda feature: {"color": "#000000", "weight": 1, "fillOpacity": 0.0},
+                          highlight=lambda feature: {"weight": 3})
+    page.add_layer_control()
+    page.add_legend(display_legend(scheme), "Change")
+    return page.save(path)
 
 
 def write_image_pairs(ranked: gpd.GeoDataFrame, out_dir: PathLike, top: int = 20, size: int = 160) -> list[Path]:

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoclf import maps
 from geoclf.area import AreaEstimate, stratified_sample
 from geoclf.change.maps import smooth_predictions, write_change_cog
-from geoclf.change.pairs import (
-    MIN_OVERLAP,
-    align_dates,
-    change_labels,
-    date_label,
-    prediction_classes,
-    rank_changes,
-    read_predictions,
-)
+from geoclf.change.pairs import MIN_OVERLAP, align_dates, change_labels, date_label, rank_changes
 from geoclf.change.report import area_bar_chart, change_html, change_png, write_image_pairs, write_report
 from geoclf.change.summaries import (
     class_areas,
@@ -31,6 +22,7 @@ from geoclf.change.summaries import (
     urbanization,
     zonal_summary,
 )
+from geoclf.landuse import ScoreOutput, prediction_classes, read_header, read_predictions
 from geoclf.zones import DEVELOPED, read_reference, read_zones
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -42,18 +34,17 @@ PathLike = str | os.PathLike[str]
 def load_scheme(score_dir: PathLike, classes: Sequence[str]) -> ClassScheme:
     """The class scheme (names, order, colours) of a score output: from its ``landuse.tif`` tags, else the
     default scheme when the classes are its classes."""
-    path = Path(score_dir)
-    landuse = path / "landuse.tif" if path.is_dir() else path.with_name("landuse.tif")
-    if landuse.exists():
-        scheme = maps.read_landuse(landuse)[1]
+    output = ScoreOutput(score_dir)
+    if output.landuse.exists():
+        scheme = read_header(output.landuse).classes  # the header only: no pixel is needed
     else:
         scheme = ClassScheme.default()
         if set(scheme.names) != set(classes):
             raise InputError(f"no landuse.tif to read the class scheme from, and the classes {list(classes)} "
-                             "are not the default scheme's", path)
+                             "are not the default scheme's", score_dir)
     if set(scheme.names) != set(classes):
         raise InputError(f"landuse.tif has classes {scheme.names} but predictions.parquet has {list(classes)}",
-                         landuse)
+                         output.landuse)
     return scheme
 
 

@@ -28,7 +28,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geoclf.area import error_matrix, olofsson
-from geoclf.maps import NODATA
+from geoclf.landuse import NODATA
 from geoclf.trend.stack import LandUseStack, decimal_years
 from geoclf.zones import checked_zone_names
 from tiling.errors import InputError

@@ -10,7 +10,6 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import folium
 import geopandas as gpd
@@ -25,8 +24,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from rasterio.crs import CRS
 
-from geoclf.maps import LandUseGrid, hex_color, legend_html, offline_map, overlay_image
+from geoclf.landuse import LandUseGrid
 from geoclf.trend.stack import CODES, LandUseStack
+from geoclf.webmap import WebMap, hex_color, overlay_image
 from geoclf.zones import zone_names
 from tiling.classes import ClassScheme
 from tiling.io import atomic_path
@@ -176,8 +176,8 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
     """Write ``trend.html``: a land-use layer per date behind a year slider, the year-developed layer,
     zones with their trends, and the area chart, all inline so the page works offline.
 
-    Layers are warped (nearest) to Web Mercator images the way :func:`geoclf.maps.folium_map` draws its class
-    layer; a layer's image is made from the stack read at every ``k``-th pixel so it fits ``max_pixels``.
+    The page is a :class:`geoclf.webmap.WebMap`: layers are warped (nearest) to Web Mercator images as on the
+    land-use map, each made from the stack read at every ``k``-th pixel so it fits ``max_pixels``.
 
     Args:
         stack: from :func:`geoclf.trend.open_stack` (or reopened from Zarr).
@@ -204,28 +204,22 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
     for t in range(len(dates)):
         grid = _decimated(dataset[CODES].isel(time=t), transform, crs, max_pixels)
         images.append(overlay_image(grid, classes, max_pixels))
-    bounds = images[0][1]
-    fmap = offline_map(bounds, basemap)
-    root = fmap.get_root()
-    layers = []
-    for t, (url, layer_bounds) in enumerate(images):
-        layer = folium.raster_layers.ImageOverlay(url, bounds=layer_bounds, opacity=opacity, pixelated=True,
-                                                  interactive=False, control=False,
-                                                  className=f"geoclf-year geoclf-year-{dates[t]}")
-        layer.add_to(fmap)
-        layers.append(layer)
+    page = WebMap(images[0][1], basemap)
+    # The dates' layers stay out of the layer list: the slider shows one at a time.
+    layers = [page.add_image(url, layer_bounds, opacity=opacity, control=False,
+                             class_name=f"geoclf-year geoclf-year-{dates[t]}")
+              for t, (url, layer_bounds) in enumerate(images)]
     year_scheme = _year_scheme(years)
     developed_grid = _decimated(trajectory["year_developed"], transform, crs, max_pixels)
     developed_grid = developed_grid._replace(codes=_year_codes(developed_grid.codes, years))
     url, layer_bounds = overlay_image(developed_grid, year_scheme, max_pixels)
     developed = trajectory.attrs.get("developed") or "developed"
-    folium.raster_layers.ImageOverlay(url, bounds=layer_bounds, opacity=0.9, pixelated=True, interactive=False,
-                                      name=f"Year first {developed}", show=False,
-                                      className="geoclf-year-developed").add_to(fmap)
+    page.add_image(url, layer_bounds, name=f"Year first {developed}", opacity=0.9, show=False,
+                   class_name="geoclf-year-developed")
     if zones is not None and zone_trends is not None and not zone_trends.empty:
-        _add_zones(fmap, zones, zone_trends, classes.names, zone_column)
-    folium.LayerControl(collapsed=False).add_to(fmap)
-    root.html.add_child(folium.Element(legend_html(classes, "Land use", None)), name="legend")
+        _add_zones(page, zones, zone_trends, classes.names, zone_column)
+    page.add_layer_control()
+    page.add_legend(classes, "Land use")
     swatches = "".join(
         f"<span style='display:inline-block;margin-right:6px'><span style='display:inline-block;width:12px;"
         f"height:12px;vertical-align:middle;border:1px solid #555;background:{hex_color(year_scheme.color(n))}'>"
@@ -248,13 +242,13 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
         "<summary><b>Area by class over time</b></summary>"
         f"<img alt='area by class over time' src='{_data_url(Path(chart))}' style='width:100%'>"
         f"{_trend_table_html(trends)}</details>")
-    root.html.add_child(folium.Element(panel), name="slider_panel")
+    page.map.get_root().html.add_child(folium.Element(panel), name="slider_panel")
     names = ", ".join(layer.get_name() for layer in layers)
     # Rendered as the map's last child, so that the map and its layers exist when it runs.
     slider = MacroElement()
     slider._template = Template("{% macro script(this, kwargs) %}" + f"""
 (function () {{
-  var map = {fmap.get_name()};
+  var map = {page.map.get_name()};
   var layers = [{names}];
   var dates = {json.dumps(dates)};
   var slider = document.getElementById('geoclf-slider');
@@ -273,15 +267,11 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
   show(layers.length - 1);
 }})();
 """ + "{% endmacro %}")
-    fmap.add_child(slider, name="geoclf_slider")
-    fmap.fit_bounds(bounds)
-    target = Path(path)
-    with atomic_path(target) as temporary:
-        fmap.save(str(temporary))
-    return target
+    page.map.add_child(slider, name="geoclf_slider")
+    return page.save(path)
 
 
-def _add_zones(fmap: Any, zones: gpd.GeoDataFrame, zone_trends: pd.DataFrame, classes: Sequence[str],
+def _add_zones(page: WebMap, zones: gpd.GeoDataFrame, zone_trends: pd.DataFrame, classes: Sequence[str],
                zone_column: str | None) -> None:
     names = zone_names(zones, zone_column)
     props = pd.DataFrame({"zone": names.to_numpy()})
@@ -294,6 +284,5 @@ def _add_zones(fmap: Any, zones: gpd.GeoDataFrame, zone_trends: pd.DataFrame, cl
         fields.append(column)
         aliases.append(name)
     frame = gpd.GeoDataFrame(props, geometry=zones.geometry.to_crs(4326).to_numpy(), crs=4326)
-    folium.GeoJson(json.loads(frame.to_json(drop_id=True)), name="Zones (click for trends)",
-                   style_function=lambda feature: {"color": "#222", "weight": 2, "fillOpacity": 0.0},
-                   popup=folium.GeoJsonPopup(fields=fields, aliases=aliases)).add_to(fmap)
+    page.add_features(frame, name="Zones (click for trends)", fields=fields, aliases=aliases,
+                      style=lambda feature: {"color": "#222", "weight": 2, "fillOpacity": 0.0})

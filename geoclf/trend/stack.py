@@ -30,21 +30,21 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
 from geoclf.area import equal_area_crs
-from geoclf.maps import NODATA
+from geoclf.landuse import NODATA, LandUseHeader, ScoreOutput, read_header
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.io import atomic_path, scene_date
 
 PathLike = str | os.PathLike[str]
 
-#: The land-use map and its probabilities inside a ``geoclf score`` output directory.
-LANDUSE = "landuse.tif"
-PROBABILITIES = "landuse_probs.tif"
-PREDICTIONS = "predictions.parquet"
+#: The land-use map, its probabilities and its predictions inside a ``geoclf score`` output directory (their
+#: home is :class:`geoclf.landuse.ScoreOutput`).
+LANDUSE = ScoreOutput.LANDUSE
+PROBABILITIES = ScoreOutput.PROBABILITIES
+PREDICTIONS = ScoreOutput.PREDICTIONS
 #: Name of the class-code variable of the stack (the COG band's description).
 CODES = "land_use_class"
 #: The stack written by :func:`geoclf.trend.analyze_trends`.
@@ -82,46 +82,25 @@ class _Map:
         return left, top + self.height * self.transform.e, left + self.width * self.transform.a, top
 
 
-def _landuse_path(source: Path) -> Path:
-    path = source / LANDUSE if source.is_dir() else source
-    if not path.exists():
-        raise InputError(f"no {LANDUSE} here (give `geoclf score` output directories or land-use COGs)"
-                         if source.is_dir() else "no such file", path)
-    return path
-
-
-def _header(path: Path) -> tuple[ClassScheme, CRS, Affine, int, int, dict[str, str]]:
-    """Class scheme and georeferencing of a land-use COG, from its header only."""
-    try:
-        with rasterio.open(path) as dataset:
-            tags, crs, transform = dataset.tags(), dataset.crs, dataset.transform
-            width, height = dataset.width, dataset.height
-    except RasterioError as exc:
-        raise InputError(f"cannot be read as a raster ({str(exc).splitlines()[0]})", path) from exc
-    if "CLASS_SCHEME" not in tags:
-        raise InputError("is not a geoclf land-use map (no CLASS_SCHEME tag)", path)
-    try:
-        groups = json.loads(tags["CLASS_SCHEME"])
-        colors = json.loads(tags.get("CLASS_COLORS", "{}"))
-        classes = ClassScheme({k: tuple(v) for k, v in groups.items()}, {k: tuple(v) for k, v in colors.items()})
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise InputError(f"has an unreadable class scheme tag ({exc})", path) from exc
-    if crs is None:
+def _check_georeferencing(header: LandUseHeader, path: Path) -> None:
+    """What stacking needs of a map's grid: a projected CRS and a north-up transform."""
+    if header.crs is None:
         raise InputError("has no CRS, so it cannot be placed on a common grid with the other dates", path)
-    if not crs.is_projected:
-        raise InputError(f"is in a geographic CRS ({crs.to_string()}); land-use maps need a projected CRS", path)
+    if not header.crs.is_projected:
+        raise InputError(f"is in a geographic CRS ({header.crs.to_string()}); land-use maps need a projected CRS",
+                         path)
+    transform = header.transform
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise InputError("is not a north-up raster; geoclf land-use maps are", path)
-    return classes, crs, transform, width, height, tags
 
 
-def _map_dates(source: Path, landuse: Path, tags: dict[str, str]) -> tuple[list[dt.date], str]:
+def _map_dates(output: ScoreOutput, tags: dict[str, str]) -> tuple[list[dt.date], str]:
     """Acquisition dates of a map's chips (else of the map itself), and the model name.
 
     Only the date/scene/model columns of ``predictions.parquet`` are read: the footprints are not needed,
     and a county's predictions need not be loaded to learn when its imagery was flown.
     """
-    table = source / PREDICTIONS if source.is_dir() else landuse.with_name(PREDICTIONS)
+    table = output.predictions
     dates: list[dt.date] = []
     model = ""
     if table.exists():
@@ -144,22 +123,23 @@ def _map_dates(source: Path, landuse: Path, tags: dict[str, str]) -> tuple[list[
         if "model" in frame.columns and frame["model"].notna().any():
             model = str(frame["model"].dropna().mode().iloc[0])
     if not dates:
-        found = scene_date(landuse.stem, tags) or scene_date(source.name)
+        found = scene_date(output.landuse.stem, tags) or scene_date(output.given.name)
         dates = [found] if found else []
     return sorted(dates), model
 
 
 def _describe(source: PathLike, date: dt.date | str | None, probabilities: bool) -> _Map:
-    source = Path(source)
-    landuse = _landuse_path(source)
-    classes, crs, transform, width, height, tags = _header(landuse)
+    output = ScoreOutput(source)
+    landuse = output.require_landuse()
+    header = read_header(landuse)
+    _check_georeferencing(header, landuse)
     probs_path = None
     if probabilities:
-        probs_path = landuse.with_name(PROBABILITIES)
+        probs_path = output.probabilities
         if not probs_path.exists():
             raise InputError(f"no {PROBABILITIES} beside the map (score with --probabilities to get it)",
                              probs_path)
-    dates, model = _map_dates(source, landuse, tags)
+    dates, model = _map_dates(output, header.tags)
     if date is not None:
         try:
             dates = [pd.Timestamp(date).date()]
@@ -171,7 +151,8 @@ def _describe(source: PathLike, date: dt.date | str | None, probabilities: bool)
     # The median chip date: a county's imagery is flown over days or weeks, and the middle one stands for
     # the whole map better than the first.
     median = dates[(len(dates) - 1) // 2]
-    return _Map(landuse, probs_path, median, dates[0], dates[-1], model, classes, crs, transform, width, height)
+    return _Map(landuse, probs_path, median, dates[0], dates[-1], model, header.classes, header.crs,
+                header.transform, header.width, header.height)
 
 
 def _check_dates(maps: list[_Map]) -> None:
@@ -404,13 +385,11 @@ def pixel_area_km2(crs: CRS, transform: Affine, width: int, height: int) -> floa
 
 
 def stack_classes(stack: xr.Dataset) -> ClassScheme:
-    """The class scheme of a stack (from its attributes)."""
-    try:
-        groups = json.loads(stack.attrs["class_scheme"])
-        colors = json.loads(stack.attrs.get("class_colors", "{}"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError("the dataset is not a geoclf land-use stack (no class_scheme attribute)") from exc
-    return ClassScheme({k: tuple(v) for k, v in groups.items()}, {k: tuple(v) for k, v in colors.items()})
+    """The class scheme of a stack (from its attributes, which hold the maps' scheme tags)."""
+    if "class_scheme" not in stack.attrs:
+        raise InputError("the dataset is not a geoclf land-use stack (no class_scheme attribute)")
+    tags = {"CLASS_SCHEME": stack.attrs["class_scheme"], "CLASS_COLORS": stack.attrs.get("class_colors", "{}")}
+    return ClassScheme.from_tags(tags, "the land-use stack")
 
 
 def write_stack(stack: xr.Dataset, path: PathLike) -> Path:

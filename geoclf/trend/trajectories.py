@@ -15,36 +15,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from geoclf.maps import NODATA
+from geoclf.landuse import NODATA, majority_filter
 from geoclf.trend.stack import LandUseStack
 from geoclf.zones import DEVELOPED
 from tiling.errors import InputError
 
 #: The per-pixel layers of :func:`trajectories`.
 TRAJECTORY_LAYERS = ("changes", "flicker", "year_developed", "first_class", "last_class", "mapped_dates")
-
-
-def _smooth_series(codes: np.ndarray, window: int) -> np.ndarray:
-    """Majority filter along the last axis; nodata neither votes nor changes, ties keep the pixel's class."""
-    half = window // 2
-    steps = codes.shape[-1]
-    position = np.arange(steps)
-    lo = np.clip(position - half, 0, steps)
-    hi = np.clip(position + half + 1, 0, steps)
-    best_count = np.zeros(codes.shape, dtype=np.int32)
-    best_code = np.zeros(codes.shape, dtype=codes.dtype)
-    own_count = np.zeros(codes.shape, dtype=np.int32)
-    for code in np.unique(codes[codes != NODATA]):
-        is_code = codes == code
-        total = np.concatenate([np.zeros((*codes.shape[:-1], 1), np.int32),
-                                np.cumsum(is_code, axis=-1, dtype=np.int32)], axis=-1)
-        count = total[..., hi] - total[..., lo]
-        better = count > best_count  # strict: on equal counts the lowest code, seen first, stays
-        best_count[better] = count[better]
-        best_code[better] = code
-        own_count[is_code] = count[is_code]
-    replace = (codes != NODATA) & (own_count < best_count)
-    return np.where(replace, best_code, codes).astype(codes.dtype)
 
 
 def smooth_time(codes: xr.DataArray, window: int = 3) -> xr.DataArray:
@@ -54,13 +31,14 @@ def smooth_time(codes: xr.DataArray, window: int = 3) -> xr.DataArray:
     on a tie it keeps its own class, and nodata neither votes nor changes. With ``window=3`` a single-date
     excursion A→B→A becomes A→A→A, while a lasting change A→A→B→B keeps its date (each side wins its own
     ties); a two-date excursion needs ``window=5``. The first and last dates have one-sided windows, where
-    ties are the rule, so they change only when outvoted.
+    ties are the rule, so they change only when outvoted. The filter is :func:`geoclf.landuse.majority_filter`
+    along time, the one that smooths maps in space.
     """
     if window < 1 or window % 2 == 0:
         raise InputError(f"the temporal smoothing window must be an odd number of dates, got {window}")
     if window == 1:
         return codes
-    smoothed = xr.apply_ufunc(_smooth_series, _whole_series(codes), kwargs={"window": window},
+    smoothed = xr.apply_ufunc(majority_filter, _whole_series(codes), kwargs={"size": window, "axes": (-1,)},
                               input_core_dims=[["time"]], output_core_dims=[["time"]], dask="parallelized",
                               output_dtypes=[codes.dtype])
     return smoothed.transpose(*codes.dims).assign_coords(codes.coords).assign_attrs(codes.attrs,
