@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import importlib
 import json
+import math
 import os
 import pkgutil
 from abc import ABC, abstractmethod
@@ -219,7 +220,83 @@ def read_model_json(directory: PathLike) -> dict[str, Any]:
     missing = [k for k in ("kind", "classes", "bands", "chip_size") if k not in spec]
     if missing:
         raise InputError(f"lacks {', '.join(missing)}", path)
+    check_fields(spec, COMMON_FIELDS, path)
+    groups = spec.get("class_groups")
+    if groups:
+        if set(groups) != set(spec["classes"]):
+            raise InputError(f"class_groups names {sorted(groups)}, not the classes {spec['classes']}", path)
+        from tiling.classes import ClassScheme
+
+        try:
+            ClassScheme.from_mapping(groups)
+        except (TypeError, ValueError) as exc:  # InputError included: codes that are not NLCD codes
+            raise InputError(f"class_groups is not a class scheme ({exc})", path) from exc
     return spec
+
+
+# -- checks of model.json fields: a tampered or damaged file fails on load, in one line, not later on a worker
+
+
+def whole_number(low: int = 1, high: int | None = None) -> Callable[[Any], bool]:
+    """Test for a whole number (not a boolean) in ``[low, high]``."""
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+
+def positive_number(v: Any) -> bool:
+    """Test for a finite number above 0 (not a boolean)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def nonempty_text(v: Any) -> bool:
+    """Test for a non-empty string."""
+    return isinstance(v, str) and bool(v.strip())
+
+
+def optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """``test``, or null."""
+    return lambda v: v is None or test(v)
+
+
+def list_of(test: Callable[[Any], bool], unique: bool = False) -> Callable[[Any], bool]:
+    """Test for a non-empty list whose items all pass ``test`` (and are distinct, with ``unique``)."""
+    def check(v: Any) -> bool:
+        return (isinstance(v, list) and bool(v) and all(test(item) for item in v)
+                and (not unique or len({json.dumps(item) for item in v}) == len(v)))
+    return check
+
+
+def is_mapping(v: Any) -> bool:
+    """Test for a JSON object."""
+    return isinstance(v, dict)
+
+
+#: What every kind's ``model.json`` fields must be: name -> (test, the expectation in words).
+COMMON_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (nonempty_text, "a kind name"),
+    "name": (optional(lambda v: isinstance(v, str)), "a string or null"),
+    "classes": (list_of(nonempty_text, unique=True), "a list of distinct class names"),
+    "bands": (list_of(whole_number(1), unique=True), "a list of distinct band numbers (1 R, 2 G, 3 B, 4 NIR)"),
+    "chip_size": (whole_number(1, 8192), "a chip side in pixels (1-8192)"),
+    "chip_size_m": (optional(positive_number), "a chip side in metres or null"),
+    "class_groups": (optional(is_mapping), "a mapping of class names to NLCD codes, or null"),
+    "metrics": (optional(is_mapping), "a mapping or null"),
+    "provenance": (optional(lambda v: is_mapping(v) and optional(positive_number)(v.get("chip_size_m"))),
+                   "a mapping (with chip_size_m a number or null) or null"),
+}
+
+
+def check_fields(spec: Mapping[str, Any], fields: Mapping[str, tuple[Callable[[Any], bool], str]],
+                 path: PathLike) -> None:
+    """Check ``model.json`` fields: every field present must pass its test (required ones are checked for
+    presence by the caller).
+
+    Raises:
+        InputError: naming the first field that does not, what it must be and what it is.
+    """
+    for key, (test, expected) in fields.items():
+        if key in spec and not test(spec[key]):
+            shown = json.dumps(spec[key], default=str)
+            raise InputError(f"{key} must be {expected}, not {shown[:60]}{'...' if len(shown) > 60 else ''}", path)
 
 
 def write_model_dir(directory: PathLike, kind: str, spec: Mapping[str, Any],

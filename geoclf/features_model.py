@@ -15,18 +15,42 @@ from typing import Any
 import numpy as np
 
 from geoclf.artifact import (
+    MODEL_JSON,
     TRUSTED_SKOPS_TYPES,
     LandUseModel,
     PathLike,
+    check_fields,
     check_file,
     file_checksum,
+    is_mapping,
+    list_of,
     load_skops,
+    nonempty_text,
+    optional,
+    positive_number,
+    whole_number,
     write_model_dir,
 )
 from tiling.errors import InputError
 
 #: Classifier file of a ``features`` artifact.
 CLASSIFIER_FILE = "classifier.skops"
+
+#: The ``model.json`` fields of this kind beyond the common ones, as :func:`geoclf.artifact.check_fields` takes them.
+FIELDS = {
+    "backbone": (nonempty_text, "a backbone name"),
+    "weights": (optional(lambda v: isinstance(v, str)), "a weights reference or null"),
+    "weights_ref": (optional(lambda v: is_mapping(v) and optional(nonempty_text)(v.get("sha256"))),
+                    "a mapping (with sha256 a string) or null"),
+    "feature_dim": (whole_number(1), "the length of a feature vector"),
+    "normalization": (lambda v: is_mapping(v) and list_of(positive_number)(v.get("std"))
+                      and list_of(lambda m: isinstance(m, int | float) and not isinstance(m, bool))(v.get("mean"))
+                      and len(v["mean"]) == len(v["std"]) and optional(whole_number(1, 8192))(v.get("input_size")),
+                      "a mapping of mean and std (lists of numbers, std above 0, as long as each other) and "
+                      "input_size (pixels or null)"),
+    "classifier": (optional(lambda v: is_mapping(v) and optional(nonempty_text)(v.get("file"))
+                            and optional(nonempty_text)(v.get("sha256"))), "a mapping of file and sha256, or null"),
+}
 
 
 class FeaturesModel(LandUseModel):
@@ -129,8 +153,17 @@ class FeaturesModel(LandUseModel):
     @classmethod
     def load(cls, directory: Path, spec: Mapping[str, Any], trusted: bool = False) -> FeaturesModel:
         """Load a ``features`` artifact (the :data:`LOADERS` entry for this kind)."""
+        missing = [k for k in ("backbone", "feature_dim", "normalization") if k not in spec]
+        if missing:
+            raise InputError(f"lacks {', '.join(missing)} (a features model needs them)", directory / MODEL_JSON)
+        check_fields(spec, FIELDS, directory / MODEL_JSON)
         path = check_file(directory, spec.get("classifier") or {}, CLASSIFIER_FILE, "classifier")
-        return cls(spec, load_skops(path, trusted=trusted), path=directory)
+        model = cls(spec, load_skops(path, trusted=trusted), path=directory)
+        expected = getattr(model.classifier, "n_features_in_", None)
+        if expected is not None and int(expected) != model.feature_dim:
+            raise InputError(f"says feature_dim {model.feature_dim}, but its classifier takes {expected} features",
+                             directory / MODEL_JSON)
+        return model
 
 
 

@@ -142,7 +142,9 @@ def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None
                     progress: bool) -> gpd.GeoDataFrame:
     """The chip index of the area: given, reused from an earlier run of this output, or tiled now."""
     if chips is not None:
-        return read_index(chips, check_rasters=True)
+        index = read_index(chips, check_rasters=True)
+        check_scorable(index, model, chips)
+        return index
     if not naip:
         raise InputError("nothing to score: give NAIP rasters or a chip index")
     cached = output.chips
@@ -161,6 +163,41 @@ def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None
     params = TileParams(chip_size=model.chip_size, chip_size_m=chip_size_m or model.chip_size_m,
                         max_nodata=max_nodata)
     return tile(naip, None, output.directory, params=params, aoi=aoi, scheduler="sync", progress=progress)
+
+
+def check_scorable(index: pd.DataFrame, model: Any, where: PathLike | None = None) -> None:
+    """Check what the maps and the accuracy report need of a chip index, before any chip is scored.
+
+    An index from ``geoclf tile`` always passes; one edited or written by other tools could otherwise be
+    scored in full and then fail when the map is drawn, leaving predictions without a map.
+
+    Raises:
+        InputError: a grid column (``cell``, ``ix``, ``iy``, ``crs``) is missing or unreadable, or chip labels
+            are not among the model's classes.
+    """
+    from rasterio.crs import CRS
+
+    from tiling.grid import parse_cell
+
+    missing = [c for c in ("cell", "ix", "iy", "crs") if c not in index.columns]
+    if missing:
+        raise InputError(f"lacks column(s) {', '.join(missing)}, which the land-use map is drawn from (an index "
+                         "written by geoclf tile has them)", where)
+    for value in index["crs"].drop_duplicates():
+        try:
+            CRS.from_user_input(value)
+        except Exception as exc:  # rasterio raises several types for text it cannot parse
+            raise InputError(f"crs {value!r} is not a CRS", where) from exc
+    cells = parse_cell(index["cell"].astype(object))
+    bad = cells["ix"].isna() | cells["iy"].isna() | cells["size"].isna()
+    if bad.any():
+        raise InputError(f"cell {index['cell'].iloc[int(np.argmax(bad.to_numpy()))]!r} is not a grid cell key "
+                         "(<crs>:<size>:<stride>:<ix>:<iy>)", where)
+    if "label" in index.columns:
+        unknown = sorted(set(index["label"].dropna().astype(str)) - set(model.classes))
+        if unknown:
+            raise InputError(f"labels {unknown} are not among the model's classes {list(model.classes)}; its "
+                             "accuracy cannot be reported on these chips", where)
 
 
 def _model_stamp(model_dir: str) -> dict[str, Any]:
