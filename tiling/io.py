@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 import secrets
@@ -19,6 +20,7 @@ from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import CRSError, RasterioError
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from tiling import signing
@@ -142,7 +144,7 @@ class SceneInfo:
         width, height: size in pixels.
         count: number of image bands (an alpha band used as a mask is not one of them).
         nodata: declared nodata value, if any.
-        date: acquisition date, from the file name (NAIP's ``_YYYYMMDD``) or the ``ACQUISITION_DATE`` tag.
+        date: acquisition date, from the ``ACQUISITION_DATE`` tag or the file name (NAIP's ``_YYYYMMDD``).
         mask: how nodata is marked besides 0 (or the declared nodata) in every band: ``"alpha"`` (an alpha
             band), ``"mask"`` (a GDAL nodata mask, internal or ``.msk``) or None.
         alpha_band: the alpha band's number when ``mask == "alpha"``.
@@ -172,19 +174,29 @@ class SceneInfo:
         return left, top - self.height * self.res[1], left + self.width * self.res[0], top
 
 
+#: Tags that state when imagery was acquired. ``TIFFTAG_DATETIME`` is not one: TIFF writers set it to the time
+#: the file was written (a NAIP sample in ../shared/data says 2021-11-11 for imagery flown on 2021-09-12).
+DATE_TAGS = ("ACQUISITION_DATE", "acquisition_date")
+
+_DATE_IN_TAG = re.compile(r"\s*((?:19|20)\d{2})[-:/]?(\d{2})[-:/]?(\d{2})(?!\d)")
+
+
 def scene_date(name: str, tags: dict[str, str] | None = None) -> dt.date | None:
-    """Acquisition date of a scene from its NAIP-style name (``m_4709963_se_14_1_20090818``) or tags."""
+    """Acquisition date of a scene from an ``ACQUISITION_DATE`` tag, else from its NAIP-style name.
+
+    The tag may be written ``2016-08-16``, ``2016:08:16 10:30:00`` (TIFF style) or ``20160816``; the name
+    carries it as NAIP's ``_YYYYMMDD`` (``m_4709963_se_14_1_20160816``). ``None`` when neither has one: a
+    missing date is a normal value (hand-made clips, mosaics and renamed downloads have none).
+    """
     tags = tags or {}
-    for key in ("ACQUISITION_DATE", "acquisition_date", "TIFFTAG_DATETIME"):
-        if key in tags:
-            match = re.match(r"(\d{4})[-:](\d{2})[-:](\d{2})", tags[key])
-            if match:
+    for key in DATE_TAGS:
+        match = _DATE_IN_TAG.match(str(tags.get(key, "")))
+        if match:
+            with suppress(ValueError):
                 return dt.date(*map(int, match.groups()))
     for match in _DATE_IN_NAME.finditer(name):
-        try:
+        with suppress(ValueError):
             return dt.date(*map(int, match.groups()))
-        except ValueError:
-            continue
     return None
 
 
@@ -341,11 +353,17 @@ class ChipReader:
         inside = Window(c0, r0, c1 - c0, r1 - r0)
         try:
             if (c0, r0, c1, r1) == (col, row, col + width, row + height):
+                resampled = (width, height) != (self.size, self.size)
+                if mask is not None and resampled and MaskFlags.per_dataset not in dataset.mask_flag_enums[0]:
+                    return self._read_alpha_resampled(dataset, alpha_band, inside)
                 chip = dataset.read(self.bands, window=inside, out_shape=(len(self.bands), self.size, self.size),
                                     resampling=Resampling.bilinear)
-                valid = read_valid(dataset, mask, alpha_band, inside, (self.size, self.size))
-                if valid is not None:
-                    chip[:, ~valid] = 0
+                # GDAL's resampling already leaves out what its per-dataset mask hides, as it leaves out zero
+                # collars: zeroing by a nearest-sampled mask on top would make edges differ from those
+                if not resampled:
+                    valid = read_valid(dataset, mask, alpha_band, inside, (self.size, self.size))
+                    if valid is not None:
+                        chip[:, ~valid] = 0
                 return chip
             block = dataset.read(self.bands, window=inside)
             valid = read_valid(dataset, mask, alpha_band, inside, block.shape[1:])
@@ -358,6 +376,29 @@ class ChipReader:
         if (height, width) == (self.size, self.size):
             return full
         return _resize(full, self.size)
+
+    def _read_alpha_resampled(self, dataset: rasterio.DatasetReader, alpha: int, window: Window) -> np.ndarray:
+        """A resampled chip of a raster whose alpha band GDAL does not take as a mask (one after the fourth).
+
+        The pixels the alpha band hides are set to nodata (0) before resampling, with a margin of context around
+        the window, so that the chip is exactly what the same raster with zero-valued collars gives.
+        """
+        pad = math.ceil(max(window.width, window.height) / self.size) + 1
+        c0, r0 = max(int(window.col_off) - pad, 0), max(int(window.row_off) - pad, 0)
+        c1 = min(int(window.col_off + window.width) + pad, dataset.width)
+        r1 = min(int(window.row_off + window.height) + pad, dataset.height)
+        context = Window(c0, r0, c1 - c0, r1 - r0)
+        block = dataset.read(self.bands, window=context)
+        block[:, dataset.read(alpha, window=context) == 0] = 0
+        with MemoryFile() as memory:
+            with memory.open(driver="GTiff", width=block.shape[2], height=block.shape[1], count=block.shape[0],
+                             dtype=block.dtype, nodata=0, crs=dataset.crs,
+                             transform=dataset.window_transform(context)) as copy:
+                copy.write(block)
+            with memory.open() as copy:
+                inner = Window(window.col_off - c0, window.row_off - r0, window.width, window.height)
+                return copy.read(window=inner, out_shape=(len(self.bands), self.size, self.size),
+                                 resampling=Resampling.bilinear)
 
     def close(self) -> None:
         """Close every raster this reader opened."""
