@@ -70,15 +70,25 @@ class FeaturizeTask:
         from tiling.io import ChipReader
 
         backbone, extractor = self._model()
-        bands = (1, 2, 3, 4) if self.nir and "source" in part.columns else (1, 2, 3)
+        # NIR statistics for chips of 4-band rasters; older NAIP is RGB only, and its chips get NaN there
+        with_nir = np.zeros(len(part), dtype=bool)
+        if self.nir and "source" in part.columns:
+            with_nir = part["source"].map(_band_count).to_numpy() >= 4
+        order = np.concatenate([np.flatnonzero(with_nir), np.flatnonzero(~with_nir)])
         features, extras = [], []
-        with ChipReader(bands=bands, size=self.chip_size) as reader, torch.inference_mode():
-            for _, chips in iter_batches(part, reader, self.batch_size):
-                batch = to_tensor(chips[:, :3], backbone.mean, backbone.std, size=backbone.input_size)
-                features.append(extractor(batch).float().numpy())
-                extras.append(_nir_stats(chips) if len(bands) == 4 else np.full((len(chips), 3), np.nan))
-        matrix = np.concatenate(features).astype(np.float32)
-        stats = np.concatenate(extras).astype(np.float32)
+        with torch.inference_mode():
+            for bands, rows in (((1, 2, 3, 4), part[with_nir]), ((1, 2, 3), part[~with_nir])):
+                with ChipReader(bands=bands, size=self.chip_size) as reader:
+                    for _, chips in iter_batches(rows, reader, self.batch_size):
+                        batch = to_tensor(chips[:, :3], backbone.mean, backbone.std, size=backbone.input_size)
+                        features.append(extractor(batch).float().numpy())
+                        extras.append(_nir_stats(chips) if len(bands) == 4 else np.full((len(chips), 3), np.nan))
+        matrix = np.empty((len(part), 0), dtype=np.float32)
+        stats = np.empty((len(part), 3), dtype=np.float32)
+        if features:
+            matrix = np.empty((len(part), features[0].shape[1]), dtype=np.float32)
+            matrix[order] = np.concatenate(features)
+            stats[order] = np.concatenate(extras)
         columns = {
             "chip_id": pa.array(part["chip_id"].astype(str)),
             "label": pa.array(part["label"] if "label" in part.columns else [None] * len(part), pa.string()),
@@ -113,6 +123,19 @@ def _worker_threads() -> int | None:
         return get_worker().state.nthreads
     except (ImportError, ValueError):
         return None
+
+
+def _band_count(source: str) -> int:
+    """Number of bands of a raster (read from its header once per worker process)."""
+    if source not in _BAND_COUNTS:
+        from tiling.io import open_raster
+
+        with open_raster(source) as dataset:
+            _BAND_COUNTS[source] = dataset.count
+    return _BAND_COUNTS[source]
+
+
+_BAND_COUNTS: dict[str, int] = {}
 
 
 def _nir_stats(chips: np.ndarray) -> np.ndarray:
