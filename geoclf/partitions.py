@@ -101,14 +101,15 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
     out.mkdir(parents=True, exist_ok=True)
     stamp = fingerprint(chips, chips_per_partition, settings)
     stamp_path = out / _FINGERPRINT
-    if stamp_path.exists():
+    finished = any(out.glob(PART_GLOB))
+    if stamp_path.exists() and finished:
         previous = json.loads(stamp_path.read_text())
         if previous != stamp:
             raise InputError("holds results computed from other chips or settings; choose another output "
                              "directory or remove it", out)
-    else:
-        if any(out.glob(PART_GLOB)):
-            raise InputError("holds partitions of unknown origin; choose another output directory", out)
+    elif finished:
+        raise InputError("holds partitions of unknown origin; choose another output directory", out)
+    else:  # a first run, or one that stopped before finishing a partition: nothing to keep consistent with
         tmp = out / f".{_FINGERPRINT}.tmp"
         tmp.write_text(json.dumps(stamp, indent=2))
         os.replace(tmp, stamp_path)

@@ -23,7 +23,7 @@ from geoclf.maps import write_maps
 from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.errors import InputError
-from tiling.index import TileParams, read_index, tile, write_index
+from tiling.index import TileParams, read_index, tile, validate_index, write_index
 from tiling.io import PathLike, describe_naip, normalize_source
 from tiling.parallel import Scheduler, check_counts, default_workers
 
@@ -140,29 +140,79 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
 def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None, chips: PathLike | None,
                     aoi: PathLike | None, max_nodata: float, chip_size_m: float | None,
                     progress: bool) -> gpd.GeoDataFrame:
-    """The chip index of the area: given, reused from an earlier run of this output, or tiled now."""
+    """The chip index of the area: given, reused from an earlier run of this output, or tiled now.
+
+    An earlier run's grid is reused only when every grid parameter is the same; when they differ and that run
+    scored anything, this stops (before tiling) rather than mix two grids or overwrite the one its results
+    are on. A run that failed before scoring a partition leaves nothing to protect: the grid is tiled again.
+    """
     if chips is not None:
         index = read_index(chips, check_rasters=True)
         check_scorable(index, model, chips)
         return index
     if not naip:
         raise InputError("nothing to score: give NAIP rasters or a chip index")
-    cached = output.chips
-    if cached.exists():  # a rerun: the grid of the first run (its partitions refer to these chips)
-        index = read_index(cached, check_rasters=True)
-        attrs = index.attrs.get("geoclf", {})
-        if sorted(attrs.get("naip", [])) == sorted(normalize_source(p) for p in naip) and attrs.get("aoi") == (
-                None if aoi is None else normalize_source(aoi)):
-            return index
+    scenes = [describe_naip(path) for path in naip]
     need = max(model.bands)
-    for path in naip:
-        scene = describe_naip(path)
+    for scene in scenes:
         if scene.count < need:
             raise InputError(f"has {scene.count} bands; the model reads bands {list(model.bands)} "
                              f"(trained on {need}-band imagery)", scene.source)
-    params = TileParams(chip_size=model.chip_size, chip_size_m=chip_size_m or model.chip_size_m,
-                        max_nodata=max_nodata)
-    return tile(naip, None, output.directory, params=params, aoi=aoi, scheduler="sync", progress=progress)
+    size_m = float(chip_size_m or model.chip_size_m or model.chip_size * scenes[0].res[0])
+    grid = {"naip": sorted(scene.source for scene in scenes), "aoi": None if aoi is None else normalize_source(aoi),
+            "aoi_sha256": None if aoi is None else _file_sha256(aoi), "chip_size": int(model.chip_size),
+            "chip_size_m": size_m, "stride_m": size_m, "max_nodata": float(max_nodata)}
+    cached = output.chips
+    if cached.exists():  # a rerun: its partitions refer to the chips of this grid
+        index = read_index(cached)
+        different = _grid_difference(_recorded_grid(index.attrs.get("geoclf", {})), grid)
+        if different is None:
+            validate_index(index, cached, check_rasters=True)
+            return index
+        if any(output.partitions.glob("part-*.parquet")):
+            raise InputError(f"was scored on another chip grid ({different}); choose another --out, or remove "
+                             "it to start over", output.directory)
+    params = TileParams(chip_size=model.chip_size, chip_size_m=size_m, max_nodata=max_nodata)
+    index = tile(naip, None, None, params=params, aoi=aoi, scheduler="sync", progress=progress)
+    index.attrs["geoclf"]["score_grid"] = grid
+    write_index(index, cached)
+    return index
+
+
+def _file_sha256(path: PathLike) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _recorded_grid(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The grid parameters an earlier run recorded (indexes written before they were recorded: from its attrs)."""
+    if "score_grid" in attrs:
+        return dict(attrs["score_grid"])
+    params = attrs.get("params", {})
+    return {"naip": sorted(attrs.get("naip", [])), "aoi": attrs.get("aoi"), "chip_size": params.get("chip_size"),
+            "chip_size_m": attrs.get("chip_size_m"), "stride_m": attrs.get("stride_m"),
+            "max_nodata": params.get("max_nodata")}
+
+
+_GRID_WORDS = {"naip": "other NAIP rasters", "aoi": "another AOI", "aoi_sha256": "the AOI file has changed",
+               "chip_size": "chip size {} px there, {} px now", "chip_size_m": "chip size {:g} m there, {:g} m now",
+               "stride_m": "stride {:g} m there, {:g} m now", "max_nodata": "max nodata {:g} there, {:g} now"}
+
+
+def _grid_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """A few words on the first grid parameter that differs, or ``None`` when the grids are the same."""
+    for key, words in _GRID_WORDS.items():
+        if key not in recorded:  # an older index that did not record it
+            continue
+        before, now = recorded[key], wanted[key]
+        if isinstance(now, float) and before is not None:
+            same = abs(float(before) - now) <= 1e-9 * max(1.0, abs(now))
+        else:
+            same = before == now
+        if not same:
+            return words.format(before, now) if "{" in words and before is not None else words.split(" {")[0]
+    return None
 
 
 def check_scorable(index: pd.DataFrame, model: Any, where: PathLike | None = None) -> None:

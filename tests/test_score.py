@@ -129,3 +129,63 @@ def test_bad_inputs_are_one_line(trained, tmp_path, capsys):
     assert "two.tif" in _cli_error(capsys, ["score", "--model", str(model.path), "--naip", str(two_band),
                                             "--out", str(tmp_path / "o4")])
     assert not (tmp_path / "o4" / "predictions.parquet").exists()
+
+
+def _corner_aoi(naip, path, size_m: float):
+    """An AOI of ``size_m`` x ``size_m`` inside the scene's lower-left corner: a few chips, a quick score."""
+    with rasterio.open(naip) as ds:
+        left, bottom = ds.bounds.left, ds.bounds.bottom
+        gpd.GeoDataFrame(geometry=[box(left + 10, bottom + 10, left + size_m, bottom + size_m)],
+                         crs=ds.crs).to_file(path)
+    return path
+
+
+def test_rerun_with_other_grid_parameters_refuses_before_tiling(trained, tmp_path, capsys):
+    workdir, model = trained
+    naip, other_naip = workdir / "scene" / "naip_2016.tif", workdir / "scene" / "naip_2010.tif"
+    aoi = _corner_aoi(naip, tmp_path / "aoi.geojson", 600)
+    out = tmp_path / "out"
+    first = ["score", "--model", str(model.path), "--naip", str(naip), "--aoi", str(aoi), "--out", str(out),
+             "--scheduler", "sync"]
+    main(first)
+    grid = (out / "chips.parquet").read_bytes()
+    parts = {p: p.stat().st_mtime_ns for p in (out / "partitions").glob("part-*.parquet")}
+    smaller = _corner_aoi(naip, tmp_path / "smaller.geojson", 400)
+    changes = [(["--chip-size-m", "448"], "chip size 224 m there, 448 m now"),
+               (["--max-nodata", "0.2"], "max nodata 0.5 there, 0.2 now"),
+               (["--aoi", str(smaller)], "another AOI"),
+               (["--naip", str(other_naip)], "other NAIP rasters")]
+    for change, words in changes:
+        args = list(first)
+        if change[0] in args:  # replace the option's value
+            args[args.index(change[0]) + 1] = change[1]
+        else:
+            args += change
+        err = _cli_error(capsys, args)
+        lines = [line for line in err.splitlines() if line.startswith("geoclf: error:")]
+        assert len(lines) == 1 and str(out) in lines[0] and words in lines[0], err
+        assert (out / "chips.parquet").read_bytes() == grid  # refused before tiling anything
+    _corner_aoi(naip, aoi, 400)  # the AOI file edited in place is another AOI too
+    assert "the AOI file has changed" in _cli_error(capsys, first)
+    _corner_aoi(naip, aoi, 600)
+    main(first)  # the very same parameters: the grid and the partitions are reused
+    assert (out / "chips.parquet").read_bytes() == grid
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts
+
+
+def test_a_first_run_that_failed_before_scoring_does_not_block_the_corrected_rerun(trained, tmp_path, capsys):
+    workdir, model = trained
+    naip = workdir / "scene" / "naip_2016.tif"
+    aoi = _corner_aoi(naip, tmp_path / "aoi.geojson", 900)
+    out = tmp_path / "out"
+    args = ["score", "--model", str(model.path), "--naip", str(naip), "--aoi", str(aoi), "--out", str(out)]
+    assert "cannot reach the Dask scheduler" in _cli_error(capsys, [*args, "--scheduler", "tcp://127.0.0.1:9"])
+    assert not list((out / "partitions").glob("part-*.parquet"))
+    score(str(model.path), out, naip=[naip], aoi=aoi, chip_size_m=448, scheduler="sync", progress=False,
+          html_map=False)
+    chips = tiling.read_index(out / "chips.parquet")
+    predictions = gpd.read_parquet(out / "predictions.parquet")
+    assert chips.attrs["geoclf"]["chip_size_m"] == 448
+    assert sorted(predictions["chip_id"]) == sorted(chips["chip_id"]) and len(chips) >= 2
+    with rasterio.open(out / "landuse.tif") as ds:
+        assert ds.res == (448, 448) and (ds.read(1) > 0).sum() == len(chips)
