@@ -52,15 +52,19 @@ def zone_names(zones: gpd.GeoDataFrame, zone_column: str | None = None) -> pd.Se
     Args:
         zones: the zone polygons.
         zone_column: the column naming each zone; by default the first of ``name``, ``NAME``, ``Name``,
-            ``zone``, ``id``, ``ID``, ``GEOID``, else the first text column, else ``"zone <row number>"``.
+            ``zone``, ``id``, ``ID``, ``GEOID``, else the first text column, else ``"zone <row number>"`` (also
+            for a zone whose name is missing).
 
     Returns:
         A text Series named ``zone``, on the zones' index.
     """
     column = zone_column or _name_column(zones)
+    numbered = pd.Series([f"zone {i + 1}" for i in range(len(zones))], index=zones.index, name="zone")
     if column is None:
-        return pd.Series([f"zone {i + 1}" for i in range(len(zones))], index=zones.index, name="zone")
-    return zones[column].astype(str).rename("zone")
+        return numbered
+    # a zone without a name keeps its number (astype(str) leaves a missing name missing under pandas 3)
+    names = zones[column]
+    return names.astype(object).where(names.notna(), numbered).astype(str).rename("zone")
 
 
 def checked_zone_names(zones: gpd.GeoDataFrame, zone_column: str | None = None) -> pd.Series:

@@ -296,6 +296,25 @@ def test_zones_in_4326_are_reprojected(dates):
         zonal_summary(aligned, zones.set_crs(None, allow_override=True))
 
 
+def test_zones_read_from_a_file_are_named_by_their_text_column(dates, tmp_path):
+    # Read from a file under pandas 3 a text column is a string dtype, not object: the "first text column"
+    # rule missed it (fixed with geoclf.zones), and a zone without a name became NaN and lost its chips.
+    from geoclf.change import read_zones
+
+    before, after = dates
+    aligned = align_dates(before, after)
+    mid = (X0 + NX // 2) * SIZE
+    west = box(X0 * SIZE - 100, Y0 * SIZE - 100, mid, (Y0 + NY) * SIZE + 100)
+    east = box(mid, Y0 * SIZE - 100, (X0 + NX) * SIZE + 100, (Y0 + NY) * SIZE + 100)
+    path = tmp_path / "towns.geojson"
+    gpd.GeoDataFrame({"town": ["Westville", None], "population": [1200, 800]}, geometry=[west, east],
+                     crs=26919).to_file(path)
+    zones = read_zones(path)
+    for table in (zonal_summary(aligned, zones), zonal_summary(aligned, zones, zone_column="town")):
+        assert table.index.tolist() == ["Westville", "zone 2"]
+        assert table["chips"].tolist() == [NX * NY // 2, NX * NY // 2]
+
+
 def test_mismatched_class_sets_are_one_line_errors(dates):
     before, after = dates
     other = after.rename(columns={"prob_Shrub": "prob_Wetland"})
