@@ -443,3 +443,32 @@ def map_codes_at_cells(landuse: Path, index: pd.DataFrame, size_m: float) -> np.
 def same_transform(a: Affine, b: Affine, tolerance: float = 1e-6) -> bool:
     """Two affine transforms within ``tolerance``."""
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def retyped_copy(naip: Path, out: Path, dtype: str) -> Path:
+    """The same pixels stored as another data type (16-bit imagery as some providers deliver it)."""
+    with rasterio.open(naip) as src:
+        profile = src.profile | {"dtype": dtype}
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read().astype(dtype) * (257 if dtype == "uint16" else 1))
+    return out
+
+
+def warped_copy(naip: Path, out: Path, crs: str) -> Path:
+    """The raster warped to another CRS (bilinear, as imagery is warped), e.g. to geographic EPSG:4326."""
+    with rasterio.open(naip) as src:
+        transform, width, height = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        profile = src.profile | {"crs": crs, "transform": transform, "width": width, "height": height}
+        with rasterio.open(out, "w", **profile) as dst:
+            for band in range(1, src.count + 1):
+                reproject(rasterio.band(src, band), rasterio.band(dst, band), resampling=Resampling.bilinear)
+    return out
+
+
+def band_subset(naip: Path, out: Path, bands: list[int]) -> Path:
+    """Only some bands of the raster."""
+    with rasterio.open(naip) as src:
+        profile = src.profile | {"count": len(bands), "photometric": None}
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read(bands))
+    return out

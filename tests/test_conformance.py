@@ -194,6 +194,30 @@ def test_tile_command_on_an_undated_real_raster(nd_2016, work, capsys):
     assert f"{len(written)} chips from 1 scene(s)" in capsys.readouterr().out
 
 
+def test_what_geoclf_refuses_is_one_line(nd_2016, work, capsys):
+    """Real rasters in the forms geoclf does not take stop `geoclf tile` with one line naming the file."""
+    naip, nlcd, _ = nd_2016
+    folder = work / "refused"
+    (folder / "copy").mkdir(parents=True)
+    shutil.copy(naip, folder / "copy" / naip.name)
+    cases = [
+        ([real.retyped_copy(naip, folder / "sixteen-bit.tif", "uint16")], "uint16 pixels"),
+        ([real.warped_copy(naip, folder / "degrees.tif", "EPSG:4326")], "EPSG:26914"),  # the UTM zone to use
+        ([real.band_subset(naip, folder / "two-bands.tif", [1, 2])], "2 band(s)"),
+        ([naip, folder / "copy" / naip.name], "share the name"),
+    ]
+    for rasters, words in cases:
+        out = folder / f"out-{len(rasters)}-{rasters[0].stem}"
+        with pytest.raises(SystemExit) as exited:
+            main(["tile", "--naip", *map(str, rasters), "--nlcd", str(nlcd), "--out", str(out), "--scheduler",
+                  "sync"])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("geoclf: error:")]
+        assert exited.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert words in lines[0] and (rasters[0].name in lines[0] or words == "share the name"), lines[0]
+        assert not (out / "chips.parquet").exists()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the whole path on real imagery with real labels (West Virginia), with the real default backbone
 
