@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.errors import InputError
+from tiling.locks import locks_output
 from tiling.parallel import Scheduler, check_counts, default_workers
 
 META_FILE = "features.json"
@@ -151,6 +152,7 @@ def _nir_stats(chips: np.ndarray) -> np.ndarray:
     return np.stack([mean, std, nir_mean], axis=1)
 
 
+@locks_output("out")
 def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, backbone: str = "efficientnet_lite0",
               weights: str = "default", batch_size: int = 32, chips_per_partition: int = 512,
               scheduler: Scheduler = None, n_workers: int | None = None, nir: bool = True,

@@ -25,6 +25,7 @@ from geoclf.partitions import print_dashboard, read_partitions, run_partitions
 from tiling.errors import InputError
 from tiling.index import TileParams, read_index, tile, validate_index, write_index
 from tiling.io import PathLike, describe_naip, normalize_source
+from tiling.locks import locks_output
 from tiling.parallel import Scheduler, check_counts, default_workers
 
 #: The predictions table's name in a score output (:class:`geoclf.landuse.ScoreOutput` names every file).
@@ -83,6 +84,7 @@ def _worker_threads() -> int | None:
         return None
 
 
+@locks_output("out")
 def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chips: PathLike | None = None,
           aoi: PathLike | None = None, scheduler: Scheduler = None, n_workers: int | None = None,
           batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5,

@@ -289,3 +289,89 @@ def test_ctrl_c_is_one_line_and_status_130(command, chips, artifact, tmp_path):
     assert error_line(stderr) == "geoclf: interrupted"
     for noise in ("Traceback", "KeyboardInterrupt", "distributed.", "CancelledError"):
         assert noise not in stderr, stderr
+
+
+# -- item 4: names taken from data files never leave their folder ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", "tab\there"])
+def test_a_class_name_that_is_no_directory_name_is_refused_before_tiling(name, small_scene, tmp_path, capsys):
+    classes = tmp_path / "classes.yaml"
+    classes.write_text(yaml.safe_dump({name: [21, 22, 23, 24], "Forest": [41, 42, 43]}))
+    out = tmp_path / "work" / "chips"
+    with pytest.raises(SystemExit) as exited:
+        main(["tile", "--naip", str(small_scene.naip), "--nlcd", str(small_scene.nlcd), "--classes", str(classes),
+              "--out", str(out), "--materialize", "png", "--scheduler", "sync"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "cannot be a directory name" in err and "Traceback" not in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.rglob("*")) == ["classes.yaml"]
+
+
+def test_labels_of_an_edited_index_never_write_outside_the_chip_folder(chips, tmp_path):
+    from tiling.materialize import materialize_chips
+
+    index = tiling.read_index(chips)
+    index.loc[index.index[-1], "label"] = "../../../escaped"
+    out = tmp_path / "deep" / "er" / "png"
+    with pytest.raises(InputError, match="cannot be a file or directory name"):
+        materialize_chips(index, out, "png")
+    assert list(tmp_path.rglob("*.png")) == [] and not (tmp_path / "escaped").exists()
+
+
+# -- item 7: one run per output directory ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process holding the lock of ``tmp_path / "out"`` (as a run in progress would), until killed."""
+    script = ("import sys, time\nfrom tiling.locks import output_lock\n"
+              "with output_lock(sys.argv[1], 'featurize'):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "out")], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "held"
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.mark.parametrize("command", ["featurize", "score"])
+def test_a_second_run_into_the_same_output_is_refused_in_one_line(command, holder, chips, artifact, tmp_path):
+    out = tmp_path / "out"
+    args = (["featurize", "--chips", str(chips)] if command == "featurize"
+            else ["score", "--model", str(artifact), "--chips", str(chips)])
+    done = geoclf(*args, "--out", str(out), "--scheduler", "sync")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert error_line(done.stderr) == done.stderr.strip()  # one line
+    assert f"is being written by another run (featurize, pid {holder.pid}" in done.stderr
+    assert not out.exists()  # the second run wrote nothing
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(holder, tmp_path):
+    from tiling.locks import lock_path, output_lock
+
+    out = tmp_path / "out"
+    holder.kill()  # SIGKILL: no cleanup, the lock file stays behind
+    holder.wait()
+    assert str(holder.pid) in lock_path(out).read_text()
+    with output_lock(out, "score") as path:
+        assert f'"pid": {os.getpid()}' in path.read_text()
+    assert not lock_path(out).exists()
+
+
+def test_a_lock_whose_pid_was_reused_is_stale(tmp_path):
+    import json
+    import socket
+
+    from tiling.locks import lock_path, output_lock
+
+    out = tmp_path / "out"
+    # this process is alive, but started after the run that wrote the lock: that run is gone
+    lock_path(out).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                          "started": psutil.Process().create_time() - 3600, "command": "score"}))
+    with output_lock(out):
+        pass
+    # a lock of a live run is not
+    lock_path(out).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                          "started": psutil.Process().create_time(), "command": "score"}))
+    with pytest.raises(InputError, match=f"pid {os.getpid()}"), output_lock(out):
+        pass

@@ -109,6 +109,10 @@ class ClassScheme:
             raise InputError("a class scheme needs at least one class")
         seen: dict[int, str] = {}
         for name, codes in self.groups.items():
+            if not path_safe(name):
+                # class names become directory names (chips materialized as split/Class/id.png)
+                raise InputError(f"class name {name!r} cannot be a directory name: give a name without '/', "
+                                 "'\\' or control characters, other than '.' and '..'")
             for code in codes:
                 if code not in NLCD_NAMES:
                     raise InputError(f"class {name!r} lists {code}, which is not an NLCD code "
@@ -194,6 +198,14 @@ def _rgb(value: object) -> tuple[int, int, int]:
     if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value)):
         raise ValueError(f"colour {value!r} is not [r, g, b] with values 0-255")
     return tuple(value)  # type: ignore[return-value]
+
+
+def path_safe(name: object) -> bool:
+    """Whether ``name`` can be one file or directory name as it is: no separator, no control character, not
+    empty, ``.`` or ``..``: written under a folder, it stays in that folder."""
+    text = str(name)
+    return bool(text.strip()) and text not in (".", "..") and not any(c in text for c in "/\\") and \
+        all(ord(c) >= 32 for c in text)
 
 
 def valid_nlcd_codes() -> np.ndarray:

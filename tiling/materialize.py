@@ -20,6 +20,7 @@ import rasterio
 from PIL import Image
 from rasterio.transform import from_bounds
 
+from tiling.classes import path_safe
 from tiling.errors import InputError
 from tiling.grid import parse_cell
 from tiling.io import ChipReader, PathLike, atomic_path, describe_naip
@@ -37,9 +38,19 @@ def chip_filename(chip_id: str, fmt: str) -> str:
 
 
 def chip_path(root: PathLike, row: Mapping[str, Any], fmt: str) -> Path:
-    """Where a chip row is written under ``root`` (``split/label/`` when the index is labeled)."""
+    """Where a chip row is written under ``root`` (``split/label/`` when the index is labeled).
+
+    Raises:
+        InputError: the split, label or chip id cannot be a file name (``../x``, ``a/b``): the chip would be
+            written outside ``root``.
+    """
     parts = [str(row.get("split") or "all"), str(row.get("label") or "unlabeled")] if "label" in row else []
-    return Path(root, *parts, chip_filename(row["chip_id"], fmt))
+    name = chip_filename(row["chip_id"], fmt)
+    for part in (*parts, name):
+        if not path_safe(part):
+            raise InputError(f"chip {row['chip_id']!r}: {part!r} cannot be a file or directory name (it would be "
+                             "written outside the chip folder)")
+    return Path(root, *parts, name)
 
 
 def materialize_chips(index: gpd.GeoDataFrame, out_dir: PathLike, fmt: str = "png", size: int = 224,
@@ -55,6 +66,8 @@ def materialize_chips(index: gpd.GeoDataFrame, out_dir: PathLike, fmt: str = "pn
     columns = [c for c in ("chip_id", "source", "col_off", "row_off", "width", "height", "crs", "split", "label",
                            "ix", "iy", "cell") if c in index.columns]
     frame = pd.DataFrame(index[columns])
+    for row in frame.to_dict("records"):  # names that would leave out_dir are refused before any chip is written
+        chip_path(out_dir, row, fmt)
     # Every source is opened once here: an unreadable one fails before any chip is written, and RGB-only
     # rasters (older NAIP) give 3-band GeoTIFF chips.
     bands = {source: min(describe_naip(source).count, 4) for source in frame["source"].unique()}
