@@ -15,9 +15,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import rasterio
 import rasterio.features
-import rasterio.warp
 import shapely
 
 from geoclf.landuse import (  # noqa: F401  (re-exported: the land-use map contract lived here)
@@ -25,6 +23,7 @@ from geoclf.landuse import (  # noqa: F401  (re-exported: the land-use map contr
     NODATA,
     REQUIRED_COLUMNS,
     LandUseGrid,
+    ScoreOutput,
     class_codes,
     color_table,
     majority_filter,
@@ -279,7 +278,8 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
 
     ``landuse.tif`` (COG), ``landuse_probs.tif`` (if ``probabilities``), ``landuse.parquet`` and
     ``landuse.geojson`` (class polygons), ``map.html`` (if ``html_map``), ``map.png`` and, when the
-    predictions carry reference labels, ``accuracy.json``.
+    predictions carry reference labels, ``accuracy.json`` (the names of :class:`geoclf.landuse.ScoreOutput`,
+    whose attribute names are the keys returned).
 
     Args:
         predictions: chip predictions (``predictions.parquet`` read with geopandas).
@@ -294,22 +294,22 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
     Returns:
         Output name -> path.
     """
-    out = Path(out_dir)
+    output = ScoreOutput.at(out_dir)
     grid = predictions_to_grid(predictions, classes, crs=crs)
     if smooth:
-        grid = grid._replace(codes=smooth_plurality(grid.codes))
-    written = {"landuse": write_landuse_cog(out / "landuse.tif", grid, classes)}
+        grid = grid._replace(codes=majority_filter(grid.codes))
+    written = {"landuse": write_landuse_cog(output.landuse, grid, classes)}
     if probabilities:
-        written["probabilities"] = write_probability_cog(out / "landuse_probs.tif", grid, classes)
+        written["probabilities"] = write_probability_cog(output.probabilities, grid, classes)
     polygons = dissolve_classes(grid, classes)
-    written["polygons"] = write_vector(polygons, out / "landuse.parquet")
-    written["geojson"] = write_vector(polygons, out / "landuse.geojson")
+    written["polygons"] = write_vector(polygons, output.polygons)
+    written["geojson"] = write_vector(polygons, output.geojson)
     if html_map:
-        written["html"] = folium_map(predictions, classes, out / "map.html", grid=grid)
-    written["png"] = static_png(grid, classes, out / "map.png")
+        written["html"] = folium_map(predictions, classes, output.html, grid=grid)
+    written["png"] = static_png(grid, classes, output.png)
     if label_column in predictions.columns and predictions[label_column].notna().any():
         report = accuracy_against_reference(predictions, classes, label_column=label_column)
-        with atomic_path(out / "accuracy.json") as temporary:
+        with atomic_path(output.accuracy) as temporary:
             temporary.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        written["accuracy"] = out / "accuracy.json"
+        written["accuracy"] = output.accuracy
     return written

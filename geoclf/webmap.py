@@ -140,10 +140,14 @@ def legend_html(classes: Legend, title: str, note: str | None) -> str:
 
 
 def escaped_geojson(features: gpd.GeoDataFrame | Mapping[str, Any]) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection (a GeoDataFrame is converted, ids dropped) with every property escaped."""
-    data = json.loads(features.to_json(drop_id=True)) if isinstance(features, gpd.GeoDataFrame) else features
-    return {**data, "features": [{**feature, "properties": escape(feature.get("properties") or {})}
-                                 for feature in data["features"]]}
+    """A GeoJSON FeatureCollection with every property escaped; a GeoDataFrame is converted (to EPSG:4326 when
+    it has another CRS, ids dropped)."""
+    if isinstance(features, gpd.GeoDataFrame):
+        if features.crs is not None and features.crs.to_epsg() != 4326:
+            features = features.to_crs(4326)
+        features = json.loads(features.to_json(drop_id=True))
+    return {**features, "features": [{**feature, "properties": escape(feature.get("properties") or {})}
+                                     for feature in features["features"]]}
 
 
 def save_map(fmap: folium.Map, path: PathLike) -> Path:
@@ -208,7 +212,7 @@ class WebMap:
         lookup by ``html.escape(value)``.
 
         Args:
-            features: a GeoDataFrame in EPSG:4326 or a GeoJSON FeatureCollection.
+            features: a GeoDataFrame (any CRS) or a GeoJSON FeatureCollection (EPSG:4326).
             name: the layer's entry in the layer control (escaped).
             fields: the properties shown, in order.
             aliases: their labels (default: the field names).
