@@ -158,7 +158,8 @@ def zarr_fingerprint(path: Path, root: str) -> dict[str, Any]:
             if np.issubdtype(array.dtype, np.floating):
                 content = {"float": _moments(array)}
             elif array.dtype.kind in "OUST":  # T: numpy 2 StringDType (its bytes are pointers)
-                content = {"exact": _digest(json.dumps(_normalize([str(v) for v in array.ravel().tolist()], root)).encode())}
+                strings = _normalize([str(v) for v in array.ravel().tolist()], root)
+                content = {"exact": _digest(json.dumps(strings).encode())}
             else:
                 content = {"exact": _digest(np.ascontiguousarray(array).tobytes())}
             variables[str(name)] = {"dims": list(ds[name].dims), "dtype": str(array.dtype),
