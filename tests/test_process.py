@@ -58,3 +58,28 @@ def test_the_reexecuted_command_runs():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Usage: geoclf runs" in done.stdout  # the new process (python -m geoclf) parsed the same arguments
+
+
+def test_partitions_are_even_and_an_older_cut_is_not_resumed(tmp_path):
+    """900 chips at 512 per partition are 450 + 450 (one worker no longer idles while the other finishes 512),
+    and an output cut the old way (512 + 388) is refused rather than completed with overlapping chips."""
+    import json
+
+    import pandas as pd
+
+    from geoclf.partitions import fingerprint, run_partitions, split_partitions
+    from tiling.errors import InputError
+
+    chips = pd.DataFrame({"chip_id": [f"s:{i:04d}" for i in range(900)]})
+    assert [len(p) for p in split_partitions(chips, 512)] == [450, 450]
+    more = pd.DataFrame({"chip_id": [f"s:{i:04d}" for i in range(1025)]})
+    assert [len(p) for p in split_partitions(more, 512)] == [342, 342, 341]
+    assert [len(p) for p in split_partitions(chips.iloc[:512], 512)] == [512]
+    out = tmp_path / "out"
+    out.mkdir()
+    old = fingerprint(chips, 512, {})
+    del old["layout"]  # what geoclf wrote before partitions were even
+    (out / "_inputs.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match="other chips or settings"):
+        run_partitions(chips, out, lambda part: part, settings={}, chips_per_partition=512, scheduler="sync",
+                       progress=False)
