@@ -80,6 +80,7 @@ def test_partitions_are_even_and_an_older_cut_is_not_resumed(tmp_path):
     old = fingerprint(chips, 512, {})
     del old["layout"]  # what geoclf wrote before partitions were even
     (out / "_inputs.json").write_text(json.dumps(old))
+    chips.iloc[:512].to_parquet(out / "part-00000.parquet")  # its first partition, 512 chips, finished
     with pytest.raises(InputError, match="other chips or settings"):
         run_partitions(chips, out, lambda part: part, settings={}, chips_per_partition=512, scheduler="sync",
                        progress=False)
