@@ -19,11 +19,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Headless Chromium (Debian's package) for the tests that open the HTML maps in a real browser.
+# Headless Chromium (Debian's package) for the tests that open the HTML maps in a real browser, and GDAL's
+# command-line tools (gdal-bin) for the tests that read the maps as GIS tools do (class names, attribute table).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not found: browser tests will be skipped (apt-get install chromium)"; fi; }
+	@command -v gdalinfo >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq gdal-bin >/dev/null || \
+	    { apt-get update -qq && apt-get install -y -qq gdal-bin >/dev/null; }; \
+	  else echo "gdalinfo not found: GDAL's reading of the map styles is not checked (apt-get install gdal-bin)"; fi; }
 
 # The whole pipeline, offline, as the quickstart recipe: synthetic scene (2010, 2016) -> chips -> features ->
 # two classifiers -> land-use maps of both years -> change report. A rerun skips the stages already done.

@@ -276,7 +276,8 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
                label_column: str = "label") -> dict[str, Path]:
     """Write every map product of a scored area into ``out_dir``.
 
-    ``landuse.tif`` (COG), ``landuse_probs.tif`` (if ``probabilities``), ``landuse.parquet`` and
+    ``landuse.tif`` (COG) with its styles (``landuse.tif.aux.xml``, ``landuse.qml``, ``landuse.sld``: class names
+    for GDAL, QGIS and SLD clients), ``landuse_probs.tif`` (if ``probabilities``), ``landuse.parquet`` and
     ``landuse.geojson`` (class polygons), ``map.html`` (if ``html_map``), ``map.png`` and, when the
     predictions carry reference labels, ``accuracy.json`` (the names of :class:`geoclf.landuse.ScoreOutput`,
     whose attribute names are the keys returned).
@@ -299,6 +300,8 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
     if smooth:
         grid = grid._replace(codes=majority_filter(grid.codes))
     written = {"landuse": write_landuse_cog(output.landuse, grid, classes)}
+    # the styles write_landuse_cog puts beside the COG, so that QGIS and GDAL name the classes
+    written.update(categories=output.categories, qml=output.qml, sld=output.sld)
     if probabilities:
         written["probabilities"] = write_probability_cog(output.probabilities, grid, classes)
     polygons = dissolve_classes(grid, classes)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import geopandas as gpd
@@ -224,7 +227,9 @@ def test_landuse_cog_is_a_self_describing_cog(tmp_path: Path) -> None:
     expected = np.array([[code(str(names[(bx + by) % len(names)])) for bx in range(10)]
                          for by in range(8, -1, -1)])
     assert (overview == expected).all()
-    assert [p.name for p in tmp_path.iterdir()] == ["landuse.tif"]  # no temporary left behind
+    # no temporary left behind; the styles that name the classes in GIS tools beside the COG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["landuse.qml", "landuse.sld", "landuse.tif",
+                                                          "landuse.tif.aux.xml"]
 
     read, scheme = maps.read_landuse(path)
     assert (read.codes == grid.codes).all() and read.transform == grid.transform and read.crs == grid.crs
@@ -243,6 +248,67 @@ def test_probability_cog_matches_the_chips(tmp_path: Path) -> None:
         pixel = read.probs[:, 23952 - row.iy, row.ix - 1480]
         assert pixel.tolist() == [getattr(row, f"prob_{n}") for n in CLASSES.names]
     assert np.isnan(read.probs[:, read.codes == 0]).all()
+
+
+def test_probability_cog_uses_the_floating_point_predictor(tmp_path: Path) -> None:
+    grid = maps.predictions_to_grid(make_predictions(ChipGrid(UTM19, 200.0), PATCH), CLASSES)
+    path = maps.write_probability_cog(tmp_path / "landuse_probs.tif", grid, CLASSES)
+    with rasterio.open(path) as dataset:
+        assert dataset.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "3"
+        assert dataset.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
+
+
+def test_default_classes_wear_the_nlcd_legend_colours() -> None:
+    from tiling.classes import NLCD_COLORS
+
+    # each class gathered from NLCD codes is drawn in the NLCD colour of one of them: Herbaceous in NLCD's
+    # Grassland/Herbaceous beige, Cultivated in Cultivated Crops brown, Developed in NLCD's red
+    for name, nlcd in (("Developed", 23), ("Barren", 31), ("Forest", 41), ("Shrub", 52), ("Herbaceous", 71),
+                       ("Cultivated", 82)):
+        assert CLASSES.color(name) == NLCD_COLORS[nlcd] and nlcd in CLASSES.groups[name]
+    custom = ClassScheme({"Wetland": (90, 95), "Water": (11,)})  # no colours given: their first code's
+    assert custom.color("Wetland") == NLCD_COLORS[90] and custom.color("Water") == NLCD_COLORS[11]
+    assert ClassScheme.from_mapping({name: [] for name in CLASSES.names}).color("Cultivated") == NLCD_COLORS[82]
+
+
+GDALINFO = shutil.which("gdalinfo")
+
+
+def test_gis_styles_name_the_classes(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    scheme = ClassScheme({"Built & paved": (21, 22, 23, 24), **{k: v for k, v in CLASSES.groups.items()
+                                                                if k != "Developed"}})
+    grid = maps.predictions_to_grid(make_predictions(ChipGrid(UTM19, 200.0), PATCH).assign(
+        pred=lambda f: f["pred"].replace("Developed", "Forest")), CLASSES)
+    path = maps.write_landuse_cog(tmp_path / "landuse.tif", grid, scheme)
+    # QGIS's default style for landuse.tif: a paletted renderer with one labelled entry per class
+    qml = ET.parse(tmp_path / "landuse.qml").getroot()
+    renderer = qml.find("pipe/rasterrenderer")
+    assert renderer.get("type") == "paletted" and renderer.get("band") == "1"
+    entries = [(int(e.get("value")), e.get("label"), e.get("color")) for e in renderer.iter("paletteEntry")]
+    assert entries == [(i + 1, n, maps.hex_color(scheme.color(n))) for i, n in enumerate(scheme.names)]
+    # SLD: a values colour map, nodata transparent
+    ns = {"sld": "http://www.opengis.net/sld"}
+    colormap = ET.parse(tmp_path / "landuse.sld").getroot().find(".//sld:ColorMap", ns)
+    assert colormap.get("type") == "values"
+    sld = [(int(e.get("quantity")), e.get("label"), e.get("opacity"))
+           for e in colormap.findall("sld:ColorMapEntry", ns)]
+    assert sld == [(0, "No data", "0")] + [(i + 1, n, "1") for i, n in enumerate(scheme.names)]
+    if GDALINFO is None:
+        pytest.skip("gdalinfo (Debian's gdal-bin) is not installed: GDAL's own reading is not checked")
+    # as a user's GDAL reads it: without the setting geoclf makes for remote rasters, which stops GDAL from
+    # looking beside a file (for .aux.xml too)
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_DISABLE_READDIR_ON_OPEN"}
+    info = json.loads(subprocess.run([GDALINFO, "-json", str(path)], capture_output=True, text=True, check=True,
+                                     env=env).stdout)
+    band = info["bands"][0]
+    assert band["categories"] == ["No data", *scheme.names]
+    rows = info["rat"]["row"]
+    assert [r["f"][:3] for r in rows] == [[i + 1, n, ",".join(map(str, scheme.groups[n]))]
+                                          for i, n in enumerate(scheme.names)]
+    assert [r["f"][3:] for r in rows] == [list(scheme.color(n)) for n in scheme.names]
+    assert info["rat"]["tableType"] == "thematic"
 
 
 def test_read_landuse_rejects_a_foreign_raster(tmp_path: Path) -> None:
@@ -457,8 +523,9 @@ def test_write_maps_writes_every_product(tmp_path: Path) -> None:
     predictions["label"] = "Forest"
     written = maps.write_maps(predictions, CLASSES, tmp_path / "out", smooth=True, probabilities=True)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "accuracy.json", "landuse.geojson", "landuse.parquet", "landuse.tif", "landuse_probs.tif", "map.html",
-        "map.png"]
+        "accuracy.json", "landuse.geojson", "landuse.parquet", "landuse.qml", "landuse.sld", "landuse.tif",
+        "landuse.tif.aux.xml", "landuse_probs.tif", "map.html", "map.png"]
+    assert {"categories", "qml", "sld"} <= set(written) and all(p.is_file() for p in written.values())
     grid, _ = maps.read_landuse(written["landuse"])
     assert (grid.codes == code("Forest")).all()  # the lone Developed chip was smoothed away
     assert json.loads(written["accuracy"].read_text())["accuracy"] == pytest.approx(24 / 25)

@@ -75,14 +75,19 @@ _DEFAULT_GROUPS: dict[str, tuple[int, ...]] = {
     "Cultivated": (81, 82),
 }
 
-_DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {
-    "Developed": (200, 30, 30),
-    "Barren": (179, 172, 159),
-    "Forest": (28, 110, 44),
-    "Shrub": (204, 184, 121),
-    "Herbaceous": (190, 220, 110),
-    "Cultivated": (220, 170, 40),
+#: The NLCD code whose legend colour each default class takes: an analyst reads these maps with NLCD's legend
+#: in mind, so a class gathered from NLCD codes is drawn as NLCD draws them.
+DEFAULT_COLOR_CODES: dict[str, int] = {
+    "Developed": 23,  # Developed, Medium Intensity: NLCD's red
+    "Barren": 31,
+    "Forest": 41,  # Deciduous Forest
+    "Shrub": 52,
+    "Herbaceous": 71,  # Grassland/Herbaceous
+    "Cultivated": 82,  # Cultivated Crops
 }
+
+_DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {
+    name: NLCD_COLORS[code] for name, code in DEFAULT_COLOR_CODES.items()}
 
 _FALLBACK_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -138,11 +143,19 @@ class ClassScheme:
         return list(self.groups)
 
     def color(self, name: str) -> tuple[int, int, int]:
-        """RGB colour used for ``name`` in maps."""
+        """RGB colour used for ``name`` in maps.
+
+        The scheme's own colour when it has one; else a default class's NLCD legend colour
+        (:data:`DEFAULT_COLOR_CODES`); else, for a class gathered from NLCD codes, the NLCD legend colour of its
+        first code; else one of a fixed qualitative palette.
+        """
         if name in self.colors:
             return tuple(self.colors[name])  # type: ignore[return-value]
         if name in _DEFAULT_COLORS:
             return _DEFAULT_COLORS[name]
+        codes = self.groups.get(name)
+        if codes:
+            return NLCD_COLORS[codes[0]]
         return _FALLBACK_COLORS[self.names.index(name) % len(_FALLBACK_COLORS)]
 
     def lookup_table(self) -> np.ndarray:

@@ -17,9 +17,10 @@ read it. What it fixes:
 - **Smoothing.** :func:`majority_filter` is the one plurality filter of class codes, over a 2-D window in space
   (maps) or a 1-D window along the time axis of a stack (trend).
 
-In three modules: :mod:`geoclf.landuse.grid` (predictions -> grid, the majority filter),
-:mod:`geoclf.landuse.cog` (the COG files) and :mod:`geoclf.landuse.output` (a score output's files and its
-predictions table). Nothing here renders: pictures of these maps are :mod:`geoclf.maps` and
+In four modules: :mod:`geoclf.landuse.grid` (predictions -> grid, the majority filter),
+:mod:`geoclf.landuse.cog` (the COG files), :mod:`geoclf.landuse.styles` (the sidecars that name the classes in
+GIS tools: GDAL categories and attribute table, QGIS ``.qml``, ``.sld``) and :mod:`geoclf.landuse.output` (a
+score output's files and its predictions table). Nothing here renders: pictures of these maps are :mod:`geoclf.maps` and
 :mod:`geoclf.webmap`.
 """
 
@@ -47,6 +48,7 @@ from geoclf.landuse.grid import (
     reproject_nearest,
 )
 from geoclf.landuse.output import ScoreOutput, classes_of, prediction_classes, read_predictions
+from geoclf.landuse.styles import style_paths, write_styles
 
 __all__ = [
     "MOSAIC_CRS",
@@ -68,6 +70,8 @@ __all__ = [
     "read_landuse",
     "read_predictions",
     "reproject_nearest",
+    "style_paths",
     "write_landuse_cog",
     "write_probability_cog",
+    "write_styles",
 ]

@@ -20,6 +20,7 @@ from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 
 from geoclf.landuse.grid import NODATA, LandUseGrid
+from geoclf.landuse.styles import write_styles
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.io import atomic_path, open_raster
@@ -65,15 +66,19 @@ def _as_scheme(classes: Any) -> ClassScheme:
 
 
 def _write_cog(path: PathLike, profile: dict[str, Any], write: Callable[[Any], None], blocksize: int,
-               resampling: str) -> None:
-    """Build the raster in memory with ``write(dataset)``, then copy it to a COG atomically."""
+               resampling: str, predictor: bool = False) -> None:
+    """Build the raster in memory with ``write(dataset)``, then copy it to a COG atomically.
+
+    ``predictor`` turns on DEFLATE's predictor (the COG driver picks the floating-point one, 3, for float data):
+    neighbouring probabilities differ little, and differences compress far better than raw IEEE floats.
+    """
     with MemoryFile() as memfile, memfile.open(driver="GTiff", **profile) as dataset:
         write(dataset)
         with atomic_path(path) as temporary:
             # The COG driver writes overviews until they fit in one block, with the resampling given, and
             # puts the IFDs before the data so a client reads the header with one range request.
             rasterio.shutil.copy(dataset, temporary, driver="COG", BLOCKSIZE=blocksize, COMPRESS="DEFLATE",
-                                 RESAMPLING=resampling, OVERVIEWS="AUTO")
+                                 RESAMPLING=resampling, OVERVIEWS="AUTO", PREDICTOR="YES" if predictor else "NO")
 
 
 def write_landuse_cog(path: PathLike, grid: LandUseGrid, classes: ClassScheme, *, blocksize: int = 256) -> Path:
@@ -82,7 +87,9 @@ def write_landuse_cog(path: PathLike, grid: LandUseGrid, classes: ClassScheme, *
     Band 1 holds code ``i + 1`` for class ``i``, nodata 0, with the scheme's colours as the colour table and
     the class names, codes, NLCD grouping and colours as JSON tags (:meth:`ClassScheme.to_tags()
     <tiling.classes.ClassScheme.to_tags>`). Overviews use mode resampling, so zoomed-out views stay classes.
-    Probabilities, if any, are not written here (see :func:`write_probability_cog`).
+    Beside it go the styles that make GIS tools show class names (:func:`geoclf.landuse.styles.write_styles`:
+    ``<name>.tif.aux.xml`` with GDAL category names and a raster attribute table, ``<name>.qml``,
+    ``<name>.sld``). Probabilities, if any, are not written here (see :func:`write_probability_cog`).
 
     Args:
         path: output file; written to a temporary name and renamed, so a reader never sees half a file.
@@ -113,6 +120,7 @@ def write_landuse_cog(path: PathLike, grid: LandUseGrid, classes: ClassScheme, *
         dataset.set_band_description(1, "land_use_class")
 
     _write_cog(path, profile, write, blocksize, "MODE")
+    write_styles(path, scheme)
     return Path(path)
 
 
@@ -121,7 +129,8 @@ def write_probability_cog(path: PathLike, grid: LandUseGrid, classes: ClassSchem
     """Write the per-class probabilities as a float32 COG on the same grid, one band per class.
 
     Band ``i + 1`` is class ``i``'s probability (its description is the class name), NaN where there is no
-    chip. Kept apart from ``landuse.tif`` because a GeoTIFF colour table needs a single-band image.
+    chip. Kept apart from ``landuse.tif`` because a GeoTIFF colour table needs a single-band image. DEFLATE with
+    the floating-point predictor.
 
     Args:
         path: output file, written atomically.
@@ -147,7 +156,7 @@ def write_probability_cog(path: PathLike, grid: LandUseGrid, classes: ClassSchem
         for i, name in enumerate(classes.names):
             dataset.set_band_description(i + 1, name)
 
-    _write_cog(path, profile, write, blocksize, "AVERAGE")
+    _write_cog(path, profile, write, blocksize, "AVERAGE", predictor=True)
     return Path(path)
 
 

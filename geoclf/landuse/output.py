@@ -39,6 +39,8 @@ class ScoreOutput:
     GEOJSON = "landuse.geojson"
     HTML = "map.html"
     PNG = "map.png"
+    QML = "landuse.qml"
+    SLD = "landuse.sld"
     ACCURACY = "accuracy.json"
     CHIPS = "chips.parquet"
     PARTITIONS = "partitions"
@@ -78,6 +80,21 @@ class ScoreOutput:
     def probabilities(self) -> Path:
         """``landuse_probs.tif`` beside the land-use map: per-class probabilities on its grid."""
         return self.landuse.with_name(self.PROBABILITIES)
+
+    @property
+    def qml(self) -> Path:
+        """``landuse.qml``: the QGIS style of the land-use map (class names and colours), loaded with it."""
+        return self.landuse.with_suffix(".qml")
+
+    @property
+    def sld(self) -> Path:
+        """``landuse.sld``: the same style as an OGC Styled Layer Descriptor."""
+        return self.landuse.with_suffix(".sld")
+
+    @property
+    def categories(self) -> Path:
+        """``landuse.tif.aux.xml``: GDAL's category names and raster attribute table of the land-use map."""
+        return self.landuse.with_name(self.landuse.name + ".aux.xml")
 
     @property
     def polygons(self) -> Path:
