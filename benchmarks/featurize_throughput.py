@@ -70,19 +70,22 @@ def chip_table(work: Path) -> Any:
 
 def _extractor(backbone: str, weights: str, threads: int) -> Any:
     """The network ``FeaturizeTask`` runs, from the worker's model cache (so both measurements share it)."""
-    from geoclf.features import FeaturizeTask
+    from geoclf.featurizers import make_featurizer
+    from geoclf.partitions import worker_model
 
-    return FeaturizeTask(backbone=backbone, weights=weights, torch_threads=threads)._model()[1]
+    featurizer = make_featurizer(backbone, weights, device="cpu")
+    return worker_model(featurizer.key, featurizer.load, threads).network()
 
 
 def measure(client: Any, table: Any, out: Path, backbone: str, weights: str, workers: int,
             args: argparse.Namespace) -> dict[str, Any]:
     """Alternating bare / end-to-end measurements of one backbone on one cluster."""
     from geoclf.features import FeaturizeTask
+    from geoclf.featurizers import make_featurizer
     from geoclf.partitions import run_partitions
 
     threads = torch_threads_for(workers)
-    task = FeaturizeTask(backbone=backbone, weights=weights, batch_size=32, torch_threads=threads)
+    task = FeaturizeTask(make_featurizer(backbone, weights, device="cpu"), batch_size=32, torch_threads=threads)
     pairs = []
     chips = 0
     for repeat in range(args.repeats):

@@ -110,8 +110,7 @@ def _score_network(model_dir: str, threads: int) -> Any:
     """The network ``ScoreTask`` runs, from the worker's model cache (so both measurements share it)."""
     from geoclf.score import ScoreTask
 
-    model = ScoreTask(model_dir=model_dir, torch_threads=threads)._model()
-    return model._network()[0]
+    return ScoreTask(model_dir=model_dir, torch_threads=threads).model().featurizer.network()
 
 
 def bare_rate(client: Any, model_dir: str, threads: int, batches: int) -> tuple[float, float]:

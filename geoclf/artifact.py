@@ -154,6 +154,11 @@ class LandUseModel(ABC):
         """Most probable class name of each chip, as an ``(N,)`` object array."""
         return self._names(self.predict_proba(chips))
 
+    def prepare(self) -> LandUseModel:
+        """Build what :meth:`predict_proba` needs (a network) now rather than at the first chips, so that
+        problems surface before any work; returns the model. Kinds that load everything at once keep this."""
+        return self
+
     def check_chips(self, chips: np.ndarray) -> np.ndarray:
         """Validate a chip batch against the model's bands and size; returns it as a numpy array."""
         array = np.asarray(chips)

@@ -1,8 +1,10 @@
-"""Featurization: every chip through a pretrained CNN's penultimate layer, in parallel on Dask.
+"""Featurization: every chip through a featurizer (a pretrained CNN's penultimate layer), in parallel on Dask.
 
 Output (see docs/architecture.md): ``part-NNNNN.parquet`` partitions with ``chip_id``, ``label``, ``split``,
-``features`` (fixed-size float32 list) and NIR statistics, plus ``features.json``. The model is loaded once
-per worker process and kept between tasks; a rerun resumes from the partitions already written.
+``features`` (fixed-size float32 list) and NIR statistics, plus ``features.json``, which describes the
+featurizer (:mod:`geoclf.featurizers`) so that a model trained on the features computes the same vectors
+from chips when it scores. The featurizer is built once per worker process and kept between tasks; a rerun
+resumes from the partitions already written.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +20,24 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from geoclf.partitions import print_dashboard, read_partitions, run_partitions
+from geoclf.chips import iter_batches
+from geoclf.featurizers import Featurizer, make_featurizer
+from geoclf.partitions import print_dashboard, read_partitions, run_partitions, task_threads, worker_model
+from geoclf.runs import start_run
 from tiling.errors import InputError
+from tiling.index import index_hash, read_index
+from tiling.io import ChipReader, atomic_path, open_raster
 from tiling.locks import locks_output
-from tiling.parallel import Scheduler, check_counts, default_workers
+from tiling.materialize import read_png_folder
+from tiling.parallel import Scheduler, check_counts
 
 META_FILE = "features.json"
 
 #: Extra per-chip columns computed from NAIP's NIR band (not seen by RGB backbones).
 NIR_COLUMNS = ("ndvi_mean", "ndvi_std", "nir_mean")
 
-# One model per worker process, keyed by (backbone, weights): tasks reuse it instead of reloading.
-_MODEL_CACHE: dict[tuple[str, str], Any] = {}
+#: 1-based NAIP bands the NIR statistics read.
+RED_BAND, NIR_BAND = 1, 4
 
 
 def load_chip_table(chips: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -37,9 +45,6 @@ def load_chip_table(chips: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[s
 
     Returns the table (rows with a window, or with a ``path`` for PNGs) and a description of the input.
     """
-    from tiling.index import index_hash, read_index
-    from tiling.materialize import read_png_folder
-
     path = Path(chips)
     if path.is_dir() and not (path / "chips.parquet").exists():
         table = read_png_folder(path)
@@ -54,40 +59,43 @@ def load_chip_table(chips: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[s
 
 @dataclass
 class FeaturizeTask:
-    """Featurize one partition of chips (runs on a worker)."""
+    """Featurize one partition of chips (runs on a worker): the featurizer's vectors and NIR statistics.
 
-    backbone: str
-    weights: str
+    Attributes:
+        featurizer: what computes the feature vectors (a :class:`geoclf.featurizers.Featurizer`); it travels
+            as its description, and each worker process builds it once (:func:`geoclf.partitions.worker_model`).
+        chip_size: chip side in pixels chips are read at.
+        batch_size: chips per :meth:`~geoclf.featurizers.Featurizer.featurize` call.
+        torch_threads: threads the featurizer may use (``None``: the Dask worker's thread count).
+        nir: also compute :data:`NIR_COLUMNS` from band 4 (NaN for chips without it: PNGs, RGB rasters).
+    """
+
+    featurizer: Featurizer
     chip_size: int = 224
     batch_size: int = 32
     torch_threads: int | None = None
     nir: bool = True
 
     def __call__(self, part: pd.DataFrame) -> pa.Table:
-        import torch
-
-        from geoclf.backbones import to_tensor
-        from geoclf.chips import iter_batches
-        from tiling.io import ChipReader
-
-        backbone, extractor = self._model()
+        featurizer = worker_model(self.featurizer.key, self.featurizer.load, self.torch_threads)
         # NIR statistics for chips of 4-band rasters; older NAIP is RGB only, and its chips get NaN there
         with_nir = np.zeros(len(part), dtype=bool)
         if self.nir and "source" in part.columns:
             with_nir = part["source"].map(_band_count).to_numpy() >= 4
         order = np.concatenate([np.flatnonzero(with_nir), np.flatnonzero(~with_nir)])
+        own = tuple(featurizer.bands)
+        plus_nir = own if NIR_BAND in own else (*own, NIR_BAND)  # read once, with the featurizer's bands
         features, extras = [], []
-        with torch.inference_mode():
-            for bands, rows in (((1, 2, 3, 4), part[with_nir]), ((1, 2, 3), part[~with_nir])):
-                with ChipReader(bands=bands, size=self.chip_size) as reader:
-                    for _, chips in iter_batches(rows, reader, self.batch_size):
-                        batch = to_tensor(chips[:, :3], backbone.mean, backbone.std, size=backbone.input_size)
-                        features.append(extractor(batch).float().numpy())
-                        extras.append(_nir_stats(chips) if len(bands) == 4 else np.full((len(chips), 3), np.nan))
-        matrix = np.empty((len(part), 0), dtype=np.float32)
-        stats = np.empty((len(part), 3), dtype=np.float32)
+        for bands, rows, stats_here in ((plus_nir, part[with_nir], True), (own, part[~with_nir], False)):
+            picked = [bands.index(b) for b in own]
+            with ChipReader(bands=bands, size=self.chip_size) as reader:
+                for _, chips in iter_batches(rows, reader, self.batch_size):
+                    features.append(featurizer.featurize(chips[:, picked]))
+                    extras.append(_nir_stats(chips, bands.index(RED_BAND), bands.index(NIR_BAND)) if stats_here
+                                  else np.full((len(chips), len(NIR_COLUMNS)), np.nan))
+        matrix = np.empty((len(part), featurizer.feature_dim), dtype=np.float32)
+        stats = np.empty((len(part), len(NIR_COLUMNS)), dtype=np.float32)
         if features:
-            matrix = np.empty((len(part), features[0].shape[1]), dtype=np.float32)
             matrix[order] = np.concatenate(features)
             stats[order] = np.concatenate(extras)
         columns = {
@@ -100,37 +108,10 @@ class FeaturizeTask:
             columns[name] = pa.array(stats[:, i])
         return pa.table(columns)
 
-    def _model(self):
-        import torch
-
-        from geoclf.backbones import load_backbone
-
-        threads = self.torch_threads or _worker_threads()
-        if threads and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        key = (self.backbone, self.weights)
-        if key not in _MODEL_CACHE:
-            backbone = load_backbone(self.backbone, self.weights)
-            extractor = backbone.feature_extractor().eval().to(memory_format=torch.channels_last)
-            _MODEL_CACHE.clear()  # keep one model per process: memory stays bounded
-            _MODEL_CACHE[key] = (backbone, extractor)
-        return _MODEL_CACHE[key]
-
-
-def _worker_threads() -> int | None:
-    try:
-        from distributed import get_worker
-
-        return get_worker().state.nthreads
-    except (ImportError, ValueError):
-        return None
-
 
 def _band_count(source: str) -> int:
     """Number of bands of a raster (read from its header once per worker process)."""
     if source not in _BAND_COUNTS:
-        from tiling.io import open_raster
-
         with open_raster(source) as dataset:
             _BAND_COUNTS[source] = dataset.count
     return _BAND_COUNTS[source]
@@ -139,16 +120,21 @@ def _band_count(source: str) -> int:
 _BAND_COUNTS: dict[str, int] = {}
 
 
-def _nir_stats(chips: np.ndarray) -> np.ndarray:
-    """Per-chip NDVI mean and standard deviation and mean NIR (0-1), over pixels with data."""
-    red = chips[:, 0].astype(np.float32)
-    nir = chips[:, 3].astype(np.float32)
-    ndvi = (nir - red) / np.maximum(nir + red, 1.0)
+def _nir_stats(chips: np.ndarray, red: int = 0, nir: int = 3) -> np.ndarray:
+    """Per-chip NDVI mean and standard deviation and mean NIR (0-1), over pixels with data.
+
+    Args:
+        chips: ``(N, bands, S, S)`` uint8; a pixel has data unless every band is 0 (NAIP nodata).
+        red, nir: positions of the red and NIR bands on the band axis.
+    """
+    red_band = chips[:, red].astype(np.float32)
+    nir_band = chips[:, nir].astype(np.float32)
+    ndvi = (nir_band - red_band) / np.maximum(nir_band + red_band, 1.0)
     valid = chips.any(axis=1)
     count = np.maximum(valid.sum(axis=(1, 2)), 1)
     mean = (ndvi * valid).sum(axis=(1, 2)) / count
     std = np.sqrt(np.maximum((ndvi**2 * valid).sum(axis=(1, 2)) / count - mean**2, 0))
-    nir_mean = (nir * valid).sum(axis=(1, 2)) / count / 255.0
+    nir_mean = (nir_band * valid).sum(axis=(1, 2)) / count / 255.0
     return np.stack([mean, std, nir_mean], axis=1)
 
 
@@ -163,7 +149,8 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     Args:
         chips: chip index (``chips.parquet`` or its directory) or a PNG folder (``split/Class/*.png``).
         out: output directory (partitions + ``features.json``); a rerun resumes.
-        backbone: a name from :data:`geoclf.backbones.BACKBONES` or any torchvision classification model.
+        backbone: a name from :data:`geoclf.backbones.BACKBONES` or any torchvision classification model
+            (or a featurizer kind of :data:`geoclf.featurizers.FEATURIZERS` that needs no backbone).
         weights: ``"default"``, ``"imagenet"``, a local weights file or ``"none"``.
         batch_size: chips per forward pass.
         chips_per_partition: chips per task/partition.
@@ -177,52 +164,39 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     Returns:
         The output directory.
     """
-    from geoclf.backbones import load_backbone
-
     check_counts(batch_size=batch_size, chips_per_partition=chips_per_partition, n_workers=n_workers)
     table, source = load_chip_table(chips)
     if table.empty:
         raise InputError("holds no chips", chips)
-    spec = load_backbone(backbone, weights)  # fail fast here (unknown name, weights offline), not on workers
-    workers = n_workers or default_workers()
-    if scheduler == "sync":
-        threads: int | None = default_workers()
-    elif scheduler in (None, "local"):
-        threads = max(1, default_workers() // workers)  # workers x torch threads = cores
-    else:
-        threads = None  # an existing cluster: each worker's own thread count
-    task = FeaturizeTask(backbone=backbone, weights=weights, chip_size=224, batch_size=batch_size,
-                         torch_threads=threads, nir=nir)
-    settings = {"backbone": backbone, "weights": spec.weights_ref, "nir": nir, "source": source}
+    # loaded here, on the client: a bad name or weights offline fail now in one line, not on every worker
+    # on the CPU even where there is a GPU, as geoclf always featurized
+    featurizer = make_featurizer(backbone, weights, device="cpu")
+    threads = task_threads(scheduler, n_workers)
+    task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir)
+    described = featurizer.describe()
+    settings = {"backbone": backbone, "weights": described.get("weights_ref"), "nir": nir, "source": source}
     out_dir = Path(out)
     started = time.perf_counter()
     run_partitions(table, out_dir, task, settings=settings, chips_per_partition=chips_per_partition,
                    scheduler=scheduler, n_workers=n_workers, desc="featurizing", progress=progress,
                    on_client=print_dashboard)
     seconds = time.perf_counter() - started
+    normalization = {k: described.pop(k) for k in ("mean", "std", "input_size") if k in described}
     meta = {
-        "backbone": backbone,
-        "weights": weights,
-        "weights_ref": spec.weights_ref,
-        "feature_layer": getattr(spec, "feature_layer", "penultimate"),
-        "feature_dim": int(spec.feature_dim),
-        "bands": [1, 2, 3],
+        **described,
+        "weights": weights,  # as given; weights_ref says which file that was
         "nir_columns": list(NIR_COLUMNS) if nir else [],
-        "mean": list(map(float, spec.mean)),
-        "std": list(map(float, spec.std)),
-        "input_size": int(spec.input_size),
+        **normalization,  # after nir_columns, where features.json always had it
         "chip_size": 224,
         "chip_size_m": source.get("chip_size_m"),
         "chips": len(table),
         "source": source,
-        "task": asdict(task),
+        "task": {"backbone": backbone, "weights": weights, "chip_size": task.chip_size, "batch_size": batch_size,
+                 "torch_threads": threads, "nir": nir},
     }
-    tmp = out_dir / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, out_dir / META_FILE)
+    with atomic_path(out_dir / META_FILE) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
     if record_run:
-        from geoclf.runs import start_run
-
         params = {"backbone": backbone, "weights": weights, "chips": len(table), "batch_size": batch_size,
                   "nir": nir, "features_dir": str(out_dir.resolve()), "chip_source": source["path"]}
         with start_run(run_name or f"featurize-{backbone}", "featurize", params=params, runs_dir=runs_dir) as run:

@@ -31,6 +31,7 @@ from geoclf.artifact import (
     whole_number,
     write_model_dir,
 )
+from geoclf.featurizers import Featurizer, featurizer_from_meta, featurizer_from_model
 from tiling.errors import InputError
 
 #: Classifier file of a ``features`` artifact.
@@ -54,10 +55,12 @@ FIELDS = {
 
 
 class FeaturesModel(LandUseModel):
-    """A ``features`` model: a CNN backbone's feature vector, then a scikit-learn classifier.
+    """A ``features`` model: a featurizer's vector (a CNN backbone's penultimate layer), then a classifier.
 
-    The backbone is loaded (through :func:`geoclf.backbones.load_backbone`) only when chips are first
-    predicted, so scoring precomputed features or reading metadata never touches torch.
+    The featurizer is the one the training features were computed with, rebuilt from ``model.json``
+    (:func:`geoclf.featurizers.featurizer_from_model`): chips are featurized by the same code and
+    description as ``geoclf featurize`` used. It is built only when chips are first predicted (or at
+    :meth:`prepare`), so reading metadata or classifying precomputed features never imports torch.
 
     Args:
         spec: ``model.json`` content.
@@ -80,12 +83,39 @@ class FeaturesModel(LandUseModel):
                              path)
         # sklearn orders classes_ alphabetically; the artifact promises scheme order
         self._columns = np.array([learned.index(c) for c in self.classes])
-        self._extractor: Any = None
+        self._featurizer: Featurizer | None = None
 
     @property
     def feature_dim(self) -> int:
-        """Length of the backbone's feature vector, the classifier's input."""
+        """Length of the feature vector, the classifier's input."""
         return int(self.spec["feature_dim"])
+
+    @property
+    def featurizer(self) -> Featurizer:
+        """The featurizer of the training features, as ``model.json`` describes it, on :attr:`device`."""
+        if self._featurizer is None:
+            featurizer = featurizer_from_model(self.spec)
+            if tuple(featurizer.bands) != tuple(self.bands):
+                raise InputError(f"model.json bands {self.bands} differ from its featurizer's "
+                                 f"{list(featurizer.bands)}", self.path)
+            featurizer.device = self.device
+            self._featurizer = featurizer
+        return self._featurizer
+
+    def prepare(self) -> FeaturesModel:
+        """Build the featurizer's network now, checked against ``model.json`` (e.g. that its weights did
+        not change since training); returns the model.
+
+        Raises:
+            InputError: the featurizer cannot be built as recorded.
+        """
+        try:
+            self.featurizer.load()
+        except InputError as exc:
+            if exc.path is not None:  # already names its file
+                raise
+            raise InputError(str(exc), self.path) from exc
+        return self
 
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities from precomputed feature vectors ``(N, feature_dim)``."""
@@ -100,55 +130,24 @@ class FeaturesModel(LandUseModel):
         return self._names(self.predict_proba_features(features))
 
     def featurize(self, chips: np.ndarray) -> np.ndarray:
-        """Backbone feature vectors ``(N, feature_dim)`` float32 of chips, exactly as at training time."""
+        """Feature vectors ``(N, feature_dim)`` float32 of chips, exactly as at training time."""
         chips = self.check_chips(chips)
         if len(chips) == 0:
             return np.empty((0, self.feature_dim), dtype=np.float32)
         return np.concatenate([f for f, _ in self._batches(chips, classify=False)])
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
-        """Class probabilities of chips: backbone then classifier, batch by batch (bounded memory)."""
+        """Class probabilities of chips: featurizer then classifier, batch by batch (bounded memory)."""
         chips = self.check_chips(chips)
         if len(chips) == 0:
             return np.empty((0, len(self.classes)), dtype=np.float32)
         return np.concatenate([p for _, p in self._batches(chips, classify=True)])
 
     def _batches(self, chips: np.ndarray, classify: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        import torch
-
-        from geoclf.backbones import to_tensor
-
-        network, device = self._network()
-        norm = self.spec["normalization"]
-        with torch.inference_mode():
-            for start in range(0, len(chips), self.batch_size):
-                batch = to_tensor(chips[start:start + self.batch_size], norm["mean"], norm["std"],
-                                  size=norm.get("input_size"))
-                batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-                features = network(batch).reshape(len(batch), -1).float().cpu().numpy()
-                yield features, (self.predict_proba_features(features) if classify else None)
-
-    def _network(self) -> tuple[Any, Any]:
-        if self._extractor is None:
-            import torch
-
-            from geoclf.backbones import load_backbone
-
-            backbone = load_backbone(self.spec["backbone"], self.spec.get("weights") or "default")
-            if int(backbone.feature_dim) != self.feature_dim:
-                raise InputError(f"backbone {self.spec['backbone']!r} gives {backbone.feature_dim} features, "
-                                 f"the classifier was trained on {self.feature_dim}", self.path)
-            trained = (self.spec.get("weights_ref") or {}).get("sha256")
-            loaded = (backbone.weights_ref or {}).get("sha256")
-            if trained and loaded and trained != loaded:
-                # other weights give other features: the classifier's predictions would be meaningless
-                raise InputError(f"backbone weights {self.spec.get('weights')!r} now resolve to another file "
-                                 f"(sha256 {loaded[:12]}...) than the classifier was trained on "
-                                 f"({trained[:12]}...)", self.path)
-            device = self.torch_device()
-            network = backbone.feature_extractor().eval().to(device, memory_format=torch.channels_last)
-            self._extractor = (network, device)
-        return self._extractor
+        featurizer = self.prepare().featurizer
+        for start in range(0, len(chips), self.batch_size):
+            features = featurizer.featurize(chips[start:start + self.batch_size])
+            yield features, (self.predict_proba_features(features) if classify else None)
 
     @classmethod
     def load(cls, directory: Path, spec: Mapping[str, Any], trusted: bool = False) -> FeaturesModel:
@@ -168,11 +167,13 @@ class FeaturesModel(LandUseModel):
 
 
 
-def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequence[str], backbone: str,
-                        weights: str | None, feature_layer: str | None, feature_dim: int,
-                        mean: Sequence[float], std: Sequence[float], bands: Sequence[int], chip_size: int,
-                        input_size: int | None = None, weights_ref: Mapping[str, Any] | None = None,
-                        name: str | None = None, metrics: Mapping[str, Any] | None = None,
+def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequence[str], chip_size: int,
+                        featurizer: Featurizer | None = None, backbone: str | None = None,
+                        weights: str | None = None, feature_layer: str | None = None, feature_dim: int | None = None,
+                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                        bands: Sequence[int] | None = None, input_size: int | None = None,
+                        weights_ref: Mapping[str, Any] | None = None, name: str | None = None,
+                        metrics: Mapping[str, Any] | None = None,
                         class_groups: Mapping[str, Sequence[int]] | None = None,
                         provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
     """Save a ``features`` model artifact: ``model.json`` + ``classifier.skops``.
@@ -182,6 +183,11 @@ def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequen
         classifier: fitted scikit-learn estimator on feature vectors (with ``classes_`` and
             ``predict_proba``).
         classes: class names in output order (scheme order); the same set as ``classifier.classes_``.
+        chip_size: input side in pixels.
+        featurizer: the featurizer the classifier's training features came from (as
+            :func:`geoclf.featurizers.featurizer_from_meta` rebuilds it from ``features.json``); its
+            description goes into ``model.json``, and scoring rebuilds it from there. Without it, a CNN
+            featurizer is described by the arguments below.
         backbone: backbone name in :mod:`geoclf.backbones`' registry.
         weights: weights the features were computed with, as ``load_backbone`` takes them (``default``,
             ``imagenet``, a file path).
@@ -189,7 +195,6 @@ def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequen
         feature_dim: length of a feature vector.
         mean, std: per-band normalization applied to chips scaled to [0, 1].
         bands: 1-based bands read, in input order.
-        chip_size: input side in pixels.
         input_size: network input side chips are resized to (``None``: the chip size).
         weights_ref: the backbone's description of the weights (``Backbone.weights_ref``); its ``sha256``
             is checked when the backbone is loaded for scoring, so other weights cannot slip in.
@@ -207,18 +212,16 @@ def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequen
     learned = sorted(str(c) for c in classifier.classes_)
     if sorted(classes) != learned:
         raise InputError(f"classes {list(classes)} differ from the classifier's {learned}")
+    if featurizer is None:
+        featurizer = featurizer_from_meta({
+            "backbone": backbone, "weights": weights, "weights_ref": weights_ref, "feature_layer": feature_layer,
+            "feature_dim": feature_dim, "mean": mean, "std": std, "input_size": input_size, "bands": bands})
     spec = {
         "name": name,
         "classes": [str(c) for c in classes],
-        "bands": [int(b) for b in bands],
+        "bands": [int(b) for b in featurizer.bands],
         "chip_size": int(chip_size),
-        "backbone": backbone,
-        "weights": weights,
-        "weights_ref": dict(weights_ref or {}),
-        "feature_layer": feature_layer,
-        "feature_dim": int(feature_dim),
-        "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                          "input_size": None if input_size is None else int(input_size)},
+        **featurizer.describe_model(),
         "class_groups": None if class_groups is None else {str(k): [int(c) for c in v]
                                                            for k, v in class_groups.items()},
         "metrics": dict(metrics or {}),

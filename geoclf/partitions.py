@@ -11,6 +11,9 @@ Dask task that reads its chips, runs a model and returns a table, which is writt
 
 ``_inputs.json`` in the output directory fingerprints what the partitions were computed from, so a rerun
 with other inputs stops with a clear message instead of mixing results.
+
+Tasks keep their model (a featurizer's network, a model artifact) in the worker process between partitions
+(:func:`worker_model`), and give it the threads :func:`task_threads` chose for their scheduler.
 """
 
 from __future__ import annotations
@@ -19,20 +22,75 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tiling.errors import InputError
-from tiling.parallel import Scheduler, dashboard_link, dask_client, for_tasks
+from tiling.parallel import Scheduler, dashboard_link, dask_client, default_workers, for_tasks
 
 PART_GLOB = "part-*.parquet"
 _FINGERPRINT = "_inputs.json"
+
+T = TypeVar("T")
+
+# The model of this process, by key: loading one costs seconds, so tasks on a worker share it; one at a time,
+# so a worker's memory holds a single model whatever the run asked of it before.
+_WORKER_MODEL: dict[str, Any] = {}
+
+
+def task_threads(scheduler: Scheduler, n_workers: int | None = None) -> int | None:
+    """Threads a task's model may use for ``scheduler``: every core in this process (``"sync"``), the cores
+    shared out among the workers of a new LocalCluster (workers x threads = cores), or ``None`` on an existing
+    cluster, where each worker has its own thread count (see :func:`worker_model`)."""
+    if scheduler == "sync":
+        return default_workers()
+    if scheduler in (None, "local"):
+        return max(1, default_workers() // (n_workers or default_workers()))
+    return None
+
+
+def worker_model(key: str, load: Callable[[], T], threads: int | None = None) -> T:
+    """The model ``key`` names, in this process: loaded by ``load()`` on first use, then kept between tasks.
+
+    A task calls this at its start. Loading another key drops the previous model first. When the model runs
+    on torch, torch's intra-op threads are set to ``threads``, else to this Dask worker's thread count.
+
+    Args:
+        key: identifies the model (its description or artifact directory): equal keys, the same model.
+        load: builds it.
+        threads: threads it may use (see :func:`task_threads`); ``None`` for the worker's own count.
+    """
+    if key not in _WORKER_MODEL:
+        _WORKER_MODEL.clear()  # before loading: never two models in memory at once
+        _WORKER_MODEL[key] = load()
+    _limit_torch_threads(threads or _dask_worker_threads())
+    return _WORKER_MODEL[key]
+
+
+def _limit_torch_threads(threads: int | None) -> None:
+    # a model that runs on torch has imported it by now (its loader does); one that does not (spectral
+    # statistics) must not pay seconds to import it just to set a thread count
+    torch = sys.modules.get("torch")
+    if threads and torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _dask_worker_threads() -> int | None:
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return get_worker().state.nthreads
+    except ValueError:  # not on a Dask worker
+        return None
 
 
 def part_name(i: int) -> str:

@@ -18,36 +18,39 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from geoclf.artifact import LandUseModel, load_model_dir
+from geoclf.chips import iter_batches
 from geoclf.landuse import ScoreOutput, classes_of
 from geoclf.maps import write_maps
 from geoclf.models import load_model, resolve_model_dir
-from geoclf.partitions import print_dashboard, read_partitions, run_partitions
+from geoclf.partitions import print_dashboard, read_partitions, run_partitions, task_threads, worker_model
 from tiling.errors import InputError
 from tiling.index import TileParams, read_index, tile, validate_index, write_index
-from tiling.io import PathLike, describe_naip, normalize_source
+from tiling.io import ChipReader, PathLike, describe_naip, normalize_source
 from tiling.locks import locks_output
-from tiling.parallel import Scheduler, check_counts, default_workers
+from tiling.parallel import Scheduler, check_counts
 
 #: The predictions table's name in a score output (:class:`geoclf.landuse.ScoreOutput` names every file).
 PREDICTIONS = ScoreOutput.PREDICTIONS
 
-# One model per worker process, keyed by its artifact directory.
-_MODEL_CACHE: dict[str, Any] = {}
-
 
 @dataclass
 class ScoreTask:
-    """Score one partition of chips (runs on a worker): class probabilities for every chip."""
+    """Score one partition of chips (runs on a worker): class probabilities for every chip.
+
+    Attributes:
+        model_dir: the model artifact directory, loaded once per worker process
+            (:func:`geoclf.partitions.worker_model`).
+        batch_size: chips per forward pass.
+        torch_threads: threads the model may use (``None``: the Dask worker's thread count).
+    """
 
     model_dir: str
     batch_size: int = 32
     torch_threads: int | None = None
 
     def __call__(self, part: pd.DataFrame) -> pa.Table:
-        from geoclf.chips import iter_batches
-        from tiling.io import ChipReader
-
-        model = self._model()
+        model = self.model()
         probs = []
         with ChipReader(bands=model.bands, size=model.chip_size) as reader:
             for _, chips in iter_batches(part, reader, self.batch_size):
@@ -61,27 +64,11 @@ class ScoreTask:
             columns[f"prob_{name}"] = pa.array(matrix[:, i])
         return pa.table(columns)
 
-    def _model(self) -> Any:
-        import torch
-
-        from geoclf.artifact import load_model_dir
-
-        threads = self.torch_threads or _worker_threads()
-        if threads and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        if self.model_dir not in _MODEL_CACHE:
-            _MODEL_CACHE.clear()  # one model per process keeps memory bounded
-            _MODEL_CACHE[self.model_dir] = load_model_dir(self.model_dir, trusted=True)
-        return _MODEL_CACHE[self.model_dir]
-
-
-def _worker_threads() -> int | None:
-    try:
-        from distributed import get_worker
-
-        return get_worker().state.nthreads
-    except (ImportError, ValueError):
-        return None
+    def model(self) -> LandUseModel:
+        """The model of this worker process, loaded on its first task and ready to predict."""
+        # trusted: the client loaded this artifact with the user's trust decision before submitting tasks
+        return worker_model(f"model:{self.model_dir}",
+                            lambda: load_model_dir(self.model_dir, trusted=True).prepare(), self.torch_threads)
 
 
 @locks_output("out")
@@ -124,9 +111,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     output = ScoreOutput.at(out)
     index = _chips_to_score(loaded, output, naip, chips, aoi, max_nodata, chip_size_m, progress)
     table = pd.DataFrame(index.drop(columns="geometry"))
-    threads = default_workers() if scheduler == "sync" else (
-        max(1, default_workers() // (n_workers or default_workers())) if scheduler in (None, "local") else None)
-    task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=threads)
+    task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=task_threads(scheduler, n_workers))
     settings = {"model": _model_stamp(model_dir)}
     run_partitions(table, output.partitions, task, settings=settings, chips_per_partition=chips_per_partition,
                    scheduler=scheduler, n_workers=n_workers, desc="scoring", progress=progress,

@@ -159,3 +159,18 @@ def test_runs_list_shows_featurize_runs(pretrained, capsys):
 
     runs = json.loads(capsys.readouterr().out)
     assert any(r["kind"] == "featurize" and r["parameters"].get("backbone") == "efficientnet_lite0" for r in runs)
+
+
+def test_a_model_featurizes_chips_as_featurization_did(quickstart, chips, pretrained):
+    """Scoring rebuilds the featurizer features.json describes, and computes the vectors training read."""
+    from geoclf.featurizers import featurizer_from_meta
+    from geoclf.models import load_model
+
+    meta, table = read_features(pretrained)
+    model = load_model("lr-lite0", runs_dir=quickstart[0] / "runs")
+    assert model.featurizer == featurizer_from_meta(meta)  # one description, one code path
+    rows = tiling.read_index(chips).set_index("chip_id").loc[table["chip_id"].iloc[:40:5]]
+    with tiling.ChipReader(bands=model.bands, size=model.chip_size) as reader:
+        batch = np.stack([reader.read(r.source, (r.col_off, r.row_off, r.width, r.height))
+                          for r in rows.itertuples()])
+    np.testing.assert_array_equal(model.featurize(batch), np.stack(table["features"].iloc[:40:5]))
