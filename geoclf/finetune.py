@@ -53,7 +53,9 @@ from geoclf import artifact
 from geoclf.artifact import LandUseModel
 from geoclf.backbones import DEFAULT_BACKBONE, Backbone, TrainablePart, get_spec, load_backbone, to_tensor
 from geoclf.chips import iter_batches, read_batch
+from geoclf.training import class_groups, class_order
 from tiling.errors import InputError
+from tiling.index import index_scheme
 from tiling.io import ChipReader
 
 if TYPE_CHECKING:
@@ -260,9 +262,9 @@ class ChipDataModule(L.LightningDataModule):
         if unseen:
             raise InputError(f"class {', '.join(map(repr, unseen))} has validation chips but no training chips; "
                              "re-tile with another split seed or drop the class", where)
-        scheme = [str(c) for c in attrs.get("classes") or []]
-        present = set(counts.index)
-        self.classes: list[str] = [c for c in scheme if c in present] + sorted(present - set(scheme))
+        # the same order and legend as a features model trained on these chips gets (geoclf.training)
+        scheme = index_scheme(attrs) if self.source["kind"] == "index" else None
+        self.classes: list[str] = class_order(set(counts.index), scheme)
         if len(self.classes) < 2:
             raise InputError(f"the training chips hold a single class ({self.classes[0]!r}); fine-tuning needs "
                              "two or more", where)
@@ -273,7 +275,7 @@ class ChipDataModule(L.LightningDataModule):
                              "tile a larger area, merge classes with --classes, or lower --min-chips-per-class",
                              where)
         self.class_counts: dict[str, int] = {c: int(counts[c]) for c in self.classes}
-        self.class_groups: dict[str, list[int]] | None = _class_groups(attrs, self.classes)
+        self.class_groups: dict[str, list[int]] | None = class_groups(self.classes, scheme)
         self.chip_size = int(size) if size is not None else _chip_size(table, attrs)
 
     @property
@@ -322,14 +324,6 @@ def _index_attrs(source: Mapping[str, Any]) -> dict[str, Any]:
     from tiling.index import read_index
 
     return dict(read_index(source["path"]).attrs.get("geoclf") or {})
-
-
-def _class_groups(attrs: Mapping[str, Any], classes: Sequence[str]) -> dict[str, list[int]] | None:
-    """NLCD codes of each class from the tiling parameters (map legends), when every class has them."""
-    groups = (attrs.get("params") or {}).get("classes") or {}
-    if not all(c in groups for c in classes):
-        return None
-    return {c: [int(code) for code in groups[c]] for c in classes}
 
 
 def _chip_size(table: pd.DataFrame, attrs: Mapping[str, Any]) -> int:

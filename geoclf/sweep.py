@@ -20,17 +20,28 @@ import math
 import os
 import pickle
 import random
-import tempfile
+import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import GroupKFold, cross_val_predict
+from tqdm.auto import tqdm
 
+from geoclf import runs
+from geoclf.classifiers import make_classifier, parse_params
+from geoclf.metrics import evaluate, scalar_metrics
+from geoclf.training import (
+    FeatureSet,
+    TrainingSplit,
+    fit_notes,
+    load_features,
+    prepare_split,
+    record_features_model,
+)
 from tiling.errors import InputError
 from tiling.parallel import Scheduler, dashboard_link, dask_client
 
@@ -133,8 +144,6 @@ def parse_space(items: Sequence[str]) -> dict[str, list[Any]]:
     Raises:
         InputError: an item is not ``KEY=VALUES``, a key is given twice, or a key has no values.
     """
-    from geoclf.classifiers import parse_params
-
     space: dict[str, list[Any]] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -175,8 +184,6 @@ def candidates(classifier: str, space: Mapping[str, Sequence[Any]], search: str 
         InputError: an unknown search or classifier, a parameter the classifier does not have (the
             message lists the valid ones), an invalid value, or an empty grid.
     """
-    from geoclf.classifiers import make_classifier
-
     if search not in SEARCHES:
         raise InputError(f"unknown search {search!r}; valid searches: {', '.join(SEARCHES)}")
     if not space or any(len(v) == 0 for v in space.values()):
@@ -216,34 +223,30 @@ def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logist
         InputError: bad features, an empty grid, unknown classifier, parameter or metric, too few spatial
             blocks for the folds. All checked before any run is recorded or any task submitted.
     """
-    from geoclf import runs
-    from geoclf.classifiers import load_features
-
     if cv_folds is not None and cv_folds < 2:
         raise InputError(f"spatial cross-validation needs 2 or more folds, not {cv_folds}")
     combos = candidates(classifier, space or {}, search, n_iter, seed)
     data = load_features(features)
-    prepared = _prepare(data, cv_folds)
-    classes = prepared["classes"]
-    y_val = prepared["y_val"]
-    valid_metrics = _metric_names(y_val, classes)
+    split = prepare_split(data, cv_folds)
+    y_val = split.y_val
+    valid_metrics = _metric_names(y_val, split.classes)
     if metric not in valid_metrics:
         raise InputError(f"unknown metric {metric!r}; valid metrics: {', '.join(valid_metrics)}")
     chosen_by = f"cv_{metric}" if cv_folds else metric
     name = name or f"sweep-{classifier}"
-    fit_data = FitData(prepared["x_train"], prepared["y_train"], prepared["x_val"], prepared["groups"])
+    fit_data = FitData(split.x_train, split.y_train, split.x_val, split.groups)
     meta = data.meta
     parent_params = {"classifier": classifier, "search": search,
                      "space": {k: list(v) for k, v in (space or {}).items()}, "n_fits": len(combos),
                      "metric": metric, "cv_folds": cv_folds, "seed": seed,
-                     "backbone": meta["backbone"], "features": [str(d) for d in data.directories],
-                     "chip_index_sha256": _source(meta).get("sha256"), "n_train": len(fit_data.y_train),
+                     "backbone": meta.get("backbone"), "features": [str(d) for d in data.directories],
+                     "chip_index_sha256": data.source.get("sha256"), "n_train": len(fit_data.y_train),
                      "n_val": len(y_val)}
     rows: list[dict[str, Any]] = []
     with runs.start_run(name, "train", params=parent_params, tags={SWEEP_TAG: "parent", METRIC_TAG: chosen_by},
                         runs_dir=runs_dir) as parent:
         def record(outcome: FitOutcome) -> None:
-            rows.append(_record_fit(outcome, combos, data, prepared, classifier, seed, name, parent.run_id,
+            rows.append(_record_fit(outcome, combos, data, split, classifier, seed, name, parent.run_id,
                                     cv_folds, runs_dir))
 
         started = time.perf_counter()
@@ -270,8 +273,6 @@ def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logist
 
 def sweep_children(parent: str, runs_dir: PathLike | None = None) -> list[Any]:
     """The child runs of a sweep (its fits), best first by the sweep's metric."""
-    from geoclf import runs
-
     record = runs.get_run(parent, runs_dir=runs_dir)
     metric = record.tags.get(METRIC_TAG, "accuracy")
     children = [r for r in runs.list_run_records(sort=None, runs_dir=runs_dir) if r.parent_id == record.run_id]
@@ -286,8 +287,6 @@ def best_of_sweep(parent: str, runs_dir: PathLike | None = None) -> Any:
     Raises:
         InputError: ``parent`` is not a sweep's parent run, or the sweep has no finished fit.
     """
-    from geoclf import runs
-
     record = runs.get_run(parent, runs_dir=runs_dir)
     if record.tags.get(SWEEP_TAG) != "parent":
         raise InputError(f"run {record.name!r} ({record.run_id[:8]}) is not a sweep; give the sweep's parent run "
@@ -308,14 +307,8 @@ def fit_one(data: FitData, index: int, classifier: str, params: Mapping[str, Any
             cv_folds: int | None) -> FitOutcome:
     """Fit one parameter set (a Dask task): fit on the train split, predict the validation split and, with
     ``cv_folds``, the out-of-fold train predictions of spatial cross-validation."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import GroupKFold, cross_val_predict
-
-    from geoclf.classifiers import make_classifier
-
     pipeline = make_classifier(classifier, params, seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+    with fit_notes() as notes:
         cv_pred = None
         if cv_folds:
             cv_pred = cross_val_predict(pipeline, data.x_train, data.y_train, groups=data.groups,
@@ -323,9 +316,7 @@ def fit_one(data: FitData, index: int, classifier: str, params: Mapping[str, Any
         started = time.perf_counter()
         pipeline.fit(data.x_train, data.y_train)
         fit_seconds = time.perf_counter() - started
-    notes = tuple(dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught
-                                if issubclass(w.category, ConvergenceWarning)))
-    return FitOutcome(index, pipeline, pipeline.predict(data.x_val), cv_pred, fit_seconds, notes)
+    return FitOutcome(index, pipeline, pipeline.predict(data.x_val), cv_pred, fit_seconds, tuple(notes))
 
 
 # -- internals ---------------------------------------------------------------------------------------------
@@ -340,8 +331,6 @@ def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed:
         Bytes of features the client sent to the cluster (once per worker present), mean bytes of a fit's
         task arguments, the dashboard address.
     """
-    from tqdm.auto import tqdm
-
     task_bytes = float(np.mean([len(pickle.dumps((i, classifier, p, seed, cv_folds), protocol=5))
                                 for i, p in enumerate(combos)]))
     bar = tqdm(total=len(combos), desc="sweep", unit="fit", disable=not progress)
@@ -354,10 +343,8 @@ def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed:
                 return 0, task_bytes, None
             link = dashboard_link(client)
             if link and progress:
-                import sys
-
                 print(f"Dask dashboard: {link}", file=sys.stderr)
-            from distributed import as_completed
+            from distributed import as_completed  # only with a cluster: a sync sweep does without its import
 
             present = len(client.scheduler_info().get("workers") or {})
             if present:
@@ -386,128 +373,35 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: Any, prepared: dict[str, Any],
+def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: FeatureSet, split: TrainingSplit,
                 classifier: str, seed: int, sweep_name: str, parent_id: str, cv_folds: int | None,
                 runs_dir: PathLike | None) -> dict[str, Any]:
     """Record one fit as a child run with its model artifact, as ``geoclf train`` records a run."""
-    from geoclf import runs
-    from geoclf.classifiers import _class_groups
-    from geoclf.features_model import save_features_model
-    from geoclf.metrics import evaluate, evaluation_to_json, scalar_metrics
-
     params = combos[outcome.index]
-    classes = prepared["classes"]
-    evaluation = evaluate(prepared["y_val"], outcome.val_pred, classes)
+    classes = split.classes
+    evaluation = evaluate(split.y_val, outcome.val_pred, classes)
     extra: dict[str, float] = {"fit_seconds": outcome.fit_seconds}
     if outcome.cv_pred is not None:
         # the mean over folds of each fold's score (the folds are GroupKFold's, deterministic given the blocks)
-        from sklearn.model_selection import GroupKFold
-
-        y_train = prepared["y_train"]
-        folds = GroupKFold(n_splits=int(cv_folds or 0)).split(y_train, y_train, groups=prepared["groups"])
+        y_train = split.y_train
+        folds = GroupKFold(n_splits=int(cv_folds or 0)).split(y_train, y_train, groups=split.groups)
         scores = [scalar_metrics(evaluate(y_train[held], outcome.cv_pred[held], classes)) for _, held in folds]
         for key in scores[0]:
             if "." not in key:  # headline metrics only; per-class scores stay with the validation split
                 values = [s[key] for s in scores if key in s]
                 extra[f"cv_{key}"] = float(np.mean(values))
-    meta = data.meta
-    source = _source(meta)
-    effective = outcome.pipeline.named_steps["classifier"].get_params()
     name = f"{sweep_name}-{outcome.index:03d}"
-    run_params = {
-        "classifier": classifier,
-        **{f"classifier.{k}": v for k, v in sorted(effective.items())},
-        "backbone": meta["backbone"], "weights": meta.get("weights"), "feature_layer": meta.get("feature_layer"),
-        "feature_dim": int(meta["feature_dim"]), "bands": list(meta["bands"]), "chip_size": int(meta["chip_size"]),
-        "features": [str(d) for d in data.directories], "chip_index": source.get("path"),
-        "chip_index_sha256": source.get("sha256"), "classes": classes, "seed": seed,
-        "n_train": len(prepared["y_train"]), "n_val": len(prepared["y_val"]), "cv_folds": cv_folds,
-    }
-    with runs.start_run(name, "train", params=run_params, tags={"geoclf.sweep_parent": parent_id},
-                        runs_dir=runs_dir, parent=parent_id) as run:
-        run.log_evaluation(evaluation)
-        run.log_metrics(extra)
-        if outcome.warnings:
-            run.set_tags({"warnings": " | ".join(outcome.warnings)})
-        provenance = {"run_id": run.run_id, "sweep_parent": parent_id, "features": run_params["features"],
-                      "chip_index": source.get("path"), "chip_index_sha256": source.get("sha256"),
-                      "classifier": classifier, "params": dict(params), "seed": seed,
-                      "n_train": run_params["n_train"], "n_val": run_params["n_val"]}
-        weights_ref = meta.get("weights_ref")
-        with tempfile.TemporaryDirectory(prefix="geoclf-model-") as tmp:
-            staged = save_features_model(
-                Path(tmp) / runs.MODEL_ARTIFACT, classifier=outcome.pipeline, classes=classes,
-                backbone=meta["backbone"], weights=(weights_ref or {}).get("weights", meta.get("weights")),
-                weights_ref=weights_ref, feature_layer=meta.get("feature_layer"),
-                feature_dim=int(meta["feature_dim"]), mean=meta["mean"], std=meta["std"],
-                input_size=meta.get("input_size"), bands=meta["bands"], chip_size=int(meta["chip_size"]), name=name,
-                metrics=evaluation_to_json(evaluation), class_groups=_class_groups(meta, classes),
-                provenance=provenance)
-            run.log_artifact_dir(staged, runs.MODEL_ARTIFACT)
-        run_id = run.run_id
+    run_id = record_features_model(name, outcome.pipeline, data, split, evaluation, classifier=classifier,
+                                   params=params, seed=seed, metrics=extra, notes=outcome.warnings,
+                                   run_params={"cv_folds": cv_folds}, provenance={"sweep_parent": parent_id},
+                                   parent=parent_id, runs_dir=runs_dir)
     row: dict[str, Any] = {"index": outcome.index, "run_name": name, "run_id": run_id, **params}
     row.update({k: evaluation.get(k) for k in runs.HEADLINE_METRICS})
     row.update(extra)
     return row
 
 
-def _prepare(data: Any, cv_folds: int | None) -> dict[str, Any]:
-    """Train/validation arrays, class order and spatial groups, with ``geoclf train``'s checks."""
-    from geoclf.classifiers import _class_order
-
-    where = data.directories[0] if len(data.directories) == 1 else None
-    x_train, y_train = data.split("train")
-    x_val, y_val = data.split("val")
-    if len(y_train) == 0:
-        raise InputError("has no labelled chips in the train split (split == 'train')", where)
-    if len(y_val) == 0:
-        raise InputError("has no labelled chips in the validation split (split == 'val')", where)
-    unseen = sorted(set(y_val) - set(y_train))
-    if unseen:
-        raise InputError(f"class {', '.join(map(repr, unseen))} is in the validation split but absent from "
-                         "training, so no model could predict it", where)
-    classes = _class_order(set(y_train), data.meta)
-    if len(classes) < 2:
-        raise InputError(f"the train split holds a single class ({classes[0]!r}); a classifier needs two or more",
-                         where)
-    groups = _train_blocks(data) if cv_folds else None
-    if groups is not None:
-        blocks = len(set(groups))
-        if blocks < cv_folds:
-            raise InputError(f"the train split spans {blocks} spatial blocks, too few for {cv_folds} spatial "
-                             "cross-validation folds; use fewer folds or smaller blocks when tiling", where)
-    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "classes": classes,
-            "groups": groups}
-
-
-def _train_blocks(data: Any) -> np.ndarray:
-    """The spatial block of every labelled train chip: a ``block`` column of the features, else the chip
-    index's (``features.json`` names it)."""
-    rows = data.rows
-    mask = (rows["split"] == "train").to_numpy() & rows["label"].notna().to_numpy()
-    if "block" in rows.columns:
-        blocks = rows["block"]
-    else:
-        path = _source(data.meta).get("path")
-        if not path or not Path(path).is_file():
-            raise InputError(f"spatial cross-validation needs the chip index's blocks, but the chip index "
-                             f"{path or '(not recorded)'} is not there; run without --cv-folds or tile again")
-        from tiling.index import read_index
-
-        index = read_index(path)
-        if "block" not in index.columns:
-            raise InputError("has no block column for spatial cross-validation", path)
-        blocks = rows["chip_id"].map(dict(zip(index["chip_id"], index["block"], strict=True)))
-    train = blocks[mask]
-    if train.isna().any():
-        raise InputError(f"chip {rows.loc[mask, 'chip_id'][train.isna()].iloc[0]!r} has no spatial block in the "
-                         "chip index; were the features made from another index?")
-    return train.astype(str).to_numpy(dtype=object)
-
-
 def _metric_names(y_val: np.ndarray, classes: list[str]) -> list[str]:
-    from geoclf.metrics import evaluate, scalar_metrics
-
     return list(scalar_metrics(evaluate(y_val, y_val, classes)))
 
 
@@ -536,8 +430,3 @@ def _split_values(text: str) -> list[str]:
             current.append(char)
     values.append("".join(current))
     return values
-
-
-def _source(meta: Mapping[str, Any]) -> dict[str, Any]:
-    source = meta.get("source")
-    return dict(source) if isinstance(source, Mapping) else {}

@@ -288,6 +288,22 @@ def test_png_folder_reads_like_the_index(tiny_index, tmp_path):
         ChipDataModule(tmp_path / "png", bands=(1, 2, 3, 4), num_workers=0)
 
 
+def test_both_kinds_of_model_of_png_chips_get_one_class_order_and_legend(tiny_index, tmp_path, runs_dir):
+    """PNG chips record no class scheme: a features model and a fine-tuned one of the same chips both take
+    the default scheme's order and NLCD grouping (map codes and legends), not one of them A-Z without groups."""
+    from geoclf.classifiers import train_classifier
+    from geoclf.features import featurize
+    from tiling.materialize import materialize_chips
+
+    materialize_chips(tiling.read_index(tiny_index), tmp_path / "png", fmt="png", size=CHIP, progress=False)
+    features = featurize(tmp_path / "png", tmp_path / "features", backbone="mobilenet_v3_small", weights="none",
+                         scheduler="sync", progress=False, record_run=False)
+    trained = load_model(train_classifier(features, name="png-lr", runs_dir=runs_dir).artifact_dir)
+    tuned = ChipDataModule(tmp_path / "png", num_workers=0, min_chips_per_class=2)
+    assert tuned.classes == trained.classes != sorted(trained.classes)
+    assert tuned.class_groups == trained.class_groups is not None
+
+
 def test_workers_read_the_same_chips(index_path):
     inline = ChipDataModule(index_path, batch_size=8, num_workers=0, min_chips_per_class=2, augment=False)
     workers = ChipDataModule(index_path, batch_size=8, num_workers=1, min_chips_per_class=2, augment=False)

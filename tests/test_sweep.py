@@ -30,7 +30,7 @@ CLASSES = ["Developed", "Forest", "Cultivated"]
 
 
 def write_features(out: Path, n: int = 240, dim: int = 12, seed: int = 0, blocks: int = 8,
-                   with_blocks: bool = True) -> Path:
+                   with_blocks: bool = True, **meta: Any) -> Path:
     """A features directory: noisy class clusters; blocks 0-1 are validation, the rest train."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 1.2, (len(CLASSES), dim))
@@ -51,7 +51,7 @@ def write_features(out: Path, n: int = 240, dim: int = 12, seed: int = 0, blocks
         "backbone": "efficientnet_lite0", "weights": "default", "feature_layer": "global average pool",
         "feature_dim": dim, "bands": [1, 2, 3], "mean": [0.5] * 3, "std": [0.5] * 3, "input_size": 224,
         "chip_size": 224, "chips": n, "source": {"kind": "index", "path": str(out / "gone.parquet"),
-                                                 "sha256": "c0ffee"}}))
+                                                 "sha256": "c0ffee"}, **meta}))
     return out
 
 
@@ -189,6 +189,23 @@ def test_random_search_in_process(tmp_path: Path, runs_dir: Path) -> None:
                        search="random", n_iter=2, seed=2, scheduler="sync", progress=False)
     assert len(result.fits) == 2
     assert len(sweep_children(result.parent_id)) == 2
+
+
+def test_a_fit_of_a_sweep_is_the_model_train_would_save(tmp_path: Path, runs_dir: Path) -> None:
+    """A sweep's fit and ``geoclf train`` with the same parameters record the same model: its ground chip size
+    (which scoring tiles at), classes, legend and predictions."""
+    from geoclf.classifiers import train_classifier
+
+    feats = write_features(tmp_path / "feats", chip_size_m=134.4)
+    result = run_sweep(feats, "logistic_regression", {"C": [0.5]}, scheduler="sync", progress=False)
+    swept = load_model(result.best_run_id)
+    trained = load_model(train_classifier(feats, params={"C": 0.5}, name="lr-trained").artifact_dir)
+    assert swept.chip_size_m == trained.chip_size_m == 134.4
+    assert (swept.classes, swept.class_groups) == (trained.classes, trained.class_groups)
+    x_val, _ = split_arrays(feats, "val")
+    np.testing.assert_array_equal(swept.predict_proba_features(x_val), trained.predict_proba_features(x_val))
+    assert {k: v for k, v in swept.spec["provenance"].items() if k not in ("run_id", "sweep_parent")} == {
+        k: v for k, v in trained.spec["provenance"].items() if k != "run_id"}
 
 
 def test_cli_sweep_register_promote_and_load_by_alias(tmp_path: Path, runs_dir: Path, cluster: Any,

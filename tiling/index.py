@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -488,6 +488,21 @@ def summarize(index: gpd.GeoDataFrame) -> pd.DataFrame:
         return pd.DataFrame({"chips": [len(index)]}, index=["all"])
     table = pd.crosstab(index["label"], index["split"], margins=True, margins_name="total")
     return table
+
+
+def index_scheme(index: gpd.GeoDataFrame | Mapping[str, Any]) -> ClassScheme:
+    """The class scheme an index was tiled with (its stored tiling parameters), in class order.
+
+    Takes the index or its ``attrs["geoclf"]``. An index that records none (written by another tool) is
+    taken as tiled with the default scheme, the default of :class:`TileParams`. Every model trained on an
+    index takes its class order and NLCD grouping (map legends) from here, whichever kind of model it is.
+
+    Raises:
+        InputError: the stored scheme is damaged (not NLCD codes, a code in two classes).
+    """
+    attrs = index.attrs.get("geoclf", {}) if isinstance(index, pd.DataFrame) else index
+    groups = (attrs.get("params") or {}).get("classes")
+    return ClassScheme.from_mapping(groups) if groups else ClassScheme.default()
 
 
 def params_from(index: gpd.GeoDataFrame) -> dict[str, Any]:
