@@ -14,7 +14,7 @@ Kinds:
     geoclf's own classifiers are made of are accepted (:data:`TRUSTED_SKOPS_TYPES` plus skops' defaults),
     anything else needs ``trusted=True`` (:func:`load_skops`).
 
-    ``finetune``: a fine-tuned CNN (:class:`geoclf.finetune.FinetuneModel`), its weights a plain
+    ``finetune``: a fine-tuned CNN (:class:`geoclf.finetune.model.FinetuneModel`), its weights a plain
     state dict.
 
     Other kinds plug in through :data:`LOADERS`: ``"kind": "module:callable"``, where the callable takes
@@ -59,7 +59,7 @@ TRUSTED_SKOPS_TYPES: frozenset[str] = frozenset({"sklearn.tree._tree.Tree"})
 #: callable's signature is ``(directory: Path, spec: dict, trusted: bool) -> LandUseModel``.
 LOADERS: dict[str, str] = {
     "features": "geoclf.features_model:FeaturesModel.load",
-    "finetune": "geoclf.finetune:FinetuneModel.load",
+    "finetune": "geoclf.finetune.model:FinetuneModel.load",
 }
 
 PathLike = str | os.PathLike[str]
@@ -172,7 +172,7 @@ class LandUseModel(ABC):
 
     def torch_device(self) -> Any:
         """The torch device inference runs on (see :attr:`device`)."""
-        import torch
+        import torch  # here: reading an artifact's metadata, or a model without a network, needs no torch
 
         if self.device is not None:
             return torch.device(self.device)

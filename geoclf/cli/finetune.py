@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from geoclf.cli.runs import runs_dir_option
@@ -62,21 +64,22 @@ def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int,
              num_workers: int | None, seed: int, resume: str | None, out: str | None, min_chips_per_class: int,
              quiet: bool, runs_dir: str | None) -> None:
     """Fine-tune a CNN on the train split of CHIPS, evaluate it on the validation split, save and record it."""
-    import logging
-
+    # the library (torch, Lightning) is imported when the command runs: `geoclf finetune --help` stays instant
+    from geoclf.finetune import FinetuneConfig
     from geoclf.finetune import finetune as run_finetune
     from geoclf.runs import HEADLINE_METRICS
 
     # Lightning's INFO lines (accelerator banner, tips) would bury the summary below
     for logger in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(logger).setLevel(logging.WARNING)
-    result = run_finetune(
-        chips, backbone=backbone, retrain=retrain, weights=weights, epochs=epochs, name=name,
-        batch_size=batch_size, lr=lr, optimizer=optimizer, label_smoothing=label_smoothing,
-        class_weights=class_weights, patience=patience or None, bands=(1, 2, 3, 4) if nir else (1, 2, 3),
-        augment=not no_augment, input_size=input_size, accelerator=accelerator, devices=_devices(devices),
-        precision=precision, num_workers=num_workers, seed=seed, resume=resume, out=out, runs_dir=runs_dir,
+    config = FinetuneConfig(
+        backbone=backbone, retrain=retrain, weights=weights, epochs=epochs, name=name, batch_size=batch_size,
+        lr=lr, optimizer=optimizer, label_smoothing=label_smoothing, class_weights=class_weights,
+        patience=patience or None, bands=(1, 2, 3, 4) if nir else (1, 2, 3), augment=not no_augment,
+        input_size=input_size, accelerator=accelerator, devices=_devices(devices), precision=precision,
+        num_workers=num_workers, seed=seed, resume=resume, out=out, runs_dir=runs_dir,
         min_chips_per_class=min_chips_per_class, progress=not quiet)
+    result = run_finetune(chips, config)
     if result.run_id is None and not result.evaluation:
         return  # a DDP worker process: rank zero reports
     click.echo(f"{result.name}: {backbone} {retrain}, {result.trainable_params:,} of {result.total_params:,} "

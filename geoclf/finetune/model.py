@@ -1,0 +1,149 @@
+"""The ``finetune`` model kind: a fine-tuned CNN as a model artifact, chips in, class probabilities out.
+
+Written by :func:`save_finetune_model` (``model.json`` + ``model.pt``, a plain state dict), loaded by
+:class:`FinetuneModel` through :func:`geoclf.models.load_model`. Loading needs torch, not Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from geoclf import artifact
+from geoclf.artifact import LandUseModel, PathLike
+from geoclf.backbones import to_tensor
+from geoclf.finetune.network import build_network
+from tiling.errors import InputError
+
+if TYPE_CHECKING:  # the module is Lightning's; a scoring worker loading an artifact never imports it
+    from geoclf.finetune.module import LandUseModule
+
+#: File of the network weights (a plain state dict) inside a ``finetune`` artifact.
+NETWORK_FILE = "model.pt"
+
+
+class FinetuneModel(LandUseModel):
+    """A ``finetune`` model artifact: a fine-tuned CNN, chips in, class probabilities out.
+
+    Chips are normalized with :func:`geoclf.backbones.to_tensor` using the artifact's normalization, the
+    same arithmetic :meth:`LandUseModule.normalize` applied in training.
+
+    Args:
+        spec: ``model.json`` content.
+        network: the fine-tuned network (logits out).
+        path: artifact directory, if loaded from one.
+        device, batch_size: see :class:`geoclf.artifact.LandUseModel`.
+    """
+
+    kind = "finetune"
+
+    def __init__(self, spec: Mapping[str, Any], network: nn.Module, path: Path | None = None,
+                 device: str | None = None, batch_size: int = 32) -> None:
+        super().__init__(spec, path, device, batch_size)
+        self.network = network.eval()
+        self._device: torch.device | None = None
+
+    def predict_proba(self, chips: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, C)`` float32 of uint8 chips ``(N, len(bands), chip_size, chip_size)``."""
+        chips = self.check_chips(chips)
+        out = np.empty((len(chips), len(self.classes)), dtype=np.float32)
+        norm = self.spec["normalization"]
+        device = self.torch_device()
+        if self._device != device:
+            self.network.to(device)
+            self._device = device
+        with torch.inference_mode():
+            for start in range(0, len(chips), self.batch_size):
+                batch = to_tensor(chips[start:start + self.batch_size], norm["mean"], norm["std"],
+                                  rgb=range(chips.shape[1]), size=norm.get("input_size"))
+                logits = self.network(batch.to(device)).float()
+                out[start:start + len(batch)] = torch.softmax(logits, dim=1).cpu().numpy()
+        return out
+
+    @classmethod
+    def load(cls, directory: Path, spec: Mapping[str, Any], trusted: bool = False) -> FinetuneModel:
+        """Load a ``finetune`` artifact (its :data:`geoclf.artifact.LOADERS` entry).
+
+        The weights are a plain state dict read with ``torch.load(weights_only=True)``: no code runs on
+        load, so ``trusted`` changes nothing here.
+        """
+        path = artifact.check_file(directory, spec.get("network") or {}, NETWORK_FILE, "network")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises pickle, zip and runtime errors for a damaged file
+            raise InputError(f"cannot be read as a PyTorch state dict ({type(exc).__name__})", path) from exc
+        loaded, _ = build_network(spec["backbone"], len(spec["classes"]), spec["bands"], weights="none")
+        try:
+            loaded.model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise InputError(f"does not fit {spec['backbone']} with {len(spec['classes'])} classes and "
+                             f"{len(spec['bands'])} bands ({first})", path) from exc
+        return cls(spec, loaded.model, path=directory)
+
+
+def save_finetune_model(directory: PathLike, module: LandUseModule, *, chip_size: int, name: str | None = None,
+                        metrics: Mapping[str, Any] | None = None,
+                        class_groups: Mapping[str, Sequence[int]] | None = None,
+                        provenance: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Save a fine-tuned module as a ``finetune`` model artifact: ``model.json`` + ``model.pt``.
+
+    Args:
+        directory: artifact directory to create (written atomically).
+        module: the fine-tuned module.
+        chip_size: chip side in pixels the model reads.
+        name: model name (the run name).
+        metrics: validation metrics (as :func:`geoclf.metrics.evaluation_to_json` gives).
+        class_groups: NLCD codes of each class (map legends), if known.
+        provenance: where it came from (chip index and hash, run id, seed, checkpoint, ...).
+        overwrite: replace an existing directory.
+
+    Returns:
+        The artifact directory.
+    """
+    spec = finetune_spec(module, chip_size=chip_size, name=name, metrics=metrics, class_groups=class_groups,
+                         provenance=provenance)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.network.state_dict().items()}
+
+    def write(staging: Path) -> dict[str, Any]:
+        path = staging / NETWORK_FILE
+        torch.save(state, path)
+        return {"network": {**spec["network"], "sha256": artifact.file_checksum(path)}}
+
+    return artifact.write_model_dir(directory, FinetuneModel.kind, spec, write, overwrite=overwrite)
+
+
+def finetune_spec(module: LandUseModule, *, chip_size: int, name: str | None = None,
+                  metrics: Mapping[str, Any] | None = None, class_groups: Mapping[str, Sequence[int]] | None = None,
+                  provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``model.json`` fields of a fine-tuned module (without the common ones the writer adds)."""
+    hp = module.hparams
+    return {
+        "name": name,
+        "classes": module.classes,
+        "bands": module.bands,
+        "chip_size": int(chip_size),
+        "backbone": hp["backbone"],
+        "weights": hp["weights"],
+        "weights_ref": module.weights_ref,
+        "feature_layer": module.backbone_spec.feature_layer,
+        "retrain": hp["retrain"],
+        "trained_modules": list(module.trained_modules),
+        "trainable_params": module.trainable_params,
+        "total_params": module.total_params,
+        "normalization": {"mean": module.mean, "std": module.std, "input_size": hp["input_size"]},
+        "network": {"file": NETWORK_FILE, "head": module.backbone_spec.head, "first_conv": module.first_conv,
+                    "num_classes": len(module.classes), "in_channels": len(module.bands)},
+        "class_groups": None if class_groups is None else {str(k): [int(c) for c in v]
+                                                           for k, v in class_groups.items()},
+        "metrics": dict(metrics or {}),
+        "provenance": dict(provenance or {}),
+    }
+
+
+__all__ = ["NETWORK_FILE", "FinetuneModel", "finetune_spec", "save_finetune_model"]
