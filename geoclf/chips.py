@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -48,8 +49,6 @@ def iter_batches(rows: pd.DataFrame, reader: ChipReader, batch_size: int = 32):
 
     Reading (GDAL decoding, releases the GIL) overlaps the model's work on the previous batch.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     starts = list(range(0, len(rows), batch_size))
     if not starts:
         return

@@ -49,7 +49,7 @@ def evaluate(y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndar
     Raises:
         InputError: lengths differ, there is nothing to score, or a label is not one of ``classes``.
     """
-    from sklearn import metrics as skm
+    from sklearn import metrics as skm  # here: the run history imports this module, and lists runs without it
 
     truth = np.asarray(y_true, dtype=object)
     pred = np.asarray(y_pred, dtype=object)
@@ -149,6 +149,7 @@ def plot_confusion_matrix(cm: pd.DataFrame, path: str | Path, title: str | None 
         The written path.
     """
     # Figure + Agg canvas directly (not pyplot): no global state, no display needed, safe in threads.
+    # matplotlib costs a second to import, and only figures need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

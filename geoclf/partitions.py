@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,8 +30,10 @@ from typing import Any, TypeVar
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from tiling.errors import InputError
+from tiling.io import atomic_path
 from tiling.parallel import Scheduler, dashboard_link, dask_client, default_workers, for_tasks
 
 PART_GLOB = "part-*.parquet"
@@ -84,7 +85,7 @@ def _limit_torch_threads(threads: int | None) -> None:
 
 def _dask_worker_threads() -> int | None:
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # installed with geoclf, but a sync run never needs to import it
     except ImportError:
         return None
     try:
@@ -121,17 +122,11 @@ def fingerprint(chips: pd.DataFrame, chips_per_partition: int, settings: dict[st
 
 
 def write_table_atomic(table: pd.DataFrame | pa.Table, path: Path) -> None:
-    """Write a Parquet file under a temporary name, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        if isinstance(table, pd.DataFrame):
-            table = pa.Table.from_pandas(table, preserve_index=False)
+    """Write a Parquet file under a temporary name, then rename it into place (:func:`tiling.io.atomic_path`)."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _run_one(part: pd.DataFrame, index: int, out_dir: str, task: Callable[[pd.DataFrame], pd.DataFrame]) -> int:
@@ -176,10 +171,9 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
     elif finished:
         raise InputError("holds partitions of unknown origin; choose another output directory", out)
     else:  # a first run, or one that stopped before finishing a partition: nothing to keep consistent with
-        tmp = out / f".{_FINGERPRINT}.tmp"
-        tmp.write_text(json.dumps(stamp, indent=2))
-        os.replace(tmp, stamp_path)
-    for leftover in out.glob(".part-*.tmp"):  # written by attempts that died before renaming
+        with atomic_path(stamp_path) as tmp:
+            tmp.write_text(json.dumps(stamp, indent=2))
+    for leftover in out.glob(".part-*.tmp"):  # written by attempts that died before renaming (atomic_path's names)
         leftover.unlink(missing_ok=True)
     parts = split_partitions(chips, chips_per_partition)
     todo = [i for i in range(len(parts)) if not (out / part_name(i)).exists()]
@@ -190,8 +184,6 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
 
 def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Callable, scheduler: Scheduler,
              n_workers: int | None, desc: str, progress: bool, on_client: Callable[[Any], None] | None) -> None:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=sum(len(parts[i]) for i in todo), desc=desc, unit="chip", disable=not progress)
     try:
         with dask_client(for_tasks(scheduler, len(todo)), n_workers=n_workers) as client:
@@ -202,6 +194,7 @@ def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Ca
                 return
             if on_client is not None:
                 on_client(client)
+            # distributed only with a cluster: a run in this process does without its import
             from distributed import as_completed
             from distributed.client import FutureCancelledError
             from distributed.scheduler import KilledWorker
@@ -232,8 +225,6 @@ def read_partitions(out_dir: str | os.PathLike[str], columns: list[str] | None =
 
 def print_dashboard(client: Any) -> None:
     """Print where the Dask dashboard of a run is (to stderr, so stdout stays clean)."""
-    import sys
-
     link = dashboard_link(client)
     if link:
         print(f"Dask dashboard: {link}", file=sys.stderr)

@@ -11,6 +11,9 @@ Model references, accepted wherever a model is (``geoclf score --model``, :func:
 - ``NAME@ALIAS``, e.g. ``landuse-naip@production``: the version the alias points at;
 - ``NAME/VERSION``, e.g. ``landuse-naip/3``: that version;
 - ``NAME@latest``: the newest version, unless an alias is really called ``latest``.
+
+MLflow is imported only inside the functions that call it, as in :mod:`geoclf.runs`: resolving a directory or
+a run name through :func:`geoclf.models.load_model` must not pay for its import.
 """
 
 from __future__ import annotations

@@ -46,7 +46,9 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from geoclf import metrics
 from tiling.errors import InputError
+from tiling.io import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -235,15 +237,10 @@ class RunRecorder:
             self._client.log_artifacts(self.run_id, os.fspath(source), artifact_path)
             return
         target = local / artifact_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
+        if target.exists():
+            raise InputError(f"run {self.name!r} already has an artifact at {artifact_path!r}")
+        with atomic_path(target, directory=True) as staging:
             shutil.copytree(source, staging, dirs_exist_ok=True)
-            if target.exists():
-                raise InputError(f"run {self.name!r} already has an artifact at {artifact_path!r}")
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def log_json(self, data: Any, name: str) -> None:
         """Write ``data`` as a JSON artifact file ``name`` (e.g. ``evaluation.json``)."""
@@ -257,8 +254,6 @@ class RunRecorder:
         """Record a :func:`geoclf.metrics.evaluate` result: scalar metrics, ``evaluation.json`` and the
         confusion matrix (``confusion_matrix.csv`` and ``.png``). ``geoclf runs show`` reads these back.
         """
-        from geoclf import metrics
-
         self.log_metrics(metrics.scalar_metrics(evaluation), step=step)
         self.log_json(metrics.evaluation_to_json(evaluation), "evaluation.json")
         with tempfile.TemporaryDirectory(prefix="geoclf-eval-") as tmp:

@@ -28,6 +28,7 @@ from geoclf.cli.common import batch_size_option, chips_per_partition_option, sch
 def featurize(chips: str, backbone: str, weights: str, out: str, batch_size: int, chips_per_partition: int,
               n_workers: int | None, nir: bool, name: str | None, scheduler: str) -> None:
     """Featurize every chip with a pretrained CNN's penultimate layer."""
+    # the library is imported when the command runs, not when the CLI lists commands or shows --help
     from geoclf.features import featurize as run
 
     path = run(chips, out, backbone=backbone, weights=weights, batch_size=batch_size,

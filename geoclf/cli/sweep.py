@@ -35,6 +35,7 @@ def sweep(features: tuple[str, ...], classifier: str, params: tuple[str, ...], s
           metric: str, cv_folds: int | None, name: str | None, seed: int, cluster: str, n_workers: int | None,
           register_as: str | None, runs_dir: str | None) -> None:
     """Fit a classifier for every parameter combination on Dask; every fit is a child run of one sweep."""
+    # the library is imported when the command runs, not when the CLI lists commands or shows --help
     from geoclf.cluster import scheduler_from_option
     from geoclf.sweep import parse_space, run_sweep
 

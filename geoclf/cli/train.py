@@ -21,6 +21,7 @@ from geoclf.cli.runs import runs_dir_option
 def train(features: tuple[str, ...], classifier: str, name: str | None, params: tuple[str, ...], seed: int,
           runs_dir: str | None) -> None:
     """Train a classifier on the train split of features, evaluate it on the validation split."""
+    # the library is imported when the command runs, not when the CLI lists commands or shows --help
     from geoclf.classifiers import parse_params, train_classifier
     from geoclf.runs import HEADLINE_METRICS
 
