@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,15 +133,6 @@ def test_aoi_that_misses_every_chip(good_pair, tmp_path, capsys):
     code, err = run_cli(["tile", "--naip", str(naip), "--nlcd", str(nlcd), "--out", str(tmp_path / "o"),
                          "--aoi", str(aoi), "--chip-size", "100"], capsys)
     assert_one_line_error(code, err, "aoi.geojson", "misses")
-
-
-def test_tiling_never_imports_torch():
-    code = ("import sys, tiling, tiling.index, tiling.labels, tiling.materialize, tiling.parallel, tiling.split\n"
-            "import importlib.util\n"
-            "if importlib.util.find_spec('tiling.synth'): import tiling.synth\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'geoclf'))\n"
-            "assert not bad, bad\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- a chip index is checked when it is read, before a stage starts or writes anything -------------------------
