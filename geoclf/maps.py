@@ -18,6 +18,7 @@ import pandas as pd
 import rasterio.features
 import shapely
 
+from geoclf.area import chip_area_km2
 from geoclf.landuse import (  # noqa: F401  (re-exported: the land-use map contract lived here)
     MOSAIC_CRS,
     NODATA,
@@ -36,6 +37,7 @@ from geoclf.landuse import (  # noqa: F401  (re-exported: the land-use map contr
 )
 from geoclf.metrics import evaluate, evaluation_to_json
 from geoclf.webmap import (  # noqa: F401  (re-exported: the page builder's parts lived here)
+    CIR_BANDS,
     WebMap,
     hex_color,
     leaflet_assets,
@@ -143,17 +145,39 @@ def _chip_features(predictions: pd.DataFrame, classes: ClassScheme) -> tuple[dic
     return data, fields, aliases
 
 
+def map_title(predictions: pd.DataFrame, title: str = "Land use") -> tuple[str, list[str]]:
+    """A land-use page's title and detail lines from its predictions: dates, model, scenes, chips and km²."""
+    scored = predictions[predictions["pred"].notna()] if "pred" in predictions.columns else predictions
+    dates = sorted({str(pd.Timestamp(d).date()) for d in scored["date"].dropna()}) if "date" in scored else []
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else ""
+    lines = []
+    if "model" in scored.columns and scored["model"].notna().any():
+        models = sorted(str(m) for m in scored["model"].dropna().unique())
+        lines.append(("model " if len(models) == 1 else "models ") + ", ".join(models))
+    scenes = sorted(str(s) for s in scored["scene"].dropna().unique()) if "scene" in scored.columns else []
+    area = ""
+    if isinstance(scored, gpd.GeoDataFrame) and scored.crs is not None and len(scored):
+        area = f", {float(chip_area_km2(scored).sum()):,.2f} km²"
+    where = (scenes[0] if len(scenes) == 1 else f"{len(scenes)} scenes") if scenes else ""
+    lines.append(", ".join(part for part in (where, f"{len(scored):,} chips{area}") if part))
+    return (f"{title}, {when}" if when else title), lines
+
+
 def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, *,
                grid: LandUseGrid | None = None, basemap: str | None = "OpenStreetMap",
                title: str = "Land use", opacity: float = 0.7, max_popup_chips: int = 5000,
-               overlay_max_pixels: int = 2048) -> Path:
-    """Write an interactive, self-contained folium map: basemap, class layer, legend, chip popups.
+               overlay_max_pixels: int = 2048, imagery: bool = True, imagery_max_pixels: int = 1536) -> Path:
+    """Write an interactive, self-contained folium map: the scored imagery, the class layer, chip popups,
+    a title, a legend and an opacity slider.
 
     The class layer is the land-use raster as one image overlay (a PNG inside the page), so the page stays
-    small whatever the chip count. Chip footprints with popups (class, probabilities, reference label) are
-    added as a second layer only up to ``max_popup_chips`` chips, past which their GeoJSON would make the page
-    heavy; the legend says so. Leaflet's JS and CSS are inlined, so with no network only the basemap tiles
-    are missing: the class layer, legend and popups still render.
+    small whatever the chip count. Under it lie the scored imagery in natural colour and in colour infrared
+    (when the rasters have a fourth band), read from the rasters in the ``source`` column at page resolution
+    (their overviews) and inlined, so the page shows what was classified with no basemap and no network.
+    Chip footprints with popups (class, probabilities, reference label) are added as another layer only up to
+    ``max_popup_chips`` chips, past which their GeoJSON would make the page heavy; the legend says so. The
+    title names the date(s), the model and the area (scenes, chips, km²); the legend has an entry for what is
+    not scored. Leaflet's JS and CSS are inlined, so with no network only the basemap tiles are missing.
 
     Args:
         predictions: chip predictions (see :func:`predictions_to_grid`), a GeoDataFrame with footprints.
@@ -161,10 +185,12 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
         path: output ``.html`` file, written atomically.
         grid: the land-use grid to show (e.g. smoothed); built from ``predictions`` when None.
         basemap: a folium/xyzservices tile provider name or a tile URL template; None for no basemap.
-        title: legend title.
+        title: the page's title (the date is appended) and the class layer's and legend's name.
         opacity: class layer opacity.
         max_popup_chips: largest chip count that gets a clickable chip layer.
         overlay_max_pixels: longest side of the class overlay image.
+        imagery: add the imagery layers (when the ``source`` rasters can be read).
+        imagery_max_pixels: longest side of each imagery image.
 
     Returns:
         ``path`` as a Path.
@@ -175,8 +201,16 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
         grid = predictions_to_grid(predictions, classes)
     url, bounds = overlay_image(grid, classes, overlay_max_pixels)
     page = WebMap(bounds, basemap)
-    page.add_image(url, bounds, name=title, opacity=opacity)
-    note = None
+    notes = []
+    if imagery and "source" in predictions.columns:
+        sources = [str(s) for s in predictions.loc[predictions["pred"].notna(), "source"].dropna().unique()]
+        rgb, missing = page.add_imagery(sources, name="Imagery (natural colour)", max_pixels=imagery_max_pixels)
+        if rgb is not None:
+            page.add_imagery(sources, name="Imagery (colour infrared)", bands=CIR_BANDS, show=False,
+                             max_pixels=imagery_max_pixels)
+        if missing:
+            notes.append(f"{len(missing)} of {len(sources)} rasters could not be read for the imagery layer.")
+    layer = page.add_image(url, bounds, name=title, opacity=opacity)
     count = int(predictions["pred"].notna().sum())
     if count <= max_popup_chips:
         data, fields, aliases = _chip_features(predictions, classes)
@@ -187,9 +221,12 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
                                                  "weight": 1, "opacity": 0.6, "fillOpacity": 0.0},
                           highlight=lambda feature: {"weight": 3, "opacity": 1.0})
     else:
-        note = f"{count} chips: chip popups are left out past {max_popup_chips}."
+        notes.append(f"{count} chips: chip popups are left out past {max_popup_chips}.")
     page.add_layer_control()
-    page.add_legend(classes, title, note)
+    heading, lines = map_title(predictions, title)
+    page.add_title(heading, lines)
+    page.add_legend(classes, title, " ".join(notes) or None, nodata="not scored (no chip, or no data)")
+    page.add_opacity_control({title: [layer]})
     return page.save(path)
 
 

@@ -6,13 +6,23 @@ open from disk without a network and treat text alike. Text that comes from data
 the page: Leaflet puts popup, tooltip, legend and layer-control text into ``innerHTML``, so a raster named
 ``<img src=x onerror=...>.tif`` would otherwise run its script in the reader's browser.
 
+Layers are images inside the page (data URLs): class rasters warped to Web Mercator (:func:`overlay_image`,
+optionally with chip outlines) and the scored imagery itself, RGB or colour-infrared, read from the rasters'
+overviews (:func:`imagery_image`), so a page shows what was classified even with no basemap. Controls are
+plain Leaflet and a few lines of inline script: the layer list, a title, a legend (with its nodata entry), an
+opacity slider per layer group and a swipe between two sets of layers (two dates).
+
 A page is built with :class:`WebMap`::
 
     url, bounds = overlay_image(grid, classes, max_pixels=2048)
     page = WebMap(bounds)
-    page.add_image(url, bounds, name="Land use", opacity=0.7)
+    rgb = imagery_image(sources, bounds, bands=(1, 2, 3))
+    page.add_image(rgb.url, rgb.bounds, name="Imagery (RGB)", imagery=True)
+    land_use = page.add_image(url, bounds, name="Land use", opacity=0.7)
     page.add_features(chips, name="Chips", fields=["chip_id"], style=lambda feature: {"weight": 1})
-    page.add_legend(classes, "Land use")
+    page.add_title("Land use 2016", ["model lr-lite0"])
+    page.add_legend(classes, "Land use", nodata="not scored")
+    page.add_opacity_control({"Land use": [land_use]})
     page.save("map.html")
 """
 
@@ -27,7 +37,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import folium
 import geopandas as gpd
@@ -35,11 +45,17 @@ import numpy as np
 import rasterio.warp
 import xstatic.pkg.leaflet as leaflet
 from affine import Affine
+from branca.element import MacroElement
+from jinja2 import Template
 from PIL import Image
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window, from_bounds
 
 from geoclf.landuse import NODATA, LandUseGrid, Legend, color_table, reproject_nearest
-from tiling.io import atomic_path
+from tiling.errors import InputError
+from tiling.io import atomic_path, nodata_mask, open_raster, read_valid
 
 PathLike = str | os.PathLike[str]
 #: ``[[south, west], [north, east]]`` in degrees, as Leaflet takes bounds.
@@ -48,6 +64,24 @@ LatLonBounds = Sequence[Sequence[float]]
 StyleFunction = Callable[[dict[str, Any]], dict[str, Any]]
 
 _MERCATOR = CRS.from_epsg(3857)
+
+#: Palette index of chip outlines in a class overlay (:func:`overlay_image`): above any class code.
+OUTLINE_INDEX = 255
+#: Colour (RGBA) of chip outlines: dark and half transparent, visible on every class colour.
+OUTLINE_RGBA = (30, 30, 30, 150)
+#: Least size of a chip, in overlay pixels, for outlines to be drawn: below it they would hide the classes.
+OUTLINE_MIN_PIXELS = 4
+#: Band triples of the imagery layers: natural colour, and colour infrared (NIR, red, green as R, G, B).
+RGB_BANDS = (1, 2, 3)
+CIR_BANDS = (4, 1, 2)
+
+
+class ImageLayer(NamedTuple):
+    """An image for a page: a data URL, its lat/lon bounds, and what could not be drawn (for a note)."""
+
+    url: str
+    bounds: list[list[float]]
+    missing: list[str]
 
 
 def escape(value: Any) -> Any:
@@ -99,44 +133,211 @@ def offline_map(bounds: LatLonBounds, basemap: str | None = "OpenStreetMap") -> 
     return fmap
 
 
-def overlay_image(grid: LandUseGrid, classes: Legend, max_pixels: int) -> tuple[str, list[list[float]]]:
+def _mercator_canvas(bounds: tuple[float, float, float, float], native: float, max_pixels: int,
+                     upsample: int = 1) -> tuple[Affine, int, int]:
+    """A north-up Web Mercator grid over ``bounds`` (Mercator): ``native / upsample`` resolution, at most
+    ``max_pixels`` on a side."""
+    left, bottom, right, top = bounds
+    resolution = max(native / upsample, max(right - left, top - bottom) / max_pixels)
+    width = max(1, math.ceil((right - left) / resolution))
+    height = max(1, math.ceil((top - bottom) / resolution))
+    return Affine(resolution, 0.0, left, 0.0, -resolution, top), width, height
+
+
+def _latlon_bounds(transform: Affine, width: int, height: int) -> list[list[float]]:
+    left, top = transform.c, transform.f
+    xs, ys = rasterio.warp.transform(_MERCATOR, "EPSG:4326", [left, left + width * transform.a],
+                                     [top + height * transform.e, top])
+    return [[ys[0], xs[0]], [ys[1], xs[1]]]
+
+
+def overlay_image(grid: LandUseGrid, classes: Legend, max_pixels: int, *, outlines: bool = False,
+                  transparent: Sequence[int] = ()) -> tuple[str, list[list[float]]]:
     """The class raster warped (nearest) to Web Mercator as a palette PNG data URL, and its lat/lon bounds.
 
     Leaflet stretches an image overlay linearly in Web Mercator, so the raster is warped there first. It is
     also upsampled (up to ``max_pixels`` on a side) so that chips of a rotated grid keep their shape instead
     of aliasing into dropped or doubled pixels.
+
+    Args:
+        grid: the class raster (one pixel per chip).
+        classes: the legend of its codes (code ``i + 1`` is ``classes.names[i]``).
+        max_pixels: longest side of the image.
+        outlines: draw each chip's outline (a dark line on its east and south edges), when chips are at least
+            :data:`OUTLINE_MIN_PIXELS` image pixels wide; cells are found by warping cell numbers, not codes, so
+            two chips of one class are told apart, on any grid.
+        transparent: codes drawn transparent (e.g. "no change" on a change layer over imagery).
     """
     height, width = grid.codes.shape
-    left, bottom, right, top = rasterio.warp.transform_bounds(grid.crs, _MERCATOR, *grid.bounds, densify_pts=21)
+    mercator = rasterio.warp.transform_bounds(grid.crs, _MERCATOR, *grid.bounds, densify_pts=21)
     native = rasterio.warp.calculate_default_transform(grid.crs, _MERCATOR, width, height, *grid.bounds)[0].a
     upsample = max(1, min(32, max_pixels // max(width, height, 1)))
-    resolution = max(native / upsample, max(right - left, top - bottom) / max_pixels)
-    out_width = max(1, math.ceil((right - left) / resolution))
-    out_height = max(1, math.ceil((top - bottom) / resolution))
-    transform = Affine(resolution, 0.0, left, 0.0, -resolution, top)
-    warped = np.zeros((out_height, out_width), dtype=np.uint8)
-    reproject_nearest(grid.codes, warped, grid, transform, _MERCATOR, NODATA)
-    image = Image.fromarray(warped, mode="P")
+    transform, out_width, out_height = _mercator_canvas(mercator, native, max_pixels, upsample)
     palette = color_table(classes)
+    for code in transparent:
+        palette[code, 3] = 0
+    draw_outlines = outlines and native / transform.a >= OUTLINE_MIN_PIXELS
+    if draw_outlines:
+        if len(classes.names) >= OUTLINE_INDEX:
+            raise InputError(f"{len(classes.names)} classes leave no palette entry for chip outlines")
+        # cell numbers (1-based, 0 = no chip) warped nearest: a pixel is on an outline where its cell differs
+        # from its east or south neighbour's
+        cells = np.where(grid.codes != NODATA, np.arange(1, grid.codes.size + 1, dtype=np.int32).reshape(
+            grid.codes.shape), 0).astype(np.int32)
+        warped_cells = np.zeros((out_height, out_width), dtype=np.int32)
+        reproject_nearest(cells, warped_cells, grid, transform, _MERCATOR, 0)
+        flat = np.asarray(grid.codes, dtype=np.uint8).ravel()
+        warped = np.where(warped_cells > 0, flat[np.maximum(warped_cells - 1, 0)], NODATA).astype(np.uint8)
+        edge = np.zeros(warped.shape, dtype=bool)
+        edge[:, :-1] |= warped_cells[:, :-1] != warped_cells[:, 1:]
+        edge[:-1, :] |= warped_cells[:-1, :] != warped_cells[1:, :]
+        warped[edge & (warped_cells > 0)] = OUTLINE_INDEX
+        palette[OUTLINE_INDEX] = OUTLINE_RGBA
+    else:
+        warped = np.zeros((out_height, out_width), dtype=np.uint8)
+        reproject_nearest(grid.codes, warped, grid, transform, _MERCATOR, NODATA)
+    image = Image.fromarray(warped, mode="P")
     image.putpalette(palette[:, :3].ravel().tolist())
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True, transparency=bytes(palette[:, 3].tolist()))
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    xs, ys = rasterio.warp.transform(_MERCATOR, "EPSG:4326", [left, left + out_width * resolution],
-                                     [top - out_height * resolution, top])
-    return url, [[ys[0], xs[0]], [ys[1], xs[1]]]
+    return url, _latlon_bounds(transform, out_width, out_height)
 
 
-def legend_html(classes: Legend, title: str, note: str | None) -> str:
-    """A fixed-position HTML legend of ``classes`` for a folium map; names, title and note are escaped."""
+def imagery_image(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
+                  bands: Sequence[int] = RGB_BANDS, max_pixels: int = 1536, quality: int = 82) -> ImageLayer | None:
+    """The scored imagery as one WebP data URL, read from the rasters' overviews.
+
+    Each raster is read at about the page's resolution (GDAL then reads the overview level nearest that
+    resolution, so a county costs a few reads per raster, not its full pixels), warped (bilinear) to Web
+    Mercator, and laid in order: where rasters overlap, the first one given wins. Pixels without data (all
+    bands 0, or hidden by the raster's mask) are transparent. Lossy WebP with an alpha channel keeps aerial
+    imagery small in the page.
+
+    Args:
+        sources: raster paths or URLs (NAIP: band 1 red, 2 green, 3 blue, 4 near-infrared).
+        bounds: ``[[south, west], [north, east]]`` to cover; default: all of the rasters, so the imagery also
+            shows where nothing was scored (collars, edges, skipped chips).
+        bands: the bands drawn as red, green and blue (:data:`RGB_BANDS`, :data:`CIR_BANDS`).
+        max_pixels: longest side of the image.
+        quality: WebP quality (0-100).
+
+    Returns:
+        The layer, with the sources that could not be read (missing, unreadable, too few bands) in
+        ``missing``; None when no raster gave a pixel (or, with an empty ``url``, when none could be read).
+    """
+    missing: list[str] = []
+    footprints: dict[str, tuple[float, float, float, float]] = {}
+    for source in dict.fromkeys(str(s) for s in sources if isinstance(s, str) and s):
+        try:
+            with open_raster(source) as dataset:
+                footprints[source] = rasterio.warp.transform_bounds(dataset.crs, _MERCATOR, *dataset.bounds,
+                                                                    densify_pts=21)
+        except (InputError, RasterioError, OSError, ValueError):
+            missing.append(source)
+    if not footprints:
+        return ImageLayer("", [], missing) if missing else None
+    if bounds is None:
+        boxes = np.array(list(footprints.values()))
+        extent = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+    else:
+        (south, west), (north, east) = bounds
+        extent = rasterio.warp.transform_bounds("EPSG:4326", _MERCATOR, west, south, east, north)
+    transform, width, height = _mercator_canvas(extent, 0.0, max_pixels)
+    canvas = np.zeros((4, height, width), dtype=np.uint8)
+    for source in footprints:
+        try:
+            piece = _read_imagery(source, extent, transform, width, height, list(bands))
+        except (InputError, RasterioError, OSError, ValueError):
+            missing.append(source)
+            continue
+        if piece is None:
+            continue
+        fill = (canvas[3] == 0) & (piece[3] > 0)
+        canvas[:, fill] = piece[:, fill]
+    if not canvas[3].any():
+        return ImageLayer("", [], missing) if missing else None
+    image = Image.fromarray(np.ascontiguousarray(np.moveaxis(canvas, 0, -1)), mode="RGBA")
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=quality, method=4)
+    url = "data:image/webp;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return ImageLayer(url, _latlon_bounds(transform, width, height), missing)
+
+
+def _read_imagery(source: str, mercator: tuple[float, float, float, float], transform: Affine, width: int,
+                  height: int, bands: list[int]) -> np.ndarray | None:
+    """One raster's ``bands`` and alpha on the Mercator canvas, ``(4, height, width)`` uint8; None outside it."""
+    with open_raster(source) as dataset:
+        mask, alpha_band = nodata_mask(dataset)
+        count = dataset.count - (alpha_band is not None)
+        if max(bands) > count:
+            raise InputError(f"has {count} band(s); band {max(bands)} was asked for", source)
+        left, bottom, right, top = rasterio.warp.transform_bounds(_MERCATOR, dataset.crs, *mercator, densify_pts=21)
+        window = from_bounds(left, bottom, right, top, transform=dataset.transform).intersection(
+            Window(0, 0, dataset.width, dataset.height)).round_offsets().round_lengths()
+        if window.width < 1 or window.height < 1:
+            return None
+        # about two source pixels per page pixel (bilinear warping then has something to average), never more
+        # than the raster has: GDAL reads the nearest overview level for a decimated read
+        wanted = transform.a / max(abs(dataset.transform.a), 1e-12) / 2
+        shape = (max(1, round(window.height / max(wanted, 1))), max(1, round(window.width / max(wanted, 1))))
+        data = dataset.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.average)
+        valid = read_valid(dataset, mask, alpha_band, window, shape)
+        alpha = (data.max(axis=0) > 0) if valid is None else valid & (data.max(axis=0) > 0)
+        source_transform = dataset.window_transform(window) * Affine.scale(window.width / shape[1],
+                                                                           window.height / shape[0])
+        stack = np.concatenate([data.astype(np.uint8), (alpha * 255).astype(np.uint8)[None]])
+        out = np.zeros((4, height, width), dtype=np.uint8)
+        rasterio.warp.reproject(stack, out, src_transform=source_transform, src_crs=dataset.crs,
+                                dst_transform=transform, dst_crs=_MERCATOR, resampling=Resampling.bilinear)
+    out[3] = np.where(out[3] >= 128, 255, 0)  # a hard edge: half-transparent collars look like haze
+    out[:3, out[3] == 0] = 0
+    return out
+
+
+_SWATCH = ("display:inline-block;width:14px;height:14px;margin-right:6px;vertical-align:middle;"
+           "border:1px solid #555;")
+# what "no colour" looks like in a legend: a light checkerboard, as image editors show transparency
+_CHECKER = ("background-color:#fff;background-image:linear-gradient(45deg,#bbb 25%,transparent 25%,transparent 75%,"
+            "#bbb 75%),linear-gradient(45deg,#bbb 25%,transparent 25%,transparent 75%,#bbb 75%);"
+            "background-size:8px 8px;background-position:0 0,4px 4px")
+
+
+def legend_html(classes: Legend, title: str, note: str | None, nodata: str | None = None,
+                names: Sequence[str] | None = None) -> str:
+    """A fixed-position HTML legend of ``classes`` for a folium map; names, title and notes are escaped.
+
+    Args:
+        classes: names and colours.
+        title: the legend's heading.
+        note: a line of small print under the entries.
+        nodata: the label of a last entry for what the map leaves uncoloured (e.g. "not scored"), drawn as a
+            checkerboard swatch; None for no such entry.
+        names: the entries listed, in order (default: every name of ``classes``).
+    """
+    shown = list(classes.names if names is None else names)
     items = "".join(
-        f'<div><span style="display:inline-block;width:14px;height:14px;margin-right:6px;'
-        f'vertical-align:middle;border:1px solid #555;background:{hex_color(classes.color(name))}"></span>'
-        f"{html.escape(name)}</div>" for name in classes.names)
-    extra = f'<div style="margin-top:4px;color:#555;max-width:220px">{html.escape(note)}</div>' if note else ""
+        f'<div class="geoclf-legend-entry"><span style="{_SWATCH}background:{hex_color(classes.color(name))}">'
+        f"</span>{html.escape(name)}</div>" for name in shown)
+    if nodata is not None:
+        items += (f'<div class="geoclf-legend-entry geoclf-legend-nodata"><span style="{_SWATCH}{_CHECKER}"></span>'
+                  f"{html.escape(nodata)}</div>")
+    extra = f'<div style="margin-top:4px;color:#555;max-width:240px">{html.escape(note)}</div>' if note else ""
     return (f'<div class="geoclf-legend" style="position:absolute;right:10px;bottom:28px;z-index:1000;'
             f"background:rgba(255,255,255,0.92);padding:6px 8px;border-radius:4px;font:12px/1.5 sans-serif;"
+            f"max-height:60%;overflow:auto;"
             f'box-shadow:0 1px 4px rgba(0,0,0,0.3)"><b>{html.escape(title)}</b>{items}{extra}</div>')
+
+
+def title_html(title: str, lines: Sequence[str] = ()) -> str:
+    """A fixed-position title box (top centre) with lines of detail under it; all text escaped."""
+    details = "".join(f'<div class="geoclf-title-line">{html.escape(line)}</div>' for line in lines if line)
+    return ('<div class="geoclf-title" style="position:absolute;top:10px;left:50%;transform:translateX(-50%);'
+            "z-index:1000;background:rgba(255,255,255,0.92);padding:4px 12px;border-radius:4px;"
+            "font:12px/1.4 sans-serif;color:#333;text-align:center;max-width:55%;"
+            'box-shadow:0 1px 4px rgba(0,0,0,0.3)">'
+            f'<div class="geoclf-title-text" style="font-size:15px;font-weight:bold;color:#111">{html.escape(title)}'
+            f"</div>{details}</div>")
 
 
 def escaped_geojson(features: gpd.GeoDataFrame | Mapping[str, Any]) -> dict[str, Any]:
@@ -173,11 +374,17 @@ class WebMap:
         self.bounds = bounds
         self.map = offline_map(bounds, basemap)
         self._layer_control = False
+        self._panes: set[str] = set()
+        # imagery is smoothed when scaled; folium's pixelated style is for every image layer
+        self.map.get_root().header.add_child(folium.Element(
+            "<style>.leaflet-image-layer.geoclf-imagery{image-rendering:auto!important}</style>"),
+            name="geoclf_imagery_css")
 
     def add_image(self, url: str, bounds: LatLonBounds, *, name: str | None = None, opacity: float = 0.7,
-                  show: bool = True, control: bool = True, class_name: str | None = None
-                  ) -> folium.raster_layers.ImageOverlay:
-        """Add an image overlay (an :func:`overlay_image` data URL), drawn pixelated, named in the layer list.
+                  show: bool = True, control: bool = True, class_name: str | None = None, imagery: bool = False,
+                  pane: str | None = None) -> folium.raster_layers.ImageOverlay:
+        """Add an image overlay (an :func:`overlay_image` or :func:`imagery_image` data URL), named in the layer
+        list. Class rasters are drawn pixelated (a chip stays a square when zoomed in), imagery smoothly.
 
         Args:
             url: the image (a data URL keeps the page self-contained).
@@ -187,14 +394,46 @@ class WebMap:
             show: shown when the page opens.
             control: listed in the layer control.
             class_name: CSS class of the image element (for page scripts).
+            imagery: a photograph rather than classes: smoothed when scaled, and under the class layers
+                (Leaflet's tile pane level) unless ``pane`` says otherwise.
+            pane: the map pane it is drawn in (see :meth:`add_pane`; :meth:`add_swipe` clips panes).
         """
-        options: dict[str, Any] = {} if class_name is None else {"className": class_name}
+        classes = [c for c in (class_name, "geoclf-imagery" if imagery else "geoclf-classes") if c]
+        options: dict[str, Any] = {"className": " ".join(classes)}
+        if pane is not None:
+            options["pane"] = pane
+        elif imagery:
+            options["pane"] = self.add_pane("geoclf-imagery", 250)
         layer = folium.raster_layers.ImageOverlay(url, bounds=bounds, opacity=opacity,
                                                   name=None if name is None else html.escape(name),
                                                   pixelated=True, interactive=False, control=control, show=show,
                                                   **options)
         layer.add_to(self.map)
         return layer
+
+    def add_pane(self, name: str, z_index: int) -> str:
+        """Create a map pane (once) stacked at ``z_index`` (Leaflet: tiles 200, overlays 400); returns its
+        name."""
+        if name not in self._panes:
+            folium.map.CustomPane(name, z_index=z_index, pointer_events=False).add_to(self.map)
+            self._panes.add(name)
+        return name
+
+    def add_imagery(self, sources: Sequence[str], *, name: str, bands: Sequence[int] = RGB_BANDS,
+                    show: bool = True, pane: str | None = None, max_pixels: int = 1536,
+                    bounds: LatLonBounds | None = None) -> tuple[folium.raster_layers.ImageOverlay | None, list[str]]:
+        """Add the imagery of ``sources`` (:func:`imagery_image`; all of them, or over ``bounds``) as a layer.
+
+        Returns:
+            The layer (None when no raster could be drawn) and the sources that could not be read.
+        """
+        layer = imagery_image(sources, bounds, bands=bands, max_pixels=max_pixels)
+        if layer is None:
+            return None, []
+        if not layer.url:
+            return None, layer.missing
+        return self.add_image(layer.url, layer.bounds, name=name, opacity=1.0, show=show, imagery=True,
+                              pane=pane), layer.missing
 
     def add_grid(self, grid: LandUseGrid, classes: Legend, *, max_pixels: int = 2048, **options: Any
                  ) -> folium.raster_layers.ImageOverlay:
@@ -229,9 +468,117 @@ class WebMap:
         layer.add_to(self.map)
         return layer
 
-    def add_legend(self, classes: Legend, title: str, note: str | None = None) -> None:
+    def add_legend(self, classes: Legend, title: str, note: str | None = None, nodata: str | None = None,
+                   names: Sequence[str] | None = None) -> None:
         """Add the fixed-position legend (:func:`legend_html`) to the page."""
-        self.map.get_root().html.add_child(folium.Element(legend_html(classes, title, note)), name="legend")
+        self.map.get_root().html.add_child(folium.Element(legend_html(classes, title, note, nodata, names)),
+                                           name="legend")
+
+    def add_title(self, title: str, lines: Sequence[str] = ()) -> None:
+        """Title the page: a box at the top of the map (:func:`title_html`) and the document's ``<title>``."""
+        self.map.get_root().title = html.escape(title)  # branca puts it into <title> unescaped
+        self.map.get_root().html.add_child(folium.Element(title_html(title, lines)), name="title")
+
+    def add_script(self, name: str, body: str) -> None:
+        """Add JavaScript run once the map and its layers exist (``map`` is the Leaflet map in ``body``)."""
+        script = MacroElement()
+        script._template = Template("{% macro script(this, kwargs) %}(function () {\n  var map = "
+                                    + self.map.get_name() + ";\n" + body + "\n})();{% endmacro %}")
+        self.map.add_child(script, name=name)
+
+    def add_opacity_control(self, groups: Mapping[str, Sequence[folium.raster_layers.ImageOverlay]],
+                            position: str = "bottomleft") -> None:
+        """Add an opacity slider per group of image layers (e.g. every date's land use as one group).
+
+        Args:
+            groups: slider label -> the layers it sets; each slider starts at its first layer's opacity.
+            position: the Leaflet control corner.
+        """
+        rows = [(label, [layer.get_name() for layer in layers], float(layers[0].options.get("opacity", 1.0)))
+                for label, layers in groups.items() if layers]
+        if not rows:
+            return
+        spec = json.dumps([[html.escape(label), round(value * 100)] for label, _, value in rows])
+        layers = "[" + ", ".join("[" + ", ".join(names) + "]" for _, names, _ in rows) + "]"
+        self.add_script("geoclf_opacity", f"""
+  var rows = {spec};
+  var layers = {layers};
+  var control = L.control({{position: {json.dumps(position)}}});
+  control.onAdd = function () {{
+    var box = L.DomUtil.create('div', 'geoclf-opacity leaflet-bar');
+    box.style.cssText = 'background:rgba(255,255,255,0.92);padding:4px 8px;font:12px sans-serif';
+    box.innerHTML = '<b>Opacity</b>';
+    rows.forEach(function (row, i) {{
+      var line = L.DomUtil.create('label', '', box);
+      line.style.display = 'block';
+      line.innerHTML = row[0] + ' ';  // escaped by geoclf
+      var input = L.DomUtil.create('input', 'geoclf-opacity-' + i, line);
+      input.type = 'range'; input.min = 0; input.max = 100; input.value = row[1];
+      input.style.cssText = 'width:110px;vertical-align:middle';
+      input.addEventListener('input', function () {{
+        layers[i].forEach(function (layer) {{ layer.setOpacity(input.value / 100); }});
+      }});
+    }});
+    L.DomEvent.disableClickPropagation(box);
+    L.DomEvent.disableScrollPropagation(box);
+    return box;
+  }};
+  control.addTo(map);""")
+
+    def add_swipe(self, left_pane: str, right_pane: str, labels: tuple[str, str]) -> None:
+        """Add a swipe between two map panes: ``left_pane`` shows left of a draggable divider, ``right_pane``
+        right of it (two dates of one place, compared in one view).
+
+        Both panes are clipped to their side of the divider as the map moves; layers in other panes (the change
+        layer, chip outlines) stay whole. Folium's side-by-side plugin would do this with a script loaded from
+        a CDN, which an offline page cannot load, so the page carries these few lines itself.
+
+        Args:
+            left_pane: pane (:meth:`add_pane`) of the left side's layers, e.g. the earlier date.
+            right_pane: pane of the right side's layers.
+            labels: the two sides' names shown beside the divider (escaped).
+        """
+        left, right = (html.escape(label) for label in labels)
+        self.map.get_root().header.add_child(folium.Element(
+            "<style>.geoclf-swipe{position:absolute;top:0;bottom:0;left:0;right:0;z-index:450;pointer-events:none}"
+            ".geoclf-swipe-line{position:absolute;top:0;bottom:0;width:3px;margin-left:-1px;background:#fff;"
+            "box-shadow:0 0 3px rgba(0,0,0,.6)}"
+            ".geoclf-swipe input{position:absolute;top:50%;left:0;width:100%;margin:0;-webkit-appearance:none;"
+            "appearance:none;background:transparent;pointer-events:none;height:0}"
+            ".geoclf-swipe input::-webkit-slider-thumb{-webkit-appearance:none;pointer-events:auto;width:26px;"
+            "height:38px;border-radius:4px;background:#fff;border:1px solid #555;cursor:ew-resize}"
+            ".geoclf-swipe input::-moz-range-thumb{pointer-events:auto;width:26px;height:38px;cursor:ew-resize}"
+            ".geoclf-swipe-label{position:absolute;bottom:34px;background:rgba(255,255,255,.92);padding:2px 6px;"
+            "border-radius:3px;font:12px sans-serif;white-space:nowrap}</style>"), name="geoclf_swipe_css")
+        self.add_script("geoclf_swipe", f"""
+  var leftPane = map.getPane({json.dumps(left_pane)}), rightPane = map.getPane({json.dumps(right_pane)});
+  var box = L.DomUtil.create('div', 'geoclf-swipe', map.getContainer());
+  var line = L.DomUtil.create('div', 'geoclf-swipe-line', box);
+  var leftLabel = L.DomUtil.create('div', 'geoclf-swipe-label geoclf-swipe-left', box);
+  var rightLabel = L.DomUtil.create('div', 'geoclf-swipe-label geoclf-swipe-right', box);
+  leftLabel.innerHTML = '&#9664; ' + {json.dumps(left)};  // escaped by geoclf
+  rightLabel.innerHTML = {json.dumps(right)} + ' &#9654;';
+  var input = L.DomUtil.create('input', 'geoclf-swipe-range', box);
+  input.type = 'range'; input.min = 0; input.max = 1; input.step = 'any'; input.value = 0.5;
+  ['mousedown', 'touchstart', 'pointerdown', 'dblclick', 'click'].forEach(function (name) {{
+    input.addEventListener(name, function (event) {{ event.stopPropagation(); }});
+  }});
+  function clip() {{
+    var size = map.getSize();
+    var nw = map.containerPointToLayerPoint([0, 0]);
+    var se = map.containerPointToLayerPoint(size);
+    var x = size.x * input.value;
+    var at = nw.x + x;
+    leftPane.style.clip = 'rect(' + [nw.y, at, se.y, nw.x].join('px,') + 'px)';
+    rightPane.style.clip = 'rect(' + [nw.y, se.x, se.y, at].join('px,') + 'px)';
+    line.style.left = x + 'px';
+    leftLabel.style.right = (size.x - x + 8) + 'px';
+    rightLabel.style.left = (x + 8) + 'px';
+  }}
+  input.addEventListener('input', clip);
+  map.on('move zoom resize viewreset', clip);
+  clip();
+  window.geoclfSwipe = function (value) {{ input.value = value; clip(); }};""")
 
     def add_layer_control(self) -> None:
         """Add the (expanded) layer list now; :meth:`save` adds it last otherwise. Only one is added."""
@@ -247,13 +594,18 @@ class WebMap:
 
 
 __all__ = [
+    "CIR_BANDS",
+    "RGB_BANDS",
+    "ImageLayer",
     "WebMap",
     "escape",
     "escaped_geojson",
     "hex_color",
+    "imagery_image",
     "leaflet_assets",
     "legend_html",
     "offline_map",
     "overlay_image",
     "save_map",
+    "title_html",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -439,6 +440,118 @@ def test_html_map_renders_offline_in_headlesschromium(tmp_path: Path) -> None:
         assert covered > 200 * count, f"{name} is missing from the rendered map"
 
 
+@pytest.fixture(scope="module")
+def scene_predictions(small_scene, tmp_path_factory) -> gpd.GeoDataFrame:
+    """Predictions of the chips of a real (synthetic) NAIP raster: each chip's NLCD label as its class, but the
+    top two chip rows left unscored (as a scene edge or a skipped chip would be)."""
+    import tiling
+
+    index = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path_factory.mktemp("chips"), progress=False)
+    index = index[index["label"].notna() & (index["iy"] < index["iy"].max() - 1)].reset_index(drop=True)
+    frame = index[["chip_id", "cell", "ix", "iy", "crs", "scene", "source", "date", "geometry"]].copy()
+    frame["pred"] = index["label"].astype(str)
+    for name in CLASSES.names:
+        frame[f"prob_{name}"] = np.where(frame["pred"] == name, 0.9, 0.02).astype(np.float32)
+    frame["model"] = "lr-test"
+    return gpd.GeoDataFrame(frame, geometry="geometry", crs=index.crs)
+
+
+_HIDE_CLASSES_SHOW_CIR = """
+<script>
+setTimeout(function () {
+  // the opacity slider, as a reader drags it: the class layer fades out, the imagery stays
+  var slider = document.querySelector('.geoclf-opacity input');
+  slider.value = 0;
+  slider.dispatchEvent(new Event('input'));
+  window.geoclfClassOpacity = document.querySelector('img.geoclf-classes').style.opacity;
+  var chips = Array.from(document.querySelectorAll('.leaflet-control-layers-overlays label'))
+    .find(function (label) { return /Chips/.test(label.textContent); });
+  chips.querySelector('input').click();
+  if (window.geoclfShow === 'cir') {
+    Array.from(document.querySelectorAll('.leaflet-control-layers-overlays label'))
+      .find(function (label) { return /infrared/.test(label.textContent); }).querySelector('input').click();
+  }
+  document.body.setAttribute('data-class-opacity', window.geoclfClassOpacity);
+  // where points of the screen are on the ground, to compare the screenshot with the raster there
+  // a fixed map size and view: --dump-dom and --screenshot runs have windows of different heights
+  var map = window[Object.keys(window).find(function (k) { return window[k] instanceof L.Map; })];
+  var box = map.getContainer();
+  box.style.width = '800px'; box.style.height = '700px';
+  map.invalidateSize(false);
+  var classes = null;
+  map.eachLayer(function (layer) {
+    if (layer instanceof L.ImageOverlay && /geoclf-classes/.test(layer.options.className)) { classes = layer; }
+  });
+  map.fitBounds(classes.getBounds(), {animate: false});
+  var size = map.getSize(), samples = [];
+  for (var i = 1; i < 20; i++) {
+    for (var j = 1; j < 20; j++) {
+      var x = Math.round(size.x * (0.2 + 0.6 * i / 20)), y = Math.round(size.y * (0.2 + 0.6 * j / 20));
+      var at = map.containerPointToLatLng([x, y]);
+      samples.push([x, y, at.lat, at.lng]);
+    }
+  }
+  document.body.setAttribute('data-samples', JSON.stringify(samples));
+}, 500);
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_land_use_page_shows_the_scored_imagery_offline(scene_predictions, small_scene, tmp_path: Path) -> None:
+    predictions = scene_predictions
+    page = maps.folium_map(predictions, CLASSES, tmp_path / "map.html",
+                           basemap="http://127.0.0.1:9/{z}/{x}/{y}.png")
+    text = page.read_text()
+    assert "data:image/webp;base64," in text and "cdn." not in text  # the imagery is inside the page
+
+    dom = chromium(tmp_path, page, "--dump-dom").stdout
+    # the title names the date, the model and the area
+    title = re.search(r'class="geoclf-title".*?</div></div>', dom, re.S).group(0)
+    assert "Land use, 2016-" in title and "model lr-test" in title and f"{len(predictions)} chips" in title
+    assert "km²" in title and small_scene.naip.stem in title
+    assert re.search(r"<title>Land use, 2016-[0-9-]+</title>", dom)
+    # imagery layers (natural colour shown, colour infrared in the list), the class layer, a nodata entry
+    assert len(re.findall(r'class="leaflet-image-layer[^"]* geoclf-imagery', dom)) == 1
+    assert "Imagery (natural colour)" in dom and "Imagery (colour infrared)" in dom
+    assert re.search(r'class="leaflet-image-layer[^"]* geoclf-classes', dom)
+    legend = re.search(r'class="geoclf-legend".*?</div></div>', dom, re.S).group(0)
+    assert all(name in legend for name in CLASSES.names) and "not scored" in legend
+    assert "geoclf-opacity" in dom
+
+    # with the class layer faded out by its slider, the page shows the raster's own colours, in their place
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", _HIDE_CLASSES_SHOW_CIR + "</body>"))
+    dom = chromium(tmp_path, probe, "--dump-dom", "--window-size=900,900").stdout
+    assert 'data-class-opacity="0"' in dom
+    samples = np.array(json.loads(html.unescape(re.search(r'data-samples="([^"]*)"', dom).group(1))))
+    with rasterio.open(small_scene.naip) as dataset:
+        xs, ys = rasterio.warp.transform("EPSG:4326", dataset.crs, samples[:, 3], samples[:, 2])
+        rows, cols = rasterio.transform.rowcol(dataset.transform, xs, ys)
+        image = dataset.read()
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    inside = (rows >= 3) & (cols >= 3) & (rows < image.shape[1] - 3) & (cols < image.shape[2] - 3)
+    # the raster around each point (7 x 7 m: a screen pixel here is about 4 m)
+    truth = np.stack([image[:, r - 3:r + 4, c - 3:c + 4].reshape(image.shape[0], -1).mean(axis=1)
+                      for r, c in zip(rows[inside], cols[inside], strict=True)])
+    scored = truth[:, :3].max(axis=1) > 0
+    for kind, bands in (("rgb", [0, 1, 2]), ("cir", [3, 0, 1])):
+        shown = tmp_path / f"{kind}.html"
+        shown.write_text(text.replace("</body>", f"<script>window.geoclfShow = '{kind}';</script>"
+                                      + _HIDE_CLASSES_SHOW_CIR + "</body>"))
+        shot = tmp_path / f"{kind}.png"
+        chromium(tmp_path, shown, f"--screenshot={shot}", "--window-size=900,900")
+        pixels = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+        at = samples[inside].astype(int)
+        page = np.stack([pixels[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).mean(axis=0) for x, y in at[:, :2]])
+        drawn = np.abs(page - 221).max(axis=1) > 12  # not Leaflet's grey: a layer is drawn there
+        assert drawn[scored].mean() > 0.9, f"the {kind} imagery is missing from the page"
+        both = scored & drawn
+        for band in range(3):
+            r = np.corrcoef(page[both, band], truth[both, bands[band]])[0, 1]
+            assert r > 0.8, f"{kind} band {band + 1} on the page does not follow the raster (r = {r:.2f})"
+
+
 def hostile(tag: str) -> str:
     """A name that runs script if a page puts it into HTML unescaped: it sets the page title and adds a
     ``<pwned-TAG>`` element. No slash, so it can be a raster's file name (``<img ...>.tif``)."""
@@ -467,12 +580,16 @@ def test_hostile_names_do_not_run_in_the_map(tmp_path: Path) -> None:
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body>", _CLICK_FIRST_CHIP + "</body>"))
     dom = chromium(tmp_path, probe, "--dump-dom").stdout
-    assert "<pwned-" not in dom and not re.search(r"<title>[^<]*PWNED", dom), "a planted name ran as script"
+    # a planted name that ran would have made the document's title PWNED-...; escaped, the title shows it as text
+    assert "<pwned-" not in dom and not re.search(r"<title>PWNED", dom), "a planted name ran as script"
+    assert re.search(r"<title>&lt;img src=x onerror=", dom)
     # ... and the names are still there, as text: in the popup, the layer list and the legend
     popup = re.search(r'class="leaflet-popup-content"[^>]*>(.*?)</table>', dom, re.S)
     assert popup, "clicking a chip opened no popup"
     assert popup.group(1).count("&lt;img src=x onerror=") >= 3  # class, scene, chip id, p(class)
-    assert "leaflet-control-layers" in dom and dom.count("PWNED-title") >= 2  # layer name, legend title
+    # layer name, legend title, page title, opacity slider
+    assert "leaflet-control-layers" in dom and dom.count("PWNED-title") >= 4
+    assert re.search(r'class="geoclf-title-text"[^>]*>&lt;img src=x onerror=', dom)
 
 
 def test_html_map_leaves_out_chip_popups_past_the_limit(tmp_path: Path) -> None:
