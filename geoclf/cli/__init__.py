@@ -1,6 +1,9 @@
 """The ``geoclf`` command line: a thin layer over the library, one module per command.
 
-Commands are loaded lazily so that ``geoclf tile --help`` does not pay for importing torch.
+Commands are loaded lazily so that ``geoclf tile --help`` does not pay for importing torch. ``geoclf --help``
+imports every command module to list the commands, so a command module imports the light library modules
+(run history, registry, clusters, STAC) at its top and the heavy stages (scikit-learn, maps, analyses) inside
+its command, where a comment says so.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def featurize(chips: str, backbone: str, weights: str, out: str, batch_size: int
               n_workers: int | None, nir: bool, name: str | None, scheduler: str) -> None:
     """Featurize every chip with a pretrained CNN's penultimate layer."""
     # the library is imported when the command runs, not when the CLI lists commands or shows --help
-    from geoclf.features import featurize as run
+    from geoclf.features import featurize as run  # here: its progress and Dask setup cost a quarter second
 
     path = run(chips, out, backbone=backbone, weights=weights, batch_size=batch_size,
                chips_per_partition=chips_per_partition, scheduler=scheduler, n_workers=n_workers, nir=nir,

@@ -65,7 +65,7 @@ def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int,
              quiet: bool, runs_dir: str | None) -> None:
     """Fine-tune a CNN on the train split of CHIPS, evaluate it on the validation split, save and record it."""
     # the library (torch, Lightning) is imported when the command runs: `geoclf finetune --help` stays instant
-    from geoclf.finetune import FinetuneConfig
+    from geoclf.finetune import FinetuneConfig  # here: the fine-tuning run loads Lightning and torch
     from geoclf.finetune import finetune as run_finetune
     from geoclf.runs import HEADLINE_METRICS
 

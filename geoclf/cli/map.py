@@ -17,7 +17,7 @@ import click
 def map_command(predictions: str, out: str, crs: str | None, smooth: bool, probabilities: bool, html: bool) -> None:
     """Write landuse.tif (COG), class polygons, map.html and map.png from scored predictions."""
     from geoclf.landuse import classes_of, read_predictions
-    from geoclf.maps import write_maps
+    from geoclf.maps import write_maps  # here: folium and scipy take a second to import
 
     frame = read_predictions(predictions)
     written = write_maps(frame, classes_of(frame), out, crs=crs, smooth=smooth, probabilities=probabilities,

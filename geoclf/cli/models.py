@@ -7,6 +7,7 @@ import json
 import click
 
 from geoclf.cli.runs import runs_dir_option
+from geoclf.registry import list_models, promote, register_model, show_model
 
 
 @click.group("models")
@@ -23,10 +24,8 @@ def models() -> None:
 @runs_dir_option
 def register_command(what: str, run: str, name: str, description: str | None, runs_dir: str | None) -> None:
     """Register a run's model (or the best fit of a sweep) as the next version of NAME."""
-    from geoclf.registry import register_model
-
     if what == "best-of-sweep":
-        from geoclf.sweep import best_of_sweep
+        from geoclf.sweep import best_of_sweep  # here: scikit-learn takes seconds to import
 
         best = best_of_sweep(run, runs_dir=runs_dir)
         run = best.run_id
@@ -41,8 +40,6 @@ def register_command(what: str, run: str, name: str, description: str | None, ru
 @runs_dir_option
 def list_command(as_json: bool, runs_dir: str | None) -> None:
     """List registered models."""
-    from geoclf.registry import list_models
-
     table = list_models(runs_dir=runs_dir)
     if as_json:
         click.echo(table.to_json(orient="records", date_format="iso", indent=2))
@@ -60,8 +57,6 @@ def list_command(as_json: bool, runs_dir: str | None) -> None:
 @runs_dir_option
 def show_command(name: str, as_json: bool, runs_dir: str | None) -> None:
     """Show every version of a registered model with its aliases, source run, data and metrics."""
-    from geoclf.registry import show_model
-
     versions = show_model(name, runs_dir=runs_dir)
     if as_json:
         click.echo(json.dumps([v.to_dict() for v in versions], indent=2))
@@ -85,7 +80,5 @@ def show_command(name: str, as_json: bool, runs_dir: str | None) -> None:
 @runs_dir_option
 def promote_command(name: str, version: int, stage: str, runs_dir: str | None) -> None:
     """Point an alias (stage) of NAME at a version: then NAME@STAGE loads it."""
-    from geoclf.registry import promote
-
     promoted = promote(name, version, stage, runs_dir=runs_dir)
     click.echo(f"{name}@{stage} -> version {promoted.version}")

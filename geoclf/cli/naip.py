@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geoclf.stac import PLANETARY_COMPUTER_STAC, search_naip, write_scenes
+
 
 @click.group("naip")
 def naip() -> None:
@@ -24,8 +26,6 @@ def naip() -> None:
 def search(aoi: str, year: int | None, out: str | None, stac_url: str | None, collection: str, sign: bool,
            max_items: int) -> None:
     """List the NAIP scenes (COG URLs) intersecting an AOI."""
-    from geoclf.stac import PLANETARY_COMPUTER_STAC, search_naip, write_scenes
-
     scenes = search_naip(aoi, year, stac_url=stac_url or PLANETARY_COMPUTER_STAC, collection=collection, sign=sign,
                          max_items=max_items)
     if scenes.empty:

@@ -30,7 +30,7 @@ def report(run: str, out: str, runs_dir: str | None, chips: str | None, features
     import json
     from pathlib import Path
 
-    from geoclf.analysis import results_report
+    from geoclf.analysis import results_report  # here: matplotlib and scikit-learn take seconds
 
     written = results_report(run, out, runs_dir=runs_dir, chips=chips, features=list(features) or None,
                              predictions=predictions, gallery=gallery, trusted=trust)

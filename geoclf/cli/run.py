@@ -13,7 +13,7 @@ import click
 @click.option("--check", is_flag=True, default=False, help="Only validate the recipe (stages and parameters).")
 def run(recipe: str, workdir: str | None, force: bool, check: bool) -> None:
     """Run RECIPE (a YAML file naming stages and their parameters)."""
-    from geoclf.recipes import load_recipe, run_recipe
+    from geoclf.recipes import load_recipe, run_recipe  # here: typeguard and the stages' checks
 
     parsed = load_recipe(recipe, workdir)
     if check:

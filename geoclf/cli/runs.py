@@ -8,6 +8,10 @@ from typing import Any
 
 import click
 
+from geoclf import runs as history
+from geoclf.metrics import evaluation_from_json
+from geoclf.runs import HEADLINE_METRICS
+
 #: ``--runs-dir``, for every command that records or reads runs.
 runs_dir_option = click.option(
     "--runs-dir", default=None, metavar="DIR",
@@ -36,8 +40,6 @@ def runs() -> None:
 def list_command(sort: str, kind: str | None, include_unfinished: bool, parent: str | None, as_json: bool,
                  runs_dir: str | None) -> None:
     """List runs, best first; the fits of a sweep show their sweep in the 'parent' column."""
-    from geoclf import runs as history
-
     records = history.list_run_records(sort=sort, kind=kind, runs_dir=runs_dir,
                                        include_unfinished=include_unfinished)
     if parent is not None:
@@ -69,9 +71,6 @@ def list_command(sort: str, kind: str | None, include_unfinished: bool, parent: 
 @runs_dir_option
 def show_command(name: str, as_json: bool, runs_dir: str | None) -> None:
     """Show a run's parameters, metrics, confusion matrix and model artifact (NAME: run name or id)."""
-    from geoclf import runs as history
-    from geoclf.metrics import evaluation_from_json
-
     record = history.get_run(name, runs_dir=runs_dir)
     evaluation = history.read_json_artifact(record, "evaluation.json")
     try:
@@ -104,7 +103,6 @@ def show_command(name: str, as_json: bool, runs_dir: str | None) -> None:
 
 
 def _ordered(metrics: dict[str, float]) -> dict[str, float]:
-    from geoclf.runs import HEADLINE_METRICS
 
     head = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
     return {**head, **{k: v for k, v in sorted(metrics.items()) if k not in head}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from geoclf.cli.common import batch_size_option, chips_per_partition_option, scheduler_option, workers_option
+from geoclf.cluster import scheduler_from_option
 
 
 @click.command("score")
@@ -38,8 +39,7 @@ def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: 
           max_nodata: float, chip_size_m: float | None, crs: str | None, smooth: bool, probabilities: bool,
           trust: bool, scheduler: str) -> None:
     """Score every chip of an area with a model and write georeferenced land-use maps."""
-    from geoclf.cluster import scheduler_from_option
-    from geoclf.score import score as run
+    from geoclf.score import score as run  # here: maps and folium take a second to import
 
     with scheduler_from_option(cluster_recipe or scheduler) as target:
         written = run(model, out, naip=[*naip, *more_naip] or None, chips=chips, aoi=aoi, scheduler=target,

@@ -6,6 +6,8 @@ import click
 
 from geoclf.cli.common import workers_option
 from geoclf.cli.runs import runs_dir_option
+from geoclf.cluster import scheduler_from_option
+from geoclf.registry import register_model
 
 
 @click.command("sweep")
@@ -36,8 +38,7 @@ def sweep(features: tuple[str, ...], classifier: str, params: tuple[str, ...], s
           register_as: str | None, runs_dir: str | None) -> None:
     """Fit a classifier for every parameter combination on Dask; every fit is a child run of one sweep."""
     # the library is imported when the command runs, not when the CLI lists commands or shows --help
-    from geoclf.cluster import scheduler_from_option
-    from geoclf.sweep import parse_space, run_sweep
+    from geoclf.sweep import parse_space, run_sweep  # here: scikit-learn takes seconds to import
 
     space = parse_space(params)
     with scheduler_from_option(cluster) as scheduler:
@@ -51,7 +52,6 @@ def sweep(features: tuple[str, ...], classifier: str, params: tuple[str, ...], s
     click.echo(f"sweep {result.name}: {len(result.fits)} fits in {result.wall_seconds:.1f}s, "
                f"parent run {result.parent_id}")
     if register_as:
-        from geoclf.registry import register_model
 
         version = register_model(result.best_run_id, register_as, runs_dir=runs_dir,
                                  description=f"best of sweep {result.name} by {result.metric}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from geoclf.cli.runs import runs_dir_option
+from geoclf.runs import HEADLINE_METRICS
 
 
 @click.command("train")
@@ -22,8 +23,7 @@ def train(features: tuple[str, ...], classifier: str, name: str | None, params: 
           runs_dir: str | None) -> None:
     """Train a classifier on the train split of features, evaluate it on the validation split."""
     # the library is imported when the command runs, not when the CLI lists commands or shows --help
-    from geoclf.classifiers import parse_params, train_classifier
-    from geoclf.runs import HEADLINE_METRICS
+    from geoclf.classifiers import parse_params, train_classifier  # here: scikit-learn takes seconds to import
 
     result = train_classifier(list(features), classifier=classifier, params=parse_params(params), name=name,
                               seed=seed, runs_dir=runs_dir)
