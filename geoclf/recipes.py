@@ -43,7 +43,12 @@ from typing import Any
 import yaml
 from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
+from geoclf import runs
+from geoclf.runs import RUNS_ENV
+from geoclf.stac import search_naip, write_scenes
+from tiling import synth
 from tiling.errors import InputError
+from tiling.index import TileParams, tile
 
 
 @dataclass(frozen=True)
@@ -294,8 +299,6 @@ def _outputs_exist(stage: Stage, args: Mapping[str, Any]) -> bool:
         if args.get(name) and not os.path.exists(args[name]):
             return False
     if stage.run_name and args.get(stage.run_name):
-        from geoclf import runs
-
         try:
             runs.get_run(args[stage.run_name], runs_dir=args.get("runs_dir"))
         except InputError:
@@ -318,8 +321,6 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
     workdir = recipe.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     if recipe.runs_dir:  # every stage, and model references by run name, use the recipe's run history
-        from geoclf.runs import RUNS_ENV
-
         os.environ[RUNS_ENV] = str(_resolve(recipe.runs_dir, workdir.resolve()))
     stamps = workdir / ".geoclf"
     stamps.mkdir(exist_ok=True)
@@ -363,8 +364,6 @@ def raster_list(naip: list[str] | str) -> list[str]:
 def tile_stage(naip: list[str] | str, nlcd: str, out: str, aoi: str | None = None, scheduler: Any = "sync",
                **params: Any) -> Any:
     """``tile`` stage: :func:`tiling.tile` with :class:`tiling.TileParams` fields given flat."""
-    from tiling.index import TileParams, tile
-
     valid = set(inspect.signature(TileParams).parameters)
     unknown = sorted(set(params) - valid)
     if unknown:
@@ -374,7 +373,7 @@ def tile_stage(naip: list[str] | str, nlcd: str, out: str, aoi: str | None = Non
 
 def score_stage(model: str, out: str, naip: list[str] | str | None = None, **kwargs: Any) -> Any:
     """``score`` stage: :func:`geoclf.score.score`, NAIP rasters given as a list or a ``.txt`` list."""
-    from geoclf.score import score
+    from geoclf.score import score  # here: maps and folium take a second; a recipe may not score
 
     valid = set(inspect.signature(score).parameters) - {"model", "out", "naip"}
     unknown = sorted(set(kwargs) - valid)
@@ -387,15 +386,13 @@ def train_stage(features: str | list[str], classifier: str = "logistic_regressio
                 params: Mapping[str, Any] | None = None, name: str | None = None, seed: int = 0,
                 runs_dir: str | None = None) -> Any:
     """``train`` stage: :func:`geoclf.classifiers.train_classifier`."""
-    from geoclf.classifiers import train_classifier
+    from geoclf.classifiers import train_classifier  # here: scikit-learn takes seconds to import
 
     return train_classifier(features, classifier, params=params, name=name, seed=seed, runs_dir=runs_dir)
 
 
 def synth_stage(out: str, **kwargs: Any) -> Any:
     """``synth`` stage: :func:`tiling.synth.make_scene`, or :func:`tiling.synth.make_years` with ``years``."""
-    from tiling import synth
-
     if "years" in kwargs:
         return synth.make_years(out, **kwargs)
     return synth.make_scene(out, **kwargs)
@@ -403,6 +400,4 @@ def synth_stage(out: str, **kwargs: Any) -> Any:
 
 def naip_search_stage(aoi: str, out: str, year: int | None = None, **kwargs: Any) -> Any:
     """``naip_search`` stage: :func:`geoclf.stac.search_naip` written to ``out`` (GeoJSON + URL list)."""
-    from geoclf.stac import search_naip, write_scenes
-
     return write_scenes(search_naip(aoi, year, **kwargs), out)

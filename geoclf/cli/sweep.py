@@ -52,7 +52,6 @@ def sweep(features: tuple[str, ...], classifier: str, params: tuple[str, ...], s
     click.echo(f"sweep {result.name}: {len(result.fits)} fits in {result.wall_seconds:.1f}s, "
                f"parent run {result.parent_id}")
     if register_as:
-
         version = register_model(result.best_run_id, register_as, runs_dir=runs_dir,
                                  description=f"best of sweep {result.name} by {result.metric}")
         click.echo(f"registered {result.best_run_name} as {version.ref}")
