@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from geoclf import __version__
+from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.io import atomic_path
 
@@ -230,8 +231,6 @@ def read_model_json(directory: PathLike) -> dict[str, Any]:
     if groups:
         if set(groups) != set(spec["classes"]):
             raise InputError(f"class_groups names {sorted(groups)}, not the classes {spec['classes']}", path)
-        from tiling.classes import ClassScheme
-
         try:
             ClassScheme.from_mapping(groups)
         except (TypeError, ValueError) as exc:  # InputError included: codes that are not NLCD codes

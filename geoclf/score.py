@@ -17,6 +17,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from rasterio.crs import CRS
 
 from geoclf.artifact import LandUseModel, load_model_dir
 from geoclf.chips import iter_batches
@@ -25,6 +26,7 @@ from geoclf.maps import write_maps
 from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions, task_threads, worker_model
 from tiling.errors import InputError
+from tiling.grid import parse_cell
 from tiling.index import TileParams, read_index, tile, validate_index, write_index
 from tiling.io import ChipReader, PathLike, describe_naip, normalize_source
 from tiling.locks import locks_output
@@ -212,10 +214,6 @@ def check_scorable(index: pd.DataFrame, model: Any, where: PathLike | None = Non
         InputError: a grid column (``cell``, ``ix``, ``iy``, ``crs``) is missing or unreadable, or chip labels
             are not among the model's classes.
     """
-    from rasterio.crs import CRS
-
-    from tiling.grid import parse_cell
-
     missing = [c for c in ("cell", "ix", "iy", "crs") if c not in index.columns]
     if missing:
         raise InputError(f"lacks column(s) {', '.join(missing)}, which the land-use map is drawn from (an index "
