@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+
+from geoclf.runs import HEADLINE_METRICS
 
 scheduler_option = click.option(
     "--scheduler", default="local", show_default=True,
@@ -17,3 +21,12 @@ chips_per_partition_option = click.option("--chips-per-partition", default=512, 
                                           type=click.IntRange(min=1), help="Chips per Dask task / output file.")
 workers_option = click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
                               help="Worker processes of the local cluster (default: one per core).")
+
+
+def echo_evaluation(evaluation: dict[str, Any]) -> None:
+    """Print a model's headline validation metrics and its per-class table (train and finetune)."""
+    for key in HEADLINE_METRICS:
+        value = evaluation.get(key)
+        if value is not None:
+            click.echo(f"  {key:<18} {value:.4f}")
+    click.echo(evaluation["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))

@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from geoclf.cli.common import echo_evaluation
 from geoclf.cli.runs import runs_dir_option
 
 _DEPTHS = ("last_only", "fully_connected", "all")
@@ -67,7 +68,6 @@ def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int,
     # the library (torch, Lightning) is imported when the command runs: `geoclf finetune --help` stays instant
     from geoclf.finetune import FinetuneConfig  # here: the fine-tuning run loads Lightning and torch
     from geoclf.finetune import finetune as run_finetune
-    from geoclf.runs import HEADLINE_METRICS
 
     # Lightning's INFO lines (accelerator banner, tips) would bury the summary below
     for logger in ("lightning.pytorch", "lightning.fabric"):
@@ -90,11 +90,7 @@ def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int,
         click.echo(f"{int(h['epoch']):>5}  {h.get('train_loss', float('nan')):>10.4f}  "
                    f"{h.get('train_error', float('nan')):>12.2f}  {h.get('val_error', float('nan')):>10.2f}  "
                    f"{h['epoch_seconds']:>7.1f}  {h['samples_per_second']:>9.1f}")
-    for key in HEADLINE_METRICS:
-        value = result.evaluation.get(key)
-        if value is not None:
-            click.echo(f"  {key:<18} {value:.4f}")
-    click.echo(result.evaluation["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))
+    echo_evaluation(result.evaluation)
     click.echo(f"checkpoints -> {result.best_checkpoint.parent}")
     click.echo(f"model artifact -> {result.artifact_dir}")
     if result.run_id:

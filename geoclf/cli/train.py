@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
+from geoclf.cli.common import echo_evaluation
 from geoclf.cli.runs import runs_dir_option
-from geoclf.runs import HEADLINE_METRICS
 
 
 @click.command("train")
@@ -31,10 +31,6 @@ def train(features: tuple[str, ...], classifier: str, name: str | None, params: 
         click.echo(f"geoclf: warning: {note}", err=True)
     click.echo(f"{result.name}: {classifier} on {result.n_train} train chips, "
                f"evaluated on {result.n_val} validation chips")
-    for key in HEADLINE_METRICS:
-        value = result.evaluation.get(key)
-        if value is not None:
-            click.echo(f"  {key:<18} {value:.4f}")
-    click.echo(result.evaluation["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))
+    echo_evaluation(result.evaluation)
     click.echo(f"model artifact -> {result.artifact_dir}")
     click.echo(f"run {result.run_id}  (geoclf runs show {result.name})")
