@@ -56,14 +56,16 @@ class ChipGrid:
         bottom = np.asarray(iy, dtype=float) * self.step
         return np.stack([left, bottom, left + self.size, bottom + self.size], axis=1)
 
-    def _span(self, bounds: tuple[float, float, float, float], tolerance: float) -> tuple[int, int, int, int]:
+    def span(self, bounds: tuple[float, float, float, float], tolerance: float = 0.0) -> tuple[int, int, int, int]:
+        """``(ix0, ix1, iy0, iy1)``: the first and last cell indices (inclusive) of the cells inside ``bounds``
+        (empty when ``ix1 < ix0`` or ``iy1 < iy0``), what :meth:`cells_within` lays out, as four numbers."""
         left, bottom, right, top = bounds
         return (math.ceil((left - tolerance) / self.step), math.floor((right + tolerance - self.size) / self.step),
                 math.ceil((bottom - tolerance) / self.step), math.floor((top + tolerance - self.size) / self.step))
 
     def count_within(self, bounds: tuple[float, float, float, float], tolerance: float = 0.0) -> int:
         """How many cells :meth:`cells_within` would return, without laying them out."""
-        ix0, ix1, iy0, iy1 = self._span(bounds, tolerance)
+        ix0, ix1, iy0, iy1 = self.span(bounds, tolerance)
         return max(0, ix1 - ix0 + 1) * max(0, iy1 - iy0 + 1)
 
     def cells_within(self, bounds: tuple[float, float, float, float], tolerance: float = 0.0) -> tuple[
@@ -72,7 +74,7 @@ class ChipGrid:
 
         Cells are ordered top row first, left to right, like pixels.
         """
-        ix0, ix1, iy0, iy1 = self._span(bounds, tolerance)
+        ix0, ix1, iy0, iy1 = self.span(bounds, tolerance)
         if ix1 < ix0 or iy1 < iy0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         iy, ix = np.meshgrid(np.arange(iy1, iy0 - 1, -1), np.arange(ix0, ix1 + 1), indexing="ij")

@@ -88,7 +88,9 @@ class TileParams:
 
 
 @dataclass(frozen=True)
-class _Task:
+class CellTask:
+    """Grid cells of one raster to label in one task: ``ix``/``iy`` are their cell indices on ``grid``."""
+
     scene: SceneInfo
     grid: ChipGrid
     ix: np.ndarray
@@ -96,7 +98,7 @@ class _Task:
 
 
 def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | None = None,
-               nlcd: NlcdInfo | None = None) -> tuple[list[SceneInfo], list[_Task], dict[str, int]]:
+               nlcd: NlcdInfo | None = None) -> tuple[list[SceneInfo], list[CellTask], dict[str, int]]:
     """Describe the scenes and list the grid cells to label, in tasks of at most a few thousand cells.
 
     Returns the scenes, the tasks and counts of candidate cells before and after the AOI filter.
@@ -112,12 +114,12 @@ def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | Non
         for scene in scenes:
             check_overlap(scene, nlcd)
     size_m = params.chip_size_m or params.chip_size * scenes[0].res[0]
-    aoi_shapes = _read_aoi(aoi) if aoi is not None else None
+    aoi_shapes = read_aoi(aoi) if aoi is not None else None
     grids = [ChipGrid(scene.crs, size_m, params.stride_m) for scene in scenes]
     # Only cells near the AOI's bounding box can meet it: the grid is laid over that part of each raster.
-    extents = [_extent(scene, grid, aoi_shapes) for scene, grid in zip(scenes, grids, strict=True)]
-    _check_grid_size(scenes, grids, extents, params)
-    tasks: list[_Task] = []
+    extents = [scene_extent(scene, grid, aoi_shapes) for scene, grid in zip(scenes, grids, strict=True)]
+    check_grid_size(scenes, grids, extents, params)
+    tasks: list[CellTask] = []
     counts = {"cells": 0, "in_aoi": 0}
     for scene, grid, extent in zip(scenes, grids, extents, strict=True):
         counts["cells"] += grid.count_within(scene.bounds, tolerance=0.5 * scene.res[0])
@@ -131,7 +133,7 @@ def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | Non
         counts["in_aoi"] += len(ix)
         for start in range(0, len(ix), _CELLS_PER_TASK):
             stop = start + _CELLS_PER_TASK
-            tasks.append(_Task(scene, grid, ix[start:stop], iy[start:stop]))
+            tasks.append(CellTask(scene, grid, ix[start:stop], iy[start:stop]))
     return scenes, tasks, counts
 
 
@@ -141,7 +143,8 @@ def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | Non
 MAX_CELLS = 10_000_000
 
 
-def _extent(scene: SceneInfo, grid: ChipGrid, aoi: gpd.GeoSeries | None) -> tuple[float, float, float, float] | None:
+def scene_extent(scene: SceneInfo, grid: ChipGrid,
+                 aoi: gpd.GeoSeries | None) -> tuple[float, float, float, float] | None:
     """The part of a raster where cells can be kept: all of it, or what lies within a cell of the AOI's bounds."""
     if aoi is None:
         return scene.bounds
@@ -152,9 +155,11 @@ def _extent(scene: SceneInfo, grid: ChipGrid, aoi: gpd.GeoSeries | None) -> tupl
     return extent if extent[0] < extent[2] and extent[1] < extent[3] else None
 
 
-def _check_grid_size(scenes: Sequence[SceneInfo], grids: Sequence[ChipGrid],
-                     extents: Sequence[tuple[float, float, float, float] | None], params: TileParams) -> None:
-    """Refuse chips smaller than a few pixels, strides finer than a pixel, and grids of more than MAX_CELLS."""
+def check_grid_size(scenes: Sequence[SceneInfo], grids: Sequence[ChipGrid],
+                     extents: Sequence[tuple[float, float, float, float] | None], params: TileParams,
+                     limit: bool = True) -> None:
+    """Refuse chips smaller than a few pixels, strides finer than a pixel, and (with ``limit``) grids of more
+    than MAX_CELLS: work planned in blocks (:mod:`tiling.blocks`) never holds the cells in one process."""
     for scene, grid in zip(scenes, grids, strict=True):
         res = min(scene.res)
         if grid.size < 8 * res:
@@ -163,6 +168,8 @@ def _check_grid_size(scenes: Sequence[SceneInfo], grids: Sequence[ChipGrid],
         if grid.step < res:
             raise InputError(f"a stride of {grid.step:g} m is finer than its {res:g} m pixels: chips would repeat "
                              "the same windows (use a stride of at least the pixel size)", scene.source)
+    if not limit:
+        return
     total = sum(grid.count_within(extent, tolerance=0.5 * scene.res[0])
                 for scene, grid, extent in zip(scenes, grids, extents, strict=True) if extent is not None)
     if total > MAX_CELLS:
@@ -172,7 +179,8 @@ def _check_grid_size(scenes: Sequence[SceneInfo], grids: Sequence[ChipGrid],
                          "or --chip-size-m, an --aoi, or fewer rasters per run")
 
 
-def _read_aoi(path: PathLike) -> gpd.GeoSeries:
+def read_aoi(path: PathLike) -> gpd.GeoSeries:
+    """The shapes of an AOI vector file; an :class:`InputError` naming it when unreadable, CRS-less or empty."""
     try:
         frame = gpd.read_file(path)
     except Exception as exc:
@@ -184,7 +192,7 @@ def _read_aoi(path: PathLike) -> gpd.GeoSeries:
     return frame.geometry
 
 
-def _label_task(task: _Task, nlcd: NlcdInfo | None, scheme: ClassScheme, samples: int,
+def label_cells(task: CellTask, nlcd: NlcdInfo | None, scheme: ClassScheme, samples: int,
                 block_size_m: float | None) -> pd.DataFrame:
     """Label one task's cells: a plain DataFrame (geometry is built once, on the client)."""
     scene, grid = task.scene, task.grid
@@ -247,13 +255,13 @@ def tile(naip: Sequence[PathLike], nlcd: PathLike | None = None, out: PathLike |
     if counts["in_aoi"] == 0:
         raise InputError(f"the AOI misses every chip of the {len(scenes)} NAIP raster(s)", os.fspath(aoi))
     with dask_client(for_tasks(scheduler, len(tasks))) as client:
-        parts = map_tasks(_label_task, tasks, client, nlcd_info, scheme, params.samples, params.block_size_m,
+        parts = map_tasks(label_cells, tasks, client, nlcd_info, scheme, params.samples, params.block_size_m,
                           desc="labeling chips", progress=progress)
     frame = pd.concat(parts, ignore_index=True)
     frame = _filter(frame, params, labeled=nlcd_info is not None)
     frame = _dedupe_overlaps(frame)
-    index_crs = _index_crs(scenes)
-    index = _with_geometry(frame, index_crs)
+    index_crs = index_crs_of(scenes)
+    index = with_footprints(frame, index_crs)
     if nlcd_info is not None:
         index = _split(index, params)
     index = index.reset_index(drop=True)
@@ -269,6 +277,15 @@ def tile(naip: Sequence[PathLike], nlcd: PathLike | None = None, out: PathLike |
     if out is not None:
         write_index(index, Path(out) / "chips.parquet")
     return index
+
+
+def kept_chips(frame: pd.DataFrame, params: TileParams, labeled: bool) -> pd.Series:
+    """Which labeled cells the filters keep: at most ``max_nodata`` without data and, when labeled, a majority
+    class covering at least ``min_purity``."""
+    keep = frame["nodata_frac"] <= params.max_nodata
+    if labeled:
+        keep &= (frame["purity"] >= params.min_purity) & frame["label"].notna()
+    return keep
 
 
 def _filter(frame: pd.DataFrame, params: TileParams, labeled: bool) -> pd.DataFrame:
@@ -297,12 +314,13 @@ def _dedupe_overlaps(frame: pd.DataFrame) -> pd.DataFrame:
     return order[~order.duplicated(["cell", "date"])].sort_index()
 
 
-def _index_crs(scenes: Sequence[SceneInfo]) -> CRS:
+def index_crs_of(scenes: Sequence[SceneInfo]) -> CRS:
+    """The chip index's CRS for these rasters: theirs when they share one, else :data:`MULTI_CRS_INDEX`."""
     crses = {s.crs.to_string() for s in scenes}
     return scenes[0].crs if len(crses) == 1 else CRS.from_string(MULTI_CRS_INDEX)
 
 
-def _with_geometry(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
+def with_footprints(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
     """Footprints in the index CRS; native bounds dropped (they follow from the grid cell)."""
     geometry = gpd.GeoSeries(index=frame.index, dtype="geometry", crs=index_crs)
     for crs, rows in frame.groupby("crs", sort=False):

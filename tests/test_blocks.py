@@ -1,0 +1,127 @@
+"""Scene blocks (tiling.blocks): workers tile rectangles of each raster's grid and get tile()'s very chips.
+
+The client plans blocks from the rasters' headers alone; every cell of the area ends up in exactly one block,
+with the chip, window, label and footprint :func:`tiling.tile` gives it, also where rasters overlap (the one
+with less nodata keeps a shared cell, then the first scene name) and across UTM zones and an AOI.
+"""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from rasterio.windows import Window
+from shapely import box
+
+import tiling
+from tiling.blocks import block_chips, cut_span, plan_blocks
+from tiling.index import TileParams
+from tiling.labels import describe_nlcd
+
+COLUMNS = ["chip_id", "cell", "scene", "source", "col_off", "row_off", "width", "height", "nodata_frac", "block"]
+LABELED = [*COLUMNS, "label", "purity"]
+
+
+def blocked(naip, params, nlcd=None, aoi=None, cells_per_block=7) -> gpd.GeoDataFrame:
+    """Every block's chips, as the workers would compute them, in one table sorted like the reference."""
+    info = describe_nlcd(str(nlcd)) if nlcd is not None else None
+    _, blocks = plan_blocks(naip, params, aoi, info, cells_per_block=cells_per_block)
+    parts = [block_chips(block, params, info) for block in blocks]
+    return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=parts[0].crs)
+
+
+def assert_same_chips(reference: gpd.GeoDataFrame, got: gpd.GeoDataFrame, columns: list[str]) -> None:
+    assert got["chip_id"].is_unique
+    ref = reference.sort_values("chip_id").reset_index(drop=True)
+    got = got.sort_values("chip_id").reset_index(drop=True)
+    exact = [c for c in columns if c != "nodata_frac"]
+    pd.testing.assert_frame_equal(got[exact], ref[exact], check_dtype=False)
+    # nodata is sampled on a lattice read per strip of cells: at a raster's edge a point may move by a pixel
+    np.testing.assert_allclose(got["nodata_frac"], ref["nodata_frac"], atol=4 / 1024)
+    assert got.crs == ref.crs
+    assert got.geometry.geom_equals_exact(ref.geometry, tolerance=1e-6).all()
+
+
+@pytest.mark.parametrize("cells_per_block", [1, 7, 30, 10_000])
+def test_blocks_of_one_scene_give_tiles_chips(small_scene, cells_per_block):
+    params = TileParams()
+    reference = tiling.tile([small_scene.naip], small_scene.nlcd, params=params, progress=False)
+    got = blocked([small_scene.naip], params, small_scene.nlcd, cells_per_block=cells_per_block)
+    assert_same_chips(reference, got, LABELED)
+
+
+def test_blocks_across_utm_zones_unlabeled(utm_pair):
+    scenes = [scene.naip for scene in utm_pair[0]]
+    params = TileParams(max_nodata=0.5)
+    reference = tiling.tile(scenes, None, params=params, progress=False)
+    got = blocked(scenes, params)
+    assert reference["crs"].nunique() == 2
+    assert_same_chips(reference, got, COLUMNS)
+
+
+def _crop(source, path, window: Window, hole: Window | None = None) -> str:
+    """A crop of a raster with nodata 0 (and a hole of nodata in it): a neighbouring scene of the same date."""
+    with rasterio.open(source) as src:
+        data = src.read(window=window)
+        profile = src.profile | {"width": window.width, "height": window.height, "nodata": 0,
+                                 "transform": src.window_transform(window)}
+        tags = src.tags()
+    if hole is not None:
+        data[:, hole.row_off:hole.row_off + hole.height, hole.col_off:hole.col_off + hole.width] = 0
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+    return str(path)
+
+
+def test_overlapping_scenes_share_no_cell_and_keep_the_one_with_data(small_scene, tmp_path):
+    # "a" and "b" overlap over half the area; "a" (the first name, which wins ties) has a hole of nodata in the
+    # shared part, where "b" must keep the cells, as tile() does
+    day = tiling.describe_naip(small_scene.naip).date
+    stamp = day.strftime("%Y%m%d") if day is not None else "20200101"
+    a = _crop(small_scene.naip, tmp_path / f"a_{stamp}.tif", Window(0, 0, 1500, 2240), Window(900, 300, 500, 700))
+    b = _crop(small_scene.naip, tmp_path / f"b_{stamp}.tif", Window(700, 0, 1540, 2240))
+    params = TileParams(max_nodata=0.9)
+    reference = tiling.tile([a, b], small_scene.nlcd, params=params, progress=False)
+    assert set(reference["scene"]) == {tiling.describe_naip(a).name, tiling.describe_naip(b).name}
+    got = blocked([a, b], params, small_scene.nlcd, cells_per_block=5)
+    assert got["cell"].is_unique
+    assert_same_chips(reference, got, LABELED)
+
+
+def test_blocks_keep_the_aoi_rule(small_scene, tmp_path):
+    crs = tiling.describe_naip(small_scene.naip).crs
+    left, bottom, _, _ = tiling.describe_naip(small_scene.naip).bounds
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame(geometry=[box(left + 300, bottom + 500, left + 1300, bottom + 1100)], crs=crs).to_file(aoi)
+    for predicate in ("intersects", "within"):
+        params = TileParams(aoi_predicate=predicate)
+        reference = tiling.tile([small_scene.naip], small_scene.nlcd, params=params, aoi=aoi, progress=False)
+        got = blocked([small_scene.naip], params, small_scene.nlcd, aoi=aoi, cells_per_block=3)
+        assert 0 < len(got) < 100
+        assert_same_chips(reference, got, LABELED)
+
+
+def test_an_aoi_missing_the_rasters_is_refused(small_scene, tmp_path):
+    crs = tiling.describe_naip(small_scene.naip).crs
+    left, bottom, _, _ = tiling.describe_naip(small_scene.naip).bounds
+    aoi = tmp_path / "far.gpkg"
+    gpd.GeoDataFrame(geometry=[box(left - 9000, bottom - 9000, left - 8000, bottom - 8000)], crs=crs).to_file(aoi)
+    with pytest.raises(tiling.InputError, match="AOI misses every chip"):
+        plan_blocks([small_scene.naip], TileParams(), aoi)
+
+
+@pytest.mark.parametrize("span,size", [((0, 26, 0, 32), 512), ((5, 5, -3, 40), 4), ((0, 99, 0, 2), 7),
+                                       ((-10, 10, 7, 7), 1), ((0, 3, 0, 3), 16)])
+def test_cut_span_covers_every_cell_once_within_the_size(span, size):
+    blocks = cut_span(span, size)
+    cells = [(x, y) for ix0, ix1, iy0, iy1 in blocks for x in range(ix0, ix1 + 1) for y in range(iy0, iy1 + 1)]
+    expected = {(x, y) for x in range(span[0], span[1] + 1) for y in range(span[2], span[3] + 1)}
+    assert len(cells) == len(set(cells)) == len(expected) and set(cells) == expected
+    widths = np.array([b[1] - b[0] + 1 for b in blocks])
+    heights = np.array([b[3] - b[2] + 1 for b in blocks])
+    assert (widths * heights).max() <= size
+    assert widths.max() - widths.min() <= 1 and heights.max() - heights.min() <= 1
+    assert [b[3] for b in blocks] == sorted((b[3] for b in blocks), reverse=True)  # top row first
