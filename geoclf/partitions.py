@@ -12,6 +12,15 @@ Dask task that reads its chips, runs a model and returns a table, which is writt
 ``_inputs.json`` in the output directory fingerprints what the partitions were computed from, so a rerun
 with other inputs stops with a clear message instead of mixing results.
 
+Work is planned in one of two ways:
+
+- :func:`run_partitions` cuts a chip table the client holds (a chip index, a PNG folder) into partitions;
+- :func:`run_plan` takes task *descriptions* (e.g. :class:`tiling.blocks.SceneBlock`, a rectangle of one raster's
+  grid) that workers turn into their chips themselves: the client holds a few numbers per partition and each
+  task's small summary (stored in its partition's Parquet metadata, so a rerun reads it back without the
+  rows), never a chip table. Partitions are then named by their description (``<scene>/part-NNNNN.parquet``),
+  a dataset that pyarrow, geopandas, dask and DuckDB read as one table.
+
 Tasks keep their model (a featurizer's network, a model artifact) in the worker process between partitions
 (:func:`worker_model`), and give it the threads :func:`task_threads` chose for their scheduler.
 """
@@ -23,9 +32,10 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -129,6 +139,31 @@ def write_table_atomic(table: pd.DataFrame | pa.Table, path: Path) -> None:
         pq.write_table(table, tmp)
 
 
+def _claim(out: Path, stamp: dict[str, Any], finished: bool) -> None:
+    """Make ``out`` the output of ``stamp``: refuse one holding results of other inputs, else record it."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp_path = out / _FINGERPRINT
+    if stamp_path.exists() and finished:
+        previous = json.loads(stamp_path.read_text())
+        if previous != stamp:
+            raise InputError("holds results computed from other chips or settings; choose another output "
+                             "directory or remove it", out)
+    elif finished:
+        raise InputError("holds partitions of unknown origin; choose another output directory", out)
+    else:  # a first run, or one that stopped before finishing a partition: nothing to keep consistent with
+        with atomic_path(stamp_path) as tmp:
+            tmp.write_text(json.dumps(stamp, indent=2))
+
+
+def recorded_settings(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The settings an output directory's partitions were computed with (``_inputs.json``), if any finished."""
+    out = Path(out_dir)
+    stamp_path = out / _FINGERPRINT
+    if not stamp_path.is_file() or not any(out.rglob(PART_GLOB)):
+        return None
+    return json.loads(stamp_path.read_text()).get("settings")
+
+
 def _run_one(part: pd.DataFrame, index: int, out_dir: str, task: Callable[[pd.DataFrame], pd.DataFrame]) -> int:
     path = Path(out_dir) / part_name(index)
     if path.exists():  # another attempt of this task finished first
@@ -159,20 +194,7 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
         InputError: ``out_dir`` holds partitions computed from other inputs.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = fingerprint(chips, chips_per_partition, settings)
-    stamp_path = out / _FINGERPRINT
-    finished = any(out.glob(PART_GLOB))
-    if stamp_path.exists() and finished:
-        previous = json.loads(stamp_path.read_text())
-        if previous != stamp:
-            raise InputError("holds results computed from other chips or settings; choose another output "
-                             "directory or remove it", out)
-    elif finished:
-        raise InputError("holds partitions of unknown origin; choose another output directory", out)
-    else:  # a first run, or one that stopped before finishing a partition: nothing to keep consistent with
-        with atomic_path(stamp_path) as tmp:
-            tmp.write_text(json.dumps(stamp, indent=2))
+    _claim(out, fingerprint(chips, chips_per_partition, settings), any(out.glob(PART_GLOB)) if out.is_dir() else False)
     for leftover in out.glob(".part-*.tmp"):  # written by attempts that died before renaming (atomic_path's names)
         leftover.unlink(missing_ok=True)
     parts = split_partitions(chips, chips_per_partition)
@@ -213,6 +235,158 @@ def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Ca
                 bar.update(len(parts[futures[future]]))
     finally:
         bar.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# planned partitions: task descriptions in, summaries out
+
+
+class PlannedPartition(Protocol):
+    """A task description of :func:`run_plan` (e.g. :class:`tiling.blocks.SceneBlock`): small and picklable."""
+
+    @property
+    def name(self) -> str:
+        """Its partition's path under the output directory (``<group>/part-NNNNN.parquet``), unique in a plan."""
+
+    @property
+    def cells(self) -> int:
+        """How much work it is (grid cells, for the progress bar)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What its result is computed from, as JSON (the plan's fingerprint)."""
+
+
+#: Parquet key-value metadata key of a planned partition's summary.
+SUMMARY_KEY = b"geoclf:summary"
+
+#: How :func:`run_plan` lays out partitions, recorded in ``_inputs.json``.
+PLAN_LAYOUT = "planned"
+
+
+def plan_fingerprint(plan: Sequence[PlannedPartition], settings: dict[str, Any]) -> dict[str, Any]:
+    """What a planned output was computed from: every task's description and the task's settings."""
+    digest = hashlib.sha256()
+    for spec in plan:
+        digest.update(json.dumps([spec.name, spec.describe()], sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return {"partitions": len(plan), "plan_sha256": digest.hexdigest(), "layout": PLAN_LAYOUT,
+            "settings": json.loads(json.dumps(settings, default=str, sort_keys=True))}
+
+
+def write_partition(table: pa.Table, path: Path, summary: dict[str, Any]) -> None:
+    """Write a planned partition atomically, its summary in the file's metadata (read by :func:`read_summary`)."""
+    metadata = dict(table.schema.metadata or {})
+    metadata[SUMMARY_KEY] = json.dumps(summary, default=str).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
+
+
+def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The summary of a planned partition, from its footer (no row is read)."""
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata[SUMMARY_KEY]) if SUMMARY_KEY in metadata else {}
+
+
+def _run_planned(spec: PlannedPartition, out_dir: str,
+                 task: Callable[[PlannedPartition], tuple[pa.Table, dict[str, Any]]]) -> dict[str, Any]:
+    path = Path(out_dir) / spec.name
+    if path.exists():  # another attempt of this task finished first
+        return read_summary(path)
+    started = time.perf_counter()
+    table, summary = task(spec)
+    summary = {**summary, "rows": table.num_rows, "task_s": time.perf_counter() - started}
+    write_partition(table, path, summary)
+    return summary
+
+
+def run_plan(plan: Sequence[PlannedPartition], out_dir: str | os.PathLike[str],
+             task: Callable[[PlannedPartition], tuple[pa.Table, dict[str, Any]]], *, settings: dict[str, Any],
+             scheduler: Scheduler = None, n_workers: int | None = None, desc: str = "partitions",
+             progress: bool = True, on_client: Callable[[Any], None] | None = None) -> list[dict[str, Any]]:
+    """Run ``task`` on every planned partition not yet written in ``out_dir``; return every partition's summary.
+
+    Each task turns its description into a table on the worker (reading rasters, running a model) and returns
+    it with a small JSON summary; the table is written as ``out_dir/<spec.name>`` and the summary goes into its
+    metadata and back to the client. Only descriptions travel to the workers and only summaries come back, so
+    the client's memory does not grow with the chips. Resumable and exactly-once like :func:`run_partitions`:
+    a partition appears once, whole, by rename; a rerun skips written ones (reading their summaries from their
+    footers); ``_inputs.json`` refuses a rerun with another plan or other settings.
+
+    Args:
+        plan: the task descriptions, in output order (names unique).
+        out_dir: the output directory (a dataset of ``<group>/part-NNNNN.parquet`` files).
+        task: picklable; maps a description to ``(table, summary)``. Side outputs (map tiles) it writes itself,
+            atomically, before returning: the partition file, written last, marks the task done.
+        settings: everything besides the plan that determines the results.
+        scheduler, n_workers, desc, progress, on_client: as :func:`run_partitions`.
+
+    Returns:
+        The summaries in plan order, each with ``rows`` (the partition's row count) and ``task_s`` added.
+
+    Raises:
+        InputError: ``out_dir`` holds partitions of another plan or other settings.
+    """
+    out = Path(out_dir)
+    names = [spec.name for spec in plan]
+    if len(set(names)) != len(names):
+        raise ValueError("planned partitions need unique names")
+    _claim(out, plan_fingerprint(plan, settings), out.is_dir() and any(out.rglob(PART_GLOB)))
+    for leftover in out.rglob(".part-*.tmp"):  # attempts that died before renaming
+        leftover.unlink(missing_ok=True)
+    summaries: list[dict[str, Any] | None] = [None] * len(plan)
+    todo = []
+    for i, spec in enumerate(plan):
+        if (out / spec.name).exists():
+            summaries[i] = read_summary(out / spec.name)
+        else:
+            todo.append(i)
+    bar = tqdm(total=sum(plan[i].cells for i in todo), desc=desc, unit="cell", disable=not progress or not todo)
+    try:
+        if todo:
+            with dask_client(for_tasks(scheduler, len(todo)), n_workers=n_workers) as client:
+                if client is None:
+                    for i in todo:
+                        summaries[i] = _run_planned(plan[i], str(out), task)
+                        bar.update(plan[i].cells)
+                else:
+                    if on_client is not None:
+                        on_client(client)
+                    _compute_planned(client, plan, todo, out, task, desc, summaries, bar)
+    finally:
+        bar.close()
+    return summaries  # type: ignore[return-value]
+
+
+def _compute_planned(client: Any, plan: Sequence[PlannedPartition], todo: list[int], out: Path, task: Callable,
+                     desc: str, summaries: list[dict[str, Any] | None], bar: Any) -> None:
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+    from distributed.scheduler import KilledWorker
+
+    task_future = client.scatter(task, broadcast=True, hash=False)
+    prefix = f"{desc.replace(' ', '-')}-{os.urandom(4).hex()}"
+    futures = {client.submit(_run_planned, plan[i], str(out), task_future, pure=False, key=f"{prefix}-{i:06d}"): i
+               for i in todo}
+    for future in as_completed(futures):
+        i = futures[future]
+        try:
+            summaries[i] = future.result()
+        except KilledWorker as exc:
+            raise InputError(f"workers died repeatedly on partition {plan[i].name} (out of memory?); rerun to "
+                             "resume from the partitions already written") from exc
+        except FutureCancelledError as exc:
+            raise InputError("the Dask cluster went away; rerun to resume") from exc
+        future.release()  # its summary is kept here; the scheduler can forget the task
+        bar.update(plan[i].cells)
+
+
+def dataset_files(out_dir: str | os.PathLike[str], plan: Sequence[PlannedPartition] | None = None) -> list[Path]:
+    """The partition files of a planned output: in plan order when the plan is given, else sorted by name."""
+    out = Path(out_dir)
+    if plan is not None:
+        return [out / spec.name for spec in plan]
+    return sorted(out.rglob(PART_GLOB))
 
 
 def read_partitions(out_dir: str | os.PathLike[str], columns: list[str] | None = None) -> pd.DataFrame:

@@ -1,0 +1,98 @@
+"""The planned partition engine (geoclf.partitions.run_plan): descriptions out, summaries back, files once.
+
+Workers turn a small task description into a table and write it as ``<group>/part-NNNNN.parquet`` with their
+summary in its footer; a rerun reads the summaries back from the footers and computes only what is missing;
+an output of another plan or other settings is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from geoclf.partitions import read_summary, recorded_settings, run_plan
+from tiling.errors import InputError
+
+
+@dataclass(frozen=True)
+class Part:
+    group: str
+    number: int
+    rows: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}/part-{self.number:05d}.parquet"
+
+    @property
+    def cells(self) -> int:
+        return self.rows
+
+    def describe(self) -> dict[str, Any]:
+        return {"group": self.group, "rows": self.rows}
+
+
+@dataclass
+class Squares:
+    """A task: the squares of the part's row numbers; it records which parts it ran in ``log``."""
+
+    log: str
+
+    def __call__(self, part: Part) -> tuple[pa.Table, dict[str, Any]]:
+        with open(self.log, "a") as log:
+            log.write(f"{part.name}\n")
+        values = [part.number * 100 + i for i in range(part.rows)]
+        return pa.table({"value": values, "square": [v * v for v in values]}), {"total": sum(values)}
+
+
+PLAN = [Part("a", 0, 3), Part("a", 1, 0), Part("b", 0, 5), Part("b", 1, 2)]
+
+
+def ran(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_a_plan_runs_once_and_a_rerun_reads_the_summaries_back(tmp_path):
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    first = run_plan(PLAN, out, Squares(str(log)), settings={"k": 1}, scheduler="sync", progress=False)
+    assert sorted(ran(log)) == sorted(p.name for p in PLAN)
+    assert [s["rows"] for s in first] == [3, 0, 5, 2]
+    assert [s["total"] for s in first] == [3, 0, 10, 201]
+    assert read_summary(out / "b/part-00000.parquet")["total"] == 10
+    assert recorded_settings(out) == {"k": 1}
+    table = pq.read_table(out / "b/part-00001.parquet")
+    assert table.column("value").to_pylist() == [100, 101]
+
+    (out / "b/part-00000.parquet").unlink()  # a partition lost (or never written: a killed worker)
+    (out / "a" / ".part-00009.parquet.tmp").write_bytes(b"half a file")  # a dead attempt's leftover
+    again = run_plan(PLAN, out, Squares(str(log)), settings={"k": 1}, scheduler="sync", progress=False)
+    assert ran(log).count("b/part-00000.parquet") == 2 and len(ran(log)) == len(PLAN) + 1
+    assert [{k: v for k, v in s.items() if k != "task_s"} for s in again] == [
+        {k: v for k, v in s.items() if k != "task_s"} for s in first]
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_an_output_of_another_plan_or_other_settings_is_refused(tmp_path):
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    run_plan(PLAN, out, Squares(str(log)), settings={"k": 1}, scheduler="sync", progress=False)
+    with pytest.raises(InputError, match="other chips or settings"):
+        run_plan(PLAN, out, Squares(str(log)), settings={"k": 2}, scheduler="sync", progress=False)
+    with pytest.raises(InputError, match="other chips or settings"):
+        run_plan([*PLAN[:3], Part("b", 1, 4)], out, Squares(str(log)), settings={"k": 1}, scheduler="sync",
+                 progress=False)
+    assert len(ran(log)) == len(PLAN)
+
+
+def test_a_plan_runs_on_a_local_cluster(tmp_path):
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    summaries = run_plan(PLAN, out, Squares(str(log)), settings={}, scheduler="local", n_workers=2,
+                         progress=False)
+    assert [s["rows"] for s in summaries] == [3, 0, 5, 2]
+    assert sorted(ran(log)) == sorted(p.name for p in PLAN)
+    dataset = pq.read_table(out)  # the partitions are one dataset
+    assert sorted(dataset.column("value").to_pylist()) == [0, 0, 1, 1, 2, 2, 3, 4, 100, 101]
