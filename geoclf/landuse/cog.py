@@ -74,11 +74,16 @@ def _write_cog(path: PathLike, profile: dict[str, Any], write: Callable[[Any], N
     """
     with MemoryFile() as memfile, memfile.open(driver="GTiff", **profile) as dataset:
         write(dataset)
-        with atomic_path(path) as temporary:
-            # The COG driver writes overviews until they fit in one block, with the resampling given, and
-            # puts the IFDs before the data so a client reads the header with one range request.
-            rasterio.shutil.copy(dataset, temporary, driver="COG", BLOCKSIZE=blocksize, COMPRESS="DEFLATE",
-                                 RESAMPLING=resampling, OVERVIEWS="AUTO", PREDICTOR="YES" if predictor else "NO")
+        copy_to_cog(dataset, path, blocksize, resampling, predictor)
+
+
+def copy_to_cog(source: Any, path: PathLike, blocksize: int, resampling: str, predictor: bool) -> None:
+    """Copy a raster (an open dataset or a path, e.g. a VRT mosaic) to a COG at ``path``, atomically."""
+    with atomic_path(path) as temporary:
+        # The COG driver writes overviews until they fit in one block, with the resampling given, and
+        # puts the IFDs before the data so a client reads the header with one range request.
+        rasterio.shutil.copy(source, temporary, driver="COG", BLOCKSIZE=blocksize, COMPRESS="DEFLATE",
+                             RESAMPLING=resampling, OVERVIEWS="AUTO", PREDICTOR="YES" if predictor else "NO")
 
 
 def write_landuse_cog(path: PathLike, grid: LandUseGrid, classes: ClassScheme, *, blocksize: int = 256) -> Path:

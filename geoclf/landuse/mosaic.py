@@ -1,0 +1,207 @@
+"""Land-use maps that are never gathered: map tiles written by workers, a VRT mosaic over them, COGs from it.
+
+A worker that scores a block of a raster (:class:`geoclf.score.ScoreBlockTask`) also writes that block's map:
+a small GeoTIFF of class codes and one of probabilities (:func:`write_tile`), on the area's map lattice (the
+chip grid itself, or a grid in the map CRS aligned to multiples of the pixel size, so tiles of neighbouring
+blocks meet without resampling). The client then writes a GDAL VRT (:func:`write_mosaic`) that places every
+tile in one raster, with the colour table and the class scheme as its metadata, and copies it to
+``landuse.tif`` with GDAL's COG driver (:func:`mosaic_to_cog`), which reads the tiles block by block: no
+process ever holds the area's map, let alone its predictions table.
+
+For one scene the result is the COG :func:`geoclf.landuse.write_landuse_cog` writes from the whole table.
+Where tiles overlap (UTM zones warped into one CRS, several dates of one place), the tile of the earlier
+block in the plan keeps the overlap: VRT sources paint in order, so they are listed last block first.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from geoclf.landuse.cog import color_table, copy_to_cog
+from geoclf.landuse.grid import NODATA, LandUseGrid, majority_filter
+from geoclf.landuse.styles import write_styles
+from tiling.classes import ClassScheme
+from tiling.errors import InputError
+from tiling.io import atomic_path
+
+PathLike = str | os.PathLike[str]
+
+
+class MapTile(NamedTuple):
+    """Where one block's map tile lies: its files (relative to the output directory) and its georeferencing."""
+
+    codes: str
+    probs: str | None
+    transform: tuple[float, float, float, float, float, float]
+    width: int
+    height: int
+    crs: str
+
+    @classmethod
+    def from_summary(cls, value: dict[str, Any]) -> MapTile:
+        """The tile a task summary describes (see :meth:`to_summary`)."""
+        return cls(value["codes"], value.get("probs"), tuple(value["transform"]), int(value["width"]),
+                   int(value["height"]), value["crs"])
+
+    def to_summary(self) -> dict[str, Any]:
+        """The tile as JSON, for a task summary."""
+        return {**self._asdict(), "transform": list(self.transform)}
+
+
+def write_tile(directory: PathLike, name: str, grid: LandUseGrid) -> MapTile:
+    """Write one block's map tile: ``<name>.tif`` (class codes) and ``<name>.probs.tif`` (probabilities, if any).
+
+    Plain tiled GeoTIFFs, DEFLATE, written atomically; the mosaic gives them their colours and class names.
+
+    Args:
+        directory: the output directory the returned paths are relative to.
+        name: the tile's path without suffix, relative to ``directory`` (e.g. ``tiles/<scene>/part-00000``).
+        grid: the block's land-use grid.
+    """
+    root = Path(directory)
+    height, width = grid.codes.shape
+    profile = {"driver": "GTiff", "width": width, "height": height, "crs": grid.crs, "transform": grid.transform,
+               "compress": "deflate", "tiled": width > 256 or height > 256}
+    codes = f"{name}.tif"
+    (root / codes).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(root / codes) as tmp, rasterio.open(tmp, "w", count=1, dtype="uint8", nodata=NODATA,
+                                                         **profile) as dst:
+        dst.write(np.asarray(grid.codes, dtype=np.uint8), 1)
+    probs = None
+    if grid.probs is not None:
+        probs = f"{name}.probs.tif"
+        with atomic_path(root / probs) as tmp, rasterio.open(tmp, "w", count=grid.probs.shape[0], dtype="float32",
+                                                             nodata=float("nan"), **profile) as dst:
+            dst.write(np.asarray(grid.probs, dtype=np.float32))
+    return MapTile(codes, probs, tuple(grid.transform)[:6], width, height, grid.crs.to_string())
+
+
+def write_mosaic(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme, *,
+                 probabilities: bool = False) -> Path:
+    """Write a VRT placing every tile in one raster: ``landuse.vrt`` (codes) or, with ``probabilities``, the
+    probabilities' ``landuse_probs.vrt``. Paths inside are relative to the VRT, so the output moves as a whole.
+
+    The codes VRT carries what ``landuse.tif`` carries: the colour table, the class scheme as metadata tags, the
+    band description and nodata 0; the probabilities' one band per class named after it, nodata NaN.
+
+    Raises:
+        InputError: no tiles, or tiles on different lattices (CRS or pixel size).
+    """
+    target = Path(path)
+    if not tiles:
+        raise InputError("no map tiles to mosaic (no chip was scored)")
+    first = tiles[0]
+    a, e = first.transform[0], first.transform[4]
+    for tile in tiles:
+        if tile.crs != first.crs or not math.isclose(tile.transform[0], a) or not math.isclose(tile.transform[4], e):
+            raise InputError(f"map tile {tile.codes} is not on the lattice of {first.codes}")
+    left = min(t.transform[2] for t in tiles)
+    top = max(t.transform[5] for t in tiles)
+    right = max(t.transform[2] + t.width * a for t in tiles)
+    bottom = min(t.transform[5] + t.height * e for t in tiles)
+    width, height = round((right - left) / a), round((bottom - top) / e)
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = CRS.from_user_input(first.crs).to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (left, a, 0.0, top, 0.0, e))
+    metadata = ET.SubElement(root, "Metadata")
+    for key, value in {"AREA_OR_POINT": "Area", **classes.to_tags()}.items():
+        ET.SubElement(metadata, "MDI", key=key).text = value
+    bands = range(1, len(classes.names) + 1) if probabilities else [1]
+    for band in bands:
+        element = ET.SubElement(root, "VRTRasterBand", dataType="Float32" if probabilities else "Byte",
+                                band=str(band))
+        ET.SubElement(element, "Description").text = classes.names[band - 1] if probabilities else "land_use_class"
+        ET.SubElement(element, "NoDataValue").text = "nan" if probabilities else str(NODATA)
+        if not probabilities:
+            ET.SubElement(element, "ColorInterp").text = "Palette"
+            table = ET.SubElement(element, "ColorTable")
+            for rgba in color_table(classes)[:len(classes.names) + 1]:
+                ET.SubElement(table, "Entry", c1=str(rgba[0]), c2=str(rgba[1]), c3=str(rgba[2]), c4=str(rgba[3]))
+        for tile in reversed(tiles):  # later sources paint over earlier ones: the first block keeps an overlap
+            source = tile.probs if probabilities else tile.codes
+            if source is None:
+                raise InputError(f"map tile {tile.codes} has no probabilities")
+            relative = os.path.relpath(target.parent / source, target.parent)  # tiles are named from the VRT's folder
+            complex_source = ET.SubElement(element, "ComplexSource")
+            ET.SubElement(complex_source, "SourceFilename", relativeToVRT="1").text = relative
+            ET.SubElement(complex_source, "SourceBand").text = str(band)
+            ET.SubElement(complex_source, "SrcRect", xOff="0", yOff="0", xSize=str(tile.width),
+                          ySize=str(tile.height))
+            ET.SubElement(complex_source, "DstRect", xOff=str(round((tile.transform[2] - left) / a)),
+                          yOff=str(round((tile.transform[5] - top) / e)), xSize=str(tile.width),
+                          ySize=str(tile.height))
+            ET.SubElement(complex_source, "NODATA").text = "nan" if probabilities else str(NODATA)
+    ET.indent(root)
+    with atomic_path(target) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="utf-8")
+    return target
+
+
+#: Rows of the mosaic the majority filter reads at a time (with a row of halo either side).
+_SMOOTH_ROWS = 1024
+
+
+def mosaic_to_cog(mosaic: PathLike, path: PathLike, classes: ClassScheme, *, smooth: bool = False,
+                  probabilities: bool = False, blocksize: int = 256) -> Path:
+    """Copy a mosaic VRT to ``landuse.tif`` (or, with ``probabilities``, ``landuse_probs.tif``) as a COG.
+
+    GDAL's COG driver reads the mosaic's tiles block by block and builds the overviews (mode for classes,
+    average for probabilities), as :func:`geoclf.landuse.write_landuse_cog` does from an array. With
+    ``smooth``, the 3 x 3 majority filter (:func:`geoclf.landuse.majority_filter`) runs over strips of rows
+    with a row of halo each side, which gives what it gives on the whole map, into a temporary GeoTIFF that
+    is then copied. The class COG gets its GIS styles beside it (:func:`geoclf.landuse.write_styles`).
+    """
+    target = Path(path)
+    if not smooth:
+        copy_to_cog(mosaic, target, blocksize, "AVERAGE" if probabilities else "MODE", predictor=probabilities)
+    else:
+        smoothed_path = target.with_name(f".{target.name}.{os.getpid()}.smoothed.tif")
+        try:
+            with rasterio.open(mosaic) as src:
+                profile = src.profile | {"driver": "GTiff", "tiled": True, "compress": "deflate"}
+                profile.pop("blockxsize", None)
+                profile.pop("blockysize", None)
+                with rasterio.open(smoothed_path, "w", **profile) as dst:
+                    dst.update_tags(**src.tags())
+                    dst.set_band_description(1, src.descriptions[0] or "land_use_class")
+                    dst.write_colormap(1, src.colormap(1))
+                    for top in range(0, src.height, _SMOOTH_ROWS):
+                        rows = min(_SMOOTH_ROWS, src.height - top)
+                        start, stop = max(0, top - 1), min(src.height, top + rows + 1)
+                        codes = src.read(1, window=Window(0, start, src.width, stop - start))
+                        dst.write(majority_filter(codes)[top - start:top - start + rows], 1,
+                                  window=Window(0, top, src.width, rows))
+            copy_to_cog(smoothed_path, target, blocksize, "MODE", predictor=False)
+        finally:
+            smoothed_path.unlink(missing_ok=True)
+    if not probabilities:
+        write_styles(target, classes)
+    return target
+
+
+def read_map(path: PathLike, max_pixels: int | None = None) -> LandUseGrid:
+    """A land-use COG as a grid, whole or, past ``max_pixels`` on its longer side, from its overviews (mode).
+
+    What pictures of a large map need (the page's overlay, the PNG) without reading it at full resolution.
+    """
+    with rasterio.open(path) as src:
+        scale = 1.0 if not max_pixels else max(1.0, max(src.width, src.height) / max_pixels)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        codes = src.read(1, out_shape=shape, resampling=Resampling.mode)
+        transform = src.transform * Affine.scale(src.width / shape[1], src.height / shape[0])
+        return LandUseGrid(codes, transform, src.crs)
+
+
+__all__ = ["MapTile", "mosaic_to_cog", "read_map", "write_mosaic", "write_tile"]

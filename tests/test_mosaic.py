@@ -1,0 +1,82 @@
+"""Maps that are never gathered (geoclf.landuse.mosaic): block tiles + a VRT give the COG of the whole table.
+
+Each block's map tile is written on its own (as a worker does); the VRT mosaic copied to a COG must be the
+very ``landuse.tif`` (and ``landuse_probs.tif``) that :func:`geoclf.landuse.write_landuse_cog` writes from all
+the predictions at once: same georeferencing, tags, colour table, overviews and pixels, also smoothed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from golden import raster_fingerprint
+
+from geoclf.landuse import majority_filter, predictions_to_grid, write_landuse_cog, write_probability_cog
+from geoclf.landuse.mosaic import mosaic_to_cog, read_map, write_mosaic, write_tile
+from tiling.blocks import block_chips, plan_blocks
+from tiling.classes import ClassScheme
+from tiling.index import TileParams
+from tiling.labels import describe_nlcd
+
+
+@pytest.fixture(scope="module")
+def block_predictions(small_scene):
+    """Chips of small_scene in blocks of 7 cells, "predicted" as their NLCD label with made-up probabilities."""
+    params = TileParams(min_purity=0.0)
+    scheme = ClassScheme.from_mapping(params.classes)
+    _, blocks = plan_blocks([small_scene.naip], params, None, describe_nlcd(str(small_scene.nlcd)),
+                            cells_per_block=7)
+    rng = np.random.default_rng(0)
+    parts = []
+    for block in blocks:
+        chips = block_chips(block, params, describe_nlcd(str(small_scene.nlcd)))
+        probs = rng.dirichlet(np.ones(len(scheme.names)), size=len(chips)).astype(np.float32)
+        chips = chips.assign(pred=chips["label"], **{f"prob_{c}": probs[:, i] for i, c in enumerate(scheme.names)})
+        parts.append(chips)
+    return scheme, parts
+
+
+def fingerprint(path) -> str:
+    return json.dumps(raster_fingerprint(path, str(path.parent)), sort_keys=True)  # NaN nodata compares equal
+
+
+def _tiles(parts, scheme, root):
+    return [write_tile(root, f"tiles/{i:03d}", predictions_to_grid(part, scheme)) for i, part in enumerate(parts)]
+
+
+def test_the_mosaic_cog_is_the_cog_of_the_whole_table(block_predictions, tmp_path):
+    scheme, parts = block_predictions
+    whole = pd.concat(parts, ignore_index=True)
+    grid = predictions_to_grid(whole, scheme)
+    write_landuse_cog(tmp_path / "whole.tif", grid, scheme)
+    write_probability_cog(tmp_path / "whole_probs.tif", grid, scheme)
+    tiles = _tiles(parts, scheme, tmp_path)
+    assert len(tiles) > 10
+    write_mosaic(tmp_path / "landuse.vrt", tiles, scheme)
+    write_mosaic(tmp_path / "landuse_probs.vrt", tiles, scheme, probabilities=True)
+    mosaic_to_cog(tmp_path / "landuse.vrt", tmp_path / "landuse.tif", scheme)
+    mosaic_to_cog(tmp_path / "landuse_probs.vrt", tmp_path / "landuse_probs.tif", scheme, probabilities=True)
+    assert fingerprint(tmp_path / "landuse.tif") == fingerprint(tmp_path / "whole.tif")
+    assert fingerprint(tmp_path / "landuse_probs.tif") == fingerprint(tmp_path / "whole_probs.tif")
+    assert (tmp_path / "landuse.tif.aux.xml").is_file() and (tmp_path / "landuse.qml").is_file()
+    small = read_map(tmp_path / "landuse.tif", max_pixels=4)
+    assert max(small.codes.shape) <= 4 and small.crs == grid.crs
+
+
+def test_the_smoothed_mosaic_is_the_whole_map_smoothed(block_predictions, tmp_path, monkeypatch):
+    import geoclf.landuse.mosaic as mosaic
+
+    monkeypatch.setattr(mosaic, "_SMOOTH_ROWS", 3)  # strips of 3 rows: the halo between strips matters
+    scheme, parts = block_predictions
+    grid = predictions_to_grid(pd.concat(parts, ignore_index=True), scheme)
+    write_mosaic(tmp_path / "landuse.vrt", _tiles(parts, scheme, tmp_path), scheme)
+    mosaic_to_cog(tmp_path / "landuse.vrt", tmp_path / "landuse.tif", scheme, smooth=True)
+    with rasterio.open(tmp_path / "landuse.tif") as dataset:
+        smoothed = dataset.read(1)
+    expected = majority_filter(grid.codes)
+    assert (expected != grid.codes).any()
+    np.testing.assert_array_equal(smoothed, expected)
