@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import geopandas as gpd
 import numpy as np
@@ -39,6 +40,10 @@ __all__ = ["parse_cell"]  # re-exported: its home is tiling.grid
 
 #: Allocation methods understood by :func:`allocate` and :func:`stratified_sample`.
 ALLOCATIONS = ("proportional", "equal")
+
+#: The fewest sample units :func:`stratified_sample` draws from a stratum (unless it has fewer chips): one
+#: unit leaves the stratum's variance, and every interval it enters, without an estimate.
+MIN_PER_STRATUM = 2
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -118,34 +123,46 @@ class AreaEstimate:
 
 
 def olofsson(counts: pd.DataFrame, mapped_area: Mapping[str, float] | pd.Series, z: float = 1.96,
-             unit: str = "") -> AreaEstimate:
+             unit: str = "", population: Mapping[str, float] | pd.Series | None = None) -> AreaEstimate:
     """Stratified estimates of area and accuracy from sample counts (Olofsson et al. 2014).
 
-    The strata are the map classes (the rows of ``counts``). Per class ``k``:
+    The strata are the map classes (the rows of ``counts``). Per class ``k``, with the per-stratum variance
+    term ``v_ik = f_i (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1)``:
 
-    - area proportion ``p_.k = sum_i W_i n_ik / n_i.`` and its standard error
-      ``S(p_.k) = sqrt(sum_i W_i² (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1))``;
+    - area proportion ``p_.k = sum_i W_i n_ik / n_i.`` and its standard error ``S(p_.k) = sqrt(sum_i W_i² v_ik)``;
       area ``A p_.k`` and ``S(A p_.k) = A S(p_.k)``, ``A`` the total mapped area;
-    - user's accuracy ``U_k = p_kk / p_k. = n_kk / n_k.`` with ``V(U_k) = U_k (1 - U_k) / (n_k. - 1)``;
+    - user's accuracy ``U_k = p_kk / p_k. = n_kk / n_k.`` with ``V(U_k) = v_kk``;
     - producer's accuracy ``P_k = p_kk / p_.k`` with the variance (the paper's eq. 7)
-      ``V(P_k) = [W_k² (1 - P_k)² U_k (1 - U_k) / (n_k. - 1)
-      + P_k² sum_{i != k} W_i² (n_ik/n_i.)(1 - n_ik/n_i.) / (n_i. - 1)] / p_.k²``;
-    - overall accuracy ``O = sum_k p_kk`` with ``V(O) = sum_i W_i² U_i (1 - U_i) / (n_i. - 1)``.
+      ``V(P_k) = [W_k² (1 - P_k)² v_kk + P_k² sum_{i != k} W_i² v_ik] / p_.k²``;
+    - overall accuracy ``O = sum_k p_kk`` with ``V(O) = sum_i W_i² v_ii``.
 
-    No finite population correction is applied, as in the paper: sample sizes are tiny next to the number
-    of pixels or chips.
+    ``f_i = 1 - n_i./N_i`` is the finite population correction of stratum ``i`` when its number of sampling
+    units ``N_i`` (chips, pixels) is given as ``population``, else 1 as in the paper. It matters where a
+    sample takes a large share of a small stratum -- a rare change class of a few chips -- and it makes a
+    stratum sampled in full (a census) exact: zero variance, also with a single unit.
+
+    A stratum holding a single sample unit that is not a census has a variance that cannot be estimated
+    from the sample; rather than report intervals of NaN (or pretend it is zero) this refuses, naming the
+    strata: draw at least two units in each (as :func:`stratified_sample` does), or merge the stratum into
+    a neighbouring class before mapping.
 
     Args:
         counts: sample counts ``n_ij``, map classes as rows and reference classes as columns (for example
             from :func:`error_matrix`). Classes that appear only as rows or only as columns are allowed.
         mapped_area: the map's area of each map class (any unit: pixels, chips, km², ha). Every class with
             a positive mapped area must have sample units.
-        z: normal quantile of the confidence intervals (1.96 for 95%).
+        z: normal quantile of the confidence intervals (1.96 for 95%; :func:`z_value` gives it for a level).
         unit: name of the area unit, kept with the result.
+        population: number of sampling units ``N_i`` in each stratum (map class), for the finite population
+            correction; by default none is applied (the sample is taken as tiny next to the strata).
 
     Returns:
-        An :class:`AreaEstimate`. Standard errors are NaN (with a warning) where a stratum holds a single
-        sample unit, since its variance cannot be estimated.
+        An :class:`AreaEstimate`.
+
+    Raises:
+        InputError: counts or areas that are not numbers of the right sign, a mapped class without a sample
+            unit, a stratum with more sample units than ``population`` gives it, or a single-unit stratum
+            that is not a census.
     """
     if not isinstance(counts, pd.DataFrame):
         raise InputError("the sample counts must be a DataFrame (map classes as rows, reference as columns)")
@@ -174,22 +191,25 @@ def olofsson(counts: pd.DataFrame, mapped_area: Mapping[str, float] | pd.Series,
     if unsampled:
         raise InputError(f"map class(es) {unsampled} have mapped area but no sample units; every stratum needs "
                          "a sample to estimate area")
-    lonely = [c for c, ai, ni in zip(classes, a, n_i, strict=True) if ai > 0 and ni == 1]
+    fpc = _finite_population_correction(classes, a, n_i, population)
+    lonely = [c for c, ai, ni, f in zip(classes, a, n_i, fpc, strict=True) if ai > 0 and ni == 1 and f > 0]
     if lonely:
-        warnings.warn(f"strata {lonely} hold a single sample unit: their variance, and every standard error "
-                      "they enter, cannot be estimated (NaN)", stacklevel=2)
+        known = " (and not a census of its stratum)" if population is not None else ""
+        raise InputError(f"stratum {', '.join(map(repr, lonely))} holds a single sample unit{known}: its variance "
+                         "cannot be estimated; label at least 2 units in every stratum, or merge it into another "
+                         "class" + ("" if population is not None else ", or give the strata's sizes (population) "
+                                    "if it is a census"))
 
     w = a / total
     sampled = n_i > 0
     frac = np.zeros_like(n)
     frac[sampled] = n[sampled] / n_i[sampled, None]
     p = w[:, None] * frac
-    # Per-stratum variance terms (n_ik/n_i.)(1 - n_ik/n_i.)/(n_i. - 1): undefined for n_i. == 1, and
-    # irrelevant for strata of zero weight (W_i = 0), whose sample units do not enter the estimates.
+    # Per-stratum variance terms f_i (n_ik/n_i.)(1 - n_ik/n_i.)/(n_i. - 1): zero for a census (f_i = 0, also
+    # when n_i. == 1), and irrelevant for strata of zero weight (W_i = 0), whose units do not enter the estimates.
     with np.errstate(divide="ignore", invalid="ignore"):
-        term = frac * (1.0 - frac) / (n_i[:, None] - 1.0)
-    term[w == 0] = 0.0
-    term[(w > 0) & (n_i == 1)] = np.nan
+        term = fpc[:, None] * frac * (1.0 - frac) / (n_i[:, None] - 1.0)
+    term[(w == 0) | (fpc == 0) | ~sampled] = 0.0
 
     p_col = p.sum(axis=0)
     p_se = np.sqrt((w[:, None] ** 2 * term).sum(axis=0))
@@ -237,6 +257,73 @@ def olofsson(counts: pd.DataFrame, mapped_area: Mapping[str, float] | pd.Series,
     prop_table = pd.DataFrame(p, index=count_table.index, columns=count_table.columns)
     return AreaEstimate(counts=count_table, proportions=prop_table, area=area_table, accuracy=accuracy,
                         overall=overall_row, z=float(z), unit=unit)
+
+
+def _finite_population_correction(classes: Sequence[str], areas: np.ndarray, n_i: np.ndarray,
+                                   population: Mapping[str, float] | pd.Series | None) -> np.ndarray:
+    """``1 - n_i./N_i`` per stratum (1 without ``population``), checked against the sample counts."""
+    if population is None:
+        return np.ones(len(classes))
+    sizes = pd.Series(population, dtype=float)
+    sizes.index = sizes.index.astype(str)
+    if sizes.isna().any() or (sizes < 0).any():
+        raise InputError("strata sizes (population) must be non-negative numbers")
+    missing = [c for c, ai in zip(classes, areas, strict=True) if ai > 0 and c not in sizes.index]
+    if missing:
+        raise InputError(f"no stratum size (population) given for map class(es) {missing}")
+    big_n = sizes.reindex(list(classes)).to_numpy(dtype=float)
+    over = [c for c, ni, size in zip(classes, n_i, big_n, strict=True) if ni > 0 and np.isfinite(size) and ni > size]
+    if over:
+        raise InputError(f"strata {over} hold more sample units than their population; a sample is drawn "
+                         "without replacement from the stratum's units")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fpc = np.where(np.isfinite(big_n) & (big_n > 0), 1.0 - n_i / big_n, 1.0)
+    return np.clip(fpc, 0.0, 1.0)
+
+
+def z_value(confidence: float = 0.95) -> float:
+    """The normal quantile of a two-sided interval at ``confidence`` (1.96 for 0.95).
+
+    Every ``estimate ± z SE`` interval of geoclf (areas, accuracies) takes its ``z`` from here, so that a
+    level asked for is the level reported.
+    """
+    if not 0 < confidence < 1:
+        raise InputError(f"the confidence level must be between 0 and 1, not {confidence}")
+    return float(NormalDist().inv_cdf(0.5 + confidence / 2))
+
+
+def proportion_interval(successes: int, n: int, confidence: float = 0.95,
+                        population: int | None = None) -> tuple[float, float]:
+    """A proportion estimated from a simple random sample and the half-width of its confidence interval.
+
+    The same estimator as a user's accuracy in :func:`olofsson` (a stratum is a simple random sample):
+    ``p = successes / n`` with ``V(p) = f p (1 - p) / (n - 1)``, ``f = 1 - n/N`` the finite population
+    correction when the population size ``N`` is given (else 1). Use it for an accuracy measured on a set
+    of chips taken as a random sample of the map (for example the overall accuracy of the validation chips).
+
+    Args:
+        successes: units in the class (correctly classified units).
+        n: sample size.
+        confidence: level of the interval.
+        population: number of units the sample was drawn from, if known.
+
+    Returns:
+        ``(p, z * SE)``; the half-width is NaN when ``n`` is 0, or 1 without a census, since the variance
+        cannot be estimated then; ``p`` is NaN when ``n`` is 0.
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise InputError(f"{successes} successes in a sample of {n} units is not a proportion")
+    if population is not None and population < n:
+        raise InputError(f"a sample of {n} units cannot come from a population of {population}")
+    if n == 0:
+        return math.nan, math.nan
+    p = successes / n
+    f = 1.0 - n / population if population else 1.0
+    if f <= 0:
+        return p, 0.0
+    if n == 1:
+        return p, math.nan
+    return p, z_value(confidence) * math.sqrt(f * p * (1 - p) / (n - 1))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -353,13 +440,18 @@ def stratified_sample(predictions: gpd.GeoDataFrame, n: int | Mapping[str, int],
     total size with :func:`sample_size`, then allocate it proportionally with a floor of 50-100 units per
     rare stratum (``min_per_stratum``); see :func:`allocate`.
 
+    Every stratum gets at least two units (or all its chips, a census, when it has fewer): a stratum of a
+    single sampled unit out of several has no variance estimate, and :func:`olofsson` refuses it. A total
+    ``n`` too small for that is refused; sizes given per stratum that leave a stratum with fewer than two
+    units of its chips are drawn as asked, with a warning.
+
     Args:
         predictions: one row per chip (a predictions table or an aligned change table).
         n: total sample size, or the size wanted in each stratum (``{stratum: n_h}``).
         allocation: ``"proportional"`` (to the number of chips, which is the mapped area on a chip grid)
             or ``"equal"``; ignored when ``n`` is a mapping.
         strata_column: the column holding each chip's stratum.
-        min_per_stratum: floor per stratum, see :func:`allocate`.
+        min_per_stratum: floor per stratum, see :func:`allocate`; never below :data:`MIN_PER_STRATUM`.
         seed: seed of the random draw; the same inputs and seed give the same sample.
 
     Returns:
@@ -382,8 +474,18 @@ def stratified_sample(predictions: gpd.GeoDataFrame, n: int | Mapping[str, int],
         if (per_stratum < 0).any():
             raise InputError("sample sizes must not be negative")
         per_stratum = np.minimum(per_stratum, sizes)
+        thin = [s for s in sizes.index if per_stratum[s] < min(MIN_PER_STRATUM, sizes[s])]
+        if thin:
+            warnings.warn(f"strata {thin} get fewer than {MIN_PER_STRATUM} sample units (and are not sampled in "
+                          "full): their area and accuracy cannot be estimated with a confidence interval",
+                          stacklevel=2)
     else:
-        per_stratum = allocate(sizes, int(n), allocation, min_per_stratum)
+        floor = max(int(min_per_stratum), MIN_PER_STRATUM)
+        needed = int(np.minimum(sizes, floor).sum())
+        if int(n) < needed:
+            raise InputError(f"a sample of {int(n)} chips cannot give each of the {len(sizes)} strata the "
+                             f"{floor} units (or all its chips) that its variance needs; draw at least {needed}")
+        per_stratum = allocate(sizes, int(n), allocation, floor)
     rng = np.random.default_rng(seed)
     positions = []
     labels = strata.map(lambda v: None if pd.isna(v) else str(v))

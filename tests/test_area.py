@@ -9,8 +9,6 @@ hectare and accuracies to two decimals, so the assertions allow half a unit of t
 
 from __future__ import annotations
 
-import warnings
-
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -24,8 +22,10 @@ from geoclf.area import (
     mapped_area,
     olofsson,
     parse_cell,
+    proportion_interval,
     sample_size,
     stratified_sample,
+    z_value,
 )
 from tiling.errors import InputError
 from tiling.grid import ChipGrid
@@ -173,13 +173,82 @@ def test_olofsson_bad_input():
         olofsson(paper_counts(), dict.fromkeys(CLASSES, 0))
 
 
-def test_single_unit_stratum_has_no_standard_error():
+def test_paper_figures_hold_with_the_finite_population_correction():
+    # The paper applies no correction (its digits above are reproduced without one). Given the strata sizes
+    # in pixels, 1 - n_h/N_h is at most 0.04% off 1 here: intervals shrink by at most 0.02%, areas not at all.
+    est = olofsson(paper_counts(), {k: v * HA_PER_PIXEL for k, v in PAPER_PIXELS.items()}, unit="ha",
+                   population=PAPER_PIXELS)
+    plain = paper_estimate()
+    np.testing.assert_allclose(est.area["area"], plain.area["area"])
+    np.testing.assert_allclose(est.area["area_ci"], [6_158, 3_756, 15_510, 16_282], rtol=2e-4)
+    assert est.overall["ci"] == pytest.approx(0.02, abs=0.005)
+    assert (est.area["area_se"] < plain.area["area_se"]).all()
+
+
+def _estimates_over_every_sample(population: dict[str, list[str]], take: dict[str, int]):
+    """Every stratified sample of a tiny map (all combinations), and each sample's estimates with the FPC."""
+    from itertools import combinations, product
+
+    strata = sorted(population)
+    sizes = {h: len(population[h]) for h in strata}
+    for draw in product(*(combinations(population[h], take[h]) for h in strata)):
+        counts = pd.DataFrame(0, index=["A", "B"], columns=["A", "B"])
+        for h, labels in zip(strata, draw, strict=True):
+            for label in labels:
+                counts.loc[h, label] += 1
+        yield olofsson(counts, sizes, population=sizes)
+
+
+def test_finite_population_correction_makes_the_variance_estimate_unbiased():
+    # A map of 11 units: stratum A holds 6 (4 truly A), B holds 5 (2 truly A). Over all 20 x 10 stratified
+    # samples of 3 and 2 units, the mean of the estimated variance equals the true variance of the estimate
+    # -- exactly, with the correction; without it, it is too large by the factor 1/(1 - n_h/N_h).
+    population = {"A": ["A", "A", "A", "A", "B", "B"], "B": ["A", "A", "B", "B", "B"]}
+    estimates = list(_estimates_over_every_sample(population, {"A": 3, "B": 2}))
+    assert len(estimates) == 200
+    area = np.array([e.area.loc["A", "area"] for e in estimates])
+    assert area.mean() == pytest.approx(4 + 2)  # unbiased: 6 units are truly A
+    estimated_var = np.array([e.area.loc["A", "area_se"] ** 2 for e in estimates])
+    assert estimated_var.mean() == pytest.approx(area.var(), rel=1e-9)
+    overall = np.array([e.overall["accuracy"] for e in estimates])
+    assert overall.mean() == pytest.approx(7 / 11)
+    assert np.mean([e.overall["se"] ** 2 for e in estimates]) == pytest.approx(overall.var(), rel=1e-9)
+    users = np.array([e.accuracy.loc["A", "users"] for e in estimates])
+    assert np.mean([e.accuracy.loc["A", "users_se"] ** 2 for e in estimates]) == pytest.approx(users.var(), rel=1e-9)
+
+
+def test_single_unit_stratum_is_exact_when_a_census_and_refused_otherwise():
+    # A change class of one chip, sampled in full, is known exactly: zero variance, finite intervals (the
+    # pages showed "0.951 ± nan" before).
     counts = pd.DataFrame([[1, 0], [3, 40]], index=["a", "b"], columns=["a", "b"])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        est = olofsson(counts, {"a": 10, "b": 990})
-    assert any("single sample unit" in str(w.message) for w in caught)
-    assert np.isnan(est.area.loc["a", "area_se"]) and np.isfinite(est.area.loc["b", "area"])
+    est = olofsson(counts, {"a": 10.0, "b": 990.0}, population={"a": 1, "b": 500})
+    assert est.accuracy.loc["a", "users_se"] == 0
+    assert np.isfinite(est.area["area_ci"]).all() and np.isfinite(est.accuracy["producers_ci"]).all()
+    assert np.isfinite(est.overall["ci"]) and est.overall["ci"] > 0
+    # One unit out of several strata units has no variance estimate: refused, with the stratum named.
+    with pytest.raises(InputError, match=r"'a' holds a single sample unit \(and not a census"):
+        olofsson(counts, {"a": 10.0, "b": 990.0}, population={"a": 4, "b": 500})
+    with pytest.raises(InputError, match="'a' holds a single sample unit.*population"):
+        olofsson(counts, {"a": 10.0, "b": 990.0})
+    with pytest.raises(InputError, match="more sample units than their population"):
+        olofsson(counts, {"a": 10.0, "b": 990.0}, population={"a": 1, "b": 30})
+    with pytest.raises(InputError, match="no stratum size"):
+        olofsson(counts, {"a": 10.0, "b": 990.0}, population={"a": 1})
+
+
+def test_proportion_interval_and_z():
+    assert z_value(0.95) == pytest.approx(1.959964, abs=1e-6) and z_value(0.90) == pytest.approx(1.644854, abs=1e-6)
+    # the same figure as a user's accuracy of the paper (66 of 75 units mapped Deforestation)
+    p, half = proportion_interval(66, 75)
+    assert p == pytest.approx(0.88) and half == pytest.approx(paper_estimate().accuracy.loc["Deforestation",
+                                                                                            "users_ci"], rel=1e-3)
+    assert proportion_interval(66, 75, population=150)[1] == pytest.approx(half * np.sqrt(0.5))
+    assert proportion_interval(1, 1, population=1) == (1.0, 0.0)
+    assert np.isnan(proportion_interval(1, 1)[1]) and np.isnan(proportion_interval(0, 0)[0])
+    with pytest.raises(InputError):
+        proportion_interval(5, 4)
+    with pytest.raises(InputError):
+        z_value(95)
 
 
 def _grid_chips(n_x: int = 10, n_y: int = 8, size: float = 256.0, stride: float | None = None) -> gpd.GeoDataFrame:
@@ -220,10 +289,29 @@ def test_stratified_sample_is_seeded_and_allocated():
         assert rows["sample_weight"].iloc[0] == pytest.approx(sizes[stratum] / len(rows))
     assert first["reference"].isna().all() and first.crs == chips.crs
     assert stratified_sample(chips, 60, seed=4)["cell"].tolist() != first["cell"].tolist()
-    explicit = stratified_sample(chips, {"Developed": 5, "Forest": 2}, seed=0)
+    with pytest.warns(UserWarning, match="Cultivated"):  # given no units: no interval for it
+        explicit = stratified_sample(chips, {"Developed": 5, "Forest": 2}, seed=0)
     assert explicit["stratum"].value_counts().to_dict() == {"Developed": 5, "Forest": 2}
     with pytest.raises(InputError, match="no column"):
         stratified_sample(chips, 10, strata_column="label")
+
+
+def test_sampler_gives_every_stratum_two_units_or_a_census():
+    chips = _grid_chips(20, 20)
+    chips["pred"] = ["Developed"] + ["Barren"] * 3 + ["Forest"] * 396
+    # Proportional allocation of 20 would give Developed and Barren nothing and Forest everything.
+    sample = stratified_sample(chips, 20, seed=0)
+    counts = sample["stratum"].value_counts().to_dict()
+    assert counts == {"Developed": 1, "Barren": 2, "Forest": 17}  # one chip: a census; three: two drawn
+    # Labelled as mapped, the sample gives finite intervals everywhere (the census of Developed is exact).
+    sample["reference"] = sample["stratum"]
+    est = olofsson(error_matrix(sample["stratum"], sample["reference"]), mapped_area(chips),
+                   population=chips["pred"].value_counts())
+    assert np.isfinite(est.area["area_ci"]).all() and np.isfinite(est.overall["ci"])
+    with pytest.raises(InputError, match="draw at least 5"):
+        stratified_sample(chips, 4, seed=0)
+    with pytest.warns(UserWarning, match=r"\['Barren'\] get fewer than 2"):
+        stratified_sample(chips, {"Barren": 1, "Developed": 1, "Forest": 5}, seed=0)
 
 
 def test_mapped_area_per_class():

@@ -371,6 +371,15 @@ def test_reference_sample_area_estimates(dates):
     assert fixed.area.loc["Forest→Herbaceous", "area"] == pytest.approx(0)
     stable = mapped["Stable Forest"] + mapped["Forest→Herbaceous"]
     assert fixed.area.loc["Stable Forest", "area"] == pytest.approx(stable)
+    # One flip is real after all. Its stratum was sampled in full (a census), so its mix is known exactly: the
+    # areas carry no sampling error from it (finite population correction; without it, a wide interval).
+    flips = sample.index[sample["change"] == "Forest→Herbaceous"]
+    assert len(flips) == (aligned["change"] == "Forest→Herbaceous").sum() > 1
+    sample.loc[flips[0], "reference"] = "Forest→Herbaceous"
+    mixed = reference_estimates(aligned, sample)["change"]
+    assert mixed.area.loc["Forest→Herbaceous", "area"] == pytest.approx(mapped["Forest→Herbaceous"] / len(flips))
+    assert mixed.area.loc["Forest→Herbaceous", "area_ci"] == 0
+    sample.loc[flips[0], "reference"] = "Stable Forest"
     # Per-date labels work too, matched by location (no cell column).
     points = gpd.GeoDataFrame({"reference_before": sample["class_before"], "reference_after": sample["class_after"]},
                               geometry=sample.geometry.centroid.to_crs(4326).to_numpy(), crs=4326)
@@ -545,6 +554,11 @@ def test_change_command_end_to_end(dates, tmp_path):
     assert estimates.loc[("change", "Forest→Herbaceous"), "area"] == pytest.approx(0)
     assert estimates.loc[("change", "Forest→Developed"), "area"] == pytest.approx(9 * changes["area_km2"].iloc[0],
                                                                                   rel=1e-3)
+    # Change classes of one or two chips are sampled in full (a census): exact, so no interval is NaN.
+    assert np.isfinite(estimates["area_ci"]).all()
+    accuracy = pd.read_csv(out / "accuracy.csv", index_col=["map", "class"])
+    assert np.isfinite(accuracy["users_ci"]).all()
+    assert "± nan" not in (out / "report.html").read_text()
 
 
 def test_change_command_bad_input_is_one_line(dates, tmp_path, capsys):

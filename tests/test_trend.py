@@ -314,6 +314,16 @@ def test_theil_sen_interval_and_its_level() -> None:
     assert (short["low"], short["high"]) == (0.25, 0.75)
     assert short["ci_level"] == pytest.approx(1 - 2 / 24)
     # two dates: a slope, no interval, no verdict
+    # A trend is significant at the level asked for, not at the interval's coverage: four rising dates point
+    # up (92% interval above zero) but are not significant at 95% -- their Mann-Kendall p is 2/24 = 0.083.
+    areas = pd.DataFrame({"class": "Developed", "decimal_year": [2010.0, 2012, 2014, 2016, 2018],
+                          "km2": [1.0, 2.0, 2.5, 4.0, 4.5]})
+    four = trend.class_trends(areas.iloc[:4]).iloc[0]
+    assert four["trend"] == "increasing" and four["p_value"] == pytest.approx(2 / 24)
+    assert not four["significant"]
+    five = trend.class_trends(areas).iloc[0]  # 98% coverage, p = 2/120
+    assert five["significant"] and five["p_value"] < 0.05
+    assert not trend.class_trends(areas, confidence=0.99).iloc[0]["significant"]
     two = trend.theil_sen([2010, 2012], [1.0, 2.0])
     assert two["slope"] == 0.5 and np.isnan(two["low"])
     assert trend.trend_label(two["low"], two["high"]) == "too few dates"
@@ -461,7 +471,12 @@ def test_reference_sample_gives_error_adjusted_areas(scene: list[Path]) -> None:
     assert last.loc["Developed", "area_km2"] == pytest.approx(30 * pixel)
     assert last.loc["Forest", "area_km2"] == pytest.approx(18 * pixel)
     assert last.loc["Developed", "users"] == pytest.approx(30 / 32)
-    assert last.loc["Developed", "area_ci_km2"] > 0
+    # Every pixel labelled is a census: the areas are known exactly, no sampling error (finite population
+    # correction). Half of them labelled leaves an interval.
+    assert (adjusted["area_ci_km2"] == 0).all()
+    half = pd.DataFrame(rows[len(rows) // 2:][::2])
+    sampled = trend.reference_areas(stack, half).set_index("class")
+    assert (sampled["area_ci_km2"] > 0).any() and np.isfinite(sampled["area_ci_km2"]).all()
     # the same sample in wide form, placed by geometry instead of cell keys
     wide = gpd.GeoDataFrame(
         {f"reference_{DATES[0].year}": [schedule(0)[c] for c in sorted(assessed_cells())]},

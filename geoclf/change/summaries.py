@@ -214,8 +214,9 @@ def reference_estimates(aligned: gpd.GeoDataFrame, reference: gpd.GeoDataFrame |
       fills it in a sample from :func:`geoclf.area.stratified_sample` on :func:`geoclf.change.change_labels`; or
     - ``reference_before`` and/or ``reference_after``: the true land-use class at each date.
 
-    The map strata are the change classes (and each date's classes) of the aligned table, and the mapped
-    areas their km² over the compared area. The estimators assume the sample was stratified by those
+    The map strata are the change classes (and each date's classes) of the aligned table, the mapped
+    areas their km² over the compared area, and their chip counts the strata sizes of the finite population
+    correction (a change class sampled in full is exact). The estimators assume the sample was stratified by those
     classes (or simple random); see :mod:`geoclf.area`.
 
     Returns:
@@ -238,13 +239,15 @@ def reference_estimates(aligned: gpd.GeoDataFrame, reference: gpd.GeoDataFrame |
         mapped = change_labels(aligned)
         strata = sorted(set(mapped) | set(truth_change.dropna().astype(str)))
         counts = error_matrix(change_labels(pairs).to_numpy(), truth_change.to_numpy(), strata)
-        results["change"] = olofsson(counts, area.groupby(mapped.to_numpy()).sum(), z=z, unit="km²")
+        results["change"] = olofsson(counts, area.groupby(mapped.to_numpy()).sum(), z=z, unit="km²",
+                                     population=mapped.value_counts())
     for date in ("before", "after"):
         column = f"reference_{date}"
         if column in matched.columns and matched[column].notna().any():
             counts = error_matrix(pairs[f"class_{date}"].to_numpy(), matched[column].to_numpy(), classes)
-            mapped = area.groupby(aligned[f"class_{date}"].astype(str).to_numpy()).sum()
-            results[date] = olofsson(counts, mapped, z=z, unit="km²")
+            strata = aligned[f"class_{date}"].astype(str)
+            mapped = area.groupby(strata.to_numpy()).sum()
+            results[date] = olofsson(counts, mapped, z=z, unit="km²", population=strata.value_counts())
     if not results:
         raise InputError("the reference sample has no labels: fill 'reference' (change class) or "
                          "'reference_before'/'reference_after' (land-use classes)")

@@ -84,8 +84,9 @@ def reference_areas(stack: xr.Dataset | LandUseStack, reference: pd.DataFrame, *
     a CRS: the pixel holding each unit's representative point) or by a ``cell`` key of the chip grid; and
     labelled either in long form (``date`` or ``year`` plus ``reference``, the true class) or in wide form
     (``reference_<YYYY>`` columns, one per year). Each date with labels gets the stratified estimators of
-    Olofsson et al. (2014) (:func:`geoclf.area.olofsson`), with that date's map classes as strata and their
-    mapped km² over the assessed area as stratum sizes.
+    Olofsson et al. (2014) (:func:`geoclf.area.olofsson`), with that date's map classes as strata, their
+    mapped km² over the assessed area as stratum areas and their pixels as the strata sizes of the finite
+    population correction.
 
     Those estimators are unbiased for a sample stratified by that date's map (or a simple random one). A
     single sample stratified by *another* date's map, labelled at every date, is a case for the estimators of
@@ -127,9 +128,10 @@ def reference_areas(stack: xr.Dataset | LandUseStack, reference: pd.DataFrame, *
         map_labels = np.asarray(classes, dtype=object)[values[on_map].astype(int) - 1]
         truth = labels.loc[here, "reference"].to_numpy()[on_map]
         counts = error_matrix(map_labels, truth, classes)
-        strata = mapped[mapped["date"] == when.date()].set_index("class")["pixels"] * stack.pixel_area_km2
+        pixels = mapped[mapped["date"] == when.date()].set_index("class")["pixels"]
+        pixels = pixels[pixels > 0]
         try:
-            estimate = olofsson(counts, strata[strata > 0], z=z, unit="km²")
+            estimate = olofsson(counts, pixels * stack.pixel_area_km2, z=z, unit="km²", population=pixels)
         except InputError as exc:
             raise InputError(f"reference sample of {when.date()}: {exc}") from exc
         table = estimate.area.reindex(classes)

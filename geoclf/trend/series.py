@@ -93,8 +93,12 @@ def class_trends(areas: pd.DataFrame, *, value: str = "km2", by: Sequence[str] =
     Returns:
         One row per group: the group columns, ``n_dates``, ``first``, ``last`` (values at the first and last
         date), ``mean``, ``slope`` (per year), ``slope_low``, ``slope_high``, ``ci_level``,
-        ``slope_pct_per_year`` (of the mean), ``tau``, ``p_value``, ``trend`` (see :func:`trend_label`) and
-        ``significant`` (the interval excludes zero).
+        ``slope_pct_per_year`` (of the mean), ``tau``, ``p_value``, ``trend`` (see :func:`trend_label`: the
+        direction the interval shows, at its coverage ``ci_level``) and ``significant``: the trend holds at the
+        level asked for, ``confidence`` -- the interval excludes zero *and* covers at least that level. With
+        four dates or fewer the interval cannot reach 95% (its coverage is 92% with four), so no trend of so
+        short a series is significant at 95%, whatever its direction; ``p_value`` (Mann-Kendall) tells the
+        same at that level.
     """
     missing = [c for c in ("decimal_year", value, *by) if c not in areas.columns]
     if missing:
@@ -114,7 +118,10 @@ def class_trends(areas: pd.DataFrame, *, value: str = "km2", by: Sequence[str] =
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table["significant"] = table["trend"].isin(["increasing", "decreasing"])
+    # The interval's own coverage must reach the level: a 92% interval of four dates excluding zero is no
+    # trend at 95% (the Mann-Kendall p of such a series is above 0.05 too).
+    reached = table["ci_level"].to_numpy(dtype=float) >= confidence - 1e-9
+    table["significant"] = table["trend"].isin(["increasing", "decreasing"]).to_numpy() & reached
     return table
 
 
