@@ -26,7 +26,7 @@ from geoclf.partitions import print_dashboard, read_partitions, run_partitions, 
 from geoclf.runs import start_run
 from tiling.errors import InputError
 from tiling.index import index_hash, read_index
-from tiling.io import ChipReader, atomic_path, open_raster
+from tiling.io import ChipReader, atomic_path, nodata_mask, open_raster
 from tiling.locks import locks_output
 from tiling.materialize import read_png_folder
 from tiling.parallel import Scheduler, check_counts
@@ -110,11 +110,18 @@ class FeaturizeTask:
 
 
 def _band_count(source: str) -> int:
-    """Number of bands of a raster (read from its header once per worker process)."""
+    """Number of image bands of a raster, an alpha mask not counted (read once per process)."""
     if source not in _BAND_COUNTS:
         with open_raster(source) as dataset:
-            _BAND_COUNTS[source] = dataset.count
+            _BAND_COUNTS[source] = dataset.count - (nodata_mask(dataset)[1] is not None)
     return _BAND_COUNTS[source]
+
+
+def chip_band_count(table: pd.DataFrame) -> int:
+    """The fewest image bands any chip of a chip table has (3 for PNG chips, which hold RGB)."""
+    if "source" not in table.columns:
+        return 3
+    return min(_band_count(str(source)) for source in table["source"].unique())
 
 
 _BAND_COUNTS: dict[str, int] = {}
@@ -171,6 +178,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     # loaded here, on the client: a bad name or weights offline fail now in one line, not on every worker
     # on the CPU even where there is a GPU, as geoclf always featurized
     featurizer = make_featurizer(backbone, weights, device="cpu")
+    featurizer = featurizer.for_band_count(chip_band_count(table))  # NIR where every chip has it
     threads = task_threads(scheduler, n_workers)
     task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir)
     described = featurizer.describe()
@@ -184,7 +192,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     normalization = {k: described.pop(k) for k in ("mean", "std", "input_size") if k in described}
     meta = {
         **described,
-        "weights": weights,  # as given; weights_ref says which file that was
+        "weights": weights if "weights_ref" in described else None,  # as given; weights_ref says which file
         "nir_columns": list(NIR_COLUMNS) if nir else [],
         **normalization,  # after nir_columns, where features.json always had it
         "chip_size": 224,

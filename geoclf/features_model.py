@@ -31,7 +31,13 @@ from geoclf.artifact import (
     whole_number,
     write_model_dir,
 )
-from geoclf.featurizers import Featurizer, featurizer_from_meta, featurizer_from_model
+from geoclf.featurizers import (
+    DEFAULT_KIND,
+    KIND_FIELD,
+    Featurizer,
+    featurizer_from_meta,
+    featurizer_from_model,
+)
 from tiling.errors import InputError
 
 #: Classifier file of a ``features`` artifact.
@@ -152,10 +158,19 @@ class FeaturesModel(LandUseModel):
     @classmethod
     def load(cls, directory: Path, spec: Mapping[str, Any], trusted: bool = False) -> FeaturesModel:
         """Load a ``features`` artifact (the :data:`LOADERS` entry for this kind)."""
-        missing = [k for k in ("backbone", "feature_dim", "normalization") if k not in spec]
+        where = directory / MODEL_JSON
+        kind = str(spec.get(KIND_FIELD) or DEFAULT_KIND)
+        # a CNN's description is checked field by field here; other featurizers check their own description
+        required = ("backbone", "feature_dim", "normalization") if kind == DEFAULT_KIND else ("feature_dim",)
+        missing = [k for k in required if k not in spec]
         if missing:
-            raise InputError(f"lacks {', '.join(missing)} (a features model needs them)", directory / MODEL_JSON)
-        check_fields(spec, FIELDS, directory / MODEL_JSON)
+            raise InputError(f"lacks {', '.join(missing)} (a features model needs them)", where)
+        check_fields(spec, FIELDS if kind == DEFAULT_KIND else {k: FIELDS[k] for k in ("feature_dim", "classifier")},
+                     where)
+        try:
+            featurizer_from_model(spec)
+        except InputError as exc:
+            raise InputError(str(exc), where) from exc
         path = check_file(directory, spec.get("classifier") or {}, CLASSIFIER_FILE, "classifier")
         model = cls(spec, load_skops(path, trusted=trusted), path=directory)
         expected = getattr(model.classifier, "n_features_in_", None)

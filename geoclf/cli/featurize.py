@@ -1,4 +1,4 @@
-"""``geoclf featurize``: chips -> pretrained CNN features in Parquet partitions, on Dask."""
+"""``geoclf featurize``: chips -> feature vectors (a pretrained CNN, band statistics) in Parquet partitions, on Dask."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from geoclf.cli.common import batch_size_option, chips_per_partition_option, sch
               help="Chip index (chips.parquet or its directory) or a PNG folder in the split/Class/*.png layout.")
 @click.option("--backbone", default="efficientnet_lite0", show_default=True,
               help="CNN: resnet18, alexnet, resnet50, mobilenet_v2, efficientnet_lite0 or any torchvision "
-                   "classification model name.")
+                   "classification model name; or 'spectral' (band statistics and NDVI of every band, no CNN).")
 @click.option("--weights", default="default", show_default=True,
               help="'default' (embedded offline ImageNet weights where the backbone has them, else torchvision's), "
                    "'imagenet' (torchvision, needs internet once), a local weights file, or 'none' (random).")

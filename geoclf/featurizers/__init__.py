@@ -44,6 +44,7 @@ from tiling.errors import InputError
 #: Featurizer kind -> ``"module:Class"`` (a :class:`Featurizer` subclass), imported on first use.
 FEATURIZERS: dict[str, str] = {
     "cnn": "geoclf.featurizers.cnn:CNNFeaturizer",
+    "spectral": "geoclf.featurizers.spectral:SpectralFeaturizer",
 }
 
 #: Kind of a description that names none (everything written before featurizers had kinds).
@@ -111,6 +112,15 @@ class Featurizer(ABC):
     def from_model_fields(cls, spec: Mapping[str, Any]) -> Featurizer:
         """The featurizer a ``model.json`` describes (by default read as ``features.json``)."""
         return cls.from_meta(spec)
+
+    def for_band_count(self, count: int) -> Featurizer:
+        """This featurizer for imagery of ``count`` bands: one that reads NIR where it is optional (spectral
+        statistics) drops it from RGB imagery; by default itself (it reads what it reads).
+
+        ``geoclf featurize`` calls it with the fewest bands any of its chips has, so one features directory
+        is one featurizer: NIR is used when every chip has it.
+        """
+        return self
 
     def load(self) -> Featurizer:
         """Build what :meth:`featurize` needs (a network) now rather than on first use; returns itself.
@@ -184,7 +194,9 @@ def make_featurizer(name: str, weights: Any = "default", device: str | None = No
 
 
 __all__ = [
+    "DEFAULT_KIND",
     "FEATURIZERS",
+    "KIND_FIELD",
     "Featurizer",
     "featurizer_class",
     "featurizer_from_meta",

@@ -1,0 +1,109 @@
+"""The spectral featurizer: exact band statistics, no torch, and a model that trains, registers and scores on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tiling
+from geoclf.features import featurize, read_features
+from geoclf.featurizers.spectral import SpectralFeaturizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def chips(quickstart):
+    return quickstart[0] / "chips"
+
+
+@pytest.fixture(scope="module")
+def spectral(chips, tmp_path_factory):
+    """Spectral features of the quickstart's chips (seconds: no network)."""
+    return featurize(chips, tmp_path_factory.mktemp("spectral") / "features", backbone="spectral",
+                     scheduler="sync", progress=False, record_run=False)
+
+
+def test_statistics_are_those_of_the_pixels_with_data():
+    rng = np.random.default_rng(0)
+    chips = rng.integers(0, 256, size=(3, 4, 40, 40), dtype=np.uint8)
+    chips[0, :, :10] = 0  # a nodata strip: every band 0
+    featurizer = SpectralFeaturizer()
+    vectors = featurizer.featurize(chips)
+    names = featurizer.feature_names
+    assert vectors.shape == (3, 22) and featurizer.feature_dim == 22
+    valid = chips.any(axis=1)
+    for i in range(3):
+        for b, band in enumerate(("red", "green", "blue", "nir")):
+            pixels = chips[i, b][valid[i]] / 255.0
+            expected = {"mean": pixels.mean(), "std": pixels.std(),
+                        **{f"p{q}": np.percentile(pixels, q, method="inverted_cdf") for q in (10, 50, 90)}}
+            for stat, value in expected.items():
+                assert vectors[i, names.index(f"{band}_{stat}")] == pytest.approx(value, abs=1e-5), (i, band, stat)
+        red, nir = chips[i, 0][valid[i]].astype(float), chips[i, 3][valid[i]].astype(float)
+        ndvi = (nir - red) / np.maximum(nir + red, 1)
+        assert vectors[i, names.index("ndvi_mean")] == pytest.approx(ndvi.mean(), abs=1e-5)
+        assert vectors[i, names.index("ndvi_std")] == pytest.approx(ndvi.std(), abs=1e-4)
+    # RGB imagery: the same statistics of three bands, no NDVI
+    rgb = SpectralFeaturizer().for_band_count(3)
+    assert rgb.bands == (1, 2, 3) and rgb.feature_dim == 15 and not rgb.has_ndvi
+    np.testing.assert_array_equal(rgb.featurize(chips[:, :3]), vectors[:, :15])
+
+
+def test_featurize_spectral_imports_no_torch(chips, tmp_path):
+    """``geoclf featurize --backbone spectral`` runs where torch is not even importable."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    out = tmp_path / "f"
+    code = ("import sys; from geoclf.cli import main\n"
+            "try:\n"
+            f"    main(['featurize', '--chips', {str(chips)!r}, '--out', {str(out)!r}, '--backbone', 'spectral',"
+            " '--scheduler', 'sync'])\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta, table = read_features(out)
+    assert meta["featurizer"] == "spectral" and meta["bands"] == [1, 2, 3, 4] and meta["feature_dim"] == 22
+    assert len(table) == len(tiling.read_index(chips))
+
+
+def test_a_spectral_model_trains_registers_and_scores(spectral, chips, runs_dir, tmp_path):
+    from geoclf.classifiers import train_classifier
+    from geoclf.models import load_model
+    from geoclf.registry import register_model
+    from geoclf.score import score
+
+    result = train_classifier(spectral, name="lr-spectral", runs_dir=runs_dir)
+    assert result.evaluation["accuracy"] > 0.8  # band statistics separate the synthetic classes well
+    version = register_model("lr-spectral", "landuse-spectral", runs_dir=runs_dir)
+    model = load_model(version.ref, runs_dir=runs_dir)
+    spec = json.loads((model.path / "model.json").read_text())
+    assert spec["featurizer"] == "spectral" and spec["bands"] == [1, 2, 3, 4]
+
+    # scoring rebuilds the featurizer model.json describes and computes exactly the training vectors
+    meta, table = read_features(spectral)
+    assert model.featurizer == SpectralFeaturizer.from_meta(meta)
+    rows = tiling.read_index(chips).set_index("chip_id").loc[table["chip_id"]]
+    with tiling.ChipReader(bands=model.bands, size=model.chip_size) as reader:
+        batch = np.stack([reader.read(r.source, (r.col_off, r.row_off, r.width, r.height))
+                          for r in rows.itertuples()])
+    stored = np.stack(table["features"])
+    np.testing.assert_array_equal(model.featurize(batch), stored)
+
+    written = score(version.ref, tmp_path / "map", chips=chips, scheduler="sync", runs_dir=runs_dir,
+                    progress=False, html_map=False)
+    import pandas as pd
+
+    predictions = pd.read_parquet(written["predictions"]).set_index("chip_id")
+    expected = model.predict_features(stored)
+    assert (predictions.loc[table["chip_id"], "pred"].to_numpy() == expected).all()
