@@ -49,6 +49,7 @@ from geoclf.stac import search_naip, write_scenes
 from tiling import synth
 from tiling.errors import InputError
 from tiling.index import TileParams, tile
+from tiling.io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -339,9 +340,8 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
             continue
         echo(f"[{i}/{len(recipe.stages)}] {kind}")
         stage.function()(**args)
-        tmp = stamp_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"stage": kind, "args": args, "digest": digest}, indent=2, default=str))
-        os.replace(tmp, stamp_path)
+        with atomic_path(stamp_path) as tmp:
+            tmp.write_text(json.dumps({"stage": kind, "args": args, "digest": digest}, indent=2, default=str))
         report.append((kind, "ran"))
     return report
 

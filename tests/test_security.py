@@ -375,3 +375,36 @@ def test_a_lock_whose_pid_was_reused_is_stale(tmp_path):
                                           "started": psutil.Process().create_time(), "command": "score"}))
     with pytest.raises(InputError, match=f"pid {os.getpid()}"), output_lock(out):
         pass
+
+
+# -- item 8: outputs honour the umask -------------------------------------------------------------------------
+
+
+def test_every_output_file_honours_the_umask(small_scene, artifact, tmp_path):
+    """Under umask 027 every file is 0640 and every directory 0750, as any other tool would write them (files
+    written through mkstemp were 0600, unreadable by the group a team shares outputs with): a chip index with
+    PNG chips, features, and a whole score output."""
+    from geoclf.features import featurize
+    from geoclf.score import score
+
+    previous = os.umask(0o027)
+    try:
+        index = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path / "chips", scheduler="sync",
+                            progress=False)
+        from tiling.materialize import materialize_chips
+
+        materialize_chips(index.head(4), tmp_path / "chips" / "png", "png", progress=False)
+        featurize(tmp_path / "chips", tmp_path / "feats", backbone="resnet18", weights="none", scheduler="sync",
+                  progress=False, record_run=False)
+        score(str(artifact), tmp_path / "map", chips=tmp_path / "chips", scheduler="sync", probabilities=True,
+              progress=False)
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert {"chips/chips.parquet", "feats/features.json", "feats/part-00000.parquet", "map/predictions.parquet",
+            "map/landuse.tif", "map/map.html", "map/map.png", "map/partitions/part-00000.parquet"} <= set(modes)
+    assert any(name.endswith(".png") and name.startswith("chips/png/") for name in modes)
+    assert not any(name.endswith(".lock") for name in modes)  # the runs' locks are gone
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o750 if (tmp_path / name).is_dir() else 0o640)}
+    assert not wrong, wrong
