@@ -377,6 +377,19 @@ def file_checksum(path: PathLike) -> str:
     return digest.hexdigest()
 
 
+def artifact_digest(directory: PathLike) -> str:
+    """SHA-256 of a whole artifact directory: every file's path and content (``model.json`` included).
+
+    What a scoring client checked travels with its tasks as this digest, and a worker refuses an artifact that
+    no longer has it (replaced on shared storage between the client's check and the worker's load).
+    """
+    root = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{file_checksum(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def check_file(directory: Path, entry: Mapping[str, Any], default: str, what: str) -> Path:
     """The payload file a ``model.json`` entry (``{"file": ..., "sha256": ...}``) names, checked.
 

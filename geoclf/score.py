@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from rasterio.crs import CRS
 
-from geoclf.artifact import LandUseModel, load_model_dir
+from geoclf.artifact import LandUseModel, artifact_digest, load_model_dir
 from geoclf.chips import iter_batches
 from geoclf.landuse import ScoreOutput, classes_of
 from geoclf.maps import write_maps
@@ -45,11 +45,17 @@ class ScoreTask:
             (:func:`geoclf.partitions.worker_model`).
         batch_size: chips per forward pass.
         torch_threads: threads the model may use (``None``: the Dask worker's thread count).
+        trusted: the user's trust decision (``--trust``): the worker loads the artifact with it, so a classifier
+            holding types outside geoclf's allowlist is refused on the worker too.
+        digest: :func:`geoclf.artifact.artifact_digest` of the artifact the client checked; a worker refuses
+            an artifact that no longer has it (``None``: no check, for direct use).
     """
 
     model_dir: str
     batch_size: int = 32
     torch_threads: int | None = None
+    trusted: bool = False
+    digest: str | None = None
 
     def __call__(self, part: pd.DataFrame) -> pa.Table:
         model = self.model()
@@ -67,10 +73,22 @@ class ScoreTask:
         return pa.table(columns)
 
     def model(self) -> LandUseModel:
-        """The model of this worker process, loaded on its first task and ready to predict."""
-        # trusted: the client loaded this artifact with the user's trust decision before submitting tasks
-        return worker_model(f"model:{self.model_dir}",
-                            lambda: load_model_dir(self.model_dir, trusted=True).prepare(), self.torch_threads)
+        """The model of this worker process, loaded on its first task and ready to predict.
+
+        Raises:
+            InputError: the artifact changed since the client checked it, or (without ``trusted``) its
+                classifier holds types outside geoclf's allowlist.
+        """
+        def load() -> LandUseModel:
+            # the files are what the client checked, and they load under the user's own trust decision: an
+            # artifact replaced between the two loads (shared storage, a cloud cluster) runs nothing here
+            if self.digest is not None and artifact_digest(self.model_dir) != self.digest:
+                raise InputError(f"changed since scoring started (its files no longer have the sha256 "
+                                 f"{self.digest[:12]}... the client checked); the worker refuses to load it",
+                                 self.model_dir)
+            return load_model_dir(self.model_dir, trusted=self.trusted).prepare()
+
+        return worker_model(f"model:{self.model_dir}:{self.digest}:{self.trusted}", load, self.torch_threads)
 
 
 @locks_output("out")
@@ -109,11 +127,15 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     """
     check_counts(batch_size=batch_size, chips_per_partition=chips_per_partition, n_workers=n_workers)
     model_dir = str(resolve_model_dir(model, runs_dir))
-    loaded = load_model(model_dir, trusted=trusted)  # fails here, with one line, if it does not load
+    # everything the client can check, before any output: the artifact loads under the user's trust decision,
+    # and its network builds (backbone weights as recorded, feature length as the classifier's)
+    loaded = load_model(model_dir, trusted=trusted).prepare()
+    digest = artifact_digest(model_dir)  # what the workers must find (see ScoreTask)
     output = ScoreOutput.at(out)
     index = _chips_to_score(loaded, output, naip, chips, aoi, max_nodata, chip_size_m, progress)
     table = pd.DataFrame(index.drop(columns="geometry"))
-    task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=task_threads(scheduler, n_workers))
+    task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=task_threads(scheduler, n_workers),
+                     trusted=trusted, digest=digest)
     settings = {"model": _model_stamp(model_dir)}
     run_partitions(table, output.partitions, task, settings=settings, chips_per_partition=chips_per_partition,
                    scheduler=scheduler, n_workers=n_workers, desc="scoring", progress=progress,

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
@@ -408,3 +409,188 @@ def test_every_output_file_honours_the_umask(small_scene, artifact, tmp_path):
     wrong = {name: oct(mode) for name, mode in modes.items()
              if mode != (0o750 if (tmp_path / name).is_dir() else 0o640)}
     assert not wrong, wrong
+
+
+# -- item 1: the trust decision travels with the scoring task -------------------------------------------------
+
+PAYLOAD = '''
+"""A scikit-learn step that runs code when it is rebuilt from a file (what a hostile artifact would hold)."""
+from pathlib import Path
+
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class Marker(BaseEstimator, TransformerMixin):
+    def __init__(self, marker=""):
+        self.marker = marker
+
+    def fit(self, x, y=None):
+        return self
+
+    def transform(self, x):
+        return x
+
+    def __setstate__(self, state):
+        Path(state["marker"]).write_text("the payload ran")
+        self.__dict__.update(state)
+'''
+
+
+@pytest.fixture(scope="module")
+def payload_module(tmp_path_factory):
+    """A directory holding ``hostile_payload.py``, importable here and by worker processes started later."""
+    import sys
+
+    directory = tmp_path_factory.mktemp("payload")
+    (directory / "hostile_payload.py").write_text(PAYLOAD)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(directory), *([saved] if saved else [])])
+    sys.path.insert(0, str(directory))
+    yield directory
+    sys.path.remove(str(directory))
+    if saved is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = saved
+
+
+@pytest.fixture
+def hostile(artifact, payload_module, tmp_path):
+    """A copy of the artifact whose classifier holds a type outside the allowlist that writes a marker file
+    when it is loaded (its checksum in model.json updated, as an attacker would)."""
+    import json
+    import shutil
+
+    import skops.io as sio
+    from hostile_payload import Marker
+    from sklearn.pipeline import make_pipeline
+
+    from geoclf.artifact import file_checksum
+
+    directory = tmp_path / "hostile-model"
+    shutil.copytree(artifact, directory)
+    marker = tmp_path / "payload-ran"
+    source = artifact / "classifier.skops"
+    classifier = sio.load(source, trusted=sio.get_untrusted_types(file=source))
+    sio.dump(make_pipeline(Marker(str(marker)), classifier), directory / "classifier.skops")
+    spec = json.loads((directory / "model.json").read_text())
+    spec["classifier"]["sha256"] = file_checksum(directory / "classifier.skops")
+    (directory / "model.json").write_text(json.dumps(spec))
+    return directory, marker
+
+
+@pytest.fixture(scope="module")
+def cluster(payload_module):
+    """A real LocalCluster (one worker process, able to import the payload) for the tasks below."""
+    with dask_client("local", n_workers=1) as client:
+        yield client
+
+
+def _score_parts(task, chips, out, client):
+    from geoclf.partitions import run_partitions
+
+    table = tiling.read_index(chips).head(4).drop(columns="geometry")
+    return run_partitions(table, out, task, settings={"model": task.model_dir}, scheduler=client, progress=False)
+
+
+def test_a_worker_refuses_an_untrusted_artifact_as_the_client_would(hostile, chips, cluster, tmp_path):
+    from geoclf.score import ScoreTask
+
+    directory, marker = hostile
+    with pytest.raises(InputError, match="holds types geoclf does not trust: hostile_payload.Marker"):
+        _score_parts(ScoreTask(str(directory), trusted=False), chips, tmp_path / "parts", cluster)
+    assert not marker.exists()  # nothing of the file ran on the worker
+    # the payload is real: trusting it runs it there
+    _score_parts(ScoreTask(str(directory), trusted=True), chips, tmp_path / "trusted-parts", cluster)
+    assert marker.read_text() == "the payload ran"
+
+
+def test_a_worker_refuses_an_artifact_replaced_after_the_client_checked_it(artifact, hostile, chips, cluster,
+                                                                             tmp_path):
+    import shutil
+
+    from geoclf.artifact import artifact_digest
+    from geoclf.score import ScoreTask
+
+    directory, marker = hostile
+    shared = tmp_path / "shared-model"
+    shutil.copytree(artifact, shared)
+    task = ScoreTask(str(shared), trusted=True, digest=artifact_digest(shared))  # the user trusted *this* one
+    shutil.rmtree(shared)
+    shutil.copytree(directory, shared)  # replaced on shared storage before the workers load it
+    with pytest.raises(InputError, match="changed since scoring started"):
+        _score_parts(task, chips, tmp_path / "parts", cluster)
+    assert not marker.exists()
+    assert not list((tmp_path / "parts").glob("part-*.parquet"))
+
+
+def test_score_refuses_an_untrusted_artifact_before_any_output(hostile, chips, tmp_path):
+    directory, marker = hostile
+    done = geoclf("score", "--model", str(directory), "--chips", str(chips), "--out", str(tmp_path / "map"))
+    assert done.returncode == 2 and "holds types geoclf does not trust" in error_line(done.stderr)
+    assert not marker.exists() and not (tmp_path / "map").exists()
+
+
+# -- item 6: what the client can check, it checks before any output ------------------------------------------
+
+
+def _tampered(artifact, tmp_path, change) -> Path:
+    import json
+    import shutil
+
+    directory = tmp_path / "tampered"
+    shutil.copytree(artifact, directory)
+    spec = json.loads((directory / "model.json").read_text())
+    change(spec)
+    (directory / "model.json").write_text(json.dumps(spec))
+    return directory
+
+
+def _swap_backbone(spec):
+    spec["backbone"] = "mobilenet_v2"  # 1280 features too: nothing else would notice
+    del spec["weights_ref"]
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    (_swap_backbone, "records no checksum of its backbone weights"),
+    (lambda spec: spec["weights_ref"].update(weights="none"), "now resolve to no file"),
+    (lambda spec: spec.update(feature_dim=512), "says feature_dim 512, but its classifier takes 1280"),
+    (lambda spec: (spec.update(backbone="resnet18"), spec["weights_ref"].update(weights="none")),
+     "gives 512 features where 1280 were recorded"),
+], ids=["backbone-swapped-weights_ref-removed", "random-weights", "feature-dim", "backbone-other-dim"])
+def test_a_tampered_model_description_fails_before_tiling(change, needle, artifact, small_scene, tmp_path):
+    model = _tampered(artifact, tmp_path, change)
+    out = tmp_path / "map"
+    done = geoclf("score", "--model", str(model), "--naip", str(small_scene.naip), "--out", str(out),
+                  "--scheduler", "sync")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert needle in error_line(done.stderr)
+    assert not out.exists()  # not even the chip grid of the area
+
+
+@pytest.fixture(scope="module")
+def trained(chips, tmp_path_factory):
+    """A logistic regression trained on EfficientNet-Lite0 features of the chips, in a run history of its own."""
+    from geoclf.classifiers import train_classifier
+    from geoclf.features import featurize
+
+    root = tmp_path_factory.mktemp("trained")
+    featurize(chips, root / "feats", scheduler="sync", progress=False, record_run=False)
+    train_classifier(root / "feats", "logistic_regression", name="lr-security", runs_dir=root / "runs")
+    return root
+
+
+def test_a_report_refuses_features_of_another_backbone_before_writing(trained, chips, tmp_path):
+    from geoclf.features import featurize
+
+    # the validation chips featurized with another network of the same feature length
+    index = tiling.read_index(chips)
+    tiling.write_index(index[index["split"] == "val"], tmp_path / "val" / "chips.parquet")
+    featurize(tmp_path / "val", tmp_path / "mnv2", backbone="mobilenet_v2", scheduler="sync", progress=False,
+              record_run=False)
+    out = tmp_path / "report"
+    done = geoclf("report", "--run", "lr-security", "--runs-dir", str(trained / "runs"), "--features",
+                  str(tmp_path / "mnv2"), "--out", str(out), "--gallery", "0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "holds features of mobilenet_v2" in error_line(done.stderr)
+    assert not out.exists()

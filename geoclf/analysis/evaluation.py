@@ -80,6 +80,13 @@ def validation_chips(chips: PathLike) -> pd.DataFrame:
     return rows
 
 
+def _featurizer_name(featurizer: Any) -> str:
+    meta = featurizer.to_meta()
+    sha = (meta.get("weights_ref") or {}).get("sha256")
+    return (f"{meta.get('backbone', featurizer.kind)} (weights {meta.get('weights')!r}"
+            + (f", sha256 {sha[:12]}...)" if sha else ")"))
+
+
 def predict_validation(model: LandUseModel, *, features: PathLike | Sequence[PathLike] | None = None,
                        chips: PathLike | None = None, batch_size: int = 32) -> pd.DataFrame:
     """Predict a model's validation chips: from stored feature vectors when given, else from the imagery.
@@ -102,6 +109,13 @@ def predict_validation(model: LandUseModel, *, features: PathLike | Sequence[Pat
     """
     if features is not None and hasattr(model, "predict_proba_features"):
         data = load_features(features)
+        if data.featurizer != model.featurizer:
+            # same length, other network (MobileNetV2 and EfficientNet-Lite0 both give 1280 values): the
+            # report would describe predictions that mean nothing
+            raise InputError(f"holds features of {_featurizer_name(data.featurizer)}, but model {model.name!r} "
+                             f"featurizes chips with {_featurizer_name(model.featurizer)}; give the features it was "
+                             "trained on, or none (the validation chips are then predicted from the imagery)",
+                             data.directories[0])
         rows = data.rows
         mask = ((rows["split"] == "val") & rows["label"].notna()).to_numpy()
         if not mask.any():

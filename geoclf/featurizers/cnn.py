@@ -143,10 +143,16 @@ class CNNFeaturizer(Featurizer):
                                  f"{self.feature_dim} were recorded")
             recorded = self.weights_ref.get("sha256")
             found = (loaded.weights_ref or {}).get("sha256")
-            if recorded and found and recorded != found:
-                # other weights give other features: a classifier trained on these would be meaningless
-                raise InputError(f"backbone weights {self.weights!r} now resolve to another file (sha256 "
-                                 f"{found[:12]}...) than the features were computed with ({recorded[:12]}...)")
+            if recorded != found:
+                # other weights give other features: a classifier trained on these would be meaningless. A
+                # description without the checksum (weights_ref removed) cannot vouch for weights that have one.
+                if recorded is None:
+                    raise InputError(f"records no checksum of its backbone weights (weights_ref.sha256), so "
+                                     f"{self.backbone!r} with weights {self.weights!r} (sha256 {found[:12]}...) "
+                                     "cannot be told to be the network its features came from")
+                raise InputError(f"backbone weights {self.weights!r} now resolve to "
+                                 f"{'another file (sha256 ' + found[:12] + '...)' if found else 'no file'} than "
+                                 f"the features were computed with ({recorded[:12]}...)")
             self._network = self._extractor(loaded)
         return self._network
 
