@@ -47,6 +47,8 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from geoclf import metrics
+from geoclf.artifact import MODEL_JSON, read_model_json
+from geoclf.pyfunc import add_mlflow_model
 from tiling.errors import InputError
 from tiling.io import atomic_path
 
@@ -65,6 +67,11 @@ DB_NAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "mlruns"
 #: Artifact path, inside a run, of the model artifact (see :mod:`geoclf.artifact`).
 MODEL_ARTIFACT = "model"
+#: Experiment tag MLflow 3's UI reads to tell model training from GenAI work (else it guesses, and shows
+#: geoclf's runs as "evaluation runs").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+#: The experiment kind of geoclf's runs: model training.
+EXPERIMENT_KIND = "custom_model_development"
 #: Run tag holding the run kind.
 KIND_TAG = "geoclf.kind"
 #: Run kinds geoclf records.
@@ -229,18 +236,25 @@ class RunRecorder:
         """Copy a directory's content into the run's artifacts at ``artifact_path`` (default ``model``).
 
         On a local store the copy lands under a temporary name and is then renamed, so a reader never
-        sees half a model.
+        sees half a model. A geoclf model artifact (a directory with ``model.json``) is recorded as an MLflow
+        model too (:func:`geoclf.pyfunc.add_mlflow_model`: ``MLmodel``, signature, input example), which
+        ``mlflow models serve`` and ``mlflow.pyfunc.load_model`` accept.
         """
         source = Path(path)
         local = self.artifact_dir
         if local is None:
-            self._client.log_artifacts(self.run_id, os.fspath(source), artifact_path)
+            with tempfile.TemporaryDirectory(prefix="geoclf-artifact-") as tmp:
+                staging = Path(tmp) / artifact_path
+                shutil.copytree(source, staging)
+                _add_mlflow_model(staging)
+                self._client.log_artifacts(self.run_id, os.fspath(staging), artifact_path)
             return
         target = local / artifact_path
         if target.exists():
             raise InputError(f"run {self.name!r} already has an artifact at {artifact_path!r}")
         with atomic_path(target, directory=True) as staging:
             shutil.copytree(source, staging, dirs_exist_ok=True)
+            _add_mlflow_model(staging)
 
     def log_json(self, data: Any, name: str) -> None:
         """Write ``data`` as a JSON artifact file ``name`` (e.g. ``evaluation.json``)."""
@@ -475,8 +489,35 @@ def lower_is_better(metric: str) -> bool:
 
 def mlflow_client(runs_dir: str | os.PathLike[str] | None = None) -> MlflowClient:
     """The MLflow client of a run store (see :func:`run_store`), for code that talks to MLflow itself (the
-    model registry): one client per store, MLflow's telemetry off and its log chatter silenced."""
-    return _client(tracking_uri(runs_dir))
+    model registry): one client per store, MLflow's telemetry off and its log chatter silenced; a runs
+    directory that was moved or copied is first pointed at its own artifacts (:func:`relocate`)."""
+    store = run_store(runs_dir)
+    client = _client(store.tracking_uri)
+    if store.exists():
+        _relocated(store)
+    return client
+
+
+def relocate(runs_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """Point a moved or copied runs directory's history at its own artifacts; done on every open.
+
+    MLflow records absolute artifact locations (the experiment's, every run's, every registered version's
+    source), so a runs directory copied elsewhere would read -- and write new runs' artifacts into -- the
+    original. Opening a local store whose recorded artifact root is another directory's ``mlruns/geoclf``
+    rewrites those locations to this directory's (in one transaction), so the copy stands alone and the
+    original is never touched.
+
+    Returns:
+        The artifact root the history pointed at before, or ``None`` if it was in place already.
+
+    Raises:
+        InputError: the database cannot be updated (a read-only copy).
+    """
+    store = run_store(runs_dir)
+    if store.directory is None or not store.exists():
+        return None
+    _relocated.cache_clear()
+    return _relocated(store)
 
 
 def local_path(uri: str) -> Path | None:
@@ -490,6 +531,17 @@ def local_path(uri: str) -> Path | None:
 
 
 # -- internals ---------------------------------------------------------------------------------------------
+
+
+def _add_mlflow_model(directory: Path) -> None:
+    """The MLflow model files of a geoclf model artifact (nothing for other directories)."""
+    if not (directory / MODEL_JSON).is_file():
+        return
+    try:
+        read_model_json(directory)
+    except InputError:  # some other tool's model.json: the directory is recorded as it is
+        return
+    add_mlflow_model(directory)
 
 
 def _quiet_mlflow() -> None:
@@ -513,19 +565,63 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# Tables and columns of MLflow's SQL schema that hold artifact locations.
+_LOCATION_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("model_versions", "source"),
+                     ("model_versions", "storage_location"), ("logged_models", "artifact_location"))
+
+
+@lru_cache(maxsize=64)
+def _relocated(store: RunStore) -> str | None:
+    """See :func:`relocate`; once per store and process."""
+    import sqlalchemy as sa
+
+    new = store.artifact_root
+    if store.directory is None or new is None:
+        return None
+    client = _client(store.tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    old = None if experiment is None else str(experiment.artifact_location).rstrip("/")
+    suffix = f"/{ARTIFACTS_DIRNAME}/{EXPERIMENT}"
+    # only the layout geoclf itself creates is moved; an artifact root chosen elsewhere on purpose stays
+    if old is None or old == new or not old.startswith("file:") or not old.endswith(suffix):
+        return None
+    engine = sa.create_engine(store.tracking_uri)
+    try:
+        with engine.begin() as db:
+            tables = set(sa.inspect(db).get_table_names())
+            for table, column in _LOCATION_COLUMNS:
+                if table not in tables or column not in {c["name"] for c in sa.inspect(db).get_columns(table)}:
+                    continue
+                # table and column names come from _LOCATION_COLUMNS, the values are bound parameters
+                db.execute(sa.text(f"UPDATE {table} SET {column} = :new || substr({column}, :cut) "
+                                   f"WHERE {column} = :old OR substr({column}, 1, :length) = :prefix"),
+                           {"new": new, "cut": len(old) + 1, "old": old, "length": len(old) + 1, "prefix": old + "/"})
+    except sa.exc.SQLAlchemyError as exc:
+        raise InputError(f"was moved or copied from {local_path(old).parent.parent}, and its run history cannot "
+                         f"be pointed at its own artifacts ({str(exc).splitlines()[0]})", store.location) from exc
+    finally:
+        engine.dispose()
+    _log.info("runs directory %s was moved: artifact locations rewritten from %s", store.location, old)
+    return old
+
+
 def _experiment_id(store: RunStore, create: bool) -> str | None:
     from mlflow.exceptions import MlflowException
 
     client = _client(store.tracking_uri)
+    _relocated(store)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted" and create:
             client.restore_experiment(experiment.experiment_id)
+        if create and experiment.tags.get(EXPERIMENT_KIND_TAG) is None:  # recorded by an older geoclf
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     if not create:
         return None
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=store.artifact_root)
+        return client.create_experiment(EXPERIMENT, artifact_location=store.artifact_root,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:  # another process created it in between
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
