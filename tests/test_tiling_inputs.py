@@ -172,6 +172,10 @@ BAD_INDEXES = {
     "missing column": (lambda index: index.drop(columns="height"), "missing columns: height", ""),
     "window beyond the raster": (_set("col_off", 7, 590), "row 7", "reaches beyond its 600 x 600 px raster"),
     "missing raster": (_set("source", 8, "/nowhere/naip.tif"), "row 8", "no such file"),
+    # a footprint shrunk to nothing (buffer(-1e6)) once reached the map title's area as a NaN CRS: a traceback
+    "empty footprint": (lambda index: index.set_geometry(index.geometry.where(index.index != 9,
+                                                                               index.geometry.iloc[9].buffer(-1e6))),
+                        "row 9", "footprint geometry is empty"),
 }
 
 

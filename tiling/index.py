@@ -394,7 +394,8 @@ def validate_index(index: pd.DataFrame, path: PathLike | None = None, *, check_r
 
     Checked: the columns every index needs (``chip_id``, ``source`` and the window); integer window offsets and
     sizes and cell indices, text ids and keys, dates, fractions in [0, 1] and splits ``train``/``val`` where
-    those columns exist; and per row, a unique non-empty ``chip_id``, a source, offsets >= 0 and sizes > 0.
+    those columns exist; and per row, a unique non-empty ``chip_id``, a source, offsets >= 0, sizes > 0 and a
+    footprint geometry that is not empty.
     With ``check_rasters``, each source raster's header is read and every window must lie inside the raster.
 
     Args:
@@ -446,6 +447,10 @@ def validate_index(index: pd.DataFrame, path: PathLike | None = None, *, check_r
         problem(~(dates.isna() | dates.map(lambda v: isinstance(v, dt.date))), "date is not a date")
     if "split" in index.columns:
         problem(~index["split"].isin(_SPLITS) & index["split"].notna(), "split is neither train nor val")
+    if isinstance(index, gpd.GeoDataFrame) and index.geometry.name in index.columns:
+        # the footprint is what maps, areas and zones are computed from: an empty one has no place on the map
+        footprints = index.geometry
+        problem(footprints.isna().to_numpy() | footprints.is_empty.to_numpy(), "footprint geometry is empty")
     _refuse_first_row(index, problems, path)
     if check_rasters:
         _check_windows(index, path)
