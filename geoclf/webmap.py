@@ -303,6 +303,28 @@ _CHECKER = ("background-color:#fff;background-image:linear-gradient(45deg,#bbb 2
             "background-size:8px 8px;background-position:0 0,4px 4px")
 
 
+def legend_section(classes: Legend, title: str, note: str | None = None, nodata: str | None = None,
+                   names: Sequence[str] | None = None) -> str:
+    """One titled list of a legend (see :func:`legend_html`); all text escaped."""
+    shown = list(classes.names if names is None else names)
+    items = "".join(
+        f'<div class="geoclf-legend-entry"><span style="{_SWATCH}background:{hex_color(classes.color(name))}">'
+        f"</span>{html.escape(name)}</div>" for name in shown)
+    if nodata is not None:
+        items += (f'<div class="geoclf-legend-entry geoclf-legend-nodata"><span style="{_SWATCH}{_CHECKER}"></span>'
+                  f"{html.escape(nodata)}</div>")
+    extra = f'<div style="margin-top:4px;color:#555;max-width:260px">{html.escape(note)}</div>' if note else ""
+    return f'<div class="geoclf-legend-section"><b>{html.escape(title)}</b>{items}{extra}</div>'
+
+
+def legend_box(sections: Sequence[str]) -> str:
+    """The fixed-position legend box (bottom right) holding :func:`legend_section` parts."""
+    return ('<div class="geoclf-legend" style="position:absolute;right:10px;bottom:28px;z-index:1000;'
+            "background:rgba(255,255,255,0.92);padding:6px 8px;border-radius:4px;font:12px/1.5 sans-serif;"
+            'max-height:60%;overflow:auto;box-shadow:0 1px 4px rgba(0,0,0,0.3)">'
+            + '<div style="height:6px"></div>'.join(sections) + "</div>")
+
+
 def legend_html(classes: Legend, title: str, note: str | None, nodata: str | None = None,
                 names: Sequence[str] | None = None) -> str:
     """A fixed-position HTML legend of ``classes`` for a folium map; names, title and notes are escaped.
@@ -315,18 +337,7 @@ def legend_html(classes: Legend, title: str, note: str | None, nodata: str | Non
             checkerboard swatch; None for no such entry.
         names: the entries listed, in order (default: every name of ``classes``).
     """
-    shown = list(classes.names if names is None else names)
-    items = "".join(
-        f'<div class="geoclf-legend-entry"><span style="{_SWATCH}background:{hex_color(classes.color(name))}">'
-        f"</span>{html.escape(name)}</div>" for name in shown)
-    if nodata is not None:
-        items += (f'<div class="geoclf-legend-entry geoclf-legend-nodata"><span style="{_SWATCH}{_CHECKER}"></span>'
-                  f"{html.escape(nodata)}</div>")
-    extra = f'<div style="margin-top:4px;color:#555;max-width:240px">{html.escape(note)}</div>' if note else ""
-    return (f'<div class="geoclf-legend" style="position:absolute;right:10px;bottom:28px;z-index:1000;'
-            f"background:rgba(255,255,255,0.92);padding:6px 8px;border-radius:4px;font:12px/1.5 sans-serif;"
-            f"max-height:60%;overflow:auto;"
-            f'box-shadow:0 1px 4px rgba(0,0,0,0.3)"><b>{html.escape(title)}</b>{items}{extra}</div>')
+    return legend_box([legend_section(classes, title, note, nodata, names)])
 
 
 def title_html(title: str, lines: Sequence[str] = ()) -> str:
@@ -375,6 +386,7 @@ class WebMap:
         self.map = offline_map(bounds, basemap)
         self._layer_control = False
         self._panes: set[str] = set()
+        self._legend: list[str] = []
         # imagery is smoothed when scaled; folium's pixelated style is for every image layer
         self.map.get_root().header.add_child(folium.Element(
             "<style>.leaflet-image-layer.geoclf-imagery{image-rendering:auto!important}</style>"),
@@ -470,9 +482,40 @@ class WebMap:
 
     def add_legend(self, classes: Legend, title: str, note: str | None = None, nodata: str | None = None,
                    names: Sequence[str] | None = None) -> None:
-        """Add the fixed-position legend (:func:`legend_html`) to the page."""
-        self.map.get_root().html.add_child(folium.Element(legend_html(classes, title, note, nodata, names)),
-                                           name="legend")
+        """Add a section to the page's legend (one fixed-position box, :func:`legend_html`); sections show in
+        the order they are added."""
+        self._legend.append(legend_section(classes, title, note, nodata, names))
+        self.map.get_root().html.add_child(folium.Element(legend_box(self._legend)), name="legend")
+
+    def add_side_panel(self, content: str, width: str = "30%") -> None:
+        """Put ``content`` (HTML the caller has escaped) in a panel beside the map, on its right, so that charts
+        and tables do not cover the map: the map takes the rest of the page's width."""
+        self.map.width = (f"calc(100% - {width})", "")  # folium writes width[0] + width[1] into the map's CSS
+        self.map.get_root().html.add_child(folium.Element(
+            f'<div class="geoclf-side-panel" style="position:absolute;top:0;right:0;width:{width};height:100%;'
+            "box-sizing:border-box;overflow:auto;padding:8px 10px;background:#fff;border-left:1px solid #ccc;"
+            f'font:12px/1.4 sans-serif;color:#222">{content}</div>'), name="side_panel")
+
+    def add_zoom_target(self) -> None:
+        """Let other pages zoom this map to a box: a ``{"geoclfZoom": [[south, west], [north, east]]}`` message
+        (from the page that embeds it in an iframe), or ``#zoom=south,west,north,east`` in the page's address.
+        The box is outlined on the map."""
+        self.add_script("geoclf_zoom", """
+  var mark = null;
+  function zoomTo(box) {
+    var bounds = L.latLngBounds(box);
+    map.fitBounds(bounds, {maxZoom: 17, animate: false});
+    if (mark !== null) { map.removeLayer(mark); }
+    mark = L.rectangle(bounds, {color: '#00e5ff', weight: 3, fill: false, interactive: false}).addTo(map);
+    document.body.setAttribute('data-geoclf-zoom', JSON.stringify(box));
+  }
+  window.addEventListener('message', function (event) {
+    var box = event.data && event.data.geoclfZoom;
+    if (Array.isArray(box) && box.length === 2) { zoomTo(box); }
+  });
+  var hash = /#zoom=(-?[0-9.]+),(-?[0-9.]+),(-?[0-9.]+),(-?[0-9.]+)/.exec(window.location.hash);
+  // after the page has been fitted to its bounds (the last script of the page)
+  if (hash) { setTimeout(function () { zoomTo([[+hash[1], +hash[2]], [+hash[3], +hash[4]]]); }, 0); }""")
 
     def add_title(self, title: str, lines: Sequence[str] = ()) -> None:
         """Title the page: a box at the top of the map (:func:`title_html`) and the document's ``<title>``."""
@@ -583,12 +626,23 @@ class WebMap:
     def add_layer_control(self) -> None:
         """Add the (expanded) layer list now; :meth:`save` adds it last otherwise. Only one is added."""
         if not self._layer_control:
-            folium.LayerControl(collapsed=False).add_to(self.map)
+            control = folium.LayerControl(collapsed=False)
+            control.add_to(self.map)
             self._layer_control = True
+            # open on a screen-sized map; folded into its button on a small one (a page embedded in a report)
+            self.add_script("geoclf_fold_layers",
+                            f"  if (map.getSize().y < 640) {{ {control.get_name()}.collapse(); }}")
 
     def save(self, path: PathLike) -> Path:
         """Add the layer list (unless added), fit the page to :attr:`bounds` and write it atomically."""
         self.add_layer_control()
+        # the title and legend are placed on the map, not on the page (which may hold a side panel too)
+        self.add_script("geoclf_overlays", """
+  document.querySelectorAll('.geoclf-title, .geoclf-legend').forEach(function (box) {
+    map.getContainer().appendChild(box);
+    L.DomEvent.disableClickPropagation(box);
+    L.DomEvent.disableScrollPropagation(box);
+  });""")
         self.map.fit_bounds(self.bounds)
         return save_map(self.map, path)
 
@@ -603,7 +657,9 @@ __all__ = [
     "hex_color",
     "imagery_image",
     "leaflet_assets",
+    "legend_box",
     "legend_html",
+    "legend_section",
     "offline_map",
     "overlay_image",
     "save_map",
