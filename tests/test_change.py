@@ -8,10 +8,14 @@ last. Variants put the after date on a grid shifted by 3 m and on a grid in anot
 
 from __future__ import annotations
 
+import colorsys
+import re
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CHROMIUM, chromium
 from rasterio.crs import CRS
 from shapely import box
 from shapely.affinity import translate
@@ -481,9 +485,18 @@ def test_change_raster_codes_transitions(dates, tmp_path):
         # North-up: the top row is the northernmost cell row; the 2x2 block sits at rows NY-8..NY-7.
         assert names[NY - 1 - 6, 8] == "Cultivated→Developed"
         colormap = dataset.colormap(1)
-        code = legend.names.index("Forest→Developed") + 1
-        assert colormap[code][:3] == scheme.color("Developed")
         assert "Stable Forest" in dataset.tags()["CLASS_NAMES"]
+    # a change is drawn in a shade of the class it became, one shade per class it was: every "→ Developed" is
+    # red, and no two transitions share a colour
+    changes = [n for n in legend.names if "→" in n]
+    colors = {n: colormap[legend.names.index(n) + 1][:3] for n in changes}
+    assert len(set(colors.values())) == len(changes) == 30
+    for name, rgb in colors.items():
+        hue = colorsys.rgb_to_hsv(*(np.array(rgb) / 255))[0]
+        target = colorsys.rgb_to_hsv(*(np.array(scheme.color(name.split("→")[1])) / 255))[0]
+        assert min(abs(hue - target), 1 - abs(hue - target)) < 0.02 or max(rgb) - min(rgb) < 40, name
+    stable = [colormap[legend.names.index("Stable " + n) + 1][:3] for n in scheme.names]
+    assert not set(stable) & set(colors.values())
 
 
 def test_image_pairs_show_the_same_ground(dates, tmp_path):
@@ -542,6 +555,9 @@ def test_change_command_end_to_end(dates, tmp_path):
         assert dataset.colormap(1) and dataset.read(1).shape == (NY, NX)
     report = (out / "report.html").read_text()
     assert "2010 → 2016" in report and "data:image/png;base64," in report and "<iframe" in report
+    # tables people read: dates and units for headers, totals on the transition matrix, places of the changes
+    assert "before_km2" not in report and "km² 2010" in report and "Total 2016" in report and "Total 2010" in report
+    assert report.count('class="geoclf-zoom"') == 16 and str(tmp_path) not in report
     assert json.loads((out / "change.json").read_text())["paired"] == NX * NY
 
     # The sample, labelled by an interpreter who finds the noise flips are no change, feeds --reference.
@@ -550,6 +566,8 @@ def test_change_command_end_to_end(dates, tmp_path):
     sample.to_parquet(tmp_path / "ref.parquet")
     main(["change", "--before", str(tmp_path / "m2010"), "--after", str(tmp_path / "m2016"), "--out", str(out),
           "--reference", str(tmp_path / "ref.parquet"), "--no-html"])
+    text = re.sub(r"data:[a-z/]+;base64,[A-Za-z0-9+/=]+", "", (out / "report.html").read_text())
+    assert not re.search(r"\bnan\b", text, re.I), "a figure of the report reads nan"
     estimates = pd.read_csv(out / "area_estimates.csv", index_col=["map", "class"])
     assert estimates.loc[("change", "Forest→Herbaceous"), "area"] == pytest.approx(0)
     assert estimates.loc[("change", "Forest→Developed"), "area"] == pytest.approx(9 * changes["area_km2"].iloc[0],
@@ -587,3 +605,153 @@ def test_change_command_reads_zones_before_comparing(dates, tmp_path, capsys):
               str(tmp_path / "out"), "--zones", str(tmp_path / "towns.geojson")])
     assert exit_code.value.code == 2 and "towns.geojson: cannot be read as a vector file" in capsys.readouterr().err
     assert not (tmp_path / "out" / "transitions.csv").exists()
+
+
+def test_chart_dates_wear_no_class_colour(dates, tmp_path):
+    from PIL import Image
+
+    from geoclf.change import area_bar_chart, date_colors
+    from tiling.classes import NLCD_COLORS, ClassScheme
+
+    def rgb(text):
+        return np.array([int(text[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+    for scheme in (ClassScheme.default(),
+                   ClassScheme({"Water": (11,), "Wetland": (90, 95), "Other": (21, 22, 23, 24)},
+                               {"Water": NLCD_COLORS[11], "Wetland": (200, 200, 230), "Other": (40, 40, 40)})):
+        classes = np.array([scheme.color(n) for n in scheme.names], dtype=float)
+        for color in date_colors(scheme):
+            assert np.sqrt(((classes - rgb(color)) ** 2).sum(axis=1)).min() > 60, (scheme.names, color)
+    before, after = dates
+    areas = class_areas(align_dates(before, after), CLASSES)
+    path = area_bar_chart(areas, tmp_path / "areas.png", ("2010", "2016"), ClassScheme.default())
+    pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    for color in date_colors(ClassScheme.default()):
+        assert (pixels == rgb(color)).all(axis=1).sum() > 1000  # the bars are drawn in the date colours
+    developed = np.array(ClassScheme.default().color("Developed"))
+    assert not (pixels == developed).all(axis=1).any()
+
+
+# the two dates' imagery: one colour each (red, NIR of every band), so a screenshot tells them apart
+BEFORE_RGB, AFTER_RGB = (200, 60, 40), (40, 90, 200)
+
+_SWIPE_PROBE = """
+<script>
+setTimeout(function () {
+  // the reader fades out the land use and the change layer: only the imagery shows, each date on its side
+  document.querySelectorAll('.geoclf-opacity input').forEach(function (slider) {
+    slider.value = 0; slider.dispatchEvent(new Event('input'));
+  });
+  var map = window[Object.keys(window).find(function (k) { return window[k] instanceof L.Map; })];
+  map.getContainer().style.width = '900px'; map.getContainer().style.height = '700px';
+  map.invalidateSize(false);
+  map.fitBounds(window.geoclfArea, {animate: false});
+  // the divider on the area's middle meridian; a point a quarter of the area in from each side
+  var size = map.getSize(), middle = map.latLngToContainerPoint(window.geoclfMiddle);
+  window.geoclfSwipe(middle.x / size.x);
+  var points = window.geoclfPoints.map(function (p) {
+    var at = map.latLngToContainerPoint(p); return [Math.round(at.x), Math.round(at.y)];
+  });
+  document.body.setAttribute('data-points', JSON.stringify(points));
+}, 500);
+</script>
+"""
+
+_CLICK_ZOOM = """
+<script>
+setTimeout(function () {
+  document.querySelector('a.geoclf-zoom').click();
+  setTimeout(function () {
+    var inner = document.getElementById('geoclf-map').contentDocument.body;
+    document.body.setAttribute('data-zoomed', inner.getAttribute('data-geoclf-zoom') || '');
+  }, 300);
+}, 800);
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_change_page_swipes_between_the_dates_offline(dates, tmp_path):
+    """change.html and report.html in headless Chromium: both dates' imagery under a swipe (left of the divider
+    the earlier date, right of it the later), one legend entry per from -> to transition, a titled map; the
+    report's ranked changes name their places and zoom the embedded map, and show the before/after pairs."""
+    import json
+
+    import rasterio
+    from affine import Affine
+    from PIL import Image
+
+    from geoclf.change import run_change
+    from tiling.classes import ClassScheme
+
+    before, after = dates
+    for name, rgb in (("b.tif", BEFORE_RGB), ("a.tif", AFTER_RGB)):
+        data = np.empty((4, NY * 16, NX * 16), dtype=np.uint8)
+        data[:3] = np.array(rgb, dtype=np.uint8)[:, None, None]
+        data[3] = 120
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=NX * 16, height=NY * 16, count=4,
+                           dtype="uint8", crs="EPSG:26919",
+                           transform=Affine(16, 0, X0 * SIZE, 0, -16, (Y0 + NY) * SIZE)) as dataset:
+            dataset.write(data)
+    before = before.assign(source=str(tmp_path / "b.tif"))
+    after = after.assign(source=str(tmp_path / "a.tif"))
+    write_score_dir(tmp_path / "m2010", before, 2010)
+    write_score_dir(tmp_path / "m2016", after, 2016)
+    written = run_change(tmp_path / "m2010", tmp_path / "m2016", tmp_path / "change", pairs=3)
+    page = written["html"]
+    text = page.read_text()
+    assert "data:image/webp;base64," in text and "cdn." not in text  # imagery and scripts are in the page
+
+    dom = chromium(tmp_path, page, "--dump-dom").stdout
+    title = re.search(r'class="geoclf-title".*?</div></div>', dom, re.S).group(0)
+    assert "Land-use change 2010 → 2016" in title and "model test-model" in title
+    assert re.search(r"<title>Land-use change 2010 → 2016</title>", dom)
+    assert "2016 ▶" in html_unescape(dom) and "◀ 2010" in html_unescape(dom)  # the swipe's sides
+    assert len(re.findall(r'class="leaflet-image-layer[^"]* geoclf-imagery', dom)) == 2  # each date's imagery
+    for label in ("Imagery 2010", "Imagery 2016 (colour infrared)", "Land use 2010"):
+        assert label in dom, label
+    legend = html_unescape(re.search(r'class="geoclf-legend".*?</div></div></div>', dom, re.S).group(0))
+    km2 = 9 * chip_area_km2(after.iloc[:1]).iloc[0]
+    assert f"Forest → Developed ({km2:,.2f} km²)" in legend and "Cultivated → Developed (" in legend
+    assert "Forest → Herbaceous (" in legend and "no change, or not compared" in legend
+    assert all(name in legend for name in ClassScheme.default().names)
+
+    # the screenshot: the earlier date's imagery left of the divider, the later one's right of it
+    area = before.to_crs(4326).total_bounds
+    middle = [(area[1] + area[3]) / 2, (area[0] + area[2]) / 2]
+    unchanged = after[after["chip_id"].str.endswith((f":{X0 + 1}_{Y0 + 4}", f":{X0 + 10}_{Y0 + 4}"))]
+    centres = unchanged.geometry.centroid.to_crs(4326)
+    points = [[p.y, p.x] for p in centres]  # west chip first (the table's order is by ix)
+    setup = (f"<script>window.geoclfArea = {json.dumps([[area[1], area[0]], [area[3], area[2]]])};"
+             f"window.geoclfMiddle = {json.dumps(middle)}; window.geoclfPoints = {json.dumps(points)};</script>")
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", setup + _SWIPE_PROBE + "</body>"))
+    dom = chromium(tmp_path, probe, "--dump-dom", "--window-size=900,700").stdout
+    at = json.loads(html_unescape(re.search(r'data-points="([^"]*)"', dom).group(1)))
+    shot = tmp_path / "swipe.png"
+    chromium(tmp_path, probe, f"--screenshot={shot}", "--window-size=900,700")
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    for (x, y), rgb in zip(at, (BEFORE_RGB, AFTER_RGB), strict=True):
+        seen = pixels[y - 2:y + 3, x - 2:x + 3].reshape(-1, 3).mean(axis=0)
+        assert np.abs(seen - rgb).max() < 12, (x, y, seen, rgb)
+
+    # the report: ranked changes with their places, links that zoom the embedded map, the image pairs
+    report = written["report"]
+    dom = chromium(tmp_path, report, "--dump-dom").stdout
+    assert len(re.findall(r'<figure class="geoclf-pair"', dom)) == 3
+    assert str(tmp_path) not in dom and "Chip centre (lat, lon)" in dom
+    first = rank_changes(align_dates(before, after)).iloc[0]
+    centre = gpd.GeoSeries([first.geometry], crs=after.crs).centroid.to_crs(4326).iloc[0]
+    assert f"{centre.y:.5f}, {centre.x:.5f}" in dom
+    probe = tmp_path / "report-probe.html"
+    probe.write_text(report.read_text().replace("</body>", _CLICK_ZOOM + "</body>"))
+    dom = chromium(tmp_path, probe, "--dump-dom").stdout
+    box = json.loads(html_unescape(re.search(r'data-zoomed="([^"]+)"', dom).group(1)))
+    west, south, east, north = gpd.GeoSeries([first.geometry], crs=after.crs).to_crs(4326).total_bounds
+    assert np.allclose(box, [[south, west], [north, east]], atol=1e-5)
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)

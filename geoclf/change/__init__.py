@@ -8,8 +8,9 @@ The stages, each in its module:
 - :mod:`geoclf.change.summaries` -- over the pairs: the transition matrix, areas per class and date, gross
   gains and losses, urbanization, zonal summaries and error-adjusted estimates from a reference sample;
 - :mod:`geoclf.change.maps` -- the chip grid: plurality smoothing of one date, the transition COG;
-- :mod:`geoclf.change.report` -- the area chart, the change map (PNG and ``change.html``), image pairs and
-  ``report.html``;
+- :mod:`geoclf.change.page` -- the interactive map ``change.html``: both dates' imagery and land use under a
+  swipe, the change layer with a colour per from -> to transition, the ranked chips;
+- :mod:`geoclf.change.report` -- the area chart, the static change map, image pairs and ``report.html``;
 - :mod:`geoclf.change.run` -- :func:`run_change`: all of the above written to a directory.
 
 Areas are ground areas in km² (see :func:`geoclf.area.chip_area_km2`). Counted areas are *mapped* areas and
@@ -21,13 +22,16 @@ areas with confidence intervals, label a stratified sample of chips (:func:`geoc
 from __future__ import annotations
 
 from geoclf.change.maps import (
+    NO_CHANGE,
     TransitionLegend,
+    change_display,
     change_grids,
     display_legend,
     smooth_predictions,
     transition_legend,
     write_change_cog,
 )
+from geoclf.change.page import change_html, transition_label
 from geoclf.change.pairs import (
     ARROW,
     MIN_OVERLAP,
@@ -39,7 +43,7 @@ from geoclf.change.pairs import (
     label_changes,
     rank_changes,
 )
-from geoclf.change.report import area_bar_chart, change_html, change_png, write_image_pairs, write_report
+from geoclf.change.report import area_bar_chart, change_png, date_colors, write_image_pairs, write_report
 from geoclf.change.run import load_scheme, run_change
 from geoclf.change.summaries import (
     class_areas,
@@ -55,10 +59,45 @@ from geoclf.landuse import PROB_PREFIX, prediction_classes, read_predictions
 from geoclf.zones import DEVELOPED, read_reference, read_zones, zone_names
 
 __all__ = [
-    "ARROW", "DEVELOPED", "MIN_OVERLAP", "PROB_PREFIX", "STABLE", "TransitionLegend", "align_dates", "aligned_classes",
-    "area_bar_chart", "change_grids", "change_html", "change_labels", "change_png", "class_areas", "date_label",
-    "display_legend", "gains_losses", "label_changes", "load_scheme", "match_reference", "prediction_classes",
-    "rank_changes", "read_predictions", "read_reference", "read_zones", "reference_estimates", "run_change",
-    "smooth_predictions", "transition_legend", "transition_matrix", "transitions_long", "urbanization",
-    "write_change_cog", "write_image_pairs", "write_report", "zonal_summary", "zone_names",
+    "ARROW",
+    "DEVELOPED",
+    "MIN_OVERLAP",
+    "NO_CHANGE",
+    "PROB_PREFIX",
+    "STABLE",
+    "TransitionLegend",
+    "align_dates",
+    "aligned_classes",
+    "area_bar_chart",
+    "change_display",
+    "change_grids",
+    "change_html",
+    "change_labels",
+    "change_png",
+    "class_areas",
+    "date_colors",
+    "date_label",
+    "display_legend",
+    "gains_losses",
+    "label_changes",
+    "load_scheme",
+    "match_reference",
+    "prediction_classes",
+    "rank_changes",
+    "read_predictions",
+    "read_reference",
+    "read_zones",
+    "reference_estimates",
+    "run_change",
+    "smooth_predictions",
+    "transition_label",
+    "transition_legend",
+    "transition_matrix",
+    "transitions_long",
+    "urbanization",
+    "write_change_cog",
+    "write_image_pairs",
+    "write_report",
+    "zonal_summary",
+    "zone_names",
 ]

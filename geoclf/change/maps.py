@@ -104,17 +104,32 @@ def _tint(rgb: tuple[int, int, int], amount: float = 0.65) -> tuple[int, int, in
     return tuple(round(v + (255 - v) * amount) for v in rgb)  # type: ignore[return-value]
 
 
+def _shade(rgb: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
+    """The colour mixed with black (``amount`` < 0) or white (> 0) by ``|amount|``."""
+    target = 255 if amount > 0 else 0
+    return tuple(round(v + (target - v) * abs(amount)) for v in rgb)  # type: ignore[return-value]
+
+
 def transition_legend(scheme: ClassScheme) -> TransitionLegend:
     """The codes of ``change.tif``: ``from_index * C + to_index + 1`` (0-based class indices, C classes).
 
-    Stable transitions (``"Stable Forest"``) are drawn in a pale tint of the class colour, changes in the
-    colour of the class they became.
+    Stable transitions (``"Stable Forest"``) are drawn in a pale tint of the class colour. A change is drawn in
+    a shade of the colour of the class it became, darker or lighter by the class it was: every "→ Developed" is
+    red, and "Forest→Developed" and "Cultivated→Developed" are two reds, told apart on the map and in its
+    legend.
     """
     names, colors = [], []
+    # shades from 55% black to 45% white: the lightest stays clear of the stable tints (65% white)
+    shades = np.linspace(-0.55, 0.45, max(len(scheme.names) - 1, 1)) if len(scheme.names) > 2 else [-0.3]
     for a in scheme.names:
         for b in scheme.names:
-            names.append(STABLE + a if a == b else a + ARROW + b)
-            colors.append(_tint(scheme.color(a)) if a == b else scheme.color(b))
+            if a == b:
+                names.append(STABLE + a)
+                colors.append(_tint(scheme.color(a)))
+                continue
+            k = [name for name in scheme.names if name != b].index(a)
+            names.append(a + ARROW + b)
+            colors.append(_shade(scheme.color(b), float(shades[k])))
     return TransitionLegend(names, colors)
 
 
@@ -122,6 +137,35 @@ def display_legend(scheme: ClassScheme) -> TransitionLegend:
     """A short legend for maps: no change, or the class the land became."""
     names = ["No change"] + [f"Became {name}" for name in scheme.names]
     return TransitionLegend(names, [(225, 225, 225)] + [scheme.color(name) for name in scheme.names])
+
+
+#: The name of code 1 of :func:`change_display`: chips whose class stayed.
+NO_CHANGE = "No change"
+
+
+def change_display(aligned: pd.DataFrame, scheme: ClassScheme) -> tuple[LandUseGrid, TransitionLegend, pd.Series]:
+    """The change map as people read it: "No change" and each from -> to transition present, largest first.
+
+    Returns:
+        The grid (code 1 no change, ``1 + k`` the ``k``-th transition of the legend, 0 not compared), its legend
+        (transition colours of :func:`transition_legend`, "No change" light grey) and the km² of each changed
+        transition, in legend order.
+    """
+    grids = change_grids(aligned, scheme)
+    full = transition_legend(scheme)
+    transition = grids["transition"].codes.astype(np.int64)
+    changed = aligned[aligned["class_before"].astype(str) != aligned["class_after"].astype(str)]
+    km2 = changed.groupby([changed["class_before"].astype(str), changed["class_after"].astype(str)])[
+        "area_km2"].sum()
+    km2.index = [a + ARROW + b for a, b in km2.index]
+    km2 = km2.sort_values(ascending=False, kind="stable")
+    present = [name for name in km2.index if name in full.names]
+    codes = np.zeros(transition.shape, dtype=np.uint8)
+    codes[grids["display"].codes == 1] = 1
+    for k, name in enumerate(present):
+        codes[transition == full.names.index(name) + 1] = k + 2
+    legend = TransitionLegend([NO_CHANGE, *present], [(225, 225, 225), *(full.color(n) for n in present)])
+    return grids["after"]._replace(codes=codes), legend, km2.loc[present]
 
 
 def change_grids(aligned: pd.DataFrame, scheme: ClassScheme) -> dict[str, LandUseGrid]:

@@ -11,8 +11,9 @@ import pandas as pd
 
 from geoclf.area import AreaEstimate, stratified_sample
 from geoclf.change.maps import smooth_predictions, write_change_cog
+from geoclf.change.page import change_html
 from geoclf.change.pairs import MIN_OVERLAP, align_dates, change_labels, date_label, rank_changes
-from geoclf.change.report import area_bar_chart, change_html, change_png, write_image_pairs, write_report
+from geoclf.change.report import area_bar_chart, change_png, write_image_pairs, write_report
 from geoclf.change.summaries import (
     class_areas,
     gains_losses,
@@ -112,8 +113,9 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
     ranked = rank_changes(aligned, names)
     written["changes"] = _write_table(ranked, out / "changes.parquet", index=False)
     written["change_tif"] = write_change_cog(out / "change.tif", aligned, scheme)
-    written["bar_chart"] = area_bar_chart(areas, out / "area_by_class.png", labels)
+    written["bar_chart"] = area_bar_chart(areas, out / "area_by_class.png", labels, scheme)
     written["change_png"] = change_png(aligned, scheme, out / "change_map.png")
+    pair_files: list[Path] = []
     if pairs:
         pair_files = write_image_pairs(ranked, out / "pairs", top=pairs)
         if pair_files:
@@ -150,7 +152,8 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
     written["report"] = write_report(out / "report.html", info=info, per_class=per_class,
                                      matrix=transition_matrix(aligned, names), urban=urban, ranked=ranked,
                                      zones=zone_table, estimates=estimates, bar_chart=written["bar_chart"],
-                                     change_png=written["change_png"], html_map=written.get("html"))
+                                     change_png=written["change_png"], html_map=written.get("html"),
+                                     pairs=pair_files)
     return written
 
 
