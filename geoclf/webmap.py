@@ -341,11 +341,12 @@ def legend_html(classes: Legend, title: str, note: str | None, nodata: str | Non
 
 
 def title_html(title: str, lines: Sequence[str] = ()) -> str:
-    """A fixed-position title box (top centre) with lines of detail under it; all text escaped."""
+    """A fixed-position title box (top left, beside the zoom buttons and clear of the layer list at the top
+    right) with lines of detail under it; all text escaped."""
     details = "".join(f'<div class="geoclf-title-line">{html.escape(line)}</div>' for line in lines if line)
-    return ('<div class="geoclf-title" style="position:absolute;top:10px;left:50%;transform:translateX(-50%);'
+    return ('<div class="geoclf-title" style="position:absolute;top:10px;left:54px;'
             "z-index:1000;background:rgba(255,255,255,0.92);padding:4px 12px;border-radius:4px;"
-            "font:12px/1.4 sans-serif;color:#333;text-align:center;max-width:55%;"
+            "font:12px/1.4 sans-serif;color:#333;max-width:calc(100% - 360px);min-width:180px;"
             'box-shadow:0 1px 4px rgba(0,0,0,0.3)">'
             f'<div class="geoclf-title-text" style="font-size:15px;font-weight:bold;color:#111">{html.escape(title)}'
             f"</div>{details}</div>")
@@ -487,14 +488,34 @@ class WebMap:
         self._legend.append(legend_section(classes, title, note, nodata, names))
         self.map.get_root().html.add_child(folium.Element(legend_box(self._legend)), name="legend")
 
-    def add_side_panel(self, content: str, width: str = "30%") -> None:
+    def add_side_panel(self, content: str, width: str = "30%", wide: str = "65%") -> None:
         """Put ``content`` (HTML the caller has escaped) in a panel beside the map, on its right, so that charts
-        and tables do not cover the map: the map takes the rest of the page's width."""
+        and tables do not cover the map: the map takes the rest of the page's width.
+
+        A click on an element of class ``geoclf-widen`` in the panel (a chart) widens the panel to ``wide`` and
+        back, the map shrinking and growing beside it.
+        """
         self.map.width = (f"calc(100% - {width})", "")  # folium writes width[0] + width[1] into the map's CSS
         self.map.get_root().html.add_child(folium.Element(
             f'<div class="geoclf-side-panel" style="position:absolute;top:0;right:0;width:{width};height:100%;'
             "box-sizing:border-box;overflow:auto;padding:8px 10px;background:#fff;border-left:1px solid #ccc;"
             f'font:12px/1.4 sans-serif;color:#222">{content}</div>'), name="side_panel")
+        self.add_script("geoclf_widen_panel", f"""
+  var panel = document.querySelector('.geoclf-side-panel');
+  var widths = {json.dumps([width, wide])};
+  panel.querySelectorAll('.geoclf-widen').forEach(function (element) {{
+    element.style.cursor = 'zoom-in';
+    element.title = 'click to widen';
+    element.addEventListener('click', function () {{
+      var widened = panel.getAttribute('data-wide') !== '1';
+      var w = widths[widened ? 1 : 0];
+      panel.style.width = w;
+      map.getContainer().style.width = 'calc(100% - ' + w + ')';
+      panel.setAttribute('data-wide', widened ? '1' : '0');
+      element.style.cursor = widened ? 'zoom-out' : 'zoom-in';
+      map.invalidateSize(false);
+    }});
+  }});""")
 
     def add_zoom_target(self) -> None:
         """Let other pages zoom this map to a box: a ``{"geoclfZoom": [[south, west], [north, east]]}`` message

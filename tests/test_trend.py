@@ -8,7 +8,10 @@ at the fourth date, so the stack's grid is the union and the assessed area leave
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import html
+import io
 import json
 import re
 from pathlib import Path
@@ -619,6 +622,27 @@ setTimeout(function () {
 """
 
 
+# Where the map, the side panel, the legend and the title lie on the page.
+_LAYOUT = """
+<script>
+setTimeout(function () {
+  var map = document.querySelector('.folium-map'), panel = document.querySelector('.geoclf-side-panel');
+  function box(element) {
+    var r = element.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width};
+  }
+  var layout = {map: box(map), panel: box(panel), window: window.innerWidth,
+    title: box(document.querySelector('.geoclf-title')),
+    layers: box(document.querySelector('.leaflet-control-layers')),
+    legend_in_map: map.contains(document.querySelector('.geoclf-legend')),
+    title_in_map: map.contains(document.querySelector('.geoclf-title'))};
+  document.querySelector('.geoclf-side-panel img.geoclf-widen').click();
+  layout.wide = {map: box(map), panel: box(panel)};
+  document.body.setAttribute('data-layout', JSON.stringify(layout));
+}, 500);
+</script>
+"""
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
 def test_trend_html_renders_offline_in_headlesschromium(outputs: Path, tmp_path: Path) -> None:
     page = outputs / "trend.html"
@@ -631,6 +655,25 @@ def test_trend_html_renders_offline_in_headlesschromium(outputs: Path, tmp_path:
     assert "geoclf-slider" in dom and f'id="geoclf-date">{DATES[-1]}<' in dom
     assert 'alt="area by class over time"' in dom and "geoclf-trends" in dom
     assert "Zones (click for trends)" in dom and "Year first Developed" in dom
+    # a title with the dates and the area; the chart beside the map, saying each class has its own y axis;
+    # the table states each interval's real coverage, and no figure reads "nan"
+    title = re.search(r'class="geoclf-title".*?</div></div>', dom, re.S).group(0)
+    assert f"Land use {DATES[0]} to {DATES[-1]}" in title and "km² mapped at every date" in title
+    side = re.search(r'class="geoclf-side-panel".*?class="geoclf-interval-note".*?</p>', dom, re.S).group(0)
+    assert "geoclf-slider" in side and 'alt="area by class over time"' in side and "own y axis" in side
+    coverage = {0.67: 3, 0.92: 4, 0.98: 5}  # Sen's interval over every pairwise slope, by the number of dates
+    level = next(k for k, v in coverage.items() if v == len(DATES))
+    developed = re.search(r"<tr><td>Developed</td>.*?</tr>", side).group(0)
+    assert f"<td>{level:.0%}</td>" in developed and "<th>coverage</th>" in side
+    assert not re.search(r"\bnan\b", re.sub(r'src="data:[^"]*"', "", side), re.I)
+    legend = re.search(r'class="geoclf-legend".*?</div></div></div>', dom, re.S).group(0)
+    assert all(name in legend for name in CLASSES.names) and "not mapped at that date" in legend
+    # the land-use layer outlines each chip (palette entry OUTLINE_INDEX, over the chips' edges)
+    from geoclf.webmap import OUTLINE_INDEX
+    src = re.search(r'<img[^>]*class="[^"]*geoclf-year-[^"]*"[^>]*>', dom).group(0)
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(re.search(r'base64,([^"]+)"', src).group(1)))))
+    outline, drawn = (image == OUTLINE_INDEX).sum(), (image != 0).sum()
+    assert 0.02 < outline / drawn < 0.4, (outline, drawn)
 
     probe = tmp_path / "probe.html"
     probe.write_text(text.replace("</body>", _MOVE_SLIDER + "</body>"))
@@ -639,6 +682,17 @@ def test_trend_html_renders_offline_in_headlesschromium(outputs: Path, tmp_path:
     assert layers == [str(DATES[0])]
     assert f'id="geoclf-date">{DATES[0]}<' in dom
     assert "geoclf-year-developed" in dom
+
+    probe = tmp_path / "layout.html"
+    probe.write_text(text.replace("</body>", _LAYOUT + "</body>"))
+    dom = chromium(tmp_path, probe, "--dump-dom", "--window-size=1000,800").stdout
+    layout = json.loads(html.unescape(re.search(r'data-layout="([^"]*)"', dom).group(1)))
+    assert layout["map"]["right"] <= layout["panel"]["left"] + 1  # the chart panel lies beside the map
+    assert layout["panel"]["width"] < 0.35 * layout["window"]
+    assert layout["legend_in_map"] and layout["title_in_map"]
+    assert layout["title"]["right"] < layout["layers"]["left"]  # the title clears the layer list
+    assert layout["wide"]["panel"]["width"] > 0.6 * layout["window"]  # a click on the chart widens the panel
+    assert layout["wide"]["map"]["right"] <= layout["wide"]["panel"]["left"] + 1
 
     shot = tmp_path / "trend.png"
     chromium(tmp_path, page, f"--screenshot={shot}", "--window-size=1000,800")

@@ -11,14 +11,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import folium
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import xarray as xr
 from affine import Affine
-from branca.element import MacroElement
-from jinja2 import Template
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -63,7 +60,9 @@ def area_figure(areas: pd.DataFrame, trends: pd.DataFrame, path: PathLike, *, cl
                 adjusted: pd.DataFrame | None = None, title: str = "Area by class") -> Path:
     """Small multiples of each class's area over time with its Theil–Sen line (and adjusted estimates).
 
-    Each class has its own y axis: a few km² of new development would be invisible beside farmland.
+    Each class has its own y axis (the figure says so): a few km² of new development would be invisible beside
+    farmland. Each panel's title gives the slope and its interval with the interval's coverage (see
+    :func:`interval_text`).
 
     Args:
         areas: from :func:`geoclf.trend.class_areas`.
@@ -80,7 +79,7 @@ def area_figure(areas: pd.DataFrame, trends: pd.DataFrame, path: PathLike, *, cl
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     figure = Figure(figsize=(4.0 * columns, 2.8 * rows + 0.6), layout="constrained")
-    figure.suptitle(title)
+    figure.suptitle(f"{title}\n(each panel has its own y axis: compare slopes in km²/yr, not heights)", fontsize=11)
     for k, name in enumerate(names):
         axes = figure.add_subplot(rows, columns, k + 1)
         part = areas[areas["class"] == name].sort_values("decimal_year")
@@ -93,7 +92,7 @@ def area_figure(areas: pd.DataFrame, trends: pd.DataFrame, path: PathLike, *, cl
             t = part["decimal_year"].to_numpy()
             intercept = float(np.median(part["km2"]) - row["slope"] * np.median(t))
             axes.plot(t, intercept + row["slope"] * t, "--", color="#333", lw=1, label="Theil–Sen")
-            label = f"{name}: {row['slope']:+.3g} km²/yr ({row['trend']})"
+            label = f"{name}: {row['slope']:+.3g} km²/yr ({row['trend']})\n{interval_text(row)}"
         if adjusted is not None and not adjusted.empty:
             adj = adjusted[adjusted["class"] == name].sort_values("decimal_year")
             if len(adj):
@@ -159,14 +158,41 @@ def _data_url(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def interval_text(row: pd.Series | dict) -> str:
+    """A slope's interval as people should read it: its bounds and its real coverage (``ci_level``), e.g.
+    ``"[+0.12, +0.40] km²/yr, 92% interval"``; with too few dates for an interval, it says so (never "nan")."""
+    low, high, level = (float(row.get(key, np.nan)) for key in ("slope_low", "slope_high", "ci_level"))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"no interval from {int(row.get('n_dates', 0))} dates (3 or more needed)"
+    coverage = f"{level:.0%} interval" if np.isfinite(level) else "interval"
+    return f"[{low:+.3g}, {high:+.3g}] km²/yr, {coverage}"
+
+
+def _figure(value: float) -> str:
+    return f"{value:.3g}" if np.isfinite(value) else "–"
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3g}" if np.isfinite(value) else "–"
+
+
+def _interval_cells(row: pd.Series) -> str:
+    """The table cells of a slope's interval: its bounds and its real coverage (see :func:`interval_text`)."""
+    low, high, level = (float(row.get(key, np.nan)) for key in ("slope_low", "slope_high", "ci_level"))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"<td colspan='2'>none from {int(row.get('n_dates', 0))} dates</td>"
+    return (f"<td style='white-space:nowrap'>[{low:+.3g}, {high:+.3g}]</td>"
+            f"<td>{f'{level:.0%}' if np.isfinite(level) else '–'}</td>")
+
+
 def _trend_table_html(trends: pd.DataFrame) -> str:
     rows = "".join(
-        f"<tr><td>{html.escape(str(r['class']))}</td><td>{r['first']:.3g}</td><td>{r['last']:.3g}</td>"
-        f"<td>{r['slope']:+.3g}</td><td>[{r['slope_low']:+.3g}, {r['slope_high']:+.3g}]</td>"
+        f"<tr><td>{html.escape(str(r['class']))}</td><td>{_figure(r['first'])}</td><td>{_figure(r['last'])}</td>"
+        f"<td>{_signed(r['slope'])}</td>{_interval_cells(r)}"
         f"<td>{html.escape(str(r['trend']))}</td></tr>" for _, r in trends.iterrows())
-    return ("<table class='geoclf-trends' style='border-collapse:collapse;font:11px sans-serif'>"
-            "<tr><th>class</th><th>first km²</th><th>last km²</th><th>km²/yr</th><th>CI</th><th>trend</th></tr>"
-            f"{rows}</table>")
+    return ("<table class='geoclf-trends' style='border-collapse:collapse;font:10px sans-serif'>"
+            "<tr><th>class</th><th>first km²</th><th>last km²</th><th>km²/yr</th><th>interval</th>"
+            f"<th>coverage</th><th>trend</th></tr>{rows}</table>")
 
 
 def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: pd.DataFrame, chart: PathLike,
@@ -174,10 +200,14 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
               zone_column: str | None = None, basemap: str | None = "OpenStreetMap", opacity: float = 0.75,
               max_pixels: int = 2048) -> Path:
     """Write ``trend.html``: a land-use layer per date behind a year slider, the year-developed layer,
-    zones with their trends, and the area chart, all inline so the page works offline.
+    zones with their trends, and a side panel with the area chart and the trend table, all inline so the page
+    works offline.
 
     The page is a :class:`geoclf.webmap.WebMap`: layers are warped (nearest) to Web Mercator images as on the
-    land-use map, each made from the stack read at every ``k``-th pixel so it fits ``max_pixels``.
+    land-use map, each made from the stack read at every ``k``-th pixel so it fits ``max_pixels``; read whole
+    (``k = 1``), the land-use layers outline each chip. The chart and the table sit in a panel beside the map,
+    not over it; the table states each slope's interval with its real coverage (:func:`interval_text`), and
+    the chart that each class has its own y axis.
 
     Args:
         stack: from :func:`geoclf.trend.open_stack` (or reopened from Zarr).
@@ -201,9 +231,10 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
     years = [int(y) for y in stack.years]
     dates = [str(t.date()) for t in stack.times]
     images = []
+    whole = max(dataset[CODES].shape[1:]) <= max_pixels  # read at every pixel: one image pixel block per chip
     for t in range(len(dates)):
         grid = _decimated(dataset[CODES].isel(time=t), transform, crs, max_pixels)
-        images.append(overlay_image(grid, classes, max_pixels))
+        images.append(overlay_image(grid, classes, max_pixels, outlines=whole))
     page = WebMap(images[0][1], basemap)
     # The dates' layers stay out of the layer list: the slider shows one at a time.
     layers = [page.add_image(url, layer_bounds, opacity=opacity, control=False,
@@ -219,36 +250,41 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
     if zones is not None and zone_trends is not None and not zone_trends.empty:
         _add_zones(page, zones, zone_trends, classes.names, zone_column)
     page.add_layer_control()
-    page.add_legend(classes, "Land use")
+    mapped = float(stack.assessed.sum().compute()) * stack.pixel_area_km2
+    page.add_title(f"Land use {dates[0]} to {dates[-1]}",
+                   [f"{len(dates)} dates ({', '.join(str(y) for y in years)}); {mapped:,.2f} km² mapped at every date"])
+    outline = " Thin dark lines outline the chips." if whole else ""
+    page.add_legend(classes, "Land use", f"Shown: the date of the slider (right panel).{outline}",
+                    nodata="not mapped at that date")
+    page.add_opacity_control({"Land use": layers})
     swatches = "".join(
         f"<span style='display:inline-block;margin-right:6px'><span style='display:inline-block;width:12px;"
         f"height:12px;vertical-align:middle;border:1px solid #555;background:{hex_color(year_scheme.color(n))}'>"
         f"</span> {html.escape(n)}</span>" for n in year_scheme.names)
     smoothing = int(trajectory.attrs.get("smoothing_window", 1))
     note = f"temporal majority filter over {smoothing} dates" if smoothing > 1 else "no temporal smoothing"
+    few = (trends["n_dates"] < 3).any() if "n_dates" in trends.columns else False
     panel = (
-        "<div class='geoclf-slider' style='position:absolute;left:54px;top:10px;z-index:1000;"
-        "background:rgba(255,255,255,0.92);padding:6px 10px;border-radius:4px;font:13px sans-serif;"
-        "box-shadow:0 1px 4px rgba(0,0,0,0.3)'>"
+        "<div class='geoclf-slider'>"
         f"<b>Land use</b> <span id='geoclf-date'>{dates[-1]}</span><br>"
         f"<input id='geoclf-slider' type='range' min='0' max='{len(dates) - 1}' value='{len(dates) - 1}' "
-        f"step='1' style='width:260px'><div style='color:#555;font-size:11px'>{html.escape(dates[0])} … "
-        f"{html.escape(dates[-1])}</div><div class='geoclf-year-legend' style='margin-top:4px;font-size:11px;"
-        f"max-width:300px'><b>Year first {html.escape(developed)}</b> ({html.escape(note)}; layer list, top "
-        f"right):<br>{swatches}</div></div>"
-        "<details open class='geoclf-chart' style='position:absolute;left:10px;bottom:60px;z-index:1000;"
-        "background:rgba(255,255,255,0.95);padding:6px;border-radius:4px;max-width:44%;max-height:55%;"
-        "overflow:auto;box-shadow:0 1px 4px rgba(0,0,0,0.3);font:12px sans-serif'>"
-        "<summary><b>Area by class over time</b></summary>"
-        f"<img alt='area by class over time' src='{_data_url(Path(chart))}' style='width:100%'>"
-        f"{_trend_table_html(trends)}</details>")
-    page.map.get_root().html.add_child(folium.Element(panel), name="slider_panel")
+        f"step='1' style='width:100%'><div style='color:#555;font-size:11px'>{html.escape(dates[0])} … "
+        f"{html.escape(dates[-1])}</div><div class='geoclf-year-legend' style='margin-top:4px;font-size:11px'>"
+        f"<b>Year first {html.escape(developed)}</b> ({html.escape(note)}; in the layer list):<br>{swatches}</div>"
+        "</div><div class='geoclf-chart' style='margin-top:10px'><b>Area by class over time</b>"
+        f"<img class='geoclf-widen' alt='area by class over time' src='{_data_url(Path(chart))}' "
+        "style='width:100%;margin-top:4px'>"
+        "<div style='color:#555;font-size:11px'>Click the chart to widen the panel.</div>"
+        "<p class='geoclf-axes-note' style='color:#555;font-size:11px;margin:2px 0 6px'>Each class has its own "
+        "y axis, so that small classes show their change: compare the slopes (km²/yr), not the heights.</p>"
+        f"{_trend_table_html(trends)}"
+        "<p class='geoclf-interval-note' style='color:#555;font-size:11px'>Slopes are Theil–Sen; the interval is "
+        "Sen's, with the coverage it really has: with few dates it spans every pairwise slope and covers less "
+        "than 95% (67% with three dates, 92% with four)."
+        + (" Two dates give a slope but no interval." if few else "") + "</p></div>")
+    page.add_side_panel(panel)
     names = ", ".join(layer.get_name() for layer in layers)
-    # Rendered as the map's last child, so that the map and its layers exist when it runs.
-    slider = MacroElement()
-    slider._template = Template("{% macro script(this, kwargs) %}" + f"""
-(function () {{
-  var map = {page.map.get_name()};
+    page.add_script("geoclf_slider", f"""
   var layers = [{names}];
   var dates = {json.dumps(dates)};
   var slider = document.getElementById('geoclf-slider');
@@ -263,11 +299,7 @@ def trend_map(stack: xr.Dataset | LandUseStack, trajectory: xr.Dataset, trends: 
   }}
   layers.forEach(function (layer) {{ map.removeLayer(layer); }});
   slider.addEventListener('input', function () {{ show(parseInt(slider.value, 10)); }});
-  L.DomEvent.disableClickPropagation(slider.parentNode);
-  show(layers.length - 1);
-}})();
-""" + "{% endmacro %}")
-    page.map.add_child(slider, name="geoclf_slider")
+  show(layers.length - 1);""")
     return page.save(path)
 
 
