@@ -214,3 +214,41 @@ def test_hostile_names_do_not_run_in_the_report(tmp_path):
     assert "<pwned-" not in dom and not re.search(r"<title>PWNED", dom), "a planted name ran as script"
     for tag in ("run", "n-train", "chips", "note", "dir", "model", "accuracy", "class", "scene"):
         assert f"PWNED-{tag}'" in dom, f"the {tag} name is missing from the page"  # shown, as text
+
+
+_READ_FRAME = """
+<script>
+setTimeout(function () {
+  var inner = document.getElementById('geoclf-map').contentDocument;
+  document.body.setAttribute('data-frame', JSON.stringify({
+    title: (inner.querySelector('.geoclf-title') || {}).textContent || '',
+    imagery: inner.querySelectorAll('img.geoclf-imagery').length,
+    classes: inner.querySelectorAll('img.geoclf-classes').length,
+    legend: (inner.querySelector('.geoclf-legend') || {}).textContent || ''}));
+}, 1500);
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)")
+def test_report_shows_the_interactive_map_and_no_machine_paths(report, quickstart, tmp_path):
+    """The results report embeds the score output's land-use page (imagery, classes, title, legend) beside the
+    static map, and names files relative to itself; the quickstart's report (run after its maps) has the map."""
+    import html
+
+    workdir, out, written = report
+    text = written["report"].read_text(encoding="utf-8")
+    outside = re.sub(r'srcdoc="[^"]*"', "", text)  # the report's own text, not the embedded page's
+    for root in (str(workdir), str(out), str(workdir.parent)):
+        assert root not in outside, f"the report names {root}"
+    assert "<code>../" in outside and "map-2016</code>" in outside
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", _READ_FRAME + "</body>"), encoding="utf-8")
+    dom = chromium(tmp_path, probe, "--dump-dom", "--window-size=1200,900").stdout
+    assert 'alt="land-use map"' in dom
+    frame = json.loads(html.unescape(re.search(r'data-frame="([^"]*)"', dom).group(1)))
+    assert "Land use, 2016-" in frame["title"] and "rf-lite0" not in frame["title"]  # the scoring model's map
+    assert frame["imagery"] >= 1 and frame["classes"] == 1
+    assert "Developed" in frame["legend"] and "not scored" in frame["legend"]
+    quick = (workdir / "report-lr-lite0" / "report.html").read_text(encoding="utf-8")
+    assert 'id="geoclf-map"' in quick and 'alt="land-use map"' in quick and str(workdir) not in quick

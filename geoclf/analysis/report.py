@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from geoclf.htmlpage import html_table, png_img, write_page
+from geoclf.htmlpage import html_table, png_img, relative_path, write_page
 from geoclf.landuse import ScoreOutput
 from geoclf.maps import static_png
 
@@ -44,8 +44,11 @@ def area_map(score_output: PathLike, path: PathLike) -> tuple[Path, dict[str, An
 
 def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame, per_class: pd.DataFrame,
                  confusion_png: Path, wrong: pd.DataFrame, gallery_png: Path | None,
-                 map_png: Path | None, top: int = 50) -> Path:
+                 map_png: Path | None, top: int = 50, html_map: Path | None = None) -> Path:
     """Write ``report.html``: one self-contained page (figures inlined as data URLs) of a results analysis.
+
+    Files are named relative to the report's directory, so the page shows no directory of the machine that
+    made it. With a score output, its land-use map is shown as a figure and, interactive, embedded.
 
     Args:
         path: output ``.html``.
@@ -57,15 +60,18 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
         gallery_png: the gallery figure, if one was drawn.
         map_png: the area map, if any.
         top: most misclassified chips listed in the table.
+        html_map: the score output's ``map.html``, embedded in the page when given.
     """
     esc = html.escape
+    here = Path(path).parent
     name = info["run"]
     what = ", ".join(str(v) for v in (info["kind"], info.get("backbone"), info.get("classifier")) if v)
     parts = [f"<h1>Results: {esc(name)}</h1>",
              f"<p>Run <code>{esc(info['run_id'])}</code> ({esc(what)}); {esc(str(info['n_val']))} validation chips"
              + (f", {esc(str(info['n_train']))} training chips" if info.get("n_train") is not None else "")
              + ".<br>"
-             + (f"Chip index: <code>{esc(info['chip_index'])}</code>" if info.get("chip_index") else "")
+             + (f"Chip index: <code>{esc(relative_path(info['chip_index'], here))}</code>"
+                if info.get("chip_index") else "")
              + "</p>",
              "<h2>Overall</h2>", html_table(overall),
              '<p class="note"><i>accuracy_3class</i>: accuracy after regrouping into the seed study\'s Developed / '
@@ -90,7 +96,7 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
         parts.append("<p>No validation chip was misclassified.</p>")
     if map_png is not None:
         models = info.get("map_models")
-        parts += ["<h2>Map</h2>", f"<p>Score output: <code>{esc(str(info['predictions']))}</code>"
+        parts += ["<h2>Map</h2>", f"<p>Score output: <code>{esc(relative_path(info['predictions'], here))}</code>"
                   + (f", scored with {esc(', '.join(models))}" if models else "") + ".</p>"]
         accuracy = info.get("map_accuracy")
         # accuracy.json is a file of the score output: its values are shown as text, never as markup
@@ -98,4 +104,8 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
             parts.append(f"<p>Agreement with the reference labels of the scored chips: accuracy "
                          f"{accuracy['accuracy']:.3f} over {esc(str(accuracy.get('n')))} chips.</p>")
         parts.append(png_img(map_png, "land-use map"))
+    if html_map is not None:
+        page = html.escape(Path(html_map).read_text(encoding="utf-8"), quote=True)
+        parts += ["<h3>Interactive map</h3>",
+                  f'<iframe id="geoclf-map" title="interactive land-use map" srcdoc="{page}"></iframe>']
     return write_page(path, f"Results: {name}", parts)

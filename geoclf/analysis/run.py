@@ -35,7 +35,8 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
     as the run recorded them -- then ``misclassified.csv`` (every wrongly predicted validation chip, most
     confident first), ``gallery.png`` and ``gallery/*.png`` (the first ``gallery`` of them, read from the
     source rasters), ``map.png`` when a score output is given, ``report.json`` and ``report.html`` (one
-    self-contained page, images inlined).
+    self-contained page, images inlined, the score output's interactive ``map.html`` embedded, paths relative
+    to the report).
 
     Args:
         run: run name or id (a ``train`` or ``finetune`` run).
@@ -107,8 +108,10 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
         written["gallery_dir"] = out / GALLERY_DIR
 
     about_map: dict[str, Any] = {}
+    html_map = None
     if predictions is not None:
         written["map"], about_map = area_map(predictions, out / "map.png")
+        html_map = ScoreOutput(predictions).html if ScoreOutput(predictions).html.is_file() else None
     map_accuracy = about_map.get("accuracy")
 
     info = {
@@ -130,7 +133,7 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
     written["json"] = out / "report.json"
     written["report"] = write_report(out / "report.html", info=info, overall=overall, per_class=per_class,
                                      confusion_png=written["confusion_matrix"], wrong=wrong,
-                                     gallery_png=gallery_png, map_png=written.get("map"))
+                                     gallery_png=gallery_png, map_png=written.get("map"), html_map=html_map)
     return written
 
 
