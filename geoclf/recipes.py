@@ -32,6 +32,7 @@ import importlib
 import inspect
 import json
 import os
+import time
 import types
 import typing
 from collections import abc
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import yaml
 from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 
@@ -176,10 +178,36 @@ def load_recipe(path: str | os.PathLike[str], workdir: str | os.PathLike[str] | 
         bad = [k for k in args if not isinstance(k, str)]
         if bad:
             raise InputError(f"stage {i} ({kind}): parameter names are words, not {_shown(bad[0])}", path)
-        args = dict(args)
+        args = cli_names(kind, dict(args), f"stage {i} ({kind})", path)
         _check_arguments(kind, args, f"stage {i} ({kind})", path)
         recipe.stages.append((kind, args))
     return recipe
+
+
+#: A stage's parameters may be spelled as the command's options are (``--workers`` -> ``workers``, ``--name``
+#: of ``geoclf featurize`` -> ``name``): CLI spelling -> library argument, where the library spells it otherwise.
+CLI_NAMES: dict[str, str] = {"workers": "n_workers", "trust": "trusted", "html": "html_map"}
+#: The same, for one stage only.
+STAGE_CLI_NAMES: dict[str, dict[str, str]] = {"featurize": {"name": "run_name"}}
+
+
+def cli_names(kind: str, args: dict[str, Any], where: str = "", path: Path | None = None) -> dict[str, Any]:
+    """A stage's parameters with the command line's spellings turned into the library's (see :data:`CLI_NAMES`).
+
+    Raises:
+        InputError: both spellings of one parameter are given.
+    """
+    accepted = STAGES[kind].accepted()
+    names = {**CLI_NAMES, **STAGE_CLI_NAMES.get(kind, {})}
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        target = names.get(key)
+        if target is not None and accepted is not None and key not in accepted and target in accepted:
+            if target in args:
+                raise InputError(f"{where}: give {key} or {target}, not both (they are the same parameter)", path)
+            key = target
+        out[key] = value
+    return out
 
 
 def _check_arguments(kind: str, args: Mapping[str, Any], where: str, path: Path | None) -> None:
@@ -318,6 +346,8 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
     for i, (kind, raw) in enumerate(recipe.stages, 1):  # a Recipe built in code is checked like a file
         if kind not in STAGES:
             raise InputError(f"stage {i}: unknown stage {kind!r} (valid: {', '.join(STAGES)})", recipe.path)
+        raw = cli_names(kind, dict(raw), f"stage {i} ({kind})", recipe.path)
+        recipe.stages[i - 1] = (kind, raw)
         _check_arguments(kind, raw, f"stage {i} ({kind})", recipe.path)
     workdir = recipe.workdir
     workdir.mkdir(parents=True, exist_ok=True)
@@ -326,6 +356,8 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
     stamps = workdir / ".geoclf"
     stamps.mkdir(exist_ok=True)
     report = []
+    summary = []
+    started = time.monotonic()
     for i, (kind, raw) in enumerate(recipe.stages, 1):
         stage = STAGES[kind]
         args = {k: (_resolve(v, workdir) if k in (*stage.inputs, *stage.outputs, "runs_dir") else v)
@@ -337,13 +369,51 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
                 and _outputs_exist(stage, args):
             echo(f"[{i}/{len(recipe.stages)}] {kind}: done before with the same inputs, skipped")
             report.append((kind, "skipped"))
+            summary.append((kind, "skipped", None, args))
             continue
         echo(f"[{i}/{len(recipe.stages)}] {kind}")
+        began = time.monotonic()
         stage.function()(**args)
         with atomic_path(stamp_path) as tmp:
             tmp.write_text(json.dumps({"stage": kind, "args": args, "digest": digest}, indent=2, default=str))
         report.append((kind, "ran"))
+        summary.append((kind, "ran", time.monotonic() - began, args))
+    echo(f"{recipe.name}: {len(recipe.stages)} stages in {time.monotonic() - started:.0f} s "
+         f"({sum(status == 'ran' for _, status, _, _ in summary)} ran), in {workdir}")
+    for kind, _, seconds, args in summary:
+        took = "skipped" if seconds is None else f"{seconds:.0f} s"
+        echo(f"  {kind:<12} {took:>8}  {stage_headline(kind, args)}")
     return report
+
+
+def stage_headline(kind: str, args: Mapping[str, Any]) -> str:
+    """One line of what a finished stage made: chips, accuracy, km² changed, and where its output is.
+
+    Read from the stage's outputs (so a skipped stage has one too); empty where they hold no such figure.
+    """
+    out = args.get("out")
+    where = f" -> {out}" if out else ""
+    try:
+        if kind == "tile" and out:
+            chips = pq.ParquetFile(Path(out) / "chips.parquet").metadata.num_rows
+            return f"{chips} chips{where}"
+        if kind == "featurize" and out:
+            meta = json.loads((Path(out) / "features.json").read_text())
+            return f"{meta.get('chips')} chips, {meta.get('feature_dim')} features each{where}"
+        if kind in ("train", "finetune", "sweep") and args.get("name"):
+            record = runs.get_run(str(args["name"]), runs_dir=args.get("runs_dir"))
+            accuracy = record.metrics.get("accuracy", record.metrics.get("best_accuracy"))
+            shown = "" if accuracy is None else f"validation accuracy {accuracy:.3f}, "
+            return f"{shown}run {record.name} ({record.run_id[:8]})"
+        if kind == "score" and out:
+            chips = pq.ParquetFile(Path(out) / "predictions.parquet").metadata.num_rows
+            return f"{chips} chips scored{where}"
+        if kind == "change" and out:
+            info = json.loads((Path(out) / "change.json").read_text())
+            return f"{info['changed_km2']:.2f} km² changed of {info['compared_km2']:.2f} km² compared{where}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):  # a courtesy: never fail a recipe
+        return where.lstrip(" ")
+    return where.lstrip(" ")
 
 
 # -- stage adapters: library calls whose arguments a recipe spells flat ---------------------------------

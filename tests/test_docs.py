@@ -131,6 +131,50 @@ def test_every_documented_command_exists(listed_commands):
     assert not problems, "\n".join(problems)
 
 
+def _parse(args: list[str]) -> None:
+    """Parse a command line as ``geoclf`` would, down to its (sub)command, without running it."""
+    from geoclf.cli import cli
+
+    command: click.Command = cli
+    ctx = None
+    name = "geoclf"
+    while True:
+        ctx = command.make_context(name, list(args), parent=ctx)
+        if not isinstance(command, click.Group):
+            return
+        remaining = [*ctx._protected_args, *ctx.args]
+        if not remaining:
+            return
+        name, command, args = command.resolve_command(ctx, remaining)
+
+
+def test_documented_command_lines_parse(capsys):
+    # Every full command line of a shell block in the docs and the README parses: right subcommand, required
+    # options given, values of the right type and choice. (Files that would exist in the walk-through are not
+    # checked, nor lines with "..." or a shell substitution.) The README's `geoclf models register best`
+    # was a usage error.
+    problems, parsed = [], 0
+    for page in [*doc_pages(), ROOT / "README.md"]:
+        blocks = "".join(f"```bash\n{body}```\n" for language, body in _FENCE.findall(page.read_text(encoding="utf-8"))
+                         if language in _SHELL_LANGUAGES)
+        for args in command_lines(blocks):
+            if any("..." in a or "…" in a or a in ("(", "$") or a.startswith("$(") for a in args):
+                continue
+            parsed += 1
+            try:
+                _parse(args)
+            except click.exceptions.Exit:  # --help, --version
+                pass
+            except click.BadParameter as exc:
+                if not isinstance(getattr(exc.param, "type", None), click.Path):
+                    problems.append(f"{page.name}: geoclf {' '.join(args)}: {exc.format_message()}")
+            except click.UsageError as exc:
+                problems.append(f"{page.name}: geoclf {' '.join(args)}: {exc.format_message()}")
+    capsys.readouterr()  # what --help lines printed
+    assert parsed > 20
+    assert not problems, "\n".join(problems)
+
+
 # -- docstrings ----------------------------------------------------------------------------------------------
 
 

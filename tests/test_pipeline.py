@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import geopandas as gpd
 import pandas as pd
@@ -59,8 +60,18 @@ def test_change_report_finds_the_known_conversions(quickstart):
 def test_rerun_skips_every_stage(quickstart):
     _, recipe, report = quickstart
     assert {status for _, status in report} == {"ran"}
-    again = run_recipe(recipe, echo=lambda _: None)
+    lines: list[str] = []
+    again = run_recipe(recipe, echo=lines.append)
     assert {status for _, status in again} == {"skipped"}
+    # the summary at the end: one line per stage with its headline, read from its outputs
+    summary = lines[lines.index(next(line for line in lines if line.startswith(f"{recipe.name}: "))):]
+    assert f"{len(recipe.stages)} stages" in summary[0] and str(recipe.workdir) in summary[0]
+    assert len(summary) == len(recipe.stages) + 1
+    by_stage = {line.split()[0]: line for line in summary[1:]}
+    assert re.search(r"\b\d+ chips -> ", by_stage["tile"])
+    assert re.search(r"validation accuracy 0\.\d{3}, run ", by_stage["train"])
+    assert re.search(r"\d+ chips scored -> ", by_stage["score"])
+    assert re.search(r"[\d.]+ km² changed of [\d.]+ km² compared", by_stage["change"])
 
 
 def test_report_is_self_contained(quickstart):

@@ -9,6 +9,7 @@ import yaml
 
 from geoclf.cli import main
 from geoclf.recipes import STAGES, load_recipe
+from tiling.errors import InputError
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -47,3 +48,42 @@ def test_bad_recipes_are_one_line(tmp_path, capsys, document, needle):
         main(["run", str(path), "--check"])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and needle in err and "bad.yaml" in err and "Traceback" not in err
+
+
+# CLI-only options: what a shell needs and a recipe spells otherwise (positional lists, --param parsing,
+# printing, registering after a sweep, a cluster recipe file).
+_CLI_ONLY = {"more_naip", "more_maps", "more_years", "as_json", "json", "param", "params", "register", "register_as",
+             "cluster_recipe", "quiet", "nir", "no_augment", "classes_file", "materialize", "utm_pair", "nodata_kind"}
+
+
+@pytest.mark.parametrize("kind", [k for k in STAGES if k not in ("synth",)])
+def test_recipe_stages_take_the_command_lines_option_names(kind):
+    import click
+
+    from geoclf.cli import cli
+    from geoclf.recipes import cli_names
+
+    with click.Context(cli) as ctx:
+        command = cli.get_command(ctx, "naip" if kind == "naip_search" else kind)
+    if isinstance(command, click.Group):
+        command = command.commands["search"]
+    accepted = STAGES[kind].accepted()
+    for param in command.params:
+        spelled = {o.lstrip("-").replace("-", "_") for o in getattr(param, "opts", [])} - {"cluster"}
+        for name in sorted(spelled - _CLI_ONLY):
+            translated = cli_names(kind, {name: None})
+            assert set(translated) <= accepted, f"{kind}: --{name.replace('_', '-')} has no recipe spelling"
+
+
+def test_a_recipe_spells_parameters_as_the_cli_does(tmp_path):
+    path = tmp_path / "cli-names.yaml"
+    path.write_text(yaml.safe_dump({"stages": [
+        {"featurize": {"chips": "chips", "out": "feats", "name": "feats-lite0", "workers": 2}},
+        {"score": {"model": "m", "chips": "chips", "out": "map", "trust": True, "workers": 2}}]}))
+    recipe = load_recipe(path)
+    assert recipe.stages[0][1] == {"chips": "chips", "out": "feats", "run_name": "feats-lite0", "n_workers": 2}
+    assert recipe.stages[1][1]["trusted"] is True and recipe.stages[1][1]["n_workers"] == 2
+    path.write_text(yaml.safe_dump({"stages": [{"featurize": {"chips": "c", "out": "f", "name": "a",
+                                                              "run_name": "b"}}]}))
+    with pytest.raises(InputError, match="give name or run_name, not both"):
+        load_recipe(path)

@@ -107,6 +107,10 @@ def test_all_years_newest_first_and_cli_writes_urls(stac_server, aoi, tmp_path, 
     urls = out.with_suffix(".txt").read_text().split()
     assert len(urls) == 2 and all(u.startswith("https://naipeuwest.blob.core.windows.net/") for u in urls)
     assert len(gpd.read_file(out)) == 2
+    main(["naip", "search", "--aoi", str(aoi), "--stac-url", f"{stac_server}/stac", "--no-sign", "--json"])
+    scenes = json.loads(capsys.readouterr().out)
+    assert "20211018" in scenes[0]["id"]  # newest first, as in the table
+    assert len(scenes) == 2 and all(s["href"].startswith("https://naipeuwest.blob.core.windows.net/") for s in scenes)
 
 
 def test_unreachable_api_is_one_line(aoi, capsys):

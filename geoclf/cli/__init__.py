@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "trend": "geoclf.cli.trend:trend",
     "change": "geoclf.cli.change:change",
     "naip": "geoclf.cli.naip:naip",
+    "nlcd": "geoclf.cli.nlcd:nlcd",
     "run": "geoclf.cli.run:run",
     "map": "geoclf.cli.map:map_command",
     "train": "geoclf.cli.train:train",

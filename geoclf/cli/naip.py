@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import pandas as pd
 
 from geoclf.stac import PLANETARY_COMPUTER_STAC, search_naip, write_scenes
 
@@ -23,11 +24,21 @@ def naip() -> None:
 @click.option("--sign/--no-sign", default=True, show_default=True,
               help="Sign Planetary Computer asset URLs (SAS tokens) so GDAL can read them.")
 @click.option("--max-items", default=500, show_default=True, help="Stop after this many scenes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scenes (with their URLs) as JSON.")
 def search(aoi: str, year: int | None, out: str | None, stac_url: str | None, collection: str, sign: bool,
-           max_items: int) -> None:
+           max_items: int, as_json: bool) -> None:
     """List the NAIP scenes (COG URLs) intersecting an AOI."""
     scenes = search_naip(aoi, year, stac_url=stac_url or PLANETARY_COMPUTER_STAC, collection=collection, sign=sign,
                          max_items=max_items)
+    if as_json:
+        if scenes.empty:
+            click.echo("[]")
+            return
+        table = pd.DataFrame(scenes.drop(columns=scenes.geometry.name))
+        click.echo(table.to_json(orient="records", date_format="iso", indent=2))
+        if out:
+            write_scenes(scenes, out)
+        return
     if scenes.empty:
         click.echo("no NAIP scenes found" + (f" for {year}" if year else ""))
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 
@@ -19,4 +21,9 @@ def run(recipe: str, workdir: str | None, force: bool, check: bool) -> None:
     if check:
         click.echo(f"{recipe}: {len(parsed.stages)} stages OK ({', '.join(k for k, _ in parsed.stages)})")
         return
-    run_recipe(parsed, force=force, echo=click.echo)
+    def echo(line: str) -> None:
+        # a stage's progress bar may have left its line open on stderr (the terminal shares it with stdout)
+        getattr(sys.stderr, "end_line", lambda: None)()
+        click.echo(line)
+
+    run_recipe(parsed, force=force, echo=echo)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from geoclf.cli.common import batch_size_option, chips_per_partition_option, scheduler_option, workers_option
+from geoclf.cli.runs import runs_dir_option
 from geoclf.cluster import scheduler_from_option
 
 
 @click.command("score")
 @click.option("--model", required=True,
-              help="Model artifact directory, or a run name/id from the run history.")
+              help="Model artifact directory, a run name/id from the run history, or a registered model "
+                   "(NAME@ALIAS, NAME/VERSION).")
 @click.option("--naip", "naip", multiple=True, help="NAIP raster(s) to score (paths or URLs).")
 @click.argument("more_naip", nargs=-1, type=str)
 @click.option("--chips", type=click.Path(exists=True), default=None,
@@ -34,10 +36,11 @@ from geoclf.cluster import scheduler_from_option
 @click.option("--trust", is_flag=True, default=False,
               help="Load a model artifact whose classifier needs types geoclf does not trust by default.")
 @scheduler_option
+@runs_dir_option
 def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: str | None, aoi: str | None, out: str,
           cluster_recipe: str | None, n_workers: int | None, batch_size: int, chips_per_partition: int,
           max_nodata: float, chip_size_m: float | None, crs: str | None, smooth: bool, probabilities: bool,
-          trust: bool, scheduler: str) -> None:
+          trust: bool, scheduler: str, runs_dir: str | None) -> None:
     """Score every chip of an area with a model and write georeferenced land-use maps."""
     from geoclf.score import score as run  # here: maps and folium take a second to import
 
@@ -45,6 +48,6 @@ def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: 
         written = run(model, out, naip=[*naip, *more_naip] or None, chips=chips, aoi=aoi, scheduler=target,
                       n_workers=n_workers, batch_size=batch_size, chips_per_partition=chips_per_partition,
                       max_nodata=max_nodata, chip_size_m=chip_size_m, crs=crs, smooth=smooth,
-                      probabilities=probabilities, trusted=trust)
+                      probabilities=probabilities, trusted=trust, runs_dir=runs_dir)
     for key, path in written.items():
         click.echo(f"{key:>13}: {path}")

@@ -26,7 +26,8 @@ from geoclf.registry import register_model
               help="Choose by spatial cross-validation on the train split (folds of whole spatial blocks).")
 @click.option("--name", default=None, help="Sweep (parent run) name (default: sweep-<classifier>).")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the classifiers and the search.")
-@click.option("--cluster", default="local", show_default=True, metavar="local|sync|ADDRESS|RECIPE",
+@click.option("--scheduler", "--cluster", "cluster", default="local", show_default=True,
+              metavar="local|sync|ADDRESS|RECIPE",
               help="Where fits run: a LocalCluster, this process, a scheduler address (tcp://HOST:PORT) or a "
                    "cluster recipe file (YAML, see docs/scaling.md).")
 @workers_option

@@ -1,0 +1,50 @@
+"""One vocabulary across commands: the same option for the same thing, and two kinds of exit-2 messages."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from geoclf.cli import cli, main
+
+
+def command(*names: str) -> click.Command:
+    with click.Context(cli) as ctx:
+        found = cli.get_command(ctx, names[0])
+    for name in names[1:]:
+        found = found.commands[name]
+    return found
+
+
+def options(*names: str) -> set[str]:
+    return {opt for param in command(*names).params for opt in getattr(param, "opts", [])}
+
+
+@pytest.mark.parametrize("names", [("tile",), ("featurize",), ("score",), ("sweep",), ("trend",)])
+def test_every_parallel_command_takes_scheduler(names):
+    assert "--scheduler" in options(*names)
+
+
+@pytest.mark.parametrize("names", [("featurize",), ("train",), ("finetune",), ("sweep",), ("score",), ("report",),
+                                   ("runs", "list"), ("runs", "show"), ("models", "register"), ("models", "list"),
+                                   ("models", "show"), ("models", "promote")])
+def test_every_command_recording_or_reading_runs_takes_runs_dir(names):
+    assert "--runs-dir" in options(*names)
+
+
+@pytest.mark.parametrize("names", [("runs", "list"), ("runs", "show"), ("models", "list"), ("models", "show"),
+                                   ("naip", "search")])
+def test_every_command_printing_a_table_takes_json(names):
+    assert "--json" in options(*names)
+
+
+def test_usage_errors_and_bad_data_exit_2_with_their_own_words(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["models", "register", "best", "--run", "x", "--name", "y"])  # what the README once showed
+    usage = capsys.readouterr().err
+    assert exited.value.code == 2 and usage.startswith("Usage: geoclf models register") and "'best'" in usage
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--features", str(tmp_path)])  # a directory that holds no features: bad data
+    data = capsys.readouterr().err
+    assert exited.value.code == 2 and data.startswith("geoclf: error: ") and "Usage:" not in data
+    assert len(data.strip().splitlines()) == 1
