@@ -165,7 +165,7 @@ def area_run(index_path: Path, work: Path, model_dir: str, args: argparse.Namesp
     """Score the whole area on ``--area-workers``; worker memory against chips done; finish with ``score``."""
     import pandas as pd
 
-    from geoclf.score import _model_stamp, score
+    from geoclf.score import model_stamp, score
     from tiling.index import read_index
 
     out = work / "area-out"
@@ -186,7 +186,7 @@ def area_run(index_path: Path, work: Path, model_dir: str, args: argparse.Namesp
 
         with RssSampler(client, chips_done) as sampler:
             # the same fingerprint score() computes, so that score() below resumes instead of redoing the work
-            stamp = {"model": _model_stamp(model_dir)}
+            stamp = {"model": model_stamp(model_dir)}
             e2e, e2e_cpu, e2e_workers, seconds = scoring_rate(client, table, parts, model_dir, threads,
                                                               per_partition, settings=stamp)
         bare_after, cpu_after = bare_rate(client, model_dir, threads, args.bare_batches)

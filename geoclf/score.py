@@ -136,7 +136,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     table = pd.DataFrame(index.drop(columns="geometry"))
     task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=task_threads(scheduler, n_workers),
                      trusted=trusted, digest=digest)
-    settings = {"model": _model_stamp(model_dir)}
+    settings = {"model": model_stamp(model_dir)}
     run_partitions(table, output.partitions, task, settings=settings, chips_per_partition=chips_per_partition,
                    scheduler=scheduler, n_workers=n_workers, desc="scoring", progress=progress,
                    on_client=print_dashboard)
@@ -257,7 +257,12 @@ def check_scorable(index: pd.DataFrame, model: Any, where: PathLike | None = Non
                              "accuracy cannot be reported on these chips", where)
 
 
-def _model_stamp(model_dir: str) -> dict[str, Any]:
+def model_stamp(model_dir: str) -> dict[str, Any]:
+    """What a score output's partitions are fingerprinted with for a model: its directory and ``model.json``.
+
+    A rerun with another model (or the same directory holding another model) is refused instead of mixing
+    predictions; a benchmark that computes partitions itself uses it to let ``score`` resume them.
+    """
     meta = Path(model_dir) / "model.json"
     return {"dir": model_dir, "model.json": json.loads(meta.read_text()) if meta.exists() else None}
 
@@ -275,4 +280,4 @@ def _predictions(index: gpd.GeoDataFrame, scored: pd.DataFrame, model: Any, name
     return gpd.GeoDataFrame(merged, geometry="geometry", crs=index.crs)
 
 
-__all__ = ["PREDICTIONS", "ScoreTask", "classes_of", "score"]
+__all__ = ["PREDICTIONS", "ScoreTask", "classes_of", "model_stamp", "score"]
