@@ -96,8 +96,9 @@ def make_index(root: Path, scene_m: float, chip_size: int, overlap: bool, seed: 
 
 def pipeline_rate(index: Path, backbone: str, retrain: str, args: argparse.Namespace) -> float:
     """Samples/s of the real training loop (Trainer + ChipDataModule + LandUseModule)."""
-    data = ChipDataModule(index, batch_size=args.batch_size, num_workers=args.workers, min_chips_per_class=1)
-    module = LandUseModule(backbone, data.classes, retrain=retrain, weights="none")
+    data = ChipDataModule(index, batch_size=args.batch_size, num_workers=args.workers, min_chips_per_class=1,
+                          bands=(1, 2, 3))
+    module = LandUseModule(backbone, data.classes, retrain=retrain, weights="none", head_init="random")
     device = torch.device("cuda" if torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
                           else "cpu")
     clock = StepClock(device)
@@ -116,7 +117,7 @@ def bare_rate(classes: list[str], backbone: str, retrain: str, args: argparse.Na
     """Samples/s of forward + backward + AdamW step of the same module on random tensors on the device."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
                           else "cpu")
-    module = LandUseModule(backbone, classes, retrain=retrain, weights="none").to(device).train()
+    module = LandUseModule(backbone, classes, retrain=retrain, weights="none", head_init="random").to(device).train()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
     x = torch.randn(args.batch_size, 3, args.chip_size, args.chip_size, device=device).contiguous(
         memory_format=torch.channels_last)

@@ -31,8 +31,11 @@ def _devices(value: str) -> int | str:
 @click.option("--name", default=None, help="Run name (default: <backbone>-<retrain>).")
 @click.option("--batch-size", default=32, show_default=True, help="Chips per batch and device.")
 @click.option("--lr", type=float, default=None,
-              help="Peak learning rate (default by depth for AdamW: 1e-3 last_only, 3e-4 fully_connected, 1e-4 all; "
-                   "ten times that for SGD).")
+              help="Peak learning rate (default for AdamW: 1e-4 at every depth after a probe; with --head-init random "
+                   "1e-3 last_only, 3e-4 fully_connected, 1e-4 all; ten times that for SGD).")
+@click.option("--head-init", type=click.Choice(["probe", "random"]), default="probe", show_default=True,
+              help="The new head starts as the logistic regression of the frozen features on the training chips "
+                   "(probe: one extra forward pass), or random.")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
               help="Optimizer (warm-up then cosine decay either way).")
 @click.option("--label-smoothing", default=0.1, show_default=True, help="Label smoothing of the training loss.")
@@ -40,8 +43,9 @@ def _devices(value: str) -> int | str:
               help="Loss weights per class; auto: balanced when the training classes are unbalanced.")
 @click.option("--patience", default=5, show_default=True,
               help="Stop after this many epochs without a lower validation loss (0: never stop early).")
-@click.option("--nir/--no-nir", default=False, show_default=True,
-              help="Read 4 bands (RGB + NIR); the first convolution is extended from its RGB weights and trains.")
+@click.option("--nir/--no-nir", default=None,
+              help="Read 4 bands (RGB + NIR; the first convolution is extended from its RGB weights and trains), or "
+                   "RGB only. Default: RGB + NIR when the imagery has four bands.")
 @click.option("--no-augment", is_flag=True, help="Train without flips/rotations and colour jitter.")
 @click.option("--input-size", type=int, default=None, help="Resize chips to this side (default: the chip size).")
 @click.option("--accelerator", default="auto", show_default=True, help="Lightning accelerator: auto, cpu, gpu, ...")
@@ -60,7 +64,8 @@ def _devices(value: str) -> int | str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @runs_dir_option
 def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int, name: str | None, batch_size: int,
-             lr: float | None, optimizer: str, label_smoothing: float, class_weights: str, patience: int, nir: bool,
+             lr: float | None, head_init: str, optimizer: str, label_smoothing: float, class_weights: str,
+             patience: int, nir: bool | None,
              no_augment: bool, input_size: int | None, accelerator: str, devices: str, precision: str,
              num_workers: int | None, seed: int, resume: str | None, out: str | None, min_chips_per_class: int,
              quiet: bool, runs_dir: str | None) -> None:
@@ -74,8 +79,9 @@ def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int,
         logging.getLogger(logger).setLevel(logging.WARNING)
     config = FinetuneConfig(
         backbone=backbone, retrain=retrain, weights=weights, epochs=epochs, name=name, batch_size=batch_size,
-        lr=lr, optimizer=optimizer, label_smoothing=label_smoothing, class_weights=class_weights,
-        patience=patience or None, bands=(1, 2, 3, 4) if nir else (1, 2, 3), augment=not no_augment,
+        lr=lr, head_init=head_init, optimizer=optimizer, label_smoothing=label_smoothing,
+        class_weights=class_weights, patience=patience or None,
+        bands=None if nir is None else (1, 2, 3, 4) if nir else (1, 2, 3), augment=not no_augment,
         input_size=input_size, accelerator=accelerator, devices=_devices(devices), precision=precision,
         num_workers=num_workers, seed=seed, resume=resume, out=out, runs_dir=runs_dir,
         min_chips_per_class=min_chips_per_class, progress=not quiet)

@@ -23,7 +23,7 @@ from geoclf.finetune.network import check_bands, check_choice
 from geoclf.training import class_groups, class_order
 from tiling.errors import InputError
 from tiling.index import index_scheme, read_index
-from tiling.io import ChipReader
+from tiling.io import ChipReader, describe_naip
 
 PathLike = str | os.PathLike[str]
 
@@ -149,7 +149,8 @@ class ChipDataModule(L.LightningDataModule):
         batch_size: chips per batch (per device under DDP).
         num_workers: DataLoader worker processes (default :func:`default_num_workers`); 0 reads in the
             training process.
-        bands: 1-based bands to read: ``(1, 2, 3)`` or ``(1, 2, 3, 4)`` (not from PNG chips, which are RGB).
+        bands: 1-based bands to read: ``(1, 2, 3)`` or ``(1, 2, 3, 4)`` (not from PNG chips, which are RGB);
+            default (``None``) all four when every source raster has four bands (RGB + NIR), else RGB.
         size: chip side in pixels (default: the index's chip size).
         augment: augment training chips (:func:`augment_chips`); validation chips never are.
         jitter: colour jitter strength.
@@ -161,19 +162,19 @@ class ChipDataModule(L.LightningDataModule):
     """
 
     def __init__(self, chips: PathLike, batch_size: int = 32, num_workers: int | None = None,
-                 bands: Sequence[int] = (1, 2, 3), size: int | None = None, augment: bool = True,
+                 bands: Sequence[int] | None = None, size: int | None = None, augment: bool = True,
                  jitter: float = 0.1, min_chips_per_class: int = 10) -> None:
         super().__init__()
         if batch_size < 1:
             raise InputError(f"batch size must be at least 1, not {batch_size}")
         self.batch_size = int(batch_size)
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
-        self.bands = check_bands(bands)
         self.augment = augment
         self.jitter = float(jitter)
         table, self.source = load_chip_table(chips)
         where = self.source.get("path", os.fspath(chips))
         attrs = _index_attrs(self.source)
+        self.bands = check_bands(imagery_bands(table, self.source) if bands is None else bands)
         if self.source["kind"] == "png" and max(self.bands) > 3:
             raise InputError("PNG chips hold only the RGB bands; use the chip index for 4-band input", where)
         if "label" not in table.columns or "split" not in table.columns or table["label"].isna().all():
@@ -246,6 +247,15 @@ class ChipDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
+def imagery_bands(table: pd.DataFrame, source: Mapping[str, Any]) -> tuple[int, ...]:
+    """The bands a model reads from these chips by default: RGB + NIR when every source raster has four
+    image bands (an alpha band is not one), else RGB; RGB for PNG chips."""
+    if source.get("kind") != "index" or "source" not in table.columns or table.empty:
+        return (1, 2, 3)
+    counts = [describe_naip(path).count for path in table["source"].dropna().unique()]
+    return (1, 2, 3, 4) if counts and min(counts) >= 4 else (1, 2, 3)
+
+
 def _index_attrs(source: Mapping[str, Any]) -> dict[str, Any]:
     """The ``geoclf`` attributes stored with a chip index (classes, tiling parameters); empty for PNGs."""
     if source.get("kind") != "index":
@@ -264,4 +274,5 @@ def _chip_size(table: pd.DataFrame, attrs: Mapping[str, Any]) -> int:
         return int(image.size[0])
 
 
-__all__ = ["UNBALANCED_RATIO", "ChipDataModule", "ChipDataset", "augment_chips", "default_num_workers"]
+__all__ = ["UNBALANCED_RATIO", "ChipDataModule", "ChipDataset", "augment_chips", "default_num_workers",
+           "imagery_bands"]

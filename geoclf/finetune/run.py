@@ -32,12 +32,13 @@ from geoclf.chips import iter_batches
 from geoclf.finetune.data import ChipDataModule
 from geoclf.finetune.model import FinetuneModel, finetune_spec, save_finetune_model
 from geoclf.finetune.module import (
-    DEFAULT_LR,
+    HEAD_INITS,
     OPTIMIZERS,
     RETRAIN_DEPTHS,
     LandUseModule,
     check_checkpoint,
     check_input_size,
+    default_lr,
 )
 from geoclf.finetune.network import check_choice
 from geoclf.metrics import evaluate, evaluation_to_json
@@ -131,12 +132,16 @@ class FinetuneConfig:
         name: run name (default ``<backbone>-<retrain>``).
         weights: pretrained weights to start from (see :func:`geoclf.backbones.load_backbone`).
         batch_size: chips per batch and device.
-        lr, optimizer, weight_decay, label_smoothing: see :class:`~geoclf.finetune.module.LandUseModule`.
+        lr, optimizer, weight_decay, label_smoothing: see :class:`~geoclf.finetune.module.LandUseModule`
+            (default learning rate: :func:`~geoclf.finetune.module.default_lr`).
+        head_init: ``"probe"`` (the new head starts as the logistic regression of the frozen features on
+            the training chips) or ``"random"``; see :mod:`geoclf.finetune.module`.
         class_weights: ``"auto"`` (balanced weights when the training classes are unbalanced, see
             :data:`~geoclf.finetune.data.UNBALANCED_RATIO`), ``"balanced"``, ``"none"`` or explicit weights in
             class order.
         patience: epochs without a lower validation loss before stopping; ``None`` never stops early.
-        bands: ``(1, 2, 3)`` or ``(1, 2, 3, 4)`` (RGB + NIR).
+        bands: ``(1, 2, 3)`` or ``(1, 2, 3, 4)`` (RGB + NIR); default (``None``) RGB + NIR when the imagery
+            has four bands (:func:`~geoclf.finetune.data.imagery_bands`).
         augment: augment training chips.
         input_size: network input side (default: the chip size).
         accelerator, devices, precision, strategy: Lightning's (e.g. ``devices=8, precision="bf16-mixed"``
@@ -162,9 +167,10 @@ class FinetuneConfig:
     optimizer: str = "adamw"
     weight_decay: float | None = None
     label_smoothing: float = 0.1
+    head_init: str = "probe"
     class_weights: str | Sequence[float] = "auto"
     patience: int | None = 5
-    bands: Sequence[int] = (1, 2, 3)
+    bands: Sequence[int] | None = None
     augment: bool = True
     input_size: int | None = None
     accelerator: str = "auto"
@@ -292,6 +298,7 @@ def finetune(chips: PathLike, config: FinetuneConfig | Mapping[str, Any] | None 
     config = _config(config, options)
     check_choice(config.retrain, list(RETRAIN_DEPTHS), "retrain depth")
     check_choice(config.optimizer, OPTIMIZERS, "optimizer")
+    check_choice(config.head_init, HEAD_INITS, "head initialization")
     get_spec(config.backbone)  # an unknown name fails here, before the index is read
     if config.epochs < 1:
         raise InputError(f"epochs must be at least 1, not {config.epochs}")
@@ -313,12 +320,16 @@ def finetune(chips: PathLike, config: FinetuneConfig | Mapping[str, Any] | None 
     else:
         weight_values = [float(w) for w in config.class_weights]
     module = LandUseModule(config.backbone, data.classes, retrain=config.retrain, weights=config.weights,
-                           bands=config.bands, lr=config.lr, optimizer=config.optimizer,
+                           bands=data.bands, lr=config.lr, optimizer=config.optimizer,
                            weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-                           class_weights=weight_values, input_size=config.input_size)
+                           class_weights=weight_values, input_size=config.input_size, head_init=config.head_init)
     check_input_size(module, data.chip_size)
+    probe_accuracy: float | None = None
     if resume_path is not None:
         check_checkpoint(resume_path, module)
+    elif config.head_init == "probe":
+        # here, before the Trainer: under DDP every rank then starts from the same (broadcast) network
+        probe_accuracy = module.fit_head(data.dataset("train", augment=False), batch_size=config.batch_size)
 
     history = EpochHistory()
     checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_loss", mode="min",
@@ -339,7 +350,8 @@ def finetune(chips: PathLike, config: FinetuneConfig | Mapping[str, Any] | None 
         "trainable_params": module.trainable_params, "total_params": module.total_params,
         "bands": list(data.bands), "chip_size": data.chip_size, "input_size": config.input_size,
         "epochs": config.epochs, "batch_size": config.batch_size,
-        "lr": config.lr or DEFAULT_LR[config.retrain] * (10 if config.optimizer == "sgd" else 1),
+        "lr": config.lr or default_lr(config.retrain, config.optimizer, config.head_init),
+        "head_init": config.head_init, "probe_train_accuracy": probe_accuracy,
         "optimizer": config.optimizer, "weight_decay": module.hparams["weight_decay"],
         "label_smoothing": config.label_smoothing, "class_weights": weight_values, "patience": config.patience,
         "augment": config.augment, "seed": config.seed, "precision": config.precision,
