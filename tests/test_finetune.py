@@ -370,7 +370,7 @@ def test_workers_read_the_same_chips(index_path):
     inline = ChipDataModule(index_path, batch_size=8, num_workers=0, min_chips_per_class=2, augment=False)
     workers = ChipDataModule(index_path, batch_size=8, num_workers=1, min_chips_per_class=2, augment=False)
     a, b = next(iter(inline.val_dataloader())), next(iter(workers.val_dataloader()))
-    assert a[0].dtype == torch.uint8 and a[0].shape == (8, 3, CHIP, CHIP)
+    assert a[0].dtype == torch.uint8 and a[0].shape == (8, 4, CHIP, CHIP)  # four-band imagery: RGB + NIR by default
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
