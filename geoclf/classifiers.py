@@ -27,7 +27,15 @@ from sklearn.preprocessing import StandardScaler
 
 from geoclf import runs
 from geoclf.metrics import evaluate, scalar_metrics
-from geoclf.training import FeatureSet, fit_notes, load_features, prepare_split, record_features_model
+from geoclf.training import (
+    FeatureSet,
+    comparison,
+    fit_baseline,
+    fit_notes,
+    load_features,
+    prepare_split,
+    record_features_model,
+)
 from tiling.errors import InputError
 
 PathLike = str | os.PathLike[str]
@@ -53,6 +61,8 @@ class TrainResult:
         artifact_dir: the saved model artifact.
         n_train, n_val: chips trained and evaluated on.
         warnings: fit warnings worth showing (e.g. no convergence).
+        comparison: the model's validation accuracy with its 95% confidence interval beside the spectral
+            baseline's (:func:`geoclf.training.comparison`), as recorded in ``comparison.json``.
     """
 
     name: str
@@ -64,6 +74,7 @@ class TrainResult:
     n_train: int
     n_val: int
     warnings: tuple[str, ...] = ()
+    comparison: dict[str, Any] | None = None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -145,14 +156,16 @@ def train_classifier(features: PathLike | Sequence[PathLike], classifier: str = 
                 raise InputError(str(exc).strip().splitlines()[0]) from exc
             raise
     fit_seconds = time.perf_counter() - started
-    evaluation = evaluate(split.y_val, pipeline.predict(split.x_val), split.classes)
+    predicted = pipeline.predict(split.x_val)
+    evaluation = evaluate(split.y_val, predicted, split.classes)
+    compared = comparison(split, predicted, fit_baseline(data, split, seed))
     run_id = record_features_model(name, pipeline, data, split, evaluation, classifier=classifier,
                                    params=params or {}, seed=seed, metrics={"fit_seconds": fit_seconds},
-                                   notes=notes, runs_dir=runs_dir)
+                                   notes=notes, compared=compared, runs_dir=runs_dir)
     artifact_dir = runs.artifact_path(runs.get_run(run_id, runs_dir=runs_dir))
     return TrainResult(name=name, run_id=run_id, classifier=pipeline, classes=split.classes, evaluation=evaluation,
                        artifact_dir=artifact_dir, n_train=len(split.y_train), n_val=len(split.y_val),
-                       warnings=tuple(notes))
+                       warnings=tuple(notes), comparison=compared)
 
 
 def _parse_value(text: str) -> Any:

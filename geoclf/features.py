@@ -1,7 +1,8 @@
 """Featurization: every chip through a featurizer (a pretrained CNN's penultimate layer), in parallel on Dask.
 
 Output (see docs/architecture.md): ``part-NNNNN.parquet`` partitions with ``chip_id``, ``label``, ``split``,
-``features`` (fixed-size float32 list) and NIR statistics, plus ``features.json``, which describes the
+``features`` (fixed-size float32 list), ``baseline`` (the spectral statistics every trained model is compared
+with) and NIR statistics, plus ``features.json``, which describes the
 featurizer (:mod:`geoclf.featurizers`) so that a model trained on the features computes the same vectors
 from chips when it scores. The featurizer is built once per worker process and kept between tasks; a rerun
 resumes from the partitions already written.
@@ -22,6 +23,7 @@ import pyarrow as pa
 
 from geoclf.chips import iter_batches
 from geoclf.featurizers import Featurizer, make_featurizer
+from geoclf.featurizers.spectral import SpectralFeaturizer
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions, task_threads, worker_model
 from geoclf.runs import start_run
 from tiling.errors import InputError
@@ -35,6 +37,10 @@ META_FILE = "features.json"
 
 #: Extra per-chip columns computed from NAIP's NIR band (not seen by RGB backbones).
 NIR_COLUMNS = ("ndvi_mean", "ndvi_std", "nir_mean")
+
+#: Column of the spectral baseline's vectors (:class:`geoclf.featurizers.spectral.SpectralFeaturizer`), which
+#: ``geoclf train`` fits beside every model on the same split; ``features.json`` describes it under ``baseline``.
+BASELINE_COLUMN = "baseline"
 
 #: 1-based NAIP bands the NIR statistics read.
 RED_BAND, NIR_BAND = 1, 4
@@ -59,7 +65,8 @@ def load_chip_table(chips: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[s
 
 @dataclass
 class FeaturizeTask:
-    """Featurize one partition of chips (runs on a worker): the featurizer's vectors and NIR statistics.
+    """Featurize one partition of chips (runs on a worker): the featurizer's vectors, the spectral baseline's
+    and NIR statistics.
 
     Attributes:
         featurizer: what computes the feature vectors (a :class:`geoclf.featurizers.Featurizer`); it travels
@@ -68,6 +75,9 @@ class FeaturizeTask:
         batch_size: chips per :meth:`~geoclf.featurizers.Featurizer.featurize` call.
         torch_threads: threads the featurizer may use (``None``: the Dask worker's thread count).
         nir: also compute :data:`NIR_COLUMNS` from band 4 (NaN for chips without it: PNGs, RGB rasters).
+        baseline: also store this featurizer's vectors in the :data:`BASELINE_COLUMN` (the spectral
+            statistics every ``geoclf train`` compares its model with); ``None`` for none. Its bands must be
+            on every chip (see :meth:`~geoclf.featurizers.Featurizer.for_band_count`).
     """
 
     featurizer: Featurizer
@@ -75,22 +85,28 @@ class FeaturizeTask:
     batch_size: int = 32
     torch_threads: int | None = None
     nir: bool = True
+    baseline: Featurizer | None = None
 
     def __call__(self, part: pd.DataFrame) -> pa.Table:
         featurizer = worker_model(self.featurizer.key, self.featurizer.load, self.torch_threads)
+        baseline = self.baseline
         # NIR statistics for chips of 4-band rasters; older NAIP is RGB only, and its chips get NaN there
         with_nir = np.zeros(len(part), dtype=bool)
         if self.nir and "source" in part.columns:
             with_nir = part["source"].map(_band_count).to_numpy() >= 4
         order = np.concatenate([np.flatnonzero(with_nir), np.flatnonzero(~with_nir)])
         own = tuple(featurizer.bands)
-        plus_nir = own if NIR_BAND in own else (*own, NIR_BAND)  # read once, with the featurizer's bands
-        features, extras = [], []
-        for bands, rows, stats_here in ((plus_nir, part[with_nir], True), (own, part[~with_nir], False)):
+        also = () if baseline is None else tuple(baseline.bands)
+        features, extras, base = [], [], []
+        for rows, stats_here in ((part[with_nir], True), (part[~with_nir], False)):
+            # every band anything here reads, read once: the featurizer's first, in its order
+            bands = tuple(dict.fromkeys((*own, *also, *((RED_BAND, NIR_BAND) if stats_here else ()))))
             picked = [bands.index(b) for b in own]
             with ChipReader(bands=bands, size=self.chip_size) as reader:
                 for _, chips in iter_batches(rows, reader, self.batch_size):
                     features.append(featurizer.featurize(chips[:, picked]))
+                    if baseline is not None:
+                        base.append(baseline.featurize(chips[:, [bands.index(b) for b in also]]))
                     extras.append(_nir_stats(chips, bands.index(RED_BAND), bands.index(NIR_BAND)) if stats_here
                                   else np.full((len(chips), len(NIR_COLUMNS)), np.nan))
         matrix = np.empty((len(part), featurizer.feature_dim), dtype=np.float32)
@@ -106,6 +122,12 @@ class FeaturizeTask:
         }
         for i, name in enumerate(NIR_COLUMNS):
             columns[name] = pa.array(stats[:, i])
+        if baseline is not None:
+            vectors = np.empty((len(part), baseline.feature_dim), dtype=np.float32)
+            if base:
+                vectors[order] = np.concatenate(base)
+            columns[BASELINE_COLUMN] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()),
+                                                                         baseline.feature_dim)
         return pa.table(columns)
 
 
@@ -178,11 +200,15 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     # loaded here, on the client: a bad name or weights offline fail now in one line, not on every worker
     # on the CPU even where there is a GPU, as geoclf always featurized
     featurizer = make_featurizer(backbone, weights, device="cpu")
-    featurizer = featurizer.for_band_count(chip_band_count(table))  # NIR where every chip has it
+    bands = chip_band_count(table)
+    featurizer = featurizer.for_band_count(bands)  # NIR where every chip has it
+    baseline = SpectralFeaturizer().for_band_count(bands)
     threads = task_threads(scheduler, n_workers)
-    task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir)
+    task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir,
+                         baseline=baseline)
     described = featurizer.describe()
-    settings = {"backbone": backbone, "weights": described.get("weights_ref"), "nir": nir, "source": source}
+    settings = {"backbone": backbone, "weights": described.get("weights_ref"), "nir": nir, "source": source,
+                "baseline": baseline.describe()}
     out_dir = Path(out)
     started = time.perf_counter()
     run_partitions(table, out_dir, task, settings=settings, chips_per_partition=chips_per_partition,
@@ -195,6 +221,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         "weights": weights if "weights_ref" in described else None,  # as given; weights_ref says which file
         "nir_columns": list(NIR_COLUMNS) if nir else [],
         **normalization,  # after nir_columns, where features.json always had it
+        "baseline": baseline.describe(),
         "chip_size": 224,
         "chip_size_m": source.get("chip_size_m"),
         "chips": len(table),

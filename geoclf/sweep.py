@@ -37,6 +37,8 @@ from geoclf.metrics import evaluate, scalar_metrics
 from geoclf.training import (
     FeatureSet,
     TrainingSplit,
+    comparison,
+    fit_baseline,
     fit_notes,
     load_features,
     prepare_split,
@@ -245,9 +247,11 @@ def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logist
     rows: list[dict[str, Any]] = []
     with runs.start_run(name, "train", params=parent_params, tags={SWEEP_TAG: "parent", METRIC_TAG: chosen_by},
                         runs_dir=runs_dir) as parent:
+        baseline = fit_baseline(data, split, seed)  # once: every fit is compared with the same one
+
         def record(outcome: FitOutcome) -> None:
             rows.append(_record_fit(outcome, combos, data, split, classifier, seed, name, parent.run_id,
-                                    cv_folds, runs_dir))
+                                    cv_folds, runs_dir, baseline))
 
         started = time.perf_counter()
         data_bytes, task_bytes, link = _fit_all(fit_data, classifier, combos, seed, cv_folds, scheduler, n_workers,
@@ -375,7 +379,7 @@ def _same(value: Any) -> Any:
 
 def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: FeatureSet, split: TrainingSplit,
                 classifier: str, seed: int, sweep_name: str, parent_id: str, cv_folds: int | None,
-                runs_dir: PathLike | None) -> dict[str, Any]:
+                runs_dir: PathLike | None, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Record one fit as a child run with its model artifact, as ``geoclf train`` records a run."""
     params = combos[outcome.index]
     classes = split.classes
@@ -394,7 +398,8 @@ def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: Feature
     run_id = record_features_model(name, outcome.pipeline, data, split, evaluation, classifier=classifier,
                                    params=params, seed=seed, metrics=extra, notes=outcome.warnings,
                                    run_params={"cv_folds": cv_folds}, provenance={"sweep_parent": parent_id},
-                                   parent=parent_id, runs_dir=runs_dir)
+                                   parent=parent_id, compared=comparison(split, outcome.val_pred, baseline),
+                                   runs_dir=runs_dir)
     row: dict[str, Any] = {"index": outcome.index, "run_name": name, "run_id": run_id, **params}
     row.update({k: evaluation.get(k) for k in runs.HEADLINE_METRICS})
     row.update(extra)

@@ -6,6 +6,8 @@
 - :func:`class_order` and :func:`class_groups`: a model's classes in the order and with the NLCD grouping of
   the class scheme its chips were tiled with (:func:`tiling.index.index_scheme`), whichever kind of model;
 - :func:`fit_notes`: the fit warnings worth showing a user;
+- :func:`fit_baseline` and :func:`comparison`: the spectral baseline on the same split, and the model's
+  validation accuracy beside it with 95% confidence intervals (recorded as ``comparison.json``);
 - :func:`record_features_model`: a fitted classifier recorded as a ``train`` run with its model artifact.
 
 Every check runs before anything is written: bad input leaves neither a run nor an artifact behind.
@@ -26,12 +28,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from geoclf import runs
-from geoclf.features import read_features
+from geoclf.features import BASELINE_COLUMN, read_features
 from geoclf.features_model import save_features_model
 from geoclf.featurizers import Featurizer, featurizer_from_meta
-from geoclf.metrics import evaluation_to_json
+from geoclf.metrics import accuracy_interval, evaluate, evaluation_to_json
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.index import index_scheme, read_index
@@ -39,6 +44,12 @@ from tiling.index import index_scheme, read_index
 PathLike = str | os.PathLike[str]
 
 _REQUIRED = ("feature_dim", "bands", "chip_size")
+
+#: ``features.json`` field describing the baseline column's featurizer.
+BASELINE_META = "baseline"
+
+#: Run artifact holding the model's accuracy interval beside the spectral baseline's (:func:`comparison`).
+COMPARISON_FILE = "comparison.json"
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,15 @@ class FeatureSet:
         rows: one row per chip: ``chip_id``, ``label``, ``split`` and any extra named columns.
         features: ``(len(rows), feature_dim)`` float32 feature vectors, in ``rows`` order.
         directories: the feature directories read.
+        baseline: ``(len(rows), d)`` float32 vectors of the spectral baseline (the ``baseline`` column), or
+            ``None`` when a directory has none (made before there was one) or they disagree on it.
     """
 
     meta: dict[str, Any]
     rows: pd.DataFrame
     features: np.ndarray
     directories: tuple[Path, ...]
+    baseline: np.ndarray | None = None
 
     @property
     def featurizer(self) -> Featurizer:
@@ -78,6 +92,12 @@ class FeatureSet:
         mask = self._labelled(name)
         return self.features[mask], self.rows.loc[mask, "label"].astype(str).to_numpy(dtype=object)
 
+    @property
+    def baseline_featurizer(self) -> Featurizer | None:
+        """The featurizer of :attr:`baseline` (``None`` without a baseline)."""
+        described = self.meta.get(BASELINE_META)
+        return None if self.baseline is None or not isinstance(described, Mapping) else featurizer_from_meta(described)
+
     def _labelled(self, name: str) -> np.ndarray:
         return (self.rows["split"] == name).to_numpy() & self.rows["label"].notna().to_numpy()
 
@@ -91,6 +111,8 @@ class TrainingSplit:
         x_val, y_val: those of the validation split.
         classes: class names in output order (the chip index's scheme order, then others A-Z).
         groups: spatial block of each train chip (spatial cross-validation), or ``None``.
+        val_groups: spatial block of each validation chip (confidence intervals), or ``None`` where the chip
+            index is not there to say.
     """
 
     x_train: np.ndarray
@@ -99,6 +121,7 @@ class TrainingSplit:
     y_val: np.ndarray
     classes: list[str]
     groups: np.ndarray | None = None
+    val_groups: np.ndarray | None = None
 
 
 def load_features(directories: PathLike | Sequence[PathLike]) -> FeatureSet:
@@ -112,7 +135,7 @@ def load_features(directories: PathLike | Sequence[PathLike]) -> FeatureSet:
     dirs = [Path(directories)] if isinstance(directories, str | os.PathLike) else [Path(d) for d in directories]
     if not dirs:
         raise InputError("no features directory given")
-    metas, signatures, frames, matrices = [], [], [], []
+    metas, signatures, frames, matrices, baselines = [], [], [], [], []
     for directory in dirs:
         meta, frame = read_features(directory)
         missing = [k for k in _REQUIRED if k not in meta]
@@ -137,7 +160,8 @@ def load_features(directories: PathLike | Sequence[PathLike]) -> FeatureSet:
                                  f"{_short(signature.get(k))} here and {_short(other.get(k))} in {other_dir}",
                                  directory)
         matrices.append(_feature_matrix(frame, int(meta["feature_dim"]), directory))
-        frames.append(frame.drop(columns=["features"]))
+        baselines.append(_baseline_matrix(frame, meta, directory))
+        frames.append(frame.drop(columns=[c for c in ("features", BASELINE_COLUMN) if c in frame.columns]))
         metas.append(meta)
         signatures.append(signature)
     rows = pd.concat(frames, ignore_index=True)
@@ -148,7 +172,10 @@ def load_features(directories: PathLike | Sequence[PathLike]) -> FeatureSet:
     if duplicated.any():
         raise InputError(f"chip {rows.loc[duplicated, 'chip_id'].iloc[0]!r} appears more than once "
                          f"({int(duplicated.sum())} duplicates): is a features directory given twice?")
-    return FeatureSet(metas[0], rows, np.concatenate(matrices), tuple(d.resolve() for d in dirs))
+    # one baseline for all or none: directories of RGB and of RGBN imagery have different statistics
+    same = len({_canonical(m.get(BASELINE_META)) for m in metas}) == 1
+    baseline = np.concatenate(baselines) if same and all(b is not None for b in baselines) else None
+    return FeatureSet(metas[0], rows, np.concatenate(matrices), tuple(d.resolve() for d in dirs), baseline)
 
 
 def prepare_split(data: FeatureSet, cv_folds: int | None = None) -> TrainingSplit:
@@ -183,13 +210,17 @@ def prepare_split(data: FeatureSet, cv_folds: int | None = None) -> TrainingSpli
         raise InputError(f"the train split holds a single class ({classes[0]!r}); a classifier needs two or more",
                          where)
     groups = None
+    try:
+        val_groups = split_blocks(data, "val")
+    except InputError:  # the chip index is gone: intervals take the chips as independent
+        val_groups = None
     if cv_folds:
-        groups = _train_blocks(data)
+        groups = split_blocks(data, "train")
         blocks = len(set(groups))
         if blocks < cv_folds:
             raise InputError(f"the train split spans {blocks} spatial blocks, too few for {cv_folds} spatial "
                              "cross-validation folds; use fewer folds or smaller blocks when tiling", where)
-    return TrainingSplit(x_train, y_train, x_val, y_val, classes, groups)
+    return TrainingSplit(x_train, y_train, x_val, y_val, classes, groups, val_groups)
 
 
 def features_scheme(meta: Mapping[str, Any]) -> ClassScheme | None:
@@ -244,11 +275,66 @@ def fit_notes() -> Iterator[list[str]]:
                                if issubclass(w.category, ConvergenceWarning)))
 
 
+def fit_baseline(data: FeatureSet, split: TrainingSplit, seed: int = 0,
+                 confidence: float = 0.95) -> dict[str, Any] | None:
+    """The spectral baseline on ``split``'s chips: standardized band statistics and a logistic regression.
+
+    It is fitted on the same train chips as the model and scored on the same validation chips, so a reader of
+    a results report sees at once whether a CNN earns its cost (issue 13: on real 4-band imagery it often
+    does not).
+
+    Returns:
+        JSON-ready: ``featurizer`` (its description), ``classifier``, ``evaluation``
+        (:func:`geoclf.metrics.evaluation_to_json`) and ``interval`` (:func:`geoclf.metrics.accuracy_interval`
+        over the validation blocks); ``None`` when the features hold no baseline (made by an older geoclf).
+    """
+    featurizer = data.baseline_featurizer
+    if data.baseline is None or featurizer is None:
+        return None
+    train, val = data._labelled("train"), data._labelled("val")
+    pipeline = Pipeline([("scale", StandardScaler()),
+                         ("classifier", LogisticRegression(max_iter=1000, random_state=seed))])
+    with fit_notes():  # a baseline that does not converge is still the baseline; its warnings are not the model's
+        pipeline.fit(data.baseline[train], split.y_train)
+    predicted = pipeline.predict(data.baseline[val])
+    evaluation = evaluate(split.y_val, predicted, split.classes)
+    return {"featurizer": featurizer.describe(), "classifier": "logistic_regression",
+            "evaluation": evaluation_to_json(evaluation),
+            "interval": accuracy_interval(predicted == split.y_val, split.val_groups, confidence).to_json()}
+
+
+def comparison(split: TrainingSplit, predicted: np.ndarray, baseline: Mapping[str, Any] | None,
+               confidence: float = 0.95) -> dict[str, Any]:
+    """What a ``train`` run records in ``comparison.json``: the model's validation accuracy with its confidence
+    interval beside the spectral baseline's (:func:`fit_baseline`), on the same chips.
+
+    Returns:
+        JSON-ready: ``model`` and ``baseline`` (``None`` without one) intervals, ``confidence``, ``method``
+        and the baseline's description.
+    """
+    model = accuracy_interval(np.asarray(predicted) == split.y_val, split.val_groups, confidence)
+    return {"confidence": confidence, "method": model.method, "model": model.to_json(),
+            "baseline": None if baseline is None else dict(baseline)}
+
+
+def comparison_metrics(compared: Mapping[str, Any]) -> dict[str, float]:
+    """The run-history metrics of a :func:`comparison`: ``accuracy.ci_low``/``accuracy.ci_high`` and
+    ``baseline.accuracy`` with its ``.ci_low``/``.ci_high``."""
+    model = compared["model"]
+    metrics = {"accuracy.ci_low": model["low"], "accuracy.ci_high": model["high"]}
+    if compared.get("baseline"):
+        base = compared["baseline"]["interval"]
+        metrics.update({"baseline.accuracy": base["accuracy"], "baseline.accuracy.ci_low": base["low"],
+                        "baseline.accuracy.ci_high": base["high"]})
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def record_features_model(name: str, pipeline: Any, data: FeatureSet, split: TrainingSplit,
                           evaluation: Mapping[str, Any], *, classifier: str, params: Mapping[str, Any],
                           seed: int, metrics: Mapping[str, float] | None = None, notes: Sequence[str] = (),
                           run_params: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None,
-                          parent: str | None = None, runs_dir: PathLike | None = None) -> str:
+                          parent: str | None = None, compared: Mapping[str, Any] | None = None,
+                          runs_dir: PathLike | None = None) -> str:
     """Record a fitted classifier as a ``train`` run: parameters, the evaluation, its ``features`` model artifact.
 
     Args:
@@ -265,6 +351,8 @@ def record_features_model(name: str, pipeline: Any, data: FeatureSet, split: Tra
         run_params: more run parameters (e.g. ``cv_folds``).
         provenance: more provenance for ``model.json`` (e.g. ``sweep_parent``).
         parent: parent run id (a sweep's), also tagged ``geoclf.sweep_parent``.
+        compared: the model beside the spectral baseline (:func:`comparison`), recorded as ``comparison.json``
+            and as :func:`comparison_metrics`.
         runs_dir: runs directory or tracking URI (see :func:`geoclf.runs.run_store`).
 
     Returns:
@@ -296,6 +384,9 @@ def record_features_model(name: str, pipeline: Any, data: FeatureSet, split: Tra
     with runs.start_run(name, "train", params=recorded, tags=tags, runs_dir=runs_dir, parent=parent) as run:
         run.log_evaluation(evaluation)
         run.log_metrics(dict(metrics or {}))
+        if compared is not None:
+            run.log_json(dict(compared), COMPARISON_FILE)
+            run.log_metrics(comparison_metrics(compared))
         if notes:
             run.set_tags({"warnings": " | ".join(notes)})
         origin = {"run_id": run.run_id, **dict(provenance or {}), "features": features,
@@ -312,11 +403,15 @@ def record_features_model(name: str, pipeline: Any, data: FeatureSet, split: Tra
         return run.run_id
 
 
-def _train_blocks(data: FeatureSet) -> np.ndarray:
-    """The spatial block of every labelled train chip: a ``block`` column of the features, else the chip
-    index's (``features.json`` names it)."""
+def split_blocks(data: FeatureSet, name: str = "train") -> np.ndarray:
+    """The spatial block of every labelled chip of split ``name``, in :meth:`FeatureSet.split` order: a
+    ``block`` column of the features, else the chip index's (``features.json`` names it).
+
+    Raises:
+        InputError: the chip index is not there, has no blocks, or lacks a chip.
+    """
     rows = data.rows
-    mask = data._labelled("train")
+    mask = data._labelled(name)
     if "block" in rows.columns:
         blocks = rows["block"]
     else:
@@ -328,11 +423,24 @@ def _train_blocks(data: FeatureSet) -> np.ndarray:
         if "block" not in index.columns:
             raise InputError("has no block column for spatial cross-validation", path)
         blocks = rows["chip_id"].map(dict(zip(index["chip_id"], index["block"], strict=True)))
-    train = blocks[mask]
-    if train.isna().any():
-        raise InputError(f"chip {rows.loc[mask, 'chip_id'][train.isna()].iloc[0]!r} has no spatial block in the "
+    picked = blocks[mask]
+    if picked.isna().any():
+        raise InputError(f"chip {rows.loc[mask, 'chip_id'][picked.isna()].iloc[0]!r} has no spatial block in the "
                          "chip index; were the features made from another index?")
-    return train.astype(str).to_numpy(dtype=object)
+    return picked.astype(str).to_numpy(dtype=object)
+
+
+def _baseline_matrix(frame: pd.DataFrame, meta: Mapping[str, Any], directory: Path) -> np.ndarray | None:
+    """The baseline column as a matrix, or ``None`` when the directory has none (features of an older geoclf)."""
+    described = meta.get(BASELINE_META)
+    if BASELINE_COLUMN not in frame.columns or not isinstance(described, Mapping):
+        return None
+    try:
+        dim = featurizer_from_meta(described).feature_dim
+    except InputError as exc:
+        raise InputError(f"features.json: baseline: {exc}", directory) from exc
+    return _feature_matrix(frame.drop(columns=["features"]).rename(columns={BASELINE_COLUMN: "features"}), dim,
+                           directory)
 
 
 def _feature_matrix(frame: pd.DataFrame, dim: int, directory: Path) -> np.ndarray:
@@ -368,13 +476,19 @@ def _short(value: Any) -> str:
 
 
 __all__ = [
+    "BASELINE_META",
+    "COMPARISON_FILE",
     "FeatureSet",
     "TrainingSplit",
     "class_groups",
     "class_order",
+    "comparison",
+    "comparison_metrics",
     "features_scheme",
+    "fit_baseline",
     "fit_notes",
     "load_features",
     "prepare_split",
     "record_features_model",
+    "split_blocks",
 ]

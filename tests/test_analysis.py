@@ -252,3 +252,45 @@ def test_report_shows_the_interactive_map_and_no_machine_paths(report, quickstar
     assert "Developed" in frame["legend"] and "not scored" in frame["legend"]
     quick = (workdir / "report-lr-lite0" / "report.html").read_text(encoding="utf-8")
     assert 'id="geoclf-map"' in quick and 'alt="land-use map"' in quick and str(workdir) not in quick
+def test_train_records_the_spectral_baseline_on_the_same_split(quickstart):
+    """Every train run fits the spectral baseline on its own train chips and scores it on its validation chips."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from geoclf import runs
+    from geoclf.features import read_features
+
+    workdir = quickstart[0]
+    record = runs.get_run("lr-lite0", runs_dir=workdir / "runs")
+    compared = runs.read_json_artifact(record, "comparison.json")
+    _, table = read_features(workdir / "features")
+    train, val = table[table["split"] == "train"], table[table["split"] == "val"]
+    baseline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
+    baseline.fit(np.stack(train["baseline"]), train["label"])
+    accuracy = float((baseline.predict(np.stack(val["baseline"])) == val["label"]).mean())
+    assert compared["baseline"]["interval"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert record.metrics["baseline.accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    model = compared["model"]
+    assert model["accuracy"] == pytest.approx(record.metrics["accuracy"], abs=1e-12)
+    assert model["low"] < model["accuracy"] < model["high"] or model["accuracy"] == 1.0
+    assert model["n"] == record.params["n_val"] and model["blocks"] >= 2  # intervals over the spatial blocks
+    assert record.metrics["accuracy.ci_low"] == pytest.approx(model["low"])
+
+
+def test_quickstart_report_shows_model_and_baseline_with_intervals(quickstart):
+    import html as htmllib
+
+    page = (quickstart[0] / "report-lr-lite0" / "report.html").read_text(encoding="utf-8")
+    section = page[page.index("<h2>Model and spectral baseline</h2>"):page.index("<h2>Overall</h2>")]
+    text = htmllib.unescape(re.sub(r"<[^>]+>", " ", section))
+    assert "95% CI low" in text and "95% CI high" in text
+    for row in ("model", "spectral baseline"):
+        numbers = re.search(rf"{row}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)", text)
+        assert numbers, (row, text)
+        accuracy, low, high, chips = (float(v) for v in numbers.groups())
+        assert 0 <= low <= accuracy <= high <= 1 and chips > 0
+    assert "nan" not in text.lower()
+    assert re.search(r"points (above|below) the spectral baseline", text)
+    comparison = pd.read_csv(quickstart[0] / "report-lr-lite0" / "comparison.csv", index_col=0)
+    assert list(comparison.index) == ["model", "spectral baseline"] and comparison.notna().all().all()

@@ -131,3 +131,38 @@ def test_undefined_kappa_is_nan_and_null_in_json() -> None:
     assert np.isnan(result["kappa"])  # no chance-corrected agreement with a single class on both sides
     assert "kappa" not in scalar_metrics(result)
     assert evaluation_to_json(result)["kappa"] is None
+
+
+def test_accuracy_interval_is_wilson_for_independent_chips() -> None:
+    from scipy.stats import binomtest
+
+    from geoclf.metrics import accuracy_interval
+
+    for hits, n in ((66, 75), (55, 55), (0, 12), (1, 2)):
+        interval = accuracy_interval(np.arange(n) < hits)
+        expected = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert (interval.low, interval.high) == pytest.approx((expected.low, expected.high), abs=1e-12)
+        assert 0 <= interval.low <= interval.accuracy <= interval.high <= 1
+    # every chip right still leaves room below 1 (a normal interval would be [1, 1])
+    assert accuracy_interval(np.ones(55, bool)).low < 0.95
+
+
+def test_accuracy_interval_covers_when_errors_cluster_in_blocks() -> None:
+    """Chips of a block err together: the design effect keeps the interval's coverage near 95%, where an
+    interval that takes the chips as independent covers far less often."""
+    from geoclf.metrics import accuracy_interval
+
+    rng = np.random.default_rng(0)
+    covered = {"blocks": 0, "chips": 0}
+    trials = 400
+    for _ in range(trials):
+        accuracy = rng.beta(8, 2, size=12)  # each block its own accuracy, 0.8 on average
+        blocks = np.repeat(np.arange(12), 10)
+        hits = rng.random(blocks.size) < accuracy[blocks]
+        for key, groups in (("blocks", blocks), ("chips", None)):
+            interval = accuracy_interval(hits, groups)
+            covered[key] += interval.low <= 0.8 <= interval.high
+    assert covered["blocks"] / trials >= 0.92, covered
+    assert covered["chips"] / trials <= 0.9, covered
+    clustered = accuracy_interval(hits, blocks)
+    assert clustered.n_effective < clustered.n and clustered.blocks == 12

@@ -27,6 +27,7 @@ from __future__ import annotations
 from geoclf.analysis.evaluation import (
     MODEL_KINDS,
     OVERALL_METRICS,
+    comparison_table,
     misclassified,
     overall_table,
     predict_validation,
@@ -42,6 +43,7 @@ __all__ = [
     "MODEL_KINDS",
     "OVERALL_METRICS",
     "area_map",
+    "comparison_table",
     "misclassified",
     "overall_table",
     "predict_validation",

@@ -63,6 +63,28 @@ def overall_table(evaluation: dict[str, Any]) -> pd.DataFrame:
     return pd.Series(values, index=pd.Index(OVERALL_METRICS, name="metric"), dtype=object, name="value").to_frame()
 
 
+def comparison_table(compared: dict[str, Any]) -> pd.DataFrame:
+    """The model beside the spectral baseline, one row each: accuracy, the bounds of its confidence interval,
+    chips, effective chips (after the design effect of the spatial blocks) and blocks.
+
+    Args:
+        compared: a run's ``comparison.json`` (:func:`geoclf.training.comparison`).
+    """
+    rows = {"model": compared["model"]}
+    if compared.get("baseline"):
+        rows["spectral baseline"] = compared["baseline"]["interval"]
+    level = f"{float(compared.get('confidence', 0.95)):.0%}"
+    table = pd.DataFrame({
+        "accuracy": [float(r["accuracy"]) for r in rows.values()],
+        f"{level} CI low": [float(r["low"]) for r in rows.values()],
+        f"{level} CI high": [float(r["high"]) for r in rows.values()],
+        "chips": [int(r["n"]) for r in rows.values()],
+        "effective chips": [round(float(r["n_effective"]), 1) for r in rows.values()],
+        "blocks": ["-" if r.get("blocks") is None else int(r["blocks"]) for r in rows.values()],
+    }, index=pd.Index(list(rows), name="predictor"))
+    return table
+
+
 def validation_chips(chips: PathLike) -> pd.DataFrame:
     """The labelled validation chips of a chip index (or PNG folder): the rows a run was evaluated on.
 

@@ -44,7 +44,8 @@ def area_map(score_output: PathLike, path: PathLike) -> tuple[Path, dict[str, An
 
 def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame, per_class: pd.DataFrame,
                  confusion_png: Path, wrong: pd.DataFrame, gallery_png: Path | None,
-                 map_png: Path | None, top: int = 50, html_map: Path | None = None) -> Path:
+                 map_png: Path | None, top: int = 50, html_map: Path | None = None,
+                 comparison: pd.DataFrame | None = None) -> Path:
     """Write ``report.html``: one self-contained page (figures inlined as data URLs) of a results analysis.
 
     Files are named relative to the report's directory, so the page shows no directory of the machine that
@@ -61,6 +62,7 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
         map_png: the area map, if any.
         top: most misclassified chips listed in the table.
         html_map: the score output's ``map.html``, embedded in the page when given.
+        comparison: :func:`geoclf.analysis.evaluation.comparison_table`, shown first.
     """
     esc = html.escape
     here = Path(path).parent
@@ -73,6 +75,7 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
              + (f"Chip index: <code>{esc(relative_path(info['chip_index'], here))}</code>"
                 if info.get("chip_index") else "")
              + "</p>",
+             *_comparison_section(comparison, info.get("comparison") or {}),
              "<h2>Overall</h2>", html_table(overall),
              '<p class="note"><i>accuracy_3class</i>: accuracy after regrouping into the seed study\'s Developed / '
              "Cultivated / Undeveloped. <i>balanced_accuracy</i>: mean recall over the classes present.</p>",
@@ -109,3 +112,29 @@ def write_report(path: PathLike, *, info: dict[str, Any], overall: pd.DataFrame,
         parts += ["<h3>Interactive map</h3>",
                   f'<iframe id="geoclf-map" title="interactive land-use map" srcdoc="{page}"></iframe>']
     return write_page(path, f"Results: {name}", parts)
+
+
+def _comparison_section(table: pd.DataFrame | None, compared: dict[str, Any]) -> list[str]:
+    """The model beside the spectral baseline, with confidence intervals, and what that says."""
+    if table is None or table.empty:
+        return []
+    esc = html.escape
+    parts = ["<h2>Model and spectral baseline</h2>", html_table(table.round(3))]
+    base = (compared.get("baseline") or {}).get("interval")
+    model = compared.get("model") or {}
+    if base:
+        gap = float(model["accuracy"]) - float(base["accuracy"])
+        overlap = float(model["low"]) <= float(base["high"]) and float(base["low"]) <= float(model["high"])
+        verdict = ("the intervals overlap: on these validation chips the model is not shown to differ from "
+                   "the baseline" if overlap else
+                   "the intervals do not overlap" + (": the model earns its cost" if gap > 0
+                                                     else ": the baseline is better"))
+        parts.append(f"<p>The model is {abs(gap) * 100:.1f} points {'above' if gap >= 0 else 'below'} the "
+                     f"spectral baseline (standardized band statistics and NDVI of the same chips, logistic "
+                     f"regression, fitted on the same train split); {esc(verdict)}.</p>")
+    else:
+        parts.append('<p class="note">No spectral baseline was recorded with this run (fine-tuned, or trained on '
+                     "features made before geoclf stored one).</p>")
+    parts.append(f'<p class="note">Intervals: {esc(str(compared.get("method", "")))}. Neighbouring chips err '
+                 "together, so the effective number of chips is below the number of chips.</p>")
+    return parts

@@ -13,12 +13,20 @@ import numpy as np
 import pandas as pd
 
 from geoclf import runs
-from geoclf.analysis.evaluation import misclassified, overall_table, predict_validation, recorded_evaluation
+from geoclf.analysis.evaluation import (
+    comparison_table,
+    misclassified,
+    overall_table,
+    predict_validation,
+    recorded_evaluation,
+)
 from geoclf.analysis.gallery import GALLERY_DIR, write_gallery
 from geoclf.analysis.report import area_map, write_report
+from geoclf.features import load_chip_table
 from geoclf.landuse import ScoreOutput
-from geoclf.metrics import evaluate, plot_confusion_matrix
+from geoclf.metrics import accuracy_interval, evaluate, plot_confusion_matrix
 from geoclf.models import load_model
+from geoclf.training import COMPARISON_FILE
 from tiling.errors import InputError
 from tiling.io import atomic_path
 
@@ -31,12 +39,13 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
     """Write the results analysis of a trained run into ``out``.
 
     Writes ``metrics.csv`` (accuracy, balanced accuracy, Cohen's kappa, 3-class regrouped accuracy, chip
-    count), ``per_class.csv`` (precision, recall, F1, support), ``confusion_matrix.csv`` and ``.png`` -- all
-    as the run recorded them -- then ``misclassified.csv`` (every wrongly predicted validation chip, most
-    confident first), ``gallery.png`` and ``gallery/*.png`` (the first ``gallery`` of them, read from the
-    source rasters), ``map.png`` when a score output is given, ``report.json`` and ``report.html`` (one
-    self-contained page, images inlined, the score output's interactive ``map.html`` embedded, paths relative
-    to the report).
+    count), ``comparison.csv`` (the model's accuracy with its 95% confidence interval beside the spectral
+    baseline's, fitted on the same split when the run was trained), ``per_class.csv`` (precision, recall,
+    F1, support), ``confusion_matrix.csv`` and ``.png`` -- all as the run recorded them -- then
+    ``misclassified.csv`` (every wrongly predicted validation chip, most confident first), ``gallery.png``
+    and ``gallery/*.png`` (the first ``gallery`` of them, read from the source rasters), ``map.png`` when a
+    score output is given, ``report.json`` and ``report.html`` (one self-contained page, images inlined, the
+    score output's interactive ``map.html`` embedded, paths relative to the report).
 
     Args:
         run: run name or id (a ``train`` or ``finetune`` run).
@@ -54,7 +63,7 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
         batch_size: chips per forward pass when the imagery is predicted.
 
     Returns:
-        Output name -> path: ``metrics``, ``per_class``, ``confusion_csv``, ``confusion_matrix``,
+        Output name -> path: ``metrics``, ``comparison``, ``per_class``, ``confusion_csv``, ``confusion_matrix``,
         ``misclassified``, ``gallery`` and ``gallery_dir`` (when a chip was drawn), ``map`` (with
         ``predictions``), ``json``, ``report``.
 
@@ -107,6 +116,9 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
         written["gallery"] = gallery_png
         written["gallery_dir"] = out / GALLERY_DIR
 
+    compared = _comparison(record, predicted, index)
+    written["comparison"] = _write_csv(comparison_table(compared), out / "comparison.csv")
+
     about_map: dict[str, Any] = {}
     html_map = None
     if predictions is not None:
@@ -123,7 +135,7 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
         "features": None if feature_dirs is None else [str(d) for d in feature_dirs],
         "predicted_from": predicted.attrs["route"], "predicted_chips": len(predicted),
         "misclassified": len(wrong), "gallery_chips": len(files),
-        "agrees_with_recorded": not notes, "notes": notes,
+        "agrees_with_recorded": not notes, "notes": notes, "comparison": compared,
         "predictions": None if predictions is None else str(predictions), "map_models": about_map.get("models"),
         "map_accuracy": None if map_accuracy is None else
         {k: map_accuracy.get(k) for k in ("n", "accuracy", "balanced_accuracy", "kappa", "accuracy_3class")},
@@ -132,9 +144,28 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
         temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
     written["json"] = out / "report.json"
     written["report"] = write_report(out / "report.html", info=info, overall=overall, per_class=per_class,
+                                     comparison=comparison_table(compared),
                                      confusion_png=written["confusion_matrix"], wrong=wrong,
                                      gallery_png=gallery_png, map_png=written.get("map"), html_map=html_map)
     return written
+
+
+def _comparison(record: runs.RunRecord, predicted: pd.DataFrame, index: PathLike | None) -> dict[str, Any]:
+    """The run's recorded ``comparison.json``; for a run without one (fine-tuned, or trained by an older
+    geoclf) the model's interval from the validation chips just predicted, and no baseline."""
+    recorded = runs.read_json_artifact(record, COMPARISON_FILE)
+    if isinstance(recorded, dict) and recorded.get("model"):
+        return recorded
+    blocks = None
+    if index is not None and Path(index).exists():
+        table, _ = load_chip_table(index)
+        if "block" in table.columns:
+            block_of = dict(zip(table["chip_id"].astype(str), table["block"], strict=False))
+            found = predicted["chip_id"].map(block_of)
+            blocks = None if found.isna().any() else found.astype(str).to_numpy(dtype=object)
+    interval = accuracy_interval((predicted["label"] == predicted["pred"]).to_numpy(), blocks)
+    return {"confidence": interval.confidence, "method": interval.method, "model": interval.to_json(),
+            "baseline": None}
 
 
 def _write_csv(frame: pd.DataFrame, path: Path, **options: Any) -> Path:

@@ -32,5 +32,15 @@ def train(features: tuple[str, ...], classifier: str, name: str | None, params: 
     click.echo(f"{result.name}: {classifier} on {result.n_train} train chips, "
                f"evaluated on {result.n_val} validation chips")
     echo_evaluation(result.evaluation)
+    compared = result.comparison or {}
+    rows = [("model", compared.get("model"))]
+    if compared.get("baseline"):
+        rows.append(("spectral baseline", compared["baseline"]["interval"]))
+    for label, interval in rows:
+        if interval:
+            click.echo(f"  {label:<18} accuracy {interval['accuracy']:.4f} ({interval['confidence']:.0%} CI "
+                       f"{interval['low']:.3f}-{interval['high']:.3f})")
+    if compared and not compared.get("baseline"):
+        click.echo("  (no spectral baseline: these features predate it; featurize again to get one)")
     click.echo(f"model artifact -> {result.artifact_dir}")
     click.echo(f"run {result.run_id}  (geoclf runs show {result.name})")
