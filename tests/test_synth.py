@@ -475,4 +475,31 @@ def test_bad_parameters_raise_input_errors(tmp_path):
         make_scene(tmp_path, size_m=448, nodata="nan")
     with pytest.raises(InputError, match="unknown date place"):
         make_years(tmp_path, size_m=448, date_in="exif")
+    with pytest.raises(InputError, match="unknown synthetic preset 'harder'; valid: default, hard"):
+        make_scene(tmp_path, size_m=448, preset="harder")
     assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_hard_preset_same_land_cover_other_radiometry(scene, tmp_path):
+    """The hard world shows the same land cover (identical NLCD) with per-parcel radiometry: a class's chips
+    no longer share one colour, so band means overlap between classes."""
+    hard = make_scene(tmp_path, size_m=1344, seed=0, preset="hard")
+    assert Path(hard.nlcd).read_bytes() == Path(scene.nlcd).read_bytes()
+    with rasterio.open(hard.naip) as dataset:
+        assert dataset.tags()["SYNTH_PRESET"] == "hard"
+        pixels = dataset.read()
+    with rasterio.open(scene.naip) as dataset:
+        assert "SYNTH_PRESET" not in dataset.tags()  # the default scene keeps its bytes
+        plain = dataset.read()
+    assert (pixels == 0).all(axis=0).sum() == (plain == 0).all(axis=0).sum()  # the same collar
+    codes = nlcd_on_naip(hard.naip, hard.nlcd)[16:1312:32, 16:1312:32]
+
+    def spread(image: np.ndarray) -> float:
+        """Spread (std) of the means of 32 m blocks of one NLCD code, averaged over codes and bands."""
+        blocks = image[:, :1312, :1312].astype(float).reshape(4, 41, 32, 41, 32)
+        valid = (blocks > 0).all(axis=(0, 2, 4))  # blocks clear of the collar
+        means = blocks.mean(axis=(2, 4))
+        return float(np.mean([means[:, (codes == code) & valid].std(axis=1).mean() for code in np.unique(codes)
+                              if ((codes == code) & valid).sum() > 20]))
+
+    assert spread(pixels) > 1.4 * spread(plain)

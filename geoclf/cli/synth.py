@@ -106,15 +106,18 @@ def _summary(scene: SyntheticScene, label: str) -> str:
 @click.option("--date-in", type=click.Choice(["tag", "name", "none"]), default="tag", show_default=True,
               help="Where the acquisition date is recorded: the ACQUISITION_DATE tag, the file name "
                    "(naip_YYYYMMDD.tif) or nowhere (like most hand-made clips and mosaics).")
+@click.option("--preset", type=click.Choice(["default", "hard"]), default="default", show_default=True,
+              help="hard: per-parcel radiometric variety, larger year-to-year shifts, patches of other cover inside "
+                   "parcels; a world where band statistics overlap between classes and texture matters (same NLCD).")
 @click.option("--utm-pair", is_flag=True, default=False,
               help="Instead of one scene, write naip_18.tif and naip_19.tif either side of the UTM 18/19 "
                    "boundary (72 W) and one nlcd.tif under both; --crs, --center, --collar-m, "
-                   "--conversions-after, --bands, --nodata and --date-in do not apply.")
+                   "--conversions-after, --bands, --nodata, --date-in and --preset do not apply.")
 @click.argument("more_years", nargs=-1, type=str)
 def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years: tuple[str, ...],
           more_years: tuple[str, ...], seed: int,
           nlcd: bool, nlcd_year: int | None, conversion_rate: float, conversions_after: int, collar_m: float | None,
-          bands: str, nodata_kind: str, date_in: str, utm_pair: bool) -> None:
+          bands: str, nodata_kind: str, date_in: str, preset: str, utm_pair: bool) -> None:
     """Write a synthetic NAIP-like scene (4-band uint8 GeoTIFF in UTM) and its NLCD-like land cover.
 
     Both are views of one seeded procedural world: the imagery shows its land cover (roofs and streets,
@@ -132,7 +135,7 @@ def synth(out: str, size_m: str, resolution: float, crs: str, center: str, years
     common = {"resolution": resolution, "seed": seed, "conversion_rate": conversion_rate}
     options = {"size_m": size_arg, "crs": crs, "center": (lon, lat), "collar_m": collar_m,
                "conversions_after": conversions_after, "bands": int(bands), "nodata": nodata_kind,
-               "date_in": date_in, **common}
+               "date_in": date_in, "preset": preset, **common}
     with _progress_bar("synth") as progress:
         if utm_pair:
             if len(year_list) > 1 or not nlcd:

@@ -2,6 +2,13 @@
 
 Textures are anchored to world coordinates (roofs and streets, tree crowns, field rows, bushes, ...); each
 year brings its own illumination, haze and phenology (:class:`Look`), and every pixel its sensor noise.
+
+Two presets (:data:`PRESETS`): ``default``, the scenes of the demo and the tests, where colour alone tells the
+classes apart; and ``hard``, a world made to rank methods: every parcel gets its own radiometry (brightness,
+tint, NIR vigour, contrast: roof materials, crop stages, forest types, soils), years differ more (sun, sensor,
+haze, phenology), and patches of the neighbouring parcel's cover lie inside parcels (mixed chips, and cover the
+30 m land-cover map does not show). Band statistics then overlap between classes, and texture is what is left
+to tell them apart (:func:`parcel_radiometry`, :func:`inclusions`).
 """
 
 from __future__ import annotations
@@ -12,11 +19,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tiling.errors import InputError
 from tiling.synth.noise import GOLDEN, fbm, hash_keys, mix, rehash, unit, value_noise, worley
 from tiling.synth.world import ROAD_HALF_WIDTH, Sample
 
 _PAVEMENT_HALF_WIDTH = 5.5
 _DEVELOPED = (21, 22, 23, 24)
+
+#: Rendering presets: the default world, and one hard enough to rank methods (see the module docstring).
+PRESETS = ("default", "hard")
+
+
+def check_preset(preset: str) -> str:
+    """``preset`` if it is one of :data:`PRESETS`, else a one-line InputError."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown synthetic preset {preset!r}; valid: {', '.join(PRESETS)}")
+    return preset
 
 
 def _rgbn(*values: float) -> np.ndarray:
@@ -57,15 +75,24 @@ class Look:
     date: dt.date
 
     @classmethod
-    def of(cls, seed: int, year: int) -> Look:
-        """The acquisition of ``year`` in the world of ``seed``."""
+    def of(cls, seed: int, year: int, preset: str = "default") -> Look:
+        """The acquisition of ``year`` in the world of ``seed``; the ``hard`` preset varies more by year."""
         h = hash_keys(seed, year, 9001)
-        u = [float(unit(rehash(h, i))) for i in range(8)]
+        u = [float(unit(rehash(h, i))) for i in range(12)]
+        date = dt.date(year, 6, 15) + dt.timedelta(days=int(u[4] * 75))
+        if check_preset(preset) == "hard":
+            # Another sensor and sun each year: overall gain +-20%, band balance +-8%, NIR +-15%, heavy haze.
+            gain = 0.8 + 0.4 * u[0]
+            gains = np.array([gain * (0.92 + 0.16 * u[8]), gain * (0.92 + 0.16 * u[9]), gain * (0.92 + 0.16 * u[10]),
+                              gain * (0.85 + 0.3 * u[1])], dtype=np.float32)[:, None]
+            haze = 25 * u[2]
+            offsets = np.array([haze * 0.5 - 5, haze * 0.7 - 5, haze - 5, -10 + 20 * u[3]],
+                               dtype=np.float32)[:, None]
+            return cls(gains, offsets, greenness=u[5], leaf=0.75 + 0.5 * u[6], date=date)
         gain = 0.92 + 0.16 * u[0]
         gains = np.array([gain, gain, gain, gain * (0.94 + 0.12 * u[1])], dtype=np.float32)[:, None]
         haze = 10 * u[2]
         offsets = np.array([haze * 0.5 - 3, haze * 0.7 - 3, haze - 3, -4 + 8 * u[3]], dtype=np.float32)[:, None]
-        date = dt.date(year, 6, 15) + dt.timedelta(days=int(u[4] * 75))
         return cls(gains, offsets, greenness=u[5], leaf=0.9 + 0.2 * u[6], date=date)
 
 
@@ -332,13 +359,39 @@ def _render_water(s: Sample, look: Look, key: int) -> np.ndarray:
     return _blend(color, _rgbn(70, 82, 66, 60), shallow * 0.7)
 
 
-def render(s: Sample, look: Look, seed: int, year: int) -> np.ndarray:
+def parcel_radiometry(s: Sample, year: int) -> np.ndarray:
+    """(4, n) per-parcel gains of the ``hard`` preset: brightness, tint, NIR vigour, drawn per parcel.
+
+    Brightness 0.6-1.4 (roof materials, soils, stand age), per-band tint +-15%, NIR 0.6-1.4 (vigour, forest
+    type, crop stage), a part of which changes from year to year (phenology).
+    """
+    h = s.parcel
+    brightness = 0.6 + 0.8 * unit(rehash(h, 60))
+    gains = np.empty((4, h.size), dtype=np.float32)
+    for band in range(3):
+        gains[band] = brightness * (0.85 + 0.3 * unit(rehash(h, 61 + band)))
+    yearly = unit(hash_keys(h.view(np.int64), year, 67))
+    gains[3] = brightness * (0.6 + 0.6 * unit(rehash(h, 64)) + 0.2 * yearly)
+    return gains
+
+
+def inclusions(s: Sample, seed: int) -> np.ndarray:
+    """Points of the ``hard`` preset rendered as the nearest other parcel's cover: blobs of tens of metres
+    (a wood lot in a field, a house in the forest, a pond), on up to a third of the ground of most parcels."""
+    share = unit(rehash(s.parcel, 66))
+    blobs = fbm(s.x, s.y, 40, seed * 1000 + 777, 2)
+    return (s.neighbour != s.code) & (share < 0.8) & (blobs > 0.52 + 0.15 * share)
+
+
+def render(s: Sample, look: Look, seed: int, year: int, preset: str = "default") -> np.ndarray:
     """(4, n) float32 digital numbers for sampled points, before illumination and noise."""
     out = np.empty((4, s.x.size), dtype=np.float32)
     on_road = s.road < ROAD_HALF_WIDTH
-    for code in np.unique(s.code):
+    hard = check_preset(preset) == "hard"
+    codes = np.where(inclusions(s, seed), s.neighbour, s.code) if hard else s.code
+    for code in np.unique(codes):
         code = int(code)
-        index = np.flatnonzero((s.code == code) & ~on_road)
+        index = np.flatnonzero((codes == code) & ~on_road)
         if index.size == 0:
             continue
         part = s.take(index)
@@ -359,6 +412,12 @@ def render(s: Sample, look: Look, seed: int, year: int) -> np.ndarray:
             out[:, index] = _render_cultivated(part, look, key, code, year)
         else:  # pragma: no cover - the world only uses WORLD_CODES
             raise AssertionError(f"no renderer for NLCD code {code}")
+    if hard:
+        # contrast around a mid grey, then the parcel's gains: band means and spreads overlap between classes
+        ground = np.flatnonzero(~on_road)
+        part = s.take(ground)
+        contrast = (0.6 + 0.8 * unit(rehash(part.parcel, 68))).astype(np.float32)
+        out[:, ground] = (100.0 + (out[:, ground] - 100.0) * contrast[None]) * parcel_radiometry(part, year)
     index = np.flatnonzero(on_road)
     if index.size:
         out[:, index] = _render_roads(s.take(index), look, seed * 1000 + 999)

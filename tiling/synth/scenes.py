@@ -15,7 +15,7 @@ from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.io import PathLike
 from tiling.synth.layout import DEFAULT_CENTER, footprint_in_world, scene_grid
-from tiling.synth.render import acquisition_date
+from tiling.synth.render import acquisition_date, check_preset
 from tiling.synth.world import SyntheticWorld
 from tiling.synth.write import BLOCK, NaipFormat, render_naip, render_nlcd, trace_conversions
 
@@ -144,7 +144,7 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
                crs: str | CRS = "EPSG:26919", center: tuple[float, float] = DEFAULT_CENTER, year: int = 2016,
                seed: int = 0, nlcd: bool = True, nlcd_year: int | None = None, name: str = "naip",
                conversion_rate: float = 0.008, conversions_after: int = 2000, collar_m: float | None = None,
-               bands: int = 4, nodata: str = "zero", date_in: str = "tag",
+               bands: int = 4, nodata: str = "zero", date_in: str = "tag", preset: str = "default",
                progress: Callable[[int, int], None] | None = None) -> SyntheticScene:
     """Write a synthetic NAIP-like scene (and the NLCD-like raster under it) into ``out_dir``.
 
@@ -175,18 +175,22 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
             ``"mask"`` (a GDAL internal mask); with an alpha band or a mask the collar holds imagery.
         date_in: where the date is recorded: ``"tag"`` (``ACQUISITION_DATE``), ``"name"`` (the file is
             ``<name>_YYYYMMDD.tif``) or ``"none"``.
+        preset: ``"default"`` or ``"hard"``: per-parcel radiometric variety, larger year-to-year shifts and
+            patches of other cover inside parcels, a world that ranks methods (:mod:`tiling.synth.render`).
+            The land cover, and so the NLCD, is the same.
         progress: called as ``progress(blocks_done, blocks_total)`` while rendering.
 
     Returns:
         The paths written and a summary of the scene.
     """
+    check_preset(preset)
     fmt = NaipFormat(bands=bands, nodata=nodata, date_in=date_in)
     out = Path(out_dir)
     world = SyntheticWorld(seed, conversion_rate, conversions_after)
     grid = scene_grid(size_m, resolution, crs, center, collar_m)
     out.mkdir(parents=True, exist_ok=True)
     path = out / fmt.file_name(name, acquisition_date(world.seed, int(year)))
-    date, counts = render_naip(world, grid, int(year), path, progress, fmt)
+    date, counts = render_naip(world, grid, int(year), path, progress, fmt, preset)
     nlcd_year = int(year if nlcd_year is None else nlcd_year)
     nlcd_path = conversions = None
     if nlcd:
@@ -204,7 +208,7 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
                size_m: float | tuple[float, float] = 4480.0, resolution: float = 1.0,
                crs: str | CRS = "EPSG:26919", center: tuple[float, float] = DEFAULT_CENTER, seed: int = 0,
                conversion_rate: float = 0.008, conversions_after: int = 2000, collar_m: float | None = None,
-               bands: int = 4, nodata: str = "zero", date_in: str = "tag",
+               bands: int = 4, nodata: str = "zero", date_in: str = "tag", preset: str = "default",
                progress: Callable[[int, int], None] | None = None) -> SyntheticSeries:
     """Write a time series of one place: ``naip_<year>.tif`` per year, ``nlcd.tif``, ``conversions.geojson``.
 
@@ -220,6 +224,7 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
             :func:`make_scene`.
         bands, nodata, date_in: as in :func:`make_scene`; with ``date_in="name"`` the files are
             ``naip_<year>_YYYYMMDD.tif``.
+        preset: as in :func:`make_scene`.
         progress: called as ``progress(blocks_done, blocks_total)`` over all years.
 
     Returns:
@@ -228,6 +233,7 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
     years = sorted({int(y) for y in years})
     if not years:
         raise InputError("give at least one year")
+    check_preset(preset)
     fmt = NaipFormat(bands=bands, nodata=nodata, date_in=date_in)
     out = Path(out_dir)
     world = SyntheticWorld(seed, conversion_rate, conversions_after)
@@ -239,7 +245,7 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
         report = None if progress is None else (lambda done, _, i=i: progress(i * per_year + done,
                                                                              per_year * len(years)))
         path = out / fmt.file_name(f"naip_{year}", acquisition_date(world.seed, year))
-        date, counts = render_naip(world, grid, year, path, report, fmt)
+        date, counts = render_naip(world, grid, year, path, report, fmt, preset)
         shares, nodata_share = _shares(counts)
         scenes[year] = SyntheticScene(naip=path, nlcd=out / "nlcd.tif", conversions=None, year=year,
                                       date=None if date_in == "none" else date, crs=grid.crs.to_string(),

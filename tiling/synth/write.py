@@ -77,14 +77,15 @@ DATE_PLACES = ("tag", "name", "none")
 
 def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
                 progress: Callable[[int, int], None] | None = None,
-                fmt: NaipFormat = NaipFormat()) -> tuple[dt.date, np.ndarray]:
+                fmt: NaipFormat = NaipFormat(), preset: str = "default") -> tuple[dt.date, np.ndarray]:
     """Render one scene block by block into ``path``; returns the date and per-code sample counts.
 
     Pixels coarser than 1 m average ``sub x sub`` samples, as a sensor integrates the ground: point-sampling
     1 m textures at 4 m would alias them into noise. Every pixel's value is a function of its place alone, so
-    the variants of :class:`NaipFormat` hold the same values wherever they have data.
+    the variants of :class:`NaipFormat` hold the same values wherever they have data. ``preset`` is the
+    rendering preset (:data:`tiling.synth.render.PRESETS`).
     """
-    look = Look.of(world.seed, year)
+    look = Look.of(world.seed, year, preset)
     to_world = Transformer.from_crs(grid.crs, WORLD_CRS, always_xy=True)
     to_lonlat = Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
     sub = min(4, max(1, math.ceil(abs(grid.transform.a) - 1e-6)))
@@ -109,7 +110,7 @@ def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
             inside = valid if sub == 1 else np.repeat(np.repeat(valid.reshape(nrows, ncols), sub, 0), sub, 1).ravel()
             sample = world.sample(x[inside], y[inside], year)
             color = np.zeros((4, inside.size), dtype=np.float32)
-            color[:, inside] = render(sample, look, world.seed, year)
+            color[:, inside] = render(sample, look, world.seed, year, preset)
             # A zero collar is left unrendered; a masked one holds imagery that only the mask hides. It is
             # rendered apart: texture coordinates are relative to the extent of the points rendered together,
             # and float32 rounding would otherwise move the valid pixels by a digital number here and there.
@@ -117,7 +118,8 @@ def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
             if not zero_collar:
                 drawn = np.ones_like(valid)
                 collar = ~inside
-                color[:, collar] = render(world.sample(x[collar], y[collar], year), look, world.seed, year)
+                color[:, collar] = render(world.sample(x[collar], y[collar], year), look, world.seed, year,
+                                          preset)
             if sub > 1:
                 color = color.reshape(4, nrows, sub, ncols, sub).mean(axis=(2, 4)).reshape(4, -1)
             color = color[:, drawn] * look.gain + look.offset
@@ -142,7 +144,9 @@ def render_naip(world: SyntheticWorld, grid: SceneGrid, year: int, path: Path,
         dst.descriptions = names
         dst.colorinterp = interp + ((ColorInterp.alpha,) if alpha else ())
         tags = {"ACQUISITION_DATE": look.date.isoformat()} if fmt.date_in == "tag" else {}
-        dst.update_tags(**tags, SYNTH_YEAR=str(year), **_world_tags(world))
+        # the default preset writes no tag: its scenes keep the bytes they had before presets existed
+        preset_tag = {} if preset == "default" else {"SYNTH_PRESET": preset}
+        dst.update_tags(**tags, SYNTH_YEAR=str(year), **_world_tags(world), **preset_tag)
         factors = [f for f in (2, 4, 8, 16, 32, 64) if min(grid.width, grid.height) // f >= 64]
         if factors:
             dst.build_overviews(factors, Resampling.average)
