@@ -63,7 +63,7 @@ def hard_features(hard):
 
 def test_pretrained_features_beat_random_init_ones(hard, hard_features):
     pretrained, random = _accuracy(hard_features["pretrained"], hard), _accuracy(hard_features["random"], hard)
-    assert pretrained > random + 0.1, (pretrained, random)
+    assert pretrained > random + 0.15, (pretrained, random)  # 86% vs 64% (default world: 99% vs 89%)
 
 
 def test_cnn_and_spectral_beat_spectral_alone(hard, hard_features):
@@ -75,7 +75,7 @@ def test_cnn_and_spectral_beat_spectral_alone(hard, hard_features):
                                                                      hard_features["pretrained"])]
     blocks[1] *= np.sqrt(blocks[0].shape[1] / blocks[1].shape[1])
     combined = _accuracy(np.hstack(blocks), hard)
-    assert combined > spectral + 0.04, (combined, spectral)
+    assert combined > spectral + 0.04, (combined, spectral)  # 86% vs 78% (default world: 99% vs 95%)
 
 
 def test_the_hard_world_is_hard_and_the_default_one_easy(hard, hard_features, tmp_path):
