@@ -390,6 +390,30 @@ def artifact_digest(directory: PathLike) -> str:
     return digest.hexdigest()
 
 
+def file_inside(directory: PathLike, name: str, what: str) -> Path:
+    """``directory / name``, refused unless it is a file of ``directory`` itself (what a data file may name).
+
+    A ``model.json`` (or ``features.json``) is data: it may name files beside it, never an absolute path, a
+    ``../`` path or a link that leads elsewhere, which would make loading a model read (and, for a classifier
+    loaded with ``--trust``, run) whatever file the description points at.
+
+    Args:
+        directory: the artifact (or output) directory.
+        name: the file name the description gives.
+        what: what the file holds, for the message.
+
+    Raises:
+        InputError: ``name`` is not a plain file name, or resolves outside ``directory``.
+    """
+    folder = Path(directory)
+    path = folder / name
+    plain = name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+    if not plain or not path.resolve().is_relative_to(folder.resolve()):
+        raise InputError(f"names its {what} file {name!r}, which is not a file of the artifact directory; a "
+                         f"{MODEL_JSON} names files beside it only", folder)
+    return path
+
+
 def check_file(directory: Path, entry: Mapping[str, Any], default: str, what: str) -> Path:
     """The payload file a ``model.json`` entry (``{"file": ..., "sha256": ...}``) names, checked.
 
@@ -400,9 +424,10 @@ def check_file(directory: Path, entry: Mapping[str, Any], default: str, what: st
         what: what the file holds, for messages (``classifier``, ``network``).
 
     Raises:
-        InputError: the file is missing or does not match its recorded checksum.
+        InputError: the entry names a file outside the artifact directory, or the file is missing or does not
+            match its recorded checksum.
     """
-    path = directory / str(entry.get("file", default))
+    path = file_inside(directory, str(entry.get("file", default)), what)
     if not path.is_file():
         raise InputError(f"model artifact lacks its {what} file {path.name}", directory)
     digest = entry.get("sha256")

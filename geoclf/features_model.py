@@ -101,6 +101,8 @@ class FeaturesModel(LandUseModel):
         """The featurizer of the training features, as ``model.json`` describes it, on :attr:`device`."""
         if self._featurizer is None:
             featurizer = featurizer_from_model(self.spec)
+            if self.path is not None:  # the files it names (weights) are the artifact's own
+                featurizer = featurizer.located(self.path)
             if tuple(featurizer.bands) != tuple(self.bands):
                 raise InputError(f"model.json bands {self.bands} differ from its featurizer's "
                                  f"{list(featurizer.bands)}", self.path)
@@ -173,6 +175,7 @@ class FeaturesModel(LandUseModel):
             raise InputError(str(exc), where) from exc
         path = check_file(directory, spec.get("classifier") or {}, CLASSIFIER_FILE, "classifier")
         model = cls(spec, load_skops(path, trusted=trusted), path=directory)
+        _ = model.featurizer  # its description checked now (files outside the artifact refused), not at scoring
         expected = getattr(model.classifier, "n_features_in_", None)
         if expected is not None and int(expected) != model.feature_dim:
             raise InputError(f"says feature_dim {model.feature_dim}, but its classifier takes {expected} features",
@@ -205,7 +208,8 @@ def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequen
             featurizer is described by the arguments below.
         backbone: backbone name in :mod:`geoclf.backbones`' registry.
         weights: weights the features were computed with, as ``load_backbone`` takes them (``default``,
-            ``imagenet``, a file path).
+            ``imagenet``, a file path: the file is copied into the artifact, whose ``model.json`` then names
+            it beside itself).
         feature_layer: layer the features were taken from.
         feature_dim: length of a feature vector.
         mean, std: per-band normalization applied to chips scaled to [0, 1].
@@ -244,6 +248,8 @@ def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequen
     }
 
     def write(staging: Path) -> dict[str, Any]:
+        # the artifact carries the files its featurizer loads (weights of a file) and names them beside it
+        described = featurizer.embed(staging).describe_model()
         path = staging / CLASSIFIER_FILE
         sio.dump(classifier, path)
         # check now, not at scoring time, that the file loads with the allowlist
@@ -251,7 +257,7 @@ def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequen
         if untrusted:
             raise InputError(f"the classifier holds types outside geoclf's allowlist ({', '.join(untrusted)}); "
                              "it could not be loaded without trusted=True")
-        return {"classifier": {"file": CLASSIFIER_FILE, "sha256": file_checksum(path),
+        return {**described, "classifier": {"file": CLASSIFIER_FILE, "sha256": file_checksum(path),
                                "estimator": _describe(classifier)}}
 
     return write_model_dir(directory, FeaturesModel.kind, spec, write, overwrite=overwrite)

@@ -21,7 +21,7 @@ from rasterio.crs import CRS
 
 from geoclf.artifact import LandUseModel, artifact_digest, load_model_dir
 from geoclf.chips import iter_batches
-from geoclf.landuse import ScoreOutput, classes_of
+from geoclf.landuse import ScoreOutput, check_map_extent, classes_of
 from geoclf.maps import write_maps
 from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import print_dashboard, read_partitions, run_partitions, task_threads, worker_model
@@ -160,6 +160,7 @@ def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None
     if chips is not None:
         index = read_index(chips, check_rasters=True)
         check_scorable(index, model, chips)
+        check_map_extent(index)  # the map of these chips can be made: refused now, not after scoring them all
         return index
     if not naip:
         raise InputError("nothing to score: give NAIP rasters or a chip index")

@@ -194,6 +194,7 @@ def test_other_kinds_load_through_the_registry(tmp_path: Path, monkeypatch: pyte
 def test_chips_go_through_the_same_backbone_and_preprocessing_as_featurization(tmp_path: Path) -> None:
     """predict_proba(chips) == classifier(features the backbone module computes for featurization)."""
     from geoclf.backbones import load_backbone
+    from geoclf.featurizers.cnn import CNNFeaturizer
 
     # a small torchvision network keeps this quick; its weights go through a file like a user's would
     weights = tmp_path / "net.pth"
@@ -208,14 +209,24 @@ def test_chips_go_through_the_same_backbone_and_preprocessing_as_featurization(t
                      weights_ref=backbone.weights_ref, feature_dim=backbone.feature_dim, mean=backbone.mean,
                      std=backbone.std, input_size=backbone.input_size)
 
+    # the artifact carries its own copy of the weights, named beside model.json: the user's file may go
+    spec = json.loads((directory / "model.json").read_text())
+    assert spec["weights"] == spec["weights_ref"]["weights"] == "backbone-weights.pth"
+    assert spec["weights_ref"]["sha256"] == backbone.weights_ref["sha256"]
+    weights.unlink()
+
     model = load_model(directory, device="cpu", batch_size=4)  # 9 chips: batches of 4, 4 and 1
     probs = model.predict_proba(chips)
     np.testing.assert_allclose(probs, model.predict_proba_features(features), atol=1e-4)
     np.testing.assert_allclose(model.featurize(chips), features, rtol=1e-4, atol=1e-4)
+    # as features.json described them (the user's file), they are the same weights, wherever they lie
+    described = CNNFeaturizer.from_meta({**model.featurizer.to_meta(), "weights": str(weights),
+                                         "weights_ref": backbone.weights_ref})
+    assert model.featurizer == described and model.featurizer.weights != described.weights
 
     other = load_backbone("mobilenet_v3_small", "none").model.state_dict()  # the same seeded network...
     first = next(k for k, v in other.items() if v.is_floating_point())
     other[first] = other[first] + 1.0  # ...with one tensor changed: another file
-    torch.save(other, weights)
+    torch.save(other, directory / "backbone-weights.pth")
     with pytest.raises(InputError, match="another file"):
         load_model(directory).predict_proba(chips[:2])

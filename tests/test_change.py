@@ -755,3 +755,23 @@ def html_unescape(text: str) -> str:
     import html
 
     return html.unescape(text)
+
+
+def test_a_change_refused_halfway_leaves_the_output_as_it_was(dates, tmp_path, capsys):
+    """The sample size is found too small only after the tables and maps are computed: none of them is left
+    in the output directory, and what the user kept there stays."""
+    from geoclf.cli import main
+
+    before, after = dates
+    write_score_dir(tmp_path / "m2010", before, 2010)
+    write_score_dir(tmp_path / "m2016", after, 2016)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_code:
+        main(["change", "--before", str(tmp_path / "m2010"), "--after", str(tmp_path / "m2016"), "--out", str(out),
+              "--sample-size", "3"])
+    assert exit_code.value.code == 2
+    assert "a sample of 3 chips cannot give each of the" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m2010", "m2016", "out"]  # no staging left behind

@@ -7,6 +7,7 @@ sends it: SIGINT to the whole process group), on real LocalClusters and a real m
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import socket
@@ -256,25 +257,30 @@ def test_geoclf_debug_shows_the_traceback_of_bad_input(small_scene, bad_nlcd, tm
     assert error_line(done.stderr).startswith(f"geoclf: error: {bad_nlcd}: holds values that are not NLCD codes")
 
 
-def _interrupt(args: list[str], after: float = 4.0) -> tuple[int, str]:
-    """Run ``geoclf ARGS``, press Ctrl-C ``after`` seconds after its Dask cluster is up; (status, stderr)."""
+#: A progress bar that has counted its first chips: the workers are busy with the rest of the partitions.
+_WORKING = re.compile(rb"(?:featurizing|scoring)[^\r\n]*\| *[1-9][0-9]*/[0-9]+")
+
+
+def _interrupt(args: list[str]) -> tuple[int, str]:
+    """Run ``geoclf ARGS`` and press Ctrl-C as soon as its progress bar counts the first finished partition
+    (so the workers are mid-task whatever the machine's load); returns (status, stderr)."""
     process = subprocess.Popen([sys.executable, "-m", "geoclf", *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
     stderr = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        deadline = time.monotonic() + 300
-        while b"Dask dashboard" not in stderr and time.monotonic() < deadline and process.poll() is None:
-            if selector.select(timeout=1):
-                stderr += os.read(process.stderr.fileno(), 1 << 16)
-    assert b"Dask dashboard" in stderr, stderr.decode()
-    time.sleep(after)
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group gets it
     try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stderr, selectors.EVENT_READ)
+            deadline = time.monotonic() + 300
+            while not _WORKING.search(stderr) and time.monotonic() < deadline and process.poll() is None:
+                if selector.select(timeout=1):
+                    stderr += os.read(process.stderr.fileno(), 1 << 16)
+        assert _WORKING.search(stderr), f"no partition finished before the command ended: {stderr.decode()}"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group gets it
         _, rest = process.communicate(timeout=180)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     return process.returncode, (stderr + rest).decode()
 
 
@@ -285,8 +291,9 @@ def test_ctrl_c_is_one_line_and_status_130(command, chips, artifact, tmp_path):
         args = ["featurize", "--chips", str(chips), "--out", str(out)]
     else:
         args = ["score", "--model", str(artifact), "--chips", str(chips), "--out", str(out)]
-    status, stderr = _interrupt([*args, "--workers", "2", "--chips-per-partition", "8"])
-    assert status == 130
+    # one chip per partition: 58 partitions, so that most are still to do when the first one is counted
+    status, stderr = _interrupt([*args, "--workers", "2", "--chips-per-partition", "1"])
+    assert status == 130, stderr
     assert error_line(stderr) == "geoclf: interrupted"
     for noise in ("Traceback", "KeyboardInterrupt", "distributed.", "CancelledError"):
         assert noise not in stderr, stderr
@@ -317,6 +324,151 @@ def test_labels_of_an_edited_index_never_write_outside_the_chip_folder(chips, tm
     with pytest.raises(InputError, match="cannot be a file or directory name"):
         materialize_chips(index, out, "png")
     assert list(tmp_path.rglob("*.png")) == [] and not (tmp_path / "escaped").exists()
+
+
+def _with_spec(source, directory, change):
+    """A copy of the artifact ``source`` in ``directory`` with its model.json changed by ``change(spec, directory)``."""
+    import json
+    import shutil
+
+    shutil.copytree(source, directory)
+    spec = json.loads((directory / "model.json").read_text())
+    change(spec, directory)
+    (directory / "model.json").write_text(json.dumps(spec))
+    return directory
+
+
+def _classifier_elsewhere(how):
+    """A change of model.json that moves the classifier outside the artifact, named ``how``."""
+    def change(spec, directory):
+        outside = directory.parent / "outside.skops"
+        (directory / "classifier.skops").rename(outside)  # the same file, checksum and all
+        if how == "symlink":
+            (directory / "classifier.skops").symlink_to(outside)
+        else:
+            spec["classifier"]["file"] = {"dotdot": "../outside.skops", "absolute": str(outside)}[how]
+    return change
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_a_classifier_file_outside_the_artifact_is_refused_in_one_line(how, artifact, chips, tmp_path, capsys):
+    model = _with_spec(artifact, tmp_path / "model", _classifier_elsewhere(how))
+    out = tmp_path / "map"
+    with pytest.raises(SystemExit) as exited:
+        main(["score", "--model", str(model), "--chips", str(chips), "--out", str(out), "--scheduler", "sync"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "names its classifier file" in err and "which is not a file of the artifact directory" in err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def file_weights(tmp_path_factory):
+    """A features artifact trained on a small network's weights of a user's file (MobileNetV3-small, seeded)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from geoclf.backbones import load_backbone
+    from geoclf.features_model import save_features_model
+
+    root = tmp_path_factory.mktemp("file-weights")
+    weights = root / "user" / "net.pth"
+    weights.parent.mkdir()
+    torch.save(load_backbone("mobilenet_v3_small", "none").model.state_dict(), weights)
+    backbone = load_backbone("mobilenet_v3_small", str(weights))
+    scheme = tiling.ClassScheme.default()
+    x = np.random.default_rng(0).normal(size=(3 * len(scheme.names), backbone.feature_dim)).astype(np.float32)
+    model = save_features_model(
+        root / "model", classifier=LogisticRegression(max_iter=20).fit(x, np.repeat(scheme.names, 3)),
+        classes=scheme.names, backbone="mobilenet_v3_small", weights=str(weights), weights_ref=backbone.weights_ref,
+        feature_layer=backbone.feature_layer, feature_dim=backbone.feature_dim, mean=backbone.mean,
+        std=backbone.std, input_size=64, bands=[1, 2, 3], chip_size=224, name="file-weights",
+        class_groups=scheme.to_dict())
+    return model, weights
+
+
+def test_an_artifact_carries_the_weights_file_it_loads(file_weights):
+    import json
+
+    from geoclf.models import load_model
+
+    model, weights = file_weights
+    spec = json.loads((model / "model.json").read_text())
+    assert spec["weights"] == spec["weights_ref"]["weights"] == "backbone-weights.pth"
+    assert (model / "backbone-weights.pth").read_bytes() == weights.read_bytes()
+    loaded = load_model(model).prepare()
+    assert loaded.featurizer.weights == str(model / "backbone-weights.pth")  # its own copy, not the user's file
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "weights_ref-only"])
+def test_backbone_weights_outside_the_artifact_are_refused(where, file_weights, tmp_path):
+    from geoclf.models import load_model
+
+    model, weights = file_weights  # the very weights recorded (same sha256): only where they lie is wrong
+
+    def change(spec, directory):
+        name = str(weights) if where != "dotdot" else "../net.pth"
+        spec["weights_ref"]["weights"] = name
+        if where != "weights_ref-only":
+            spec["weights"] = name
+        (directory / "backbone-weights.pth").unlink(missing_ok=True)  # no copy inside: only the file outside
+
+    tampered = _with_spec(model, tmp_path / "user" / "model", change)
+    (tmp_path / "user" / "net.pth").write_bytes(weights.read_bytes())
+    with pytest.raises(InputError, match="names its backbone weights file .* which is not a file of the artifact"):
+        load_model(tampered)
+
+
+def test_a_features_model_is_not_saved_with_weights_other_than_the_features(file_weights, tmp_path):
+    import torch
+
+    from geoclf.backbones import load_backbone
+    from geoclf.features_model import save_features_model
+    from geoclf.featurizers.cnn import CNNFeaturizer
+    from geoclf.models import load_model
+
+    model, _ = file_weights
+    loaded = load_model(model)
+    featurizer = CNNFeaturizer.from_meta({**loaded.featurizer.to_meta(), "weights": str(tmp_path / "net.pth"),
+                                          "weights_ref": {**loaded.featurizer.weights_ref,
+                                                          "weights": str(tmp_path / "net.pth")}})
+    state = load_backbone("mobilenet_v3_small", "none").model.state_dict()
+    state[next(iter(state))] += 1.0  # not the file the features came from
+    torch.save(state, tmp_path / "net.pth")
+    with pytest.raises(InputError, match="is not the weights file the features were computed with"):
+        save_features_model(tmp_path / "copy", classifier=loaded.classifier, classes=loaded.classes,
+                            chip_size=224, featurizer=featurizer)
+    assert not (tmp_path / "copy").exists()
+
+
+# -- fuzz finds: cell indices a map cannot hold --------------------------------------------------------------------
+
+
+def test_predictions_too_far_apart_for_one_map_are_refused_before_allocating():
+    import pandas as pd
+
+    from geoclf.landuse import predictions_to_grid
+
+    cells = [(1201, 20949), (1201 + 2**40, 20949 + 2**30)]  # what a damaged index held: ~116 PiB of map
+    predictions = pd.DataFrame({"cell": [f"EPSG:26919:224:224:{ix}:{iy}" for ix, iy in cells],
+                                "ix": [c[0] for c in cells], "iy": [c[1] for c in cells], "crs": "EPSG:26919",
+                                "pred": "Forest"})
+    with pytest.raises(InputError, match=r"span 1,099,511,627,777 x 1,073,741,825 grid cells"):
+        predictions_to_grid(predictions, tiling.ClassScheme.default())
+
+
+def test_score_refuses_chips_too_far_apart_for_one_map_before_scoring(chips, artifact, tmp_path, capsys):
+    index = tiling.read_index(chips)
+    index.loc[index.index[-1], "ix"] = int(index["ix"].max()) + 10**6  # one chip a million cells away
+    index.loc[index.index[-1], "iy"] = int(index["iy"].max()) + 10**6
+    tiling.write_index(index, tmp_path / "far" / "chips.parquet")
+    out = tmp_path / "map"
+    with pytest.raises(SystemExit) as exited:
+        main(["score", "--model", str(artifact), "--chips", str(tmp_path / "far"), "--out", str(out),
+              "--scheduler", "sync"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1 and "grid cells, a map of" in err
+    assert not out.exists()  # refused before scoring: no predictions without their map
 
 
 # -- item 7: one run per output directory ---------------------------------------------------------------------
@@ -594,3 +746,45 @@ def test_a_report_refuses_features_of_another_backbone_before_writing(trained, c
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "holds features of mobilenet_v2" in error_line(done.stderr)
     assert not out.exists()
+
+
+def test_a_report_refused_halfway_writes_nothing(trained, chips, tmp_path):
+    """The gallery's chips are read last: a chip index whose rasters are gone fails there, after the tables and
+    figures are computed; none of them is left in the output directory."""
+    index = tiling.read_index(chips)
+    index["source"] = str(tmp_path / "moved" / "naip.tif")
+    tiling.write_index(index, tmp_path / "moved-chips" / "chips.parquet")
+    out = tmp_path / "report"
+    done = geoclf("report", "--run", "lr-security", "--runs-dir", str(trained / "runs"), "--features",
+                  str(trained / "feats"), "--chips", str(tmp_path / "moved-chips"), "--out", str(out),
+                  "--gallery", "4")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "naip.tif" in error_line(done.stderr)
+    assert not out.exists() and not list(tmp_path.glob(".report.*"))
+
+
+def test_staged_outputs_replace_their_own_names_only(tmp_path):
+    from tiling.io import relocated, staged_directory
+
+    out = tmp_path / "out"
+    (out / "gallery").mkdir(parents=True)
+    (out / "gallery" / "old.png").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    with staged_directory(out) as staging:
+        (staging / "gallery").mkdir()
+        (staging / "gallery" / "new.png").write_text("new")
+        (staging / "report.json").write_text("{}")
+        assert not (out / "report.json").exists()  # nothing is in place before the block ends
+        written = {"json": staging / "report.json", "gallery": staging / "gallery"}
+    assert relocated(written, staging, out) == {"json": out / "report.json", "gallery": out / "gallery"}
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == ["new.png"]  # a folder is replaced whole
+    assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(InputError), staged_directory(out) as staging:
+        (staging / "report.json").write_text("half")
+        raise InputError("found halfway")
+    assert (out / "report.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with staged_directory(out, stale=["report.json", "notes.txt"]) as staging:
+        (staging / "notes.txt").write_text("again")
+    assert not (out / "report.json").exists() and (out / "notes.txt").read_text() == "again"
+

@@ -8,7 +8,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +112,49 @@ def atomic_path(path: PathLike, *, directory: bool = False) -> Iterator[Path]:
             shutil.rmtree(temporary, ignore_errors=True)
         else:
             temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_directory(path: PathLike, *, stale: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield an empty directory beside ``path`` to write a command's outputs into; they move into ``path``
+    (created if needed) only when the block succeeds, each replacing the entry of the same name.
+
+    What a report, change or trend command writes is computed in one go, and some bad input is found only
+    halfway (a reference sample too small, a chip that cannot be read for the gallery): a failed or
+    interrupted run leaves ``path`` as it was, never half of a new set of outputs beside the old. Other files
+    in ``path`` are kept (it may be a folder the user keeps other things in).
+
+    Args:
+        path: the output directory.
+        stale: names of earlier output files that this run removes when it does not write them again (e.g. a
+            report's gallery, when this one has none).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    try:
+        yield staging
+        target.mkdir(exist_ok=True)
+        entries = sorted(staging.iterdir())
+        for entry in entries:
+            final = target / entry.name
+            if final.is_dir() and not final.is_symlink():
+                old = target / f".{entry.name}.{secrets.token_hex(4)}.old"
+                os.replace(final, old)
+                os.replace(entry, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, final)
+        for name in set(stale) - {entry.name for entry in entries}:
+            (target / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def relocated(written: Mapping[str, Path], staging: Path, target: PathLike) -> dict[str, Path]:
+    """The paths of ``written`` (name -> path inside ``staging``) where :func:`staged_directory` moved them."""
+    return {name: Path(target) / Path(path).relative_to(staging) for name, path in written.items()}
 
 
 @contextmanager

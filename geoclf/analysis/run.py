@@ -28,7 +28,7 @@ from geoclf.metrics import accuracy_interval, evaluate, plot_confusion_matrix
 from geoclf.models import load_model
 from geoclf.training import COMPARISON_FILE
 from tiling.errors import InputError
-from tiling.io import atomic_path
+from tiling.io import atomic_path, relocated, staged_directory
 
 PathLike = str | os.PathLike[str]
 
@@ -97,57 +97,59 @@ def results_report(run: str, out: PathLike, *, runs_dir: PathLike | None = None,
     wrong = misclassified(predicted)
     shown = wrong.head(gallery)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    overall = overall_table(evaluation)
-    written["metrics"] = _write_csv(overall, out / "metrics.csv")
-    per_class: pd.DataFrame = evaluation["per_class"]
-    written["per_class"] = _write_csv(per_class, out / "per_class.csv")
-    written["confusion_csv"] = _write_csv(cm, out / "confusion_matrix.csv")
-    written["confusion_matrix"] = plot_confusion_matrix(cm, out / "confusion_matrix.png", title=record.name)
-    heading = (f"{record.name}: {len(shown)} of {len(wrong)} misclassified validation chips "
-               "(true → predicted), most confident first")
-    gallery_png, files = write_gallery(shown, index, out, title=heading, size=model.chip_size)
-    file_of = {chip: path.name for chip, path in zip(shown["chip_id"], files, strict=True)}
-    written["misclassified"] = _write_csv(wrong.assign(gallery_file=wrong["chip_id"].map(file_of).fillna("")),
-                                          out / "misclassified.csv", index=False, float_format="%.4f")
-    if gallery_png is not None:
-        written["gallery"] = gallery_png
-        written["gallery_dir"] = out / GALLERY_DIR
+    final = Path(out)
+    # into a staging directory first: a failure while writing (a gallery chip that cannot be read, a map
+    # that is refused) leaves no half report in the output directory
+    with staged_directory(final, stale=["gallery.png"]) as out:
+        written: dict[str, Path] = {}
+        overall = overall_table(evaluation)
+        written["metrics"] = _write_csv(overall, out / "metrics.csv")
+        per_class: pd.DataFrame = evaluation["per_class"]
+        written["per_class"] = _write_csv(per_class, out / "per_class.csv")
+        written["confusion_csv"] = _write_csv(cm, out / "confusion_matrix.csv")
+        written["confusion_matrix"] = plot_confusion_matrix(cm, out / "confusion_matrix.png", title=record.name)
+        heading = (f"{record.name}: {len(shown)} of {len(wrong)} misclassified validation chips "
+                   "(true → predicted), most confident first")
+        gallery_png, files = write_gallery(shown, index, out, title=heading, size=model.chip_size)
+        file_of = {chip: path.name for chip, path in zip(shown["chip_id"], files, strict=True)}
+        written["misclassified"] = _write_csv(wrong.assign(gallery_file=wrong["chip_id"].map(file_of).fillna("")),
+                                              out / "misclassified.csv", index=False, float_format="%.4f")
+        if gallery_png is not None:
+            written["gallery"] = gallery_png
+            written["gallery_dir"] = out / GALLERY_DIR
 
-    compared = _comparison(record, predicted, index)
-    written["comparison"] = _write_csv(comparison_table(compared), out / "comparison.csv")
+        compared = _comparison(record, predicted, index)
+        written["comparison"] = _write_csv(comparison_table(compared), out / "comparison.csv")
 
-    about_map: dict[str, Any] = {}
-    html_map = None
-    if predictions is not None:
-        written["map"], about_map = area_map(predictions, out / "map.png")
-        html_map = ScoreOutput(predictions).html if ScoreOutput(predictions).html.is_file() else None
-    map_accuracy = about_map.get("accuracy")
+        about_map: dict[str, Any] = {}
+        html_map = None
+        if predictions is not None:
+            written["map"], about_map = area_map(predictions, out / "map.png")
+            html_map = ScoreOutput(predictions).html if ScoreOutput(predictions).html.is_file() else None
+        map_accuracy = about_map.get("accuracy")
 
-    info = {
-        "run": record.name, "run_id": record.run_id, "kind": record.kind, "model_kind": model.kind,
-        "metrics": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in overall["value"].items()},
-        "backbone": record.params.get("backbone"), "classifier": record.params.get("classifier"),
-        "classes": model.classes, "n_train": record.params.get("n_train"), "n_val": int(evaluation["n"]),
-        "chip_index": None if index is None else str(index),
-        "features": None if feature_dirs is None else [str(d) for d in feature_dirs],
-        "predicted_from": predicted.attrs["route"], "predicted_chips": len(predicted),
-        "misclassified": len(wrong), "gallery_chips": len(files),
-        "agrees_with_recorded": not notes, "notes": notes, "comparison": compared,
-        "predictions": None if predictions is None else str(predictions), "map_models": about_map.get("models"),
-        "map_accuracy": None if map_accuracy is None else
-        {k: map_accuracy.get(k) for k in ("n", "accuracy", "balanced_accuracy", "kappa", "accuracy_3class")},
-    }
-    with atomic_path(out / "report.json") as temporary:
-        temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-    written["json"] = out / "report.json"
-    written["report"] = write_report(out / "report.html", info=info, overall=overall, per_class=per_class,
-                                     comparison=comparison_table(compared),
-                                     confusion_png=written["confusion_matrix"], wrong=wrong,
-                                     gallery_png=gallery_png, map_png=written.get("map"), html_map=html_map)
-    return written
+        info = {
+            "run": record.name, "run_id": record.run_id, "kind": record.kind, "model_kind": model.kind,
+            "metrics": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in overall["value"].items()},
+            "backbone": record.params.get("backbone"), "classifier": record.params.get("classifier"),
+            "classes": model.classes, "n_train": record.params.get("n_train"), "n_val": int(evaluation["n"]),
+            "chip_index": None if index is None else str(index),
+            "features": None if feature_dirs is None else [str(d) for d in feature_dirs],
+            "predicted_from": predicted.attrs["route"], "predicted_chips": len(predicted),
+            "misclassified": len(wrong), "gallery_chips": len(files),
+            "agrees_with_recorded": not notes, "notes": notes, "comparison": compared,
+            "predictions": None if predictions is None else str(predictions), "map_models": about_map.get("models"),
+            "map_accuracy": None if map_accuracy is None else
+            {k: map_accuracy.get(k) for k in ("n", "accuracy", "balanced_accuracy", "kappa", "accuracy_3class")},
+        }
+        with atomic_path(out / "report.json") as temporary:
+            temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        written["json"] = out / "report.json"
+        written["report"] = write_report(out / "report.html", info=info, overall=overall, per_class=per_class,
+                                         comparison=comparison_table(compared),
+                                         confusion_png=written["confusion_matrix"], wrong=wrong,
+                                         gallery_png=gallery_png, map_png=written.get("map"), html_map=html_map)
+    return relocated(written, out, final)
 
 
 def _comparison(record: runs.RunRecord, predicted: pd.DataFrame, index: PathLike | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from geoclf.landuse import ScoreOutput, prediction_classes, read_header, read_pr
 from geoclf.zones import DEVELOPED, read_reference, read_zones
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
-from tiling.io import atomic_path
+from tiling.io import atomic_path, relocated, staged_directory
 
 PathLike = str | os.PathLike[str]
 
@@ -86,75 +86,77 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
     # Inputs are read before anything is computed, so that a bad zone or reference file fails at once.
     zone_frame = read_zones(zones) if zones is not None else None
     samples = read_reference(reference) if reference is not None else None
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    before_table = read_predictions(before)
-    after_table = read_predictions(after)
-    classes = prediction_classes(before_table)
-    scheme = load_scheme(before, classes)
-    if smooth:
-        before_table = smooth_predictions(before_table, scheme)
-        after_table = smooth_predictions(after_table, scheme)
-    aligned = align_dates(before_table, after_table, min_overlap=min_overlap)
-    aligned.attrs["geoclf_change"]["classes"] = list(scheme.names)
-    names = scheme.names
-    labels = (date_label(aligned, "before"), date_label(aligned, "after"))
-    written: dict[str, Path] = {}
+    final = Path(out)
+    # everything goes into a staging directory first: bad input found halfway (a reference sample, a
+    # sample size) leaves no half set of products in the output directory
+    with staged_directory(final) as out:
+        before_table = read_predictions(before)
+        after_table = read_predictions(after)
+        classes = prediction_classes(before_table)
+        scheme = load_scheme(before, classes)
+        if smooth:
+            before_table = smooth_predictions(before_table, scheme)
+            after_table = smooth_predictions(after_table, scheme)
+        aligned = align_dates(before_table, after_table, min_overlap=min_overlap)
+        aligned.attrs["geoclf_change"]["classes"] = list(scheme.names)
+        names = scheme.names
+        labels = (date_label(aligned, "before"), date_label(aligned, "after"))
+        written: dict[str, Path] = {}
 
-    written["transitions"] = _write_table(transitions_long(aligned, names), out / "transitions.csv", index=False)
-    areas = class_areas(aligned, names)
-    flows = gains_losses(aligned, names)
-    per_class = areas.join(flows.drop(columns=["before_km2", "after_km2"]))
-    written["classes"] = _write_table(per_class, out / "classes.csv")
-    urban = None
-    if developed in names:
-        urban = urbanization(aligned, names, developed)
-        written["urbanization"] = _write_table(urban, out / "urbanization.csv")
-    ranked = rank_changes(aligned, names)
-    written["changes"] = _write_table(ranked, out / "changes.parquet", index=False)
-    written["change_tif"] = write_change_cog(out / "change.tif", aligned, scheme)
-    written["bar_chart"] = area_bar_chart(areas, out / "area_by_class.png", labels, scheme)
-    written["change_png"] = change_png(aligned, scheme, out / "change_map.png")
-    pair_files: list[Path] = []
-    if pairs:
-        pair_files = write_image_pairs(ranked, out / "pairs", top=pairs)
-        if pair_files:
-            written["pairs"] = out / "pairs"
-    zone_table = None
-    if zone_frame is not None:
-        zone_table = zonal_summary(aligned, zone_frame, names, zone_column, developed)
-        written["zones"] = _write_table(zone_table, out / "zones.csv")
-    estimates: dict[str, AreaEstimate] = {}
-    if samples is not None:
-        estimates = reference_estimates(aligned, samples, names)
-        area = pd.concat({key: est.area for key, est in estimates.items()}, names=["map"])
-        accuracy = pd.concat({key: est.accuracy for key, est in estimates.items()}, names=["map"])
-        written["area_estimates"] = _write_table(area, out / "area_estimates.csv")
-        written["accuracy"] = _write_table(accuracy, out / "accuracy.csv")
-    if sample_size:
-        strata = aligned.assign(change=change_labels(aligned))
-        sample = stratified_sample(strata, int(sample_size), strata_column="change",
-                                   min_per_stratum=min_per_stratum, seed=seed)
-        written["sample"] = _write_table(sample, out / "sample.parquet", index=False)
-    if html_map:
-        written["html"] = change_html(aligned, scheme, out / "change.html", ranked)
+        written["transitions"] = _write_table(transitions_long(aligned, names), out / "transitions.csv", index=False)
+        areas = class_areas(aligned, names)
+        flows = gains_losses(aligned, names)
+        per_class = areas.join(flows.drop(columns=["before_km2", "after_km2"]))
+        written["classes"] = _write_table(per_class, out / "classes.csv")
+        urban = None
+        if developed in names:
+            urban = urbanization(aligned, names, developed)
+            written["urbanization"] = _write_table(urban, out / "urbanization.csv")
+        ranked = rank_changes(aligned, names)
+        written["changes"] = _write_table(ranked, out / "changes.parquet", index=False)
+        written["change_tif"] = write_change_cog(out / "change.tif", aligned, scheme)
+        written["bar_chart"] = area_bar_chart(areas, out / "area_by_class.png", labels, scheme)
+        written["change_png"] = change_png(aligned, scheme, out / "change_map.png")
+        pair_files: list[Path] = []
+        if pairs:
+            pair_files = write_image_pairs(ranked, out / "pairs", top=pairs)
+            if pair_files:
+                written["pairs"] = out / "pairs"
+        zone_table = None
+        if zone_frame is not None:
+            zone_table = zonal_summary(aligned, zone_frame, names, zone_column, developed)
+            written["zones"] = _write_table(zone_table, out / "zones.csv")
+        estimates: dict[str, AreaEstimate] = {}
+        if samples is not None:
+            estimates = reference_estimates(aligned, samples, names)
+            area = pd.concat({key: est.area for key, est in estimates.items()}, names=["map"])
+            accuracy = pd.concat({key: est.accuracy for key, est in estimates.items()}, names=["map"])
+            written["area_estimates"] = _write_table(area, out / "area_estimates.csv")
+            written["accuracy"] = _write_table(accuracy, out / "accuracy.csv")
+        if sample_size:
+            strata = aligned.assign(change=change_labels(aligned))
+            sample = stratified_sample(strata, int(sample_size), strata_column="change",
+                                       min_per_stratum=min_per_stratum, seed=seed)
+            written["sample"] = _write_table(sample, out / "sample.parquet", index=False)
+        if html_map:
+            written["html"] = change_html(aligned, scheme, out / "change.html", ranked)
 
-    info = dict(aligned.attrs["geoclf_change"])
-    info.update({"before": str(before), "after": str(after), "dates": list(labels), "smoothed": smooth,
-                 "compared_km2": float(aligned["area_km2"].sum()),
-                 "changed_km2": float(ranked["area_km2"].sum()) if len(ranked) else 0.0,
-                 "changed_chips": len(ranked)})
-    if urban is not None:
-        info["to_developed_km2"] = float(urban.loc["Total", "km2"])
-    with atomic_path(out / "change.json") as temporary:
-        temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-    written["json"] = out / "change.json"
-    written["report"] = write_report(out / "report.html", info=info, per_class=per_class,
-                                     matrix=transition_matrix(aligned, names), urban=urban, ranked=ranked,
-                                     zones=zone_table, estimates=estimates, bar_chart=written["bar_chart"],
-                                     change_png=written["change_png"], html_map=written.get("html"),
-                                     pairs=pair_files)
-    return written
+        info = dict(aligned.attrs["geoclf_change"])
+        info.update({"before": str(before), "after": str(after), "dates": list(labels), "smoothed": smooth,
+                     "compared_km2": float(aligned["area_km2"].sum()),
+                     "changed_km2": float(ranked["area_km2"].sum()) if len(ranked) else 0.0,
+                     "changed_chips": len(ranked)})
+        if urban is not None:
+            info["to_developed_km2"] = float(urban.loc["Total", "km2"])
+        with atomic_path(out / "change.json") as temporary:
+            temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+        written["json"] = out / "change.json"
+        written["report"] = write_report(out / "report.html", info=info, per_class=per_class,
+                                         matrix=transition_matrix(aligned, names), urban=urban, ranked=ranked,
+                                         zones=zone_table, estimates=estimates, bar_chart=written["bar_chart"],
+                                         change_png=written["change_png"], html_map=written.get("html"),
+                                         pairs=pair_files)
+    return relocated(written, out, final)
 
 
 def _write_table(frame: pd.DataFrame, path: Path, *, index: bool = True) -> Path:

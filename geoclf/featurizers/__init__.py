@@ -35,6 +35,7 @@ import json
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -119,6 +120,27 @@ class Featurizer(ABC):
 
         ``geoclf featurize`` calls it with the fewest bands any of its chips has, so one features directory
         is one featurizer: NIR is used when every chip has it.
+        """
+        return self
+
+    def embed(self, directory: Path) -> Featurizer:
+        """Copy the local files this featurizer loads (e.g. backbone weights of a file) into a model artifact
+        being written in ``directory``; returns the featurizer that names them there (by default: itself, no files).
+
+        A model artifact carries everything it loads, so it can be moved or scored by workers elsewhere, and
+        its ``model.json`` never names a file outside it (see :meth:`located`).
+
+        Raises:
+            InputError: a file is no longer the one the features were computed with.
+        """
+        return self
+
+    def located(self, directory: Path) -> Featurizer:
+        """The featurizer a ``model.json`` in ``directory`` describes, with the files it names found beside it
+        (by default: itself, no files).
+
+        Raises:
+            InputError: the description names a file outside ``directory``.
         """
         return self
 

@@ -7,14 +7,24 @@ import costs seconds.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from geoclf.featurizers import Featurizer
+from geoclf.artifact import file_checksum, file_inside
+from geoclf.featurizers import KIND_FIELD, Featurizer
 from tiling.errors import InputError
+
+#: What ``weights`` may be besides a file (see :func:`geoclf.backbones.load_backbone`).
+WEIGHTS_KEYWORDS = ("default", "imagenet", "none")
+
+#: The backbone weights of a file, as a ``features`` model artifact carries them (:meth:`CNNFeaturizer.embed`).
+WEIGHTS_FILE = "backbone-weights.pth"
 
 if TYPE_CHECKING:
     import torch
@@ -119,6 +129,45 @@ class CNNFeaturizer(Featurizer):
     def from_model_fields(cls, spec: Mapping[str, Any]) -> CNNFeaturizer:
         """The featurizer of a ``features`` model's ``model.json``."""
         return cls.from_meta({**spec, **(spec.get("normalization") or {})})
+
+    @property
+    def key(self) -> str:
+        """Identity as text; weights of a file are identified by their SHA-256, wherever the file lies (the
+        features' copy and a model artifact's copy are the same weights)."""
+        meta = self.to_meta()
+        if self.weights_file:
+            sha = self.weights_ref.get("sha256")
+            meta["weights"] = f"sha256:{sha}"
+            meta["weights_ref"] = {"kind": "file", "sha256": sha}
+        return json.dumps({KIND_FIELD: self.kind, **meta}, sort_keys=True, default=str)
+
+    @property
+    def weights_file(self) -> bool:
+        """Whether the weights are a local file (rather than embedded, torchvision's or random ones)."""
+        return self.weights.strip() not in WEIGHTS_KEYWORDS  # as load_backbone reads it
+
+    def embed(self, directory: Path) -> CNNFeaturizer:
+        """Weights of a file are copied into the artifact as :data:`WEIGHTS_FILE` (after checking they are still
+        the ones the features were computed with); other weights are found by name and need no copy."""
+        if not self.weights_file:
+            return self
+        source = Path(self.weights).expanduser()
+        recorded = self.weights_ref.get("sha256")
+        if not source.is_file():
+            raise InputError("no such weights file (the backbone weights the features were computed with)", source)
+        if not recorded or file_checksum(source) != recorded:
+            raise InputError(f"is not the weights file the features were computed with (sha256 "
+                             f"{(recorded or 'not recorded')[:12]}...)", source)
+        shutil.copyfile(source, Path(directory) / WEIGHTS_FILE)
+        return replace(self, weights=WEIGHTS_FILE, weights_ref={**self.weights_ref, "weights": WEIGHTS_FILE,
+                                                                 "source": WEIGHTS_FILE})
+
+    def located(self, directory: Path) -> CNNFeaturizer:
+        """Weights of a file must be a file of the artifact directory (never a path elsewhere)."""
+        if not self.weights_file:
+            return self
+        path = str(file_inside(directory, self.weights, "backbone weights"))
+        return replace(self, weights=path, weights_ref={**self.weights_ref, "weights": path})
 
     # -- computing --
 

@@ -36,6 +36,11 @@ REQUIRED_COLUMNS = ("cell", "ix", "iy", "crs", "pred")
 #: Prefix of the per-class probability columns of a predictions table (``prob_<Class>``).
 PROB_PREFIX = "prob_"
 
+#: Most pixels one land-use grid may have (a map pixel is a chip: 20,000 x 20,000 chips of 224 m cover
+#: 4,480 km square). More means cell indices lying impossibly far apart (a damaged index): refused before
+#: anything is allocated, rather than a MemoryError for petabytes.
+MAX_MAP_PIXELS = 400_000_000
+
 
 class LandUseGrid(NamedTuple):
     """A land-use raster in memory: what ``landuse.tif`` (and ``landuse_probs.tif``) hold.
@@ -104,6 +109,33 @@ def predictions_to_grid(predictions: pd.DataFrame, classes: ClassScheme, crs: An
                    target, float(resolution) if resolution else native[0][1])
 
 
+def check_map_size(width: int, height: int, what: str = "the chips") -> None:
+    """Refuse a land-use grid of more than :data:`MAX_MAP_PIXELS` pixels, before it is allocated.
+
+    Raises:
+        InputError: the grid would be too large; the message gives its size.
+    """
+    if int(width) * int(height) > MAX_MAP_PIXELS:
+        raise InputError(f"{what} span {int(width):,} x {int(height):,} grid cells, a map of "
+                         f"{int(width) * int(height):,} pixels (at most {MAX_MAP_PIXELS:,}): their cell indices (ix, "
+                         "iy) lie too far apart for one map (a damaged chip index?)")
+
+
+def check_map_extent(chips: pd.DataFrame) -> None:
+    """Refuse chips (a chip index or predictions, with ``ix``, ``iy`` and ``crs``) whose map would have more than
+    :data:`MAX_MAP_PIXELS` pixels on any one grid: what scoring checks before it scores anything.
+
+    Raises:
+        InputError: the chips of one CRS span too many grid cells.
+    """
+    if chips.empty or not {"ix", "iy", "crs"} <= set(chips.columns):
+        return
+    spans = chips.groupby(chips["crs"].astype(str), sort=False).agg(
+        x0=("ix", "min"), x1=("ix", "max"), y0=("iy", "min"), y1=("iy", "max"))
+    for crs, span in spans.iterrows():
+        check_map_size(int(span.x1) - int(span.x0) + 1, int(span.y1) - int(span.y0) + 1, f"the chips in {crs}")
+
+
 def class_codes(names: pd.Series, classes: ClassScheme) -> np.ndarray:
     """The map codes (uint8, class ``i`` -> ``i + 1``) of a Series of class names of ``classes``."""
     lookup = {name: i + 1 for i, name in enumerate(classes.names)}
@@ -163,6 +195,7 @@ def _exact_grid(frame: pd.DataFrame, stride: float, crs: CRS, classes: ClassSche
     iy = frame["iy"].to_numpy(dtype=np.int64)
     ix0, iy1 = int(ix.min()), int(iy.max())
     width, height = int(ix.max()) - ix0 + 1, iy1 - int(iy.min()) + 1
+    check_map_size(width, height)
     rows, cols = iy1 - iy, ix - ix0
     codes = np.zeros((height, width), dtype=np.uint8)
     codes[rows, cols] = frame["_code"].to_numpy(dtype=np.uint8)
@@ -185,6 +218,7 @@ def _mosaic(grids: Sequence[LandUseGrid], crs: CRS, resolution: float) -> LandUs
     right = math.ceil(boxes[:, 2].max() / resolution) * resolution
     top = math.ceil(boxes[:, 3].max() / resolution) * resolution
     width, height = round((right - left) / resolution), round((top - bottom) / resolution)
+    check_map_size(width, height, "the chips' mosaic")
     transform = Affine(resolution, 0.0, left, 0.0, -resolution, top)
     codes = np.zeros((height, width), dtype=np.uint8)
     with_probs = all(g.probs is not None for g in grids)

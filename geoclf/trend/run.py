@@ -24,7 +24,7 @@ from geoclf.trend.trajectories import (
     trajectory_summary,
 )
 from geoclf.zones import DEVELOPED, checked_zone_names, read_reference, read_zones
-from tiling.io import atomic_path
+from tiling.io import atomic_path, relocated, staged_directory
 from tiling.parallel import Scheduler, dask_client, for_tasks
 
 PathLike = str | os.PathLike[str]
@@ -75,77 +75,78 @@ def analyze_trends(maps: Sequence[PathLike], out: PathLike, *, zones: PathLike |
     if zone_frame is not None:
         checked_zone_names(zone_frame, zone_column)
     samples = read_reference(reference) if reference is not None else None
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    opened = open_stack(maps, dates=dates, probabilities=probabilities, chunks=chunks)
-    if developed is not None and developed not in stack_classes(opened).names:
-        developed = None  # a scheme without a developed class still gets areas, trends and change counts
-    steps = ["stack", "areas", "trajectories", *(["zones"] if zone_frame is not None else []), "figures",
-             *(["page"] if html_map else [])]
-    chunk_count = int(np.prod(opened[CODES].data.numblocks[1:]))
-    with dask_client(for_tasks(scheduler, chunk_count), n_workers=n_workers) as client:
-        if client is not None and progress:
-            print_dashboard(client)  # before the bar, so that the address is not drawn over
-        with tqdm(total=len(steps), desc="trend", unit="step", disable=not progress, leave=False) as bar:
+    # into a staging directory first: a run refused halfway (a reference sample that does not fit, Ctrl-C
+    # during the stack) leaves no half set of products in the output directory
+    with staged_directory(out) as out_dir:
+        opened = open_stack(maps, dates=dates, probabilities=probabilities, chunks=chunks)
+        if developed is not None and developed not in stack_classes(opened).names:
+            developed = None  # a scheme without a developed class still gets areas, trends and change counts
+        steps = ["stack", "areas", "trajectories", *(["zones"] if zone_frame is not None else []), "figures",
+                 *(["page"] if html_map else [])]
+        chunk_count = int(np.prod(opened[CODES].data.numblocks[1:]))
+        with dask_client(for_tasks(scheduler, chunk_count), n_workers=n_workers) as client:
+            if client is not None and progress:
+                print_dashboard(client)  # before the bar, so that the address is not drawn over
+            with tqdm(total=len(steps), desc="trend", unit="step", disable=not progress, leave=False) as bar:
 
-            def step(name: str) -> None:
-                bar.set_postfix_str(name, refresh=True)
+                def step(name: str) -> None:
+                    bar.set_postfix_str(name, refresh=True)
 
-            step("stack")
-            written = {"stack": _write_stack(opened, out_dir / STACK, smooth, developed)}
-            stored = xr.open_zarr(written["stack"], decode_coords="all")
-            stack = LandUseStack.of(stored)
-            chosen = stored_trajectories(stored)
-            raw = stored_trajectories(stored, "_raw") if smooth > 1 else chosen
-            bar.update()
-
-            step("areas")
-            areas = class_areas(stack)
-            trends = class_trends(areas).assign(series="mapped")
-            adjusted = None
-            if samples is not None:
-                adjusted = reference_areas(stack, samples, areas=areas)
-                adjusted["decimal_year"] = decimal_years(pd.to_datetime(adjusted["date"]))
-                areas = areas.merge(adjusted.drop(columns=["decimal_year", "mapped_km2"]), on=["date", "class"],
-                                    how="left")
-                trends = pd.concat([trends, class_trends(adjusted, value="area_km2").assign(series="error-adjusted")],
-                                   ignore_index=True)
-            written["areas"] = _write_csv(areas, out_dir / "areas.csv")
-            written["trends"] = _write_csv(trends, out_dir / "trends.csv")
-            bar.update()
-
-            step("trajectories")
-            summaries = [{"series": "raw", **trajectory_summary(raw, stack)}]
-            if smooth > 1:
-                summaries.append({"series": "smoothed", **trajectory_summary(chosen, stack)})
-            written["trajectories"] = _write_csv(pd.DataFrame(summaries), out_dir / "trajectories.csv")
-            if developed is not None:
-                written["developed_by_year"] = _write_csv(developed_by_year(chosen, stack),
-                                                          out_dir / "developed_by_year.csv")
-                written["year_developed_png"] = year_developed_figure(chosen, stack, out_dir / "year_developed.png")
-            bar.update()
-
-            zone_trend_table = None
-            if zone_frame is not None:
-                step("zones")
-                zonal = zonal_areas(stack, zone_frame, zone_column=zone_column)
-                zone_trend_table = class_trends(zonal, by=("zone", "class"))
-                written["zonal_areas"] = _write_csv(zonal, out_dir / "zonal_areas.csv")
-                written["zonal_trends"] = _write_csv(zone_trend_table, out_dir / "zonal_trends.csv")
+                step("stack")
+                written = {"stack": _write_stack(opened, out_dir / STACK, smooth, developed)}
+                stored = xr.open_zarr(written["stack"], decode_coords="all")
+                stack = LandUseStack.of(stored)
+                chosen = stored_trajectories(stored)
+                raw = stored_trajectories(stored, "_raw") if smooth > 1 else chosen
                 bar.update()
 
-            step("figures")
-            mapped_trends = trends[trends["series"] == "mapped"]
-            written["areas_png"] = area_figure(areas, mapped_trends, out_dir / "areas.png", classes=stack.classes,
-                                               adjusted=adjusted)
-            bar.update()
-            if html_map:
-                step("page")
-                written["html"] = trend_map(stack, chosen, mapped_trends, written["areas_png"],
-                                            out_dir / "trend.html", zones=zone_frame, zone_trends=zone_trend_table,
-                                            basemap=basemap, zone_column=zone_column)
+                step("areas")
+                areas = class_areas(stack)
+                trends = class_trends(areas).assign(series="mapped")
+                adjusted = None
+                if samples is not None:
+                    adjusted = reference_areas(stack, samples, areas=areas)
+                    adjusted["decimal_year"] = decimal_years(pd.to_datetime(adjusted["date"]))
+                    areas = areas.merge(adjusted.drop(columns=["decimal_year", "mapped_km2"]), on=["date", "class"],
+                                        how="left")
+                    adjusted_trends = class_trends(adjusted, value="area_km2").assign(series="error-adjusted")
+                    trends = pd.concat([trends, adjusted_trends], ignore_index=True)
+                written["areas"] = _write_csv(areas, out_dir / "areas.csv")
+                written["trends"] = _write_csv(trends, out_dir / "trends.csv")
                 bar.update()
-    return written
+
+                step("trajectories")
+                summaries = [{"series": "raw", **trajectory_summary(raw, stack)}]
+                if smooth > 1:
+                    summaries.append({"series": "smoothed", **trajectory_summary(chosen, stack)})
+                written["trajectories"] = _write_csv(pd.DataFrame(summaries), out_dir / "trajectories.csv")
+                if developed is not None:
+                    written["developed_by_year"] = _write_csv(developed_by_year(chosen, stack),
+                                                              out_dir / "developed_by_year.csv")
+                    written["year_developed_png"] = year_developed_figure(chosen, stack, out_dir / "year_developed.png")
+                bar.update()
+
+                zone_trend_table = None
+                if zone_frame is not None:
+                    step("zones")
+                    zonal = zonal_areas(stack, zone_frame, zone_column=zone_column)
+                    zone_trend_table = class_trends(zonal, by=("zone", "class"))
+                    written["zonal_areas"] = _write_csv(zonal, out_dir / "zonal_areas.csv")
+                    written["zonal_trends"] = _write_csv(zone_trend_table, out_dir / "zonal_trends.csv")
+                    bar.update()
+
+                step("figures")
+                mapped_trends = trends[trends["series"] == "mapped"]
+                written["areas_png"] = area_figure(areas, mapped_trends, out_dir / "areas.png", classes=stack.classes,
+                                                   adjusted=adjusted)
+                bar.update()
+                if html_map:
+                    step("page")
+                    written["html"] = trend_map(stack, chosen, mapped_trends, written["areas_png"],
+                                                out_dir / "trend.html", zones=zone_frame, zone_trends=zone_trend_table,
+                                                basemap=basemap, zone_column=zone_column)
+                    bar.update()
+    return relocated(written, out_dir, out)
 
 
 def _write_stack(stack: xr.Dataset, path: Path, smooth: int, developed: str | None) -> Path:
