@@ -19,7 +19,7 @@ rendering at once. Nothing here draws from a global random state.
 
 The modules: ``noise`` (hashes and noise), ``world`` (land cover by place and year), ``render`` (land cover
 to digital numbers), ``layout`` (scene grids, collars, the NLCD grid), ``write`` (GeoTIFF and GeoJSON writers)
-and ``scenes`` (the functions below).
+and ``scenes`` (the functions below, among them :func:`virtual_scenes`: many scenes that read one raster).
 """
 
 from tiling.synth.layout import DEFAULT_CENTER, NLCD_ORIGIN, NLCD_RES
@@ -31,6 +31,7 @@ from tiling.synth.scenes import (
     make_scene,
     make_utm_pair,
     make_years,
+    virtual_scenes,
     write_conversions,
 )
 from tiling.synth.world import WORLD_CODES, WORLD_CRS, SyntheticWorld
@@ -49,5 +50,6 @@ __all__ = [
     "make_scene",
     "make_utm_pair",
     "make_years",
+    "virtual_scenes",
     "write_conversions",
 ]

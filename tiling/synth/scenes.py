@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from rasterio.crs import CRS
 
 from tiling.classes import ClassScheme
@@ -279,3 +281,65 @@ def make_utm_pair(out_dir: PathLike, *, size_m: float = 4480.0, resolution: floa
                           conversion_rate=conversion_rate)
     scenes = [replace(scene, nlcd=nlcd_path) for scene in scenes]
     return scenes, nlcd_path
+
+
+def virtual_scenes(base: PathLike, out_dir: PathLike, count: int, *, columns: int | None = None,
+                   name: str = "vscene") -> list[Path]:
+    """Write ``count`` virtual scenes: GDAL VRTs that all read the pixels of ``base``, laid side by side.
+
+    A large area without its pixels: scene ``i`` is ``base`` moved by whole scene widths and heights to
+    column ``i % columns`` and row ``i // columns`` of a mosaic (``columns`` default: about the square root of
+    ``count``), so the scenes tile the plane without overlapping and each is a raster of its own for every
+    reader (its name ``<name>_<i>``, its georeferencing, the base's date tag and nodata). Each VRT is a few
+    hundred bytes; the base is read through them. Its side should be a multiple of the chip grid's step, so
+    that every scene holds the same chips.
+
+    Args:
+        base: a GeoTIFF (e.g. :func:`make_scene`'s NAIP raster).
+        out_dir: directory the VRTs are written into (created if missing).
+        count: how many scenes.
+        columns: scenes per row of the mosaic.
+        name: the VRTs' file stem before their number.
+
+    Returns:
+        The VRT paths, in scene order.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    source = Path(base).resolve()
+    with rasterio.open(source) as ds:
+        transform, width, height, crs, tags = ds.transform, ds.width, ds.height, ds.crs, ds.tags()
+        bands = [(ds.dtypes[b - 1], ds.nodatavals[b - 1], ds.colorinterp[b - 1].name) for b in range(1, ds.count + 1)]
+        block_x, block_y = ds.block_shapes[0][1], ds.block_shapes[0][0]
+    paths = []
+    for i in range(count):
+        column, row = i % columns, i // columns
+        left = transform.c + column * width * transform.a
+        top = transform.f + row * height * transform.e
+        root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+        ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = crs.to_wkt()
+        ET.SubElement(root, "GeoTransform").text = ", ".join(
+            repr(float(v)) for v in (left, transform.a, 0.0, top, 0.0, transform.e))
+        metadata = ET.SubElement(root, "Metadata")
+        for key, value in tags.items():
+            ET.SubElement(metadata, "MDI", key=key).text = value
+        for band, (dtype, nodata, interp) in enumerate(bands, start=1):
+            element = ET.SubElement(root, "VRTRasterBand", dataType=_GDAL_TYPES[dtype], band=str(band))
+            if nodata is not None:
+                ET.SubElement(element, "NoDataValue").text = repr(float(nodata))
+            ET.SubElement(element, "ColorInterp").text = interp.capitalize()
+            simple = ET.SubElement(element, "SimpleSource")
+            ET.SubElement(simple, "SourceFilename", relativeToVRT="0").text = str(source)
+            ET.SubElement(simple, "SourceBand").text = str(band)
+            ET.SubElement(simple, "SourceProperties", RasterXSize=str(width), RasterYSize=str(height),
+                          DataType=_GDAL_TYPES[dtype], BlockXSize=str(block_x), BlockYSize=str(block_y))
+            for rect in ("SrcRect", "DstRect"):
+                ET.SubElement(simple, rect, xOff="0", yOff="0", xSize=str(width), ySize=str(height))
+        path = out / f"{name}_{i:05d}.vrt"
+        ET.ElementTree(root).write(path, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+_GDAL_TYPES = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}
