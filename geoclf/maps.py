@@ -9,12 +9,15 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 import rasterio.features
 import shapely
 
@@ -35,6 +38,7 @@ from geoclf.landuse import (  # noqa: F401  (re-exported: the land-use map contr
     write_landuse_cog,
     write_probability_cog,
 )
+from geoclf.landuse.mosaic import mosaic_to_cog, read_map
 from geoclf.metrics import evaluate, evaluation_to_json
 from geoclf.webmap import (  # noqa: F401  (re-exported: the page builder's parts lived here)
     CIR_BANDS,
@@ -145,28 +149,71 @@ def _chip_features(predictions: pd.DataFrame, classes: ClassScheme) -> tuple[dic
     return data, fields, aliases
 
 
-def map_title(predictions: pd.DataFrame, title: str = "Land use") -> tuple[str, list[str]]:
-    """A land-use page's title and detail lines from its predictions: dates, model, scenes, chips and km²."""
-    scored = predictions[predictions["pred"].notna()] if "pred" in predictions.columns else predictions
-    dates = sorted({str(pd.Timestamp(d).date()) for d in scored["date"].dropna()}) if "date" in scored else []
+@dataclass(frozen=True)
+class AreaFacts:
+    """What a land-use page says of its area (title, imagery), known without its predictions table.
+
+    Attributes:
+        chips: scored chips.
+        km2: the ground they stand for (:func:`geoclf.area.chip_area_km2`), or ``None`` when unknown.
+        dates: the scenes' acquisition dates (ISO), sorted.
+        models: the models' names, sorted.
+        scenes: the scene names, sorted.
+        sources: the rasters the chips were read from (the page's imagery layers).
+    """
+
+    chips: int
+    km2: float | None = None
+    dates: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    scenes: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, predictions: pd.DataFrame) -> AreaFacts:
+        """The facts of a predictions table (its scored chips)."""
+        scored = predictions[predictions["pred"].notna()] if "pred" in predictions.columns else predictions
+
+        def values(column: str) -> tuple[str, ...]:
+            return tuple(sorted(str(v) for v in scored[column].dropna().unique())) if column in scored else ()
+
+        dates = tuple(sorted({str(pd.Timestamp(d).date()) for d in scored["date"].dropna()})) if "date" in scored \
+            else ()
+        km2 = None
+        if isinstance(scored, gpd.GeoDataFrame) and scored.crs is not None and len(scored):
+            km2 = float(chip_area_km2(scored).sum())
+        return cls(len(scored), km2, dates, values("model"), values("scene"), values("source"))
+
+    @classmethod
+    def combine(cls, parts: list[AreaFacts]) -> AreaFacts:
+        """The facts of an area made of parts (e.g. the blocks of a scored area)."""
+        km2 = [p.km2 for p in parts if p.km2 is not None]
+        return cls(sum(p.chips for p in parts), float(sum(km2)) if km2 else None,
+                   *(tuple(sorted({v for p in parts for v in getattr(p, name)}))
+                     for name in ("dates", "models", "scenes", "sources")))
+
+
+def map_title(predictions: pd.DataFrame | AreaFacts, title: str = "Land use") -> tuple[str, list[str]]:
+    """A land-use page's title and detail lines from its predictions (or their facts): dates, model, scenes,
+    chips and km²."""
+    facts = predictions if isinstance(predictions, AreaFacts) else AreaFacts.of(predictions)
+    dates = facts.dates
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else ""
     lines = []
-    if "model" in scored.columns and scored["model"].notna().any():
-        models = sorted(str(m) for m in scored["model"].dropna().unique())
-        lines.append(("model " if len(models) == 1 else "models ") + ", ".join(models))
-    scenes = sorted(str(s) for s in scored["scene"].dropna().unique()) if "scene" in scored.columns else []
-    area = ""
-    if isinstance(scored, gpd.GeoDataFrame) and scored.crs is not None and len(scored):
-        area = f", {float(chip_area_km2(scored).sum()):,.2f} km²"
+    if facts.models:
+        lines.append(("model " if len(facts.models) == 1 else "models ") + ", ".join(facts.models))
+    area = f", {facts.km2:,.2f} km²" if facts.km2 is not None else ""
+    scenes = facts.scenes
     where = (scenes[0] if len(scenes) == 1 else f"{len(scenes)} scenes") if scenes else ""
-    lines.append(", ".join(part for part in (where, f"{len(scored):,} chips{area}") if part))
+    lines.append(", ".join(part for part in (where, f"{facts.chips:,} chips{area}") if part))
     return (f"{title}, {when}" if when else title), lines
 
 
-def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, *,
+def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: PathLike, *,
                grid: LandUseGrid | None = None, basemap: str | None = "OpenStreetMap",
                title: str = "Land use", opacity: float = 0.7, max_popup_chips: int = 5000,
-               overlay_max_pixels: int = 2048, imagery: bool = True, imagery_max_pixels: int = 1536) -> Path:
+               overlay_max_pixels: int = 2048, imagery: bool = True, imagery_max_pixels: int = 1536,
+               facts: AreaFacts | None = None) -> Path:
     """Write an interactive, self-contained folium map: the scored imagery, the class layer, chip popups,
     a title, a legend and an opacity slider.
 
@@ -180,7 +227,9 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
     not scored. Leaflet's JS and CSS are inlined, so with no network only the basemap tiles are missing.
 
     Args:
-        predictions: chip predictions (see :func:`predictions_to_grid`), a GeoDataFrame with footprints.
+        predictions: chip predictions (see :func:`predictions_to_grid`), a GeoDataFrame with footprints; or
+            ``None`` for an area whose table is not read (``grid`` and ``facts`` then say what to show, and
+            there are no chip popups).
         classes: the class scheme.
         path: output ``.html`` file, written atomically.
         grid: the land-use grid to show (e.g. smoothed); built from ``predictions`` when None.
@@ -191,19 +240,25 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
         overlay_max_pixels: longest side of the class overlay image.
         imagery: add the imagery layers (when the ``source`` rasters can be read).
         imagery_max_pixels: longest side of each imagery image.
+        facts: the title's and imagery's facts of the area (default: read from ``predictions``).
 
     Returns:
         ``path`` as a Path.
     """
-    if "pred" not in predictions.columns:
+    if predictions is None:
+        if grid is None or facts is None:
+            raise InputError("a land-use page without its predictions table needs the map grid and the area's facts")
+    elif "pred" not in predictions.columns:
         raise InputError("predictions lack the 'pred' column; expected the columns of predictions.parquet")
+    if facts is None:
+        facts = AreaFacts.of(predictions)
     if grid is None:
         grid = predictions_to_grid(predictions, classes)
     url, bounds = overlay_image(grid, classes, overlay_max_pixels)
     page = WebMap(bounds, basemap)
     notes = []
-    if imagery and "source" in predictions.columns:
-        sources = [str(s) for s in predictions.loc[predictions["pred"].notna(), "source"].dropna().unique()]
+    if imagery and facts.sources:
+        sources = list(facts.sources)
         rgb, missing = page.add_imagery(sources, name="Imagery (natural colour)", max_pixels=imagery_max_pixels)
         if rgb is not None:
             page.add_imagery(sources, name="Imagery (colour infrared)", bands=CIR_BANDS, show=False,
@@ -211,8 +266,8 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
         if missing:
             notes.append(f"{len(missing)} of {len(sources)} rasters could not be read for the imagery layer.")
     layer = page.add_image(url, bounds, name=title, opacity=opacity)
-    count = int(predictions["pred"].notna().sum())
-    if count <= max_popup_chips:
+    count = facts.chips
+    if predictions is not None and count <= max_popup_chips:
         data, fields, aliases = _chip_features(predictions, classes)
         # the page's properties are escaped (webmap.WebMap.add_features), so are the colour keys
         colors = {html.escape(name): hex_color(classes.color(name)) for name in classes.names}
@@ -220,10 +275,10 @@ def folium_map(predictions: pd.DataFrame, classes: ClassScheme, path: PathLike, 
                           style=lambda feature: {"color": colors[feature["properties"]["land_use_class"]],
                                                  "weight": 1, "opacity": 0.6, "fillOpacity": 0.0},
                           highlight=lambda feature: {"weight": 3, "opacity": 1.0})
-    else:
+    elif count > max_popup_chips:
         notes.append(f"{count} chips: chip popups are left out past {max_popup_chips}.")
     page.add_layer_control()
-    heading, lines = map_title(predictions, title)
+    heading, lines = map_title(facts, title)
     page.add_title(heading, lines)
     page.add_legend(classes, title, " ".join(notes) or None, nodata="not scored (no chip, or no data)")
     page.add_opacity_control({title: [layer]})
@@ -352,4 +407,49 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
         with atomic_path(output.accuracy) as temporary:
             temporary.write_text(json.dumps(report, indent=2), encoding="utf-8")
         written["accuracy"] = output.accuracy
+    return written
+
+
+#: Largest map, in pixels (chips), that is polygonized into ``landuse.parquet``/``landuse.geojson``: past it
+#: one polygon per class is no file a GIS opens, and dissolving it takes longer than scoring.
+POLYGON_MAX_PIXELS = 4_000_000
+
+
+def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFacts, *,
+                      predictions: Callable[[], gpd.GeoDataFrame] | None = None, smooth: bool = False,
+                      probabilities: bool = False, html_map: bool = True) -> dict[str, Path]:
+    """Write the map products of a score output whose map tiles are mosaicked in ``landuse.vrt``.
+
+    The products of :func:`write_maps`, without a predictions table in memory: ``landuse.tif`` is copied from
+    the mosaic block by block (:func:`geoclf.landuse.mosaic.mosaic_to_cog`), ``landuse_probs.tif`` from
+    ``landuse_probs.vrt``; the class polygons are drawn from the map up to :data:`POLYGON_MAX_PIXELS` pixels;
+    the PNG and the page's overlay from the map read at most 2,048 pixels a side (from its overviews).
+
+    Args:
+        output: the score output (its ``mosaic`` and ``probability_mosaic`` written).
+        classes: the class scheme.
+        facts: what the page says of the area (chips, km², dates, models, scenes, rasters).
+        predictions: reads the predictions table, for the page's chip popups (small areas only: ``None`` leaves
+            the popups out).
+        smooth, probabilities, html_map: as :func:`write_maps`.
+
+    Returns:
+        Output name -> path, the keys of :func:`write_maps`.
+    """
+    written = {"landuse": mosaic_to_cog(output.mosaic, output.landuse, classes, smooth=smooth)}
+    written.update(categories=output.categories, qml=output.qml, sld=output.sld)
+    if probabilities:
+        written["probabilities"] = mosaic_to_cog(output.probability_mosaic, output.probabilities, classes,
+                                                 probabilities=True)
+    with rasterio.open(output.landuse) as dataset:
+        pixels = dataset.width * dataset.height
+    if pixels <= POLYGON_MAX_PIXELS:
+        polygons = dissolve_classes(read_map(output.landuse), classes)
+        written["polygons"] = write_vector(polygons, output.polygons)
+        written["geojson"] = write_vector(polygons, output.geojson)
+    picture = read_map(output.landuse, max_pixels=2048)
+    if html_map:
+        table = predictions() if predictions is not None else None
+        written["html"] = folium_map(table, classes, output.html, grid=picture, facts=facts)
+    written["png"] = static_png(picture, classes, output.png)
     return written

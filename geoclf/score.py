@@ -1,15 +1,26 @@
 """Scoring whole areas: every chip of a set of NAIP rasters through a model artifact, on Dask, then maps.
 
-The area is cut on the same snapped chip grid as tiling (unlabeled: no NLCD needed), split into
-partitions that workers score in one pass each (chips read from the rasters, model, probabilities:
-no intermediate feature files), written atomically so that reruns resume and a killed worker costs only
-its partition. The predictions table then feeds the maps (:mod:`geoclf.maps`).
+The unit of work is a block of a raster's chip grid (:class:`tiling.blocks.SceneBlock`), not a row of a chip
+table: the client reads the rasters' headers and cuts each raster's grid into blocks of a few hundred cells,
+and each worker task (:class:`ScoreBlockTask`) tiles its block on the same snapped grid as tiling (unlabeled:
+no NLCD needed), scores its chips in one pass (windows read, model, probabilities: no intermediate feature
+files) and writes its own outputs: a GeoParquet partition of the predictions dataset
+(``predictions/<scene>/part-NNNNN.parquet``) and the block's map tile. Only block descriptions go out and small
+summaries come back, so the client's memory does not grow with the area; partitions are written atomically,
+so reruns resume and a killed worker costs only its block. The land-use COG is copied from a VRT mosaic of the
+tiles (:mod:`geoclf.landuse.mosaic`); areas up to :data:`SINGLE_FILE_CHIPS` also get ``predictions.parquet``
+and ``chips.parquet``, streamed from the dataset one partition at a time.
+
+A chip index given instead of rasters (its labels then give an accuracy report) is a table the client
+already holds: it is scored in partitions of that table (:func:`geoclf.partitions.run_partitions`).
 """
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +28,31 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from rasterio.crs import CRS
 
 from geoclf.artifact import LandUseModel, artifact_digest, load_model_dir
 from geoclf.chips import iter_batches
-from geoclf.landuse import ScoreOutput, check_map_extent, classes_of
-from geoclf.maps import write_maps
+from geoclf.landuse import MOSAIC_CRS, ScoreOutput, check_map_extent, classes_of, predictions_to_grid
+from geoclf.landuse.grid import projected_crs
+from geoclf.landuse.mosaic import MapTile, write_mosaic, write_tile
+from geoclf.maps import AreaFacts, write_maps, write_mosaic_maps
 from geoclf.models import load_model, resolve_model_dir
-from geoclf.partitions import print_dashboard, read_partitions, run_partitions, task_threads, worker_model
+from geoclf.partitions import (
+    print_dashboard,
+    read_partitions,
+    recorded_settings,
+    run_partitions,
+    run_plan,
+    task_threads,
+    worker_model,
+)
+from tiling.blocks import SceneBlock, block_chips, plan_blocks
+from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.grid import parse_cell
-from tiling.index import TileParams, read_index, tile, validate_index, write_index
-from tiling.io import ChipReader, PathLike, describe_naip, normalize_source
+from tiling.index import TileParams, read_index, write_index
+from tiling.io import ChipReader, PathLike, SceneInfo, atomic_path, describe_naip, normalize_source
 from tiling.locks import locks_output
 from tiling.parallel import Scheduler, check_counts
 
@@ -132,79 +156,238 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     loaded = load_model(model_dir, trusted=trusted).prepare()
     digest = artifact_digest(model_dir)  # what the workers must find (see ScoreTask)
     output = ScoreOutput.at(out)
-    index = _chips_to_score(loaded, output, naip, chips, aoi, max_nodata, chip_size_m, progress)
-    table = pd.DataFrame(index.drop(columns="geometry"))
     task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=task_threads(scheduler, n_workers),
                      trusted=trusted, digest=digest)
-    settings = {"model": model_stamp(model_dir)}
+    settings: dict[str, Any] = {"model": model_stamp(model_dir)}
+    maps = {"crs": crs, "smooth": smooth, "probabilities": probabilities, "html_map": html_map}
+    run = {"scheduler": scheduler, "n_workers": n_workers, "progress": progress}
+    if chips is not None:
+        return _score_index(loaded, model, output, chips, task, settings, chips_per_partition, maps, run)
+    if not naip:
+        raise InputError("nothing to score: give NAIP rasters or a chip index")
+    return _score_scenes(loaded, model, output, naip, aoi, task, settings, chips_per_partition, max_nodata,
+                         chip_size_m, maps, run)
+
+
+def _score_index(loaded: Any, name: str, output: ScoreOutput, chips: PathLike, task: ScoreTask,
+                 settings: dict[str, Any], chips_per_partition: int, maps: dict[str, Any],
+                 run: dict[str, Any]) -> dict[str, Path]:
+    """Score a chip index the user gave: partitions of its table, then the maps from the predictions table."""
+    index = read_index(chips, check_rasters=True)
+    check_scorable(index, loaded, chips)
+    check_map_extent(index)  # the map of these chips can be made: refused now, not after scoring them all
+    table = pd.DataFrame(index.drop(columns="geometry"))
     run_partitions(table, output.partitions, task, settings=settings, chips_per_partition=chips_per_partition,
-                   scheduler=scheduler, n_workers=n_workers, desc="scoring", progress=progress,
-                   on_client=print_dashboard)
+                   desc="scoring", on_client=print_dashboard, **run)
     scored = read_partitions(output.partitions)
-    predictions = _predictions(index, scored, loaded, model)
+    predictions = _predictions(index, scored, loaded, name)
     written = {"predictions": write_index(predictions, output.predictions)}
-    written.update(write_maps(predictions, classes_of(predictions), output.directory, crs=crs, smooth=smooth,
-                              probabilities=probabilities, html_map=html_map))
+    written.update(write_maps(predictions, classes_of(predictions), output.directory, **maps))
     return written
 
 
-def _chips_to_score(model: Any, output: ScoreOutput, naip: list[PathLike] | None, chips: PathLike | None,
-                    aoi: PathLike | None, max_nodata: float, chip_size_m: float | None,
-                    progress: bool) -> gpd.GeoDataFrame:
-    """The chip index of the area: given, reused from an earlier run of this output, or tiled now.
+#: Largest area, in chips, whose predictions (and chip grid) are also written as one file each,
+#: ``predictions.parquet`` and ``chips.parquet``: what a county user opens in QGIS. Past it the dataset
+#: ``predictions/`` is the table (geopandas, dask-geopandas and DuckDB read it as one).
+SINGLE_FILE_CHIPS = 250_000
 
-    An earlier run's grid is reused only when every grid parameter is the same; when they differ and that run
-    scored anything, this stops (before tiling) rather than mix two grids or overwrite the one its results
-    are on. A run that failed before scoring a partition leaves nothing to protect: the grid is tiled again.
-    """
-    if chips is not None:
-        index = read_index(chips, check_rasters=True)
-        check_scorable(index, model, chips)
-        check_map_extent(index)  # the map of these chips can be made: refused now, not after scoring them all
-        return index
-    if not naip:
-        raise InputError("nothing to score: give NAIP rasters or a chip index")
+
+def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLike], aoi: PathLike | None,
+                  task: ScoreTask, settings: dict[str, Any], chips_per_partition: int, max_nodata: float,
+                  chip_size_m: float | None, maps: dict[str, Any], run: dict[str, Any]) -> dict[str, Path]:
+    """Score rasters block by block: workers tile, score and map their blocks; the client writes the mosaic."""
     scenes = [describe_naip(path) for path in naip]
-    need = max(model.bands)
+    need = max(loaded.bands)
     for scene in scenes:
         if scene.count < need:
-            raise InputError(f"has {scene.count} bands; the model reads bands {list(model.bands)} "
+            raise InputError(f"has {scene.count} bands; the model reads bands {list(loaded.bands)} "
                              f"(trained on {need}-band imagery)", scene.source)
-    size_m = float(chip_size_m or model.chip_size_m or model.chip_size * scenes[0].res[0])
+    size_m = float(chip_size_m or loaded.chip_size_m or loaded.chip_size * scenes[0].res[0])
     grid = {"naip": sorted(scene.source for scene in scenes), "aoi": None if aoi is None else normalize_source(aoi),
-            "aoi_sha256": None if aoi is None else _file_sha256(aoi), "chip_size": int(model.chip_size),
+            "aoi_sha256": None if aoi is None else _file_sha256(aoi), "chip_size": int(loaded.chip_size),
             "chip_size_m": size_m, "stride_m": size_m, "max_nodata": float(max_nodata)}
-    cached = output.chips
-    if cached.exists():  # a rerun: its partitions refer to the chips of this grid
-        index = read_index(cached)
-        different = _grid_difference(_recorded_grid(index.attrs.get("geoclf", {})), grid)
-        if different is None:
-            validate_index(index, cached, check_rasters=True)
-            return index
-        if any(output.partitions.glob("part-*.parquet")):
+    recorded = recorded_settings(output.dataset)
+    if recorded is not None and "grid" in recorded:
+        different = _grid_difference(recorded["grid"], grid)
+        if different is not None:  # refused before planning: that run's partitions are on its own grid
             raise InputError(f"was scored on another chip grid ({different}); choose another --out, or remove "
                              "it to start over", output.directory)
-    params = TileParams(chip_size=model.chip_size, chip_size_m=size_m, max_nodata=max_nodata)
-    index = tile(naip, None, None, params=params, aoi=aoi, scheduler="sync", progress=progress)
-    index.attrs["geoclf"]["score_grid"] = grid
-    write_index(index, cached)
-    return index
+    params = TileParams(chip_size=loaded.chip_size, chip_size_m=size_m, max_nodata=max_nodata)
+    scenes, blocks = plan_blocks(scenes, params, aoi, cells_per_block=chips_per_partition)
+    scheme = _model_scheme(loaded)
+    map_crs = _map_crs(scenes, maps["crs"])
+    block_task = ScoreBlockTask(task, params, scheme.to_dict(), _model_name(loaded, name), str(output.directory),
+                                map_crs.to_string(), size_m)
+    settings = {**settings, "grid": grid, "map": {"crs": map_crs.to_string(), "resolution": size_m}}
+    summaries = run_plan(blocks, output.dataset, block_task, settings=settings, desc="scoring",
+                         on_client=print_dashboard, **run)
+    total = sum(summary["rows"] for summary in summaries)
+    if total == 0:
+        raise InputError(f"no chip left: all {sum(b.cells for b in blocks)} candidate chips have more than "
+                         f"{max_nodata:.0%} nodata (raise --max-nodata, or check the rasters)")
+    tiles = [MapTile.from_summary(summary["tile"]) for summary in summaries if summary.get("tile")]
+    written: dict[str, Path] = {"dataset": output.dataset}
+    if total <= SINGLE_FILE_CHIPS:
+        files = [output.dataset / block.name for block in blocks]
+        attrs = _index_attrs(scenes, params, aoi, grid, scheme)
+        written["predictions"] = _concatenate(files, output.predictions, prediction_columns(scheme.names),
+                                              {**attrs, "model": name, "classes": list(loaded.classes),
+                                               "class_groups": _groups(loaded)})
+        written["chips"] = _concatenate(files, output.chips, CHIP_COLUMNS, attrs)
+    written["mosaic"] = write_mosaic(output.mosaic, tiles, scheme)
+    written["probability_mosaic"] = write_mosaic(output.probability_mosaic, tiles, scheme, probabilities=True)
+    facts = AreaFacts.combine([AreaFacts(**summary["facts"]) for summary in summaries if summary.get("facts")])
+    popups = (lambda: output.read_predictions()) if "predictions" in written and total <= 5000 else None
+    written.update(write_mosaic_maps(output, scheme, facts, predictions=popups, smooth=maps["smooth"],
+                                     probabilities=maps["probabilities"], html_map=maps["html_map"]))
+    return written
+
+
+@dataclass
+class ScoreBlockTask:
+    """Tile, score and map one block of a raster (runs on a worker): its predictions partition and map tile.
+
+    Attributes:
+        score: scores the block's chips (:class:`ScoreTask`).
+        params: the tiling parameters of the area (chip size, nodata filter).
+        classes: the model's class scheme (``{class: NLCD codes}``), for the map tile's codes.
+        model_name: the ``model`` column's value.
+        directory: the score output directory (map tiles go to its ``tiles/``).
+        map_crs: CRS of the map (the blocks' own grids, or a CRS tiles are warped into).
+        resolution: the map's pixel size (the chip stride).
+    """
+
+    score: ScoreTask
+    params: TileParams
+    classes: dict[str, list[int]]
+    model_name: str
+    directory: str
+    map_crs: str
+    resolution: float
+
+    def __call__(self, block: SceneBlock) -> tuple[pa.Table, dict[str, Any]]:
+        started = time.perf_counter()
+        chips = block_chips(block, self.params)
+        tiled = time.perf_counter()
+        scheme = ClassScheme.from_mapping(self.classes)
+        scored = self.score(pd.DataFrame(chips.drop(columns="geometry"))).to_pandas() if len(chips) else None
+        modelled = time.perf_counter()
+        frame = chips[[c for c in _KEEP if c in chips.columns]]
+        if scored is not None:
+            frame = frame.merge(scored, on="chip_id", how="left", validate="one_to_one")
+        else:
+            frame = frame.assign(pred=pd.Series(dtype=object), **{f"prob_{c}": pd.Series(dtype=np.float32)
+                                                                    for c in scheme.names})
+        frame = frame.assign(model=self.model_name)
+        frame = gpd.GeoDataFrame(pd.concat([frame, chips[list(_CHIP_EXTRA)]], axis=1), geometry="geometry",
+                                 crs=chips.crs)
+        tile = None
+        if len(frame):
+            grid = predictions_to_grid(frame, scheme, crs=self.map_crs, resolution=self.resolution)
+            name = f"{ScoreOutput.TILES}/{block.name.removesuffix('.parquet')}"
+            tile = write_tile(self.directory, name, grid).to_summary()
+        facts = None
+        if len(frame):
+            facts = asdict(AreaFacts.of(frame))
+        summary = {"chips": len(frame), "cells": block.cells, "tile": tile, "facts": facts,
+                   "classes": {str(k): int(v) for k, v in frame["pred"].value_counts().items()},
+                   "seconds": {"tile": tiled - started, "model": modelled - tiled,
+                               "write": time.perf_counter() - modelled}}
+        return _geoparquet(frame), summary
+
+
+#: Columns of a predictions table taken from the chips, in contract order (see docs/architecture.md).
+_KEEP = ("chip_id", "cell", "ix", "iy", "crs", "scene", "source", "date", "label", "geometry")
+#: Chip index columns a predictions dataset partition adds after the predictions' own (chips.parquet's rest).
+_CHIP_EXTRA = ("col_off", "row_off", "width", "height", "nodata_frac", "block")
+#: ``chips.parquet``'s columns, in the chip index's order.
+CHIP_COLUMNS = ["chip_id", "cell", "ix", "iy", "scene", "source", "date", "crs", "col_off", "row_off", "width",
+                "height", "nodata_frac", "block", "geometry"]
+
+
+def prediction_columns(classes: list[str]) -> list[str]:
+    """``predictions.parquet``'s columns for a model of ``classes``, in contract order."""
+    return [*[c for c in _KEEP if c != "label"], "pred", *[f"prob_{c}" for c in classes], "model"]
+
+
+#: Arrow types of the columns that may be all-missing (or absent) in one partition, so every file has one schema.
+_TYPES = {"chip_id": pa.large_string(), "cell": pa.large_string(), "crs": pa.large_string(),
+          "scene": pa.large_string(), "source": pa.large_string(), "date": pa.date32(), "pred": pa.large_string(),
+          "model": pa.large_string(), "block": pa.large_string(), "label": pa.large_string()}
+
+
+def _geoparquet(frame: gpd.GeoDataFrame) -> pa.Table:
+    """A partition as geopandas writes GeoParquet (geo metadata, WKB), on the dataset's fixed column types."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    table = pq.read_table(io.BytesIO(buffer.getvalue()))
+    fields = [field.with_type(_TYPES[field.name]) if field.name in _TYPES and pa.types.is_null(field.type)
+              else field for field in table.schema]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def _concatenate(files: list[Path], path: Path, columns: list[str], attrs: dict[str, Any]) -> Path:
+    """Stream the dataset's partitions, in plan order, into one GeoParquet file (one partition in memory at a
+    time), with the area's bounding box in its geo metadata and ``attrs`` as its ``geoclf`` attributes."""
+    schema = pq.read_schema(files[0])
+    geo = json.loads(schema.metadata[b"geo"])
+    boxes, kinds = [], set()
+    for file in files:
+        column = json.loads(pq.read_schema(file).metadata[b"geo"])["columns"]["geometry"]
+        if pq.read_metadata(file).num_rows:
+            boxes.append(column["bbox"])
+            kinds.update(column.get("geometry_types", []))
+    area = np.array(boxes, dtype=float)
+    geo["columns"]["geometry"]["bbox"] = [float(area[:, 0].min()), float(area[:, 1].min()),
+                                          float(area[:, 2].max()), float(area[:, 3].max())]
+    geo["columns"]["geometry"]["geometry_types"] = sorted(kinds)
+    metadata = {b"geo": json.dumps(geo).encode(),
+                b"PANDAS_ATTRS": json.dumps({"geoclf": attrs}, default=str).encode()}
+    chosen = [c for c in columns if c in schema.names]
+    target = pa.schema([schema.field(c) for c in chosen], metadata=metadata)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, target) as writer:
+        for file in files:
+            writer.write_table(pq.read_table(file, columns=chosen).cast(target))
+    return path
+
+
+def _index_attrs(scenes: list[SceneInfo], params: TileParams, aoi: PathLike | None, grid: dict[str, Any],
+                 scheme: ClassScheme) -> dict[str, Any]:
+    """The ``geoclf`` attributes :func:`tiling.tile` gives an unlabeled index of these rasters (and the grid)."""
+    return json.loads(json.dumps({
+        "params": asdict(params), "naip": [s.source for s in scenes], "nlcd": None,
+        "aoi": None if aoi is None else normalize_source(aoi),
+        "classes": ClassScheme.from_mapping(params.classes).names,
+        "chip_size_m": grid["chip_size_m"], "stride_m": grid["stride_m"], "score_grid": grid}, default=str))
+
+
+def _model_scheme(model: Any) -> ClassScheme:
+    """The class scheme of a model's maps (its NLCD grouping when it has one), as :func:`classes_of` reads it."""
+    groups = _groups(model)
+    return ClassScheme.from_mapping(groups) if groups else ClassScheme.from_mapping({c: [] for c in model.classes})
+
+
+def _groups(model: Any) -> dict[str, list[int]] | None:
+    groups = getattr(model, "class_groups", None)
+    return dict(groups) if groups else None
+
+
+def _model_name(model: Any, name: str) -> str:
+    return getattr(model, "name", None) or Path(name).name
+
+
+def _map_crs(scenes: list[SceneInfo], crs: Any) -> CRS:
+    """The map's CRS: the one asked for, else the rasters' own if they share one, else EPSG:5070."""
+    if crs is not None:
+        return projected_crs(crs)
+    crses = {scene.crs.to_string() for scene in scenes}
+    return scenes[0].crs if len(crses) == 1 else MOSAIC_CRS
 
 
 def _file_sha256(path: PathLike) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _recorded_grid(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The grid parameters an earlier run recorded (indexes written before they were recorded: from its attrs)."""
-    if "score_grid" in attrs:
-        return dict(attrs["score_grid"])
-    params = attrs.get("params", {})
-    return {"naip": sorted(attrs.get("naip", [])), "aoi": attrs.get("aoi"), "chip_size": params.get("chip_size"),
-            "chip_size_m": attrs.get("chip_size_m"), "stride_m": attrs.get("stride_m"),
-            "max_nodata": params.get("max_nodata")}
 
 
 _GRID_WORDS = {"naip": "other NAIP rasters", "aoi": "another AOI", "aoi_sha256": "the AOI file has changed",

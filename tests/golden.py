@@ -29,7 +29,9 @@ from PIL import Image
 
 #: Keys whose values differ between two identical runs (or are hashes of files that embed paths).
 VOLATILE_KEYS = {"created", "run_id", "sha256", "chip_index_sha256", "geoclf_version", "duration_s", "elapsed_s",
-                 "mlflow_run_id", "start_time", "end_time"}
+                 "mlflow_run_id", "start_time", "end_time",
+                 # a planned output's fingerprint hashes its rasters' paths; its partitions' summaries hold timings
+                 "plan_sha256", "task_s", "seconds"}
 #: Files that are not compared byte by byte: their content is covered by the data files beside them.
 SKIPPED_SUFFIXES = {".html", ".db", ".skops", ".pt", ".ckpt", ".lock"}
 
@@ -183,6 +185,8 @@ def differences(expected: Any, actual: Any, where: str = "") -> list[str]:
     if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
         return [d for i, (e, a) in enumerate(zip(expected, actual, strict=True))
                 for d in differences(e, a, f"{where}[{i}]")]
+    if isinstance(expected, float) and isinstance(actual, float) and math.isnan(expected) and math.isnan(actual):
+        return []  # e.g. a float raster's nodata
     if isinstance(expected, float) and isinstance(actual, float | int):
         scale = max(abs(expected), abs(float(actual)), 1e-9)
         if math.isclose(expected, float(actual), rel_tol=RTOL, abs_tol=RTOL * 1e-3) or \

@@ -82,7 +82,7 @@ def test_killed_worker_and_rerun_score_every_chip_once(trained, tmp_path):
         thread = threading.Thread(target=run)
         thread.start()
         deadline = time.time() + 300
-        while not list((out / "partitions").glob("part-*.parquet")) and time.time() < deadline:
+        while not list((out / "predictions").glob("*/part-*.parquet")) and time.time() < deadline:
             time.sleep(0.2)
         os.kill(pids[1], signal.SIGKILL)
         thread.join(600)
@@ -90,7 +90,7 @@ def test_killed_worker_and_rerun_score_every_chip_once(trained, tmp_path):
     first = gpd.read_parquet(out / "predictions.parquet")
     chips = tiling.read_index(out / "chips.parquet")
     assert first["chip_id"].is_unique and sorted(first["chip_id"]) == sorted(chips["chip_id"])
-    parts = {p: p.stat().st_mtime_ns for p in (out / "partitions").glob("part-*.parquet")}
+    parts = {p: p.stat().st_mtime_ns for p in (out / "predictions").glob("*/part-*.parquet")}
     score(str(model.path), out, naip=[naip], aoi=aoi, scheduler="sync", progress=False, chips_per_partition=8,
           html_map=False)
     again = gpd.read_parquet(out / "predictions.parquet")
@@ -149,7 +149,7 @@ def test_rerun_with_other_grid_parameters_refuses_before_tiling(trained, tmp_pat
              "--scheduler", "sync"]
     main(first)
     grid = (out / "chips.parquet").read_bytes()
-    parts = {p: p.stat().st_mtime_ns for p in (out / "partitions").glob("part-*.parquet")}
+    parts = {p: p.stat().st_mtime_ns for p in (out / "predictions").glob("*/part-*.parquet")}
     smaller = _corner_aoi(naip, tmp_path / "smaller.geojson", 400)
     changes = [(["--chip-size-m", "448"], "chip size 224 m there, 448 m now"),
                (["--max-nodata", "0.2"], "max nodata 0.5 there, 0.2 now"),
@@ -180,7 +180,7 @@ def test_a_first_run_that_failed_before_scoring_does_not_block_the_corrected_rer
     out = tmp_path / "out"
     args = ["score", "--model", str(model.path), "--naip", str(naip), "--aoi", str(aoi), "--out", str(out)]
     assert "cannot reach the Dask scheduler" in _cli_error(capsys, [*args, "--scheduler", "tcp://127.0.0.1:9"])
-    assert not list((out / "partitions").glob("part-*.parquet"))
+    assert not list((out / "predictions").glob("*/part-*.parquet"))
     score(str(model.path), out, naip=[naip], aoi=aoi, chip_size_m=448, scheduler="sync", progress=False,
           html_map=False)
     chips = tiling.read_index(out / "chips.parquet")

@@ -100,7 +100,7 @@ def predictions_to_grid(predictions: pd.DataFrame, classes: ClassScheme, crs: An
     frame = _drop_duplicate_cells(frame, classes)
     groups = list(frame.groupby(["_crs", "_size", "_stride"], sort=False))
     native = [(CRS.from_user_input(key[0]), float(key[2]), part) for key, part in groups]
-    target = None if crs is None else _projected_crs(crs)
+    target = None if crs is None else projected_crs(crs)
     if target is None:
         target = native[0][0] if all(n[0] == native[0][0] for n in native) else MOSAIC_CRS
     if len(native) == 1 and native[0][0] == target:
@@ -148,7 +148,8 @@ def probability_columns(frame: pd.DataFrame, classes: ClassScheme) -> list[str] 
     return columns if all(c in frame.columns for c in columns) else None
 
 
-def _projected_crs(crs: Any) -> CRS:
+def projected_crs(crs: Any) -> CRS:
+    """``crs`` as a CRS, refused (one line) when rasterio cannot read it or it is geographic: maps are in metres."""
     try:
         value = CRS.from_user_input(crs)
     except Exception as exc:  # rasterio raises several types for unparsable input

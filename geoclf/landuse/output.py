@@ -44,6 +44,10 @@ class ScoreOutput:
     ACCURACY = "accuracy.json"
     CHIPS = "chips.parquet"
     PARTITIONS = "partitions"
+    DATASET = "predictions"
+    TILES = "tiles"
+    MOSAIC = "landuse.vrt"
+    PROBABILITY_MOSAIC = "landuse_probs.vrt"
 
     def __init__(self, path: PathLike) -> None:
         given = Path(path)
@@ -128,8 +132,33 @@ class ScoreOutput:
 
     @property
     def partitions(self) -> Path:
-        """``partitions/``: the partial results a rerun resumes from."""
+        """``partitions/``: the partial results a rerun resumes from, when a given chip index was scored."""
         return self.directory / self.PARTITIONS
+
+    @property
+    def dataset(self) -> Path:
+        """``predictions/``: the predictions as a GeoParquet dataset, one file per block of a scene
+        (``<scene>/part-NNNNN.parquet``), written by the workers; a rerun resumes from it."""
+        return self.directory / self.DATASET
+
+    @property
+    def tiles(self) -> Path:
+        """``tiles/``: each block's map tile (``<scene>/part-NNNNN.tif`` and ``.probs.tif``), written by the workers."""
+        return self.directory / self.TILES
+
+    @property
+    def mosaic(self) -> Path:
+        """``landuse.vrt``: the map tiles as one raster, with the colour table and class scheme of ``landuse.tif``."""
+        return self.directory / self.MOSAIC
+
+    @property
+    def probability_mosaic(self) -> Path:
+        """``landuse_probs.vrt``: the tiles' probabilities as one raster."""
+        return self.directory / self.PROBABILITY_MOSAIC
+
+    def dataset_files(self) -> list[Path]:
+        """The files of the predictions dataset, sorted (empty without one)."""
+        return sorted(self.dataset.glob("*/part-*.parquet")) if self.dataset.is_dir() else []
 
     def require_landuse(self) -> Path:
         """The land-use map's path; an :class:`InputError` naming what was given when there is none."""
@@ -148,6 +177,8 @@ class ScoreOutput:
             InputError: the file is missing, is not GeoParquet with footprints, or lacks ``pred``/``prob_*``.
         """
         file = self.predictions
+        if not file.exists() and self.predictions.name == self.PREDICTIONS and self.dataset_files():
+            file = self.dataset  # an area too large for one file: the dataset is the table
         if not file.exists():
             raise InputError("no predictions.parquet here (give a `geoclf score` output directory or the file)"
                              if self.given.is_dir() else "no such file", file)
