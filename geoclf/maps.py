@@ -35,6 +35,7 @@ from geoclf.landuse import (  # noqa: F401  (re-exported: the land-use map contr
     probability_columns,
     read_landuse,
     reproject_nearest,
+    smoothing_window,
     write_landuse_cog,
     write_probability_cog,
 )
@@ -364,7 +365,7 @@ def accuracy_against_reference(predictions: pd.DataFrame, classes: ClassScheme, 
 
 
 def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLike, *, crs: Any = None,
-               smooth: bool = False, probabilities: bool = False, html_map: bool = True,
+               smooth: bool | int = False, probabilities: bool = False, html_map: bool = True,
                label_column: str = "label") -> dict[str, Path]:
     """Write every map product of a scored area into ``out_dir``.
 
@@ -379,7 +380,9 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
         classes: the class scheme.
         out_dir: output directory, created if needed.
         crs: map CRS (default: the chips' native CRS, or EPSG:5070 across zones).
-        smooth: apply a 3x3 plurality filter to the class raster (polygons, HTML and PNG follow it).
+        smooth: width of the plurality filter applied to the class raster (polygons, HTML and PNG follow it):
+            an odd number of pixels, 1 or ``False`` for none, ``True`` for 3 (see
+            :func:`geoclf.landuse.smoothing_window`).
         probabilities: also write the per-class probability COG.
         html_map: write the interactive map.
         label_column: reference label column used for ``accuracy.json``.
@@ -389,8 +392,9 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
     """
     output = ScoreOutput.at(out_dir)
     grid = predictions_to_grid(predictions, classes, crs=crs)
-    if smooth:
-        grid = grid._replace(codes=majority_filter(grid.codes))
+    window = smoothing_window(smooth)
+    if window > 1:
+        grid = grid._replace(codes=majority_filter(grid.codes, window))
     written = {"landuse": write_landuse_cog(output.landuse, grid, classes)}
     # the styles write_landuse_cog puts beside the COG, so that QGIS and GDAL name the classes
     written.update(categories=output.categories, qml=output.qml, sld=output.sld)

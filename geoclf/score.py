@@ -120,7 +120,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
           aoi: PathLike | None = None, scheduler: Scheduler = None, n_workers: int | None = None,
           batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5,
           chip_size_m: float | None = None, crs: Any = None,
-          smooth: bool = False, probabilities: bool = False, html_map: bool = True, trusted: bool = False,
+          smooth: bool | int = False, probabilities: bool = False, html_map: bool = True, trusted: bool = False,
           runs_dir: PathLike | None = None, progress: bool = True) -> dict[str, Path]:
     """Score an area with a model and write ``predictions.parquet`` and the maps into ``out``.
 
@@ -138,7 +138,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
         chip_size_m: ground side of a chip in metres (default: the model's training chips, else the model's
             chip size in pixels at the first raster's resolution).
         crs: map CRS (default: the rasters' CRS, or EPSG:5070 across UTM zones).
-        smooth: 3x3 plurality smoothing of the class map.
+        smooth: width of the plurality filter of the class map (odd pixels; 1/``False`` none, ``True`` 3).
         probabilities: also write per-class probability bands.
         html_map: write ``map.html``.
         trusted: load a pickled classifier artifact without checks (see :func:`geoclf.models.load_model`).

@@ -579,6 +579,30 @@ def test_change_command_end_to_end(dates, tmp_path):
     assert "± nan" not in (out / "report.html").read_text()
 
 
+def test_change_smooth_spellings(dates, tmp_path):
+    """``--smooth`` alone (the former flag), ``--smooth 3`` and ``smooth: true`` are one setting; ``--no-smooth``
+    is ``--smooth 1``, no smoothing."""
+    from geoclf.change import run_change
+    from geoclf.cli import main
+
+    before, after = dates
+    write_score_dir(tmp_path / "m2010", before, 2010)
+    write_score_dir(tmp_path / "m2016", after, 2016)
+    common = ["change", "--before", str(tmp_path / "m2010"), "--after", str(tmp_path / "m2016"), "--no-html"]
+    runs = {"bare": ["--smooth"], "three": ["--smooth", "3"], "off": ["--no-smooth"], "one": ["--smooth", "1"]}
+    for name, args in runs.items():
+        main([*common, *args, "--out", str(tmp_path / name)])
+    run_change(tmp_path / "m2010", tmp_path / "m2016", tmp_path / "library", smooth=True, html_map=False)
+    moved = {name: pd.read_csv(tmp_path / name / "transitions.csv") for name in [*runs, "library"]}
+    flips = {name: t.set_index(["from_class", "to_class"]).loc[("Forest", "Herbaceous"), "chips"]
+             for name, t in moved.items()}
+    assert flips["off"] == flips["one"] > 0 and flips["bare"] == flips["three"] == flips["library"] == 0
+    pd.testing.assert_frame_equal(moved["bare"], moved["three"])
+    pd.testing.assert_frame_equal(moved["off"], moved["one"])
+    report = (tmp_path / "three" / "report.html").read_text()
+    assert "smoothed with a 3×3 plurality filter" in report
+
+
 def test_change_command_bad_input_is_one_line(dates, tmp_path, capsys):
     from geoclf.cli import main
 

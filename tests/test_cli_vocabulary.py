@@ -48,3 +48,31 @@ def test_usage_errors_and_bad_data_exit_2_with_their_own_words(tmp_path, capsys)
     data = capsys.readouterr().err
     assert exited.value.code == 2 and data.startswith("geoclf: error: ") and "Usage:" not in data
     assert len(data.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("names", [("score",), ("map",), ("change",), ("trend",)])
+def test_smooth_is_one_kind_of_option_everywhere(names):
+    """``--smooth N`` (an odd window, 1 none) on every command; ``--smooth`` alone is 3, ``--no-smooth`` 1."""
+    smooth = next(p for p in command(*names).params if p.name == "smooth")
+    assert isinstance(smooth.type, click.IntRange) and smooth.default == 1 and smooth.flag_value == 3
+    assert "--no-smooth" in options(*names)
+    required = [p for p in command(*names).params if getattr(p, "required", False) and p.param_type_name == "option"]
+    with click.Context(command(*names)) as ctx:
+        page = command(*names).get_help(ctx)
+    assert "--smooth N" in page and page.count("[required]") >= len(required) > 0
+
+
+def test_smooth_values(capsys):
+    from geoclf.landuse import smoothing_window
+    from tiling.errors import InputError
+
+    assert [smoothing_window(v) for v in (True, False, 1, 3, 5)] == [3, 1, 1, 3, 5]
+    with pytest.raises(InputError, match="odd number"):
+        smoothing_window(2)
+    trend = command("trend")
+    parsed = {tuple(args): trend.make_context("trend", ["--out", "o", "--maps", "a", "b", *args]).params["smooth"]
+              for args in ([], ["--smooth"], ["--smooth", "5"])}
+    assert parsed == {(): 1, ("--smooth",): 3, ("--smooth", "5"): 5}
+    with pytest.raises(SystemExit) as exited:
+        main(["trend", "--out", "o", "--maps", "a", "b", "--smooth", "4"])
+    assert exited.value.code == 2 and "4 is not an odd number" in capsys.readouterr().err

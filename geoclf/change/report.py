@@ -295,7 +295,9 @@ def write_report(path: PathLike, *, info: dict, per_class: pd.DataFrame, matrix:
              f"footprint overlap ≥ {info['min_overlap']:.0%}); unpaired chips: {info['unpaired_after']} after, "
              f"{info['unpaired_before']} before.<br>",
              f"Changed: <b>{info['changed_km2']:,.2f} km²</b> ({info['changed_chips']} chips)."
-             + (" Each date was smoothed with a 3×3 plurality filter before comparing." if info["smoothed"] else ""),
+             + (" Each date was smoothed with a {0}×{0} plurality filter before comparing.".format(
+                info.get("smoothing_window", 3))
+                if info["smoothed"] else ""),
              "</p>",
              '<p class="note">Areas counted from the maps inherit their errors, and change maps doubly so (an error '
              "on either date makes a transition). Error-adjusted areas with confidence intervals need a labelled "

@@ -23,7 +23,7 @@ from geoclf.change.summaries import (
     urbanization,
     zonal_summary,
 )
-from geoclf.landuse import ScoreOutput, prediction_classes, read_header, read_predictions
+from geoclf.landuse import ScoreOutput, prediction_classes, read_header, read_predictions, smoothing_window
 from geoclf.zones import DEVELOPED, read_reference, read_zones
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -50,7 +50,7 @@ def load_scheme(score_dir: PathLike, classes: Sequence[str]) -> ClassScheme:
 
 
 def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathLike | None = None,
-               zone_column: str | None = None, reference: PathLike | None = None, smooth: bool = False,
+               zone_column: str | None = None, reference: PathLike | None = None, smooth: bool | int = False,
                min_overlap: float = MIN_OVERLAP, developed: str = DEVELOPED, pairs: int = 0,
                sample_size: int | None = None, min_per_stratum: int = 50, seed: int = 0,
                html_map: bool = True) -> dict[str, Path]:
@@ -71,7 +71,8 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
         zones: polygons (towns, tracts) for zonal summaries, in any CRS.
         zone_column: the zones' name column (default: guessed, see :func:`geoclf.zones.zone_names`).
         reference: a labelled reference sample (see :func:`geoclf.change.reference_estimates`).
-        smooth: smooth each date with a 3x3 plurality filter before comparing.
+        smooth: width of the plurality filter applied to each date before comparing (odd, in chips; 1 or
+            ``False`` for none, ``True`` for 3).
         min_overlap: alignment threshold for chips on different grids (see :func:`geoclf.change.align_dates`).
         developed: the class whose gains are urbanization.
         pairs: how many top-ranked changes get before/after image pairs.
@@ -94,9 +95,10 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
         after_table = read_predictions(after)
         classes = prediction_classes(before_table)
         scheme = load_scheme(before, classes)
-        if smooth:
-            before_table = smooth_predictions(before_table, scheme)
-            after_table = smooth_predictions(after_table, scheme)
+        window = smoothing_window(smooth)
+        if window > 1:
+            before_table = smooth_predictions(before_table, scheme, window)
+            after_table = smooth_predictions(after_table, scheme, window)
         aligned = align_dates(before_table, after_table, min_overlap=min_overlap)
         aligned.attrs["geoclf_change"]["classes"] = list(scheme.names)
         names = scheme.names
@@ -142,10 +144,12 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
             written["html"] = change_html(aligned, scheme, out / "change.html", ranked)
 
         info = dict(aligned.attrs["geoclf_change"])
-        info.update({"before": str(before), "after": str(after), "dates": list(labels), "smoothed": smooth,
+        info.update({"before": str(before), "after": str(after), "dates": list(labels), "smoothed": window > 1,
                      "compared_km2": float(aligned["area_km2"].sum()),
                      "changed_km2": float(ranked["area_km2"].sum()) if len(ranked) else 0.0,
                      "changed_chips": len(ranked)})
+        if window > 1:  # only then, so that unsmoothed outputs keep their former contents
+            info["smoothing_window"] = window
         if urban is not None:
             info["to_developed_km2"] = float(urban.loc["Total", "km2"])
         with atomic_path(out / "change.json") as temporary:

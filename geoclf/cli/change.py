@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from geoclf.cli.common import smooth_option
+
 
 @click.command("change")
 @click.option("--before", required=True, type=click.Path(exists=True),
@@ -20,8 +22,7 @@ import click
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labelled reference sample (GeoParquet/vector/CSV with 'reference' change classes or "
                    "'reference_before'/'reference_after') for error-adjusted areas with 95% CIs.")
-@click.option("--smooth/--no-smooth", default=False, show_default=True,
-              help="Smooth each date with a 3x3 plurality filter before comparing (suppresses single-chip noise).")
+@smooth_option("x N chips, applied to each date before comparing (suppresses single-chip noise)")
 @click.option("--min-overlap", default=0.5, show_default=True,
               help="Chips on different grids pair when the before-chip covers at least this share of the "
                    "after-chip.")
@@ -37,7 +38,7 @@ import click
 @click.option("--html/--no-html", "html_map", default=True, show_default=True,
               help="Write the interactive change.html map.")
 def change(before: str, after: str, out: str, zones: str | None, zone_column: str | None, reference: str | None,
-           smooth: bool, min_overlap: float, developed: str, pairs: int, sample_size: int | None,
+           smooth: int, min_overlap: float, developed: str, pairs: int, sample_size: int | None,
            min_per_stratum: int, seed: int, html_map: bool) -> None:
     """Compare the land use of two dates: transitions.csv, change.tif, changes.parquet, change.html, report.html."""
     from geoclf.change import run_change  # here, so that `geoclf change --help` does not load the analysis

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from geoclf.runs import HEADLINE_METRICS
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 scheduler_option = click.option(
     "--scheduler", default="local", show_default=True,
@@ -30,3 +34,32 @@ def echo_evaluation(evaluation: dict[str, Any]) -> None:
         if value is not None:
             click.echo(f"  {key:<18} {value:.4f}")
     click.echo(evaluation["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def _odd_window(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value % 2 == 0:
+        raise click.BadParameter(f"{value} is not an odd number (1 for no smoothing)", ctx=ctx, param=param)
+    return value
+
+
+def smooth_option(what: str) -> Callable[[F], F]:
+    """``--smooth N``, the same on every command: the window of the plurality filter, an odd width (1: none).
+
+    ``--smooth`` alone is 3, and ``--no-smooth`` (the older flag spelling) is 1; ``what`` says what the
+    window spans (pixels of a map, dates of a series).
+    """
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def command(*args: Any, no_smooth: bool = False, **kwargs: Any) -> Any:
+            if no_smooth:
+                kwargs["smooth"] = 1
+            return function(*args, **kwargs)
+
+        command = click.option("--no-smooth", "no_smooth", is_flag=True, default=False, hidden=True,
+                               help="The same as --smooth 1.")(command)
+        smooth = click.option("--smooth", type=click.IntRange(min=1), default=1, show_default=True, is_flag=False,
+                              flag_value=3, metavar="N", callback=_odd_window,
+                              help=f"Plurality filter over a window of N {what} (odd; --smooth alone: 3; 1: none).")
+        return smooth(command)
+
+    return decorate

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import click
 
+from geoclf.cli.common import smooth_option
+
 
 @click.command("map")
 @click.option("--predictions", required=True, type=click.Path(exists=True),
               help="predictions.parquet or the geoclf score output directory holding it.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory for the maps.")
 @click.option("--crs", default=None, help="Map CRS (default: the chips' CRS, or EPSG:5070 across UTM zones).")
-@click.option("--smooth/--no-smooth", default=False, show_default=True, help="3x3 plurality smoothing.")
+@smooth_option("x N pixels of the class map")
 @click.option("--probabilities/--no-probabilities", default=False, show_default=True,
               help="Also write landuse_probs.tif (one band per class).")
 @click.option("--html/--no-html", default=True, show_default=True, help="Write the interactive map.html.")
-def map_command(predictions: str, out: str, crs: str | None, smooth: bool, probabilities: bool, html: bool) -> None:
+def map_command(predictions: str, out: str, crs: str | None, smooth: int, probabilities: bool, html: bool) -> None:
     """Write landuse.tif (COG), class polygons, map.html and map.png from scored predictions."""
     from geoclf.landuse import classes_of, read_predictions
     from geoclf.maps import write_maps  # here: folium and scipy take a second to import

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from geoclf.cli.common import batch_size_option, chips_per_partition_option, scheduler_option, workers_option
+from geoclf.cli.common import (
+    batch_size_option,
+    chips_per_partition_option,
+    scheduler_option,
+    smooth_option,
+    workers_option,
+)
 from geoclf.cli.runs import runs_dir_option
 from geoclf.cluster import scheduler_from_option
 
@@ -30,7 +36,7 @@ from geoclf.cluster import scheduler_from_option
 @click.option("--chip-size-m", type=float, default=None,
               help="Ground side of a chip in metres (default: the size the model was trained on).")
 @click.option("--crs", default=None, help="CRS of the map (default: the rasters', or EPSG:5070 across UTM zones).")
-@click.option("--smooth/--no-smooth", default=False, show_default=True, help="3x3 plurality smoothing of the map.")
+@smooth_option("x N pixels of the class map")
 @click.option("--probabilities/--no-probabilities", default=False, show_default=True,
               help="Also write per-class probability bands (landuse_probs.tif).")
 @click.option("--trust", is_flag=True, default=False,
@@ -39,7 +45,7 @@ from geoclf.cluster import scheduler_from_option
 @runs_dir_option
 def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: str | None, aoi: str | None, out: str,
           cluster_recipe: str | None, n_workers: int | None, batch_size: int, chips_per_partition: int,
-          max_nodata: float, chip_size_m: float | None, crs: str | None, smooth: bool, probabilities: bool,
+          max_nodata: float, chip_size_m: float | None, crs: str | None, smooth: int, probabilities: bool,
           trust: bool, scheduler: str, runs_dir: str | None) -> None:
     """Score every chip of an area with a model and write georeferenced land-use maps."""
     from geoclf.score import score as run  # here: maps and folium take a second to import

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoclf.cli.common import scheduler_option
+from geoclf.cli.common import scheduler_option, smooth_option
 
 
 @click.command("trend")
@@ -19,9 +19,8 @@ from geoclf.cli.common import scheduler_option
 @click.option("--reference", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labelled reference sample (CSV/Parquet/vector: 'reference' with 'date' or 'year', or "
                    "'reference_<YYYY>' columns; placed by 'cell' or geometry) for error-adjusted areas with 95% CIs.")
-@click.option("--smooth", default=1, show_default=True, type=int,
-              help="Temporal majority filter over this many dates (odd) before counting changes; 3 removes "
-                   "one-date A->B->A flicker. 1: none.")
+@smooth_option("dates of each pixel's series, applied before counting changes (3 removes one-date "
+               "A->B->A flicker)")
 @click.option("--developed", default="Developed", show_default=True,
               help="Class whose first year is mapped.")
 @click.option("--dates", default=None,

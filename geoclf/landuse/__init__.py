@@ -48,6 +48,7 @@ from geoclf.landuse.grid import (
     predictions_to_grid,
     probability_columns,
     reproject_nearest,
+    smoothing_window,
 )
 from geoclf.landuse.output import ScoreOutput, classes_of, prediction_classes, read_predictions
 from geoclf.landuse.styles import style_paths, write_styles
@@ -74,6 +75,7 @@ __all__ = [
     "read_landuse",
     "read_predictions",
     "reproject_nearest",
+    "smoothing_window",
     "style_paths",
     "write_landuse_cog",
     "write_probability_cog",

@@ -250,6 +250,21 @@ def reproject_nearest(source: np.ndarray, destination: np.ndarray, grid: LandUse
 # smoothing
 
 
+def smoothing_window(smooth: bool | int) -> int:
+    """The window width a ``smooth`` setting means: an odd number (1: none); ``True`` is 3, ``False`` is 1.
+
+    Every command's ``--smooth`` is this window (pixels on a map, dates in a trend); the booleans are the
+    older spelling of the spatial commands (``smooth: true`` in recipes), kept working.
+
+    Raises:
+        InputError: an even or non-positive width.
+    """
+    window = (3 if smooth else 1) if isinstance(smooth, bool) else int(smooth)
+    if window < 1 or window % 2 == 0:
+        raise InputError(f"the smoothing window must be an odd number (1 for none), got {smooth}")
+    return window
+
+
 def majority_filter(codes: np.ndarray, size: int = 3, axes: Sequence[int] = (-2, -1)) -> np.ndarray:
     """Plurality (mode) filter of class codes over a window ``size`` wide along each of ``axes``.
 

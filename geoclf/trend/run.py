@@ -11,6 +11,7 @@ import pandas as pd
 import xarray as xr
 from tqdm.auto import tqdm
 
+from geoclf.landuse import smoothing_window
 from geoclf.partitions import print_dashboard
 from geoclf.trend.areas import class_areas, reference_areas, zonal_areas
 from geoclf.trend.report import area_figure, trend_map, year_developed_figure
@@ -31,7 +32,7 @@ PathLike = str | os.PathLike[str]
 
 
 def analyze_trends(maps: Sequence[PathLike], out: PathLike, *, zones: PathLike | None = None,
-                   zone_column: str | None = None, reference: PathLike | None = None, smooth: int = 1,
+                   zone_column: str | None = None, reference: PathLike | None = None, smooth: int | bool = 1,
                    developed: str | None = DEVELOPED, dates: Sequence[str] | None = None,
                    probabilities: bool = False, chunks: int = CHUNK, html_map: bool = True,
                    basemap: str | None = "OpenStreetMap", scheduler: Scheduler = None, n_workers: int | None = None,
@@ -55,7 +56,8 @@ def analyze_trends(maps: Sequence[PathLike], out: PathLike, *, zones: PathLike |
         zones: a vector file of zones (towns, tracts) for zonal areas and trends.
         zone_column: the zones' name column (see :func:`geoclf.zones.zone_names`).
         reference: a labelled reference sample (see :func:`geoclf.trend.reference_areas`).
-        smooth: window (dates) of the temporal majority filter applied before counting changes; 1 for none.
+        smooth: window (an odd number of dates) of the temporal majority filter applied before counting
+            changes; 1 for none (``True``, as for the spatial commands, is 3).
         developed: the class whose first year is mapped; skipped when the scheme has no such class.
         dates: one acquisition date per map, overriding those the maps carry.
         probabilities: also stack the probability COGs.
@@ -71,6 +73,7 @@ def analyze_trends(maps: Sequence[PathLike], out: PathLike, *, zones: PathLike |
         Output name -> path.
     """
     # Inputs are read and checked before any pixel is: a bad zone file should not cost a county's stack.
+    smooth = smoothing_window(smooth)
     zone_frame = read_zones(zones) if zones is not None else None
     if zone_frame is not None:
         checked_zone_names(zone_frame, zone_column)
