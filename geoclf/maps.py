@@ -420,7 +420,7 @@ POLYGON_MAX_PIXELS = 4_000_000
 
 
 def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFacts, *,
-                      predictions: Callable[[], gpd.GeoDataFrame] | None = None, smooth: bool = False,
+                      predictions: Callable[[], gpd.GeoDataFrame] | None = None, smooth: bool | int = False,
                       probabilities: bool = False, html_map: bool = True) -> dict[str, Path]:
     """Write the map products of a score output whose map tiles are mosaicked in ``landuse.vrt``.
 

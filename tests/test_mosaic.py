@@ -67,16 +67,17 @@ def test_the_mosaic_cog_is_the_cog_of_the_whole_table(block_predictions, tmp_pat
     assert max(small.codes.shape) <= 4 and small.crs == grid.crs
 
 
-def test_the_smoothed_mosaic_is_the_whole_map_smoothed(block_predictions, tmp_path, monkeypatch):
+@pytest.mark.parametrize("smooth", [True, 5])  # --smooth, --smooth 5: a halo of one row, of two
+def test_the_smoothed_mosaic_is_the_whole_map_smoothed(block_predictions, tmp_path, monkeypatch, smooth):
     import geoclf.landuse.mosaic as mosaic
 
     monkeypatch.setattr(mosaic, "_SMOOTH_ROWS", 3)  # strips of 3 rows: the halo between strips matters
     scheme, parts = block_predictions
     grid = predictions_to_grid(pd.concat(parts, ignore_index=True), scheme)
     write_mosaic(tmp_path / "landuse.vrt", _tiles(parts, scheme, tmp_path), scheme)
-    mosaic_to_cog(tmp_path / "landuse.vrt", tmp_path / "landuse.tif", scheme, smooth=True)
+    mosaic_to_cog(tmp_path / "landuse.vrt", tmp_path / "landuse.tif", scheme, smooth=smooth)
     with rasterio.open(tmp_path / "landuse.tif") as dataset:
         smoothed = dataset.read(1)
-    expected = majority_filter(grid.codes)
+    expected = majority_filter(grid.codes, 3 if smooth is True else smooth)
     assert (expected != grid.codes).any()
     np.testing.assert_array_equal(smoothed, expected)

@@ -30,7 +30,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from geoclf.landuse.cog import color_table, copy_to_cog
-from geoclf.landuse.grid import NODATA, LandUseGrid, majority_filter
+from geoclf.landuse.grid import NODATA, LandUseGrid, majority_filter, smoothing_window
 from geoclf.landuse.styles import write_styles
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -153,18 +153,21 @@ def write_mosaic(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme,
 _SMOOTH_ROWS = 1024
 
 
-def mosaic_to_cog(mosaic: PathLike, path: PathLike, classes: ClassScheme, *, smooth: bool = False,
+def mosaic_to_cog(mosaic: PathLike, path: PathLike, classes: ClassScheme, *, smooth: bool | int = False,
                   probabilities: bool = False, blocksize: int = 256) -> Path:
     """Copy a mosaic VRT to ``landuse.tif`` (or, with ``probabilities``, ``landuse_probs.tif``) as a COG.
 
     GDAL's COG driver reads the mosaic's tiles block by block and builds the overviews (mode for classes,
     average for probabilities), as :func:`geoclf.landuse.write_landuse_cog` does from an array. With
-    ``smooth``, the 3 x 3 majority filter (:func:`geoclf.landuse.majority_filter`) runs over strips of rows
-    with a row of halo each side, which gives what it gives on the whole map, into a temporary GeoTIFF that
-    is then copied. The class COG gets its GIS styles beside it (:func:`geoclf.landuse.write_styles`).
+    ``smooth`` (a window width, see :func:`geoclf.landuse.smoothing_window`; ``True`` is 3 x 3), the majority
+    filter (:func:`geoclf.landuse.majority_filter`) runs over strips of rows with half a window of halo each
+    side, which gives what it gives on the whole map, into a temporary GeoTIFF that is then copied. The class
+    COG gets its GIS styles beside it (:func:`geoclf.landuse.write_styles`).
     """
     target = Path(path)
-    if not smooth:
+    window = smoothing_window(smooth)
+    halo = window // 2
+    if window == 1:
         copy_to_cog(mosaic, target, blocksize, "AVERAGE" if probabilities else "MODE", predictor=probabilities)
     else:
         smoothed_path = target.with_name(f".{target.name}.{os.getpid()}.smoothed.tif")
@@ -179,9 +182,9 @@ def mosaic_to_cog(mosaic: PathLike, path: PathLike, classes: ClassScheme, *, smo
                     dst.write_colormap(1, src.colormap(1))
                     for top in range(0, src.height, _SMOOTH_ROWS):
                         rows = min(_SMOOTH_ROWS, src.height - top)
-                        start, stop = max(0, top - 1), min(src.height, top + rows + 1)
+                        start, stop = max(0, top - halo), min(src.height, top + rows + halo)
                         codes = src.read(1, window=Window(0, start, src.width, stop - start))
-                        dst.write(majority_filter(codes)[top - start:top - start + rows], 1,
+                        dst.write(majority_filter(codes, window)[top - start:top - start + rows], 1,
                                   window=Window(0, top, src.width, rows))
             copy_to_cog(smoothed_path, target, blocksize, "MODE", predictor=False)
         finally:
