@@ -206,16 +206,17 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
 
 def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Callable, scheduler: Scheduler,
              n_workers: int | None, desc: str, progress: bool, on_client: Callable[[Any], None] | None) -> None:
-    bar = tqdm(total=sum(len(parts[i]) for i in todo), desc=desc, unit="chip", disable=not progress)
+    bar = None
     try:
         with dask_client(for_tasks(scheduler, len(todo)), n_workers=n_workers) as client:
+            if client is not None and on_client is not None:
+                on_client(client)  # before the bar is drawn: a line printed later would land inside the bar
+            bar = tqdm(total=sum(len(parts[i]) for i in todo), desc=desc, unit="chip", disable=not progress)
             if client is None:
                 for i in todo:
                     _run_one(parts[i], i, str(out), task)
                     bar.update(len(parts[i]))
                 return
-            if on_client is not None:
-                on_client(client)
             # distributed only with a cluster: a run in this process does without its import
             from distributed import as_completed
             from distributed.client import FutureCancelledError
@@ -234,7 +235,8 @@ def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Ca
                     raise InputError("the Dask cluster went away; rerun to resume") from exc
                 bar.update(len(parts[futures[future]]))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -341,20 +343,22 @@ def run_plan(plan: Sequence[PlannedPartition], out_dir: str | os.PathLike[str],
             summaries[i] = read_summary(out / spec.name)
         else:
             todo.append(i)
-    bar = tqdm(total=sum(plan[i].cells for i in todo), desc=desc, unit="cell", disable=not progress or not todo)
+    bar = None
     try:
         if todo:
             with dask_client(for_tasks(scheduler, len(todo)), n_workers=n_workers) as client:
+                if client is not None and on_client is not None:
+                    on_client(client)  # before the bar is drawn: a line printed later would land inside the bar
+                bar = tqdm(total=sum(plan[i].cells for i in todo), desc=desc, unit="cell", disable=not progress)
                 if client is None:
                     for i in todo:
                         summaries[i] = _run_planned(plan[i], str(out), task)
                         bar.update(plan[i].cells)
                 else:
-                    if on_client is not None:
-                        on_client(client)
                     _compute_planned(client, plan, todo, out, task, desc, summaries, bar)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return summaries  # type: ignore[return-value]
 
 

@@ -111,6 +111,9 @@ def test_the_dashboard_of_a_local_cluster_listens_on_loopback_only(monkeypatch):
         assert host == "127.0.0.1"
         with urlopen(link, timeout=30) as page:  # the link printed is the one that answers
             assert page.status == 200
+            body = page.read().decode()
+        # the dashboard itself, not distributed's stand-in page ("Dask needs bokeh>=3.1.0 for the dashboard")
+        assert "<title>Dask Diagnostic UI</title>" in body and "Bokeh" in body, body[:300]
         for address in _external_addresses():
             assert not _reachable(address, port), f"the dashboard answers on {address}"
 
@@ -139,6 +142,22 @@ def test_the_dashboard_opens_to_the_network_only_when_asked(monkeypatch):
         assert _listening(urlsplit(link).port) == {addresses[0]}
         with urlopen(link, timeout=30) as page:
             assert page.status == 200
+
+
+@pytest.mark.parametrize("command", ["featurize", "score"])  # score over rasters: scene blocks (run_plan)
+def test_the_dashboard_link_is_printed_once_on_a_line_of_its_own(command, chips, small_scene, artifact, tmp_path):
+    if command == "featurize":
+        args = ["featurize", "--chips", str(chips), "--out", str(tmp_path / "f")]
+    else:
+        args = ["score", "--model", str(artifact), "--naip", str(small_scene.naip), "--out", str(tmp_path / "f")]
+    done = geoclf(*args, "--workers", "2", "--chips-per-partition", "20")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.replace("\r", "\n").split("\n")  # a bar drawn before it would share its line
+    links = [line for line in lines if "Dask dashboard" in line]
+    assert len(links) == 1, done.stderr
+    assert links[0].startswith("Dask dashboard: http://127.0.0.1:") and links[0].endswith("/status"), links
+    assert "%|" not in done.stderr[:done.stderr.index("Dask dashboard")]  # before any bar, not in one
+    assert len(list((tmp_path / "f").rglob("part-*.parquet"))) >= 3  # 58 chips, 20 a partition: a real cluster
 
 
 def test_a_bad_dashboard_address_is_a_usage_error(capsys):
