@@ -160,6 +160,27 @@ class LandUseModel(ABC):
         problems surface before any work; returns the model. Kinds that load everything at once keep this."""
         return self
 
+    def use_runtime(self, runtime: str = "torch", precision: str = "auto",
+                    threads: int | None = None) -> LandUseModel:
+        """Run the model's network on an inference runtime (:mod:`geoclf.runtime`); returns the model.
+
+        ``"openvino"`` runs the network exported into the artifact (``model.json``'s ``export``, made by
+        ``geoclf models export``), after checking its SHA-256. Kinds without a network only take torch in fp32.
+
+        Args:
+            runtime: ``"torch"`` or ``"openvino"``.
+            precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+            threads: the thread budget (``None``: the Dask worker's, else the runtime's default).
+
+        Raises:
+            InputError: an unknown runtime or precision, no valid export, or a kind without a network.
+        """
+        # the kinds with a network override this (and check the choice with geoclf.runtime, a layer above)
+        if runtime != "torch" or precision not in ("auto", "fp32"):
+            raise InputError(f"model kind {self.kind!r} runs on torch in fp32 only, not {runtime} {precision}",
+                             self.path)
+        return self
+
     def check_chips(self, chips: np.ndarray) -> np.ndarray:
         """Validate a chip batch against the model's bands and size; returns it as a numpy array."""
         array = np.asarray(chips)

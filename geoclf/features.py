@@ -24,8 +24,16 @@ import pyarrow as pa
 from geoclf.chips import iter_batches
 from geoclf.featurizers import Featurizer, make_featurizer
 from geoclf.featurizers.spectral import SpectralFeaturizer
-from geoclf.partitions import print_dashboard, read_partitions, run_partitions, task_threads, worker_model
+from geoclf.partitions import (
+    check_resumable,
+    print_dashboard,
+    read_partitions,
+    run_partitions,
+    task_threads,
+    worker_model,
+)
 from geoclf.runs import start_run
+from geoclf.runtime import check_model_runtime
 from tiling.errors import InputError
 from tiling.index import index_hash, read_index
 from tiling.io import ChipReader, atomic_path, nodata_mask, open_raster
@@ -172,7 +180,8 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
               weights: str = "default", batch_size: int = 32, chips_per_partition: int = 512,
               scheduler: Scheduler = None, n_workers: int | None = None, nir: bool = True,
               progress: bool = True, record_run: bool = True, run_name: str | None = None,
-              runs_dir: str | os.PathLike[str] | None = None) -> Path:
+              runs_dir: str | os.PathLike[str] | None = None, runtime: str = "torch",
+              precision: str = "auto") -> Path:
     """Featurize every chip of an index (or PNG folder) with a pretrained CNN; write partitions to ``out``.
 
     Args:
@@ -189,6 +198,9 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         record_run: record the run in the run history (see :mod:`geoclf.runs`).
         run_name: its name (default ``featurize-<backbone>``).
         runs_dir: runs directory or tracking URI.
+        runtime: inference runtime of the network: ``"torch"``, or ``"openvino"`` (the network exported once to
+            ``out/network.onnx``, its hash recorded in ``features.json``; see :mod:`geoclf.runtime`).
+        precision: ``"auto"`` (OpenVINO: bf16 where the CPU has it, else fp32), ``"fp32"`` or ``"bf16"``.
 
     Returns:
         The output directory.
@@ -204,12 +216,21 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     featurizer = featurizer.for_band_count(bands)  # NIR where every chip has it
     baseline = SpectralFeaturizer().for_band_count(bands)
     threads = task_threads(scheduler, n_workers)
-    task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir,
-                         baseline=baseline)
     described = featurizer.describe()
     settings = {"backbone": backbone, "weights": described.get("weights_ref"), "nir": nir, "source": source,
                 "baseline": baseline.describe()}
     out_dir = Path(out)
+    exported: dict[str, Any] = {}
+    if check_model_runtime(runtime, precision):
+        from geoclf.featurizers.exported import export_featurizer
+
+        settings["runtime"] = {"runtime": runtime, "precision": precision}  # never mixed with torch's vectors
+        # before the export writes into out_dir: a refused rerun must leave that directory as it was
+        check_resumable(table, out_dir, chips_per_partition, settings)
+        featurizer = export_featurizer(featurizer, out_dir, runtime=runtime, precision=precision, threads=threads)
+        exported = {"export": featurizer.export, "runtime": settings["runtime"]}
+    task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir,
+                         baseline=baseline)
     started = time.perf_counter()
     run_partitions(table, out_dir, task, settings=settings, chips_per_partition=chips_per_partition,
                    scheduler=scheduler, n_workers=n_workers, desc="featurizing", progress=progress,
@@ -228,6 +249,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         "source": source,
         "task": {"backbone": backbone, "weights": weights, "chip_size": task.chip_size, "batch_size": batch_size,
                  "torch_threads": threads, "nir": nir},
+        **exported,
     }
     with atomic_path(out_dir / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, default=str))

@@ -38,6 +38,9 @@ from geoclf.featurizers import (
     featurizer_from_meta,
     featurizer_from_model,
 )
+from geoclf.featurizers.cnn import CNNFeaturizer
+from geoclf.featurizers.exported import ExportedCNNFeaturizer
+from geoclf.runtime import check_model_runtime
 from tiling.errors import InputError
 
 #: Classifier file of a ``features`` artifact.
@@ -109,6 +112,20 @@ class FeaturesModel(LandUseModel):
             featurizer.device = self.device
             self._featurizer = featurizer
         return self._featurizer
+
+    def use_runtime(self, runtime: str = "torch", precision: str = "auto",
+                    threads: int | None = None) -> FeaturesModel:
+        """Run the featurizer's network on an inference runtime (see
+        :meth:`geoclf.artifact.LandUseModel.use_runtime`): ``"openvino"`` runs the export recorded in
+        ``model.json`` (:class:`geoclf.featurizers.exported.ExportedCNNFeaturizer`)."""
+        if not check_model_runtime(runtime, precision):
+            return self
+        if not isinstance(self.featurizer, CNNFeaturizer):
+            raise InputError(f"the {self.featurizer.kind} featurizer has no network to run on {runtime}", self.path)
+        self._featurizer = ExportedCNNFeaturizer.from_featurizer(
+            self.featurizer, self.path or ".", self.spec.get("export") or {}, runtime=runtime, precision=precision,
+            threads=threads)
+        return self
 
     def prepare(self) -> FeaturesModel:
         """Build the featurizer's network now, checked against ``model.json`` (e.g. that its weights did

@@ -139,19 +139,24 @@ def write_table_atomic(table: pd.DataFrame | pa.Table, path: Path) -> None:
         pq.write_table(table, tmp)
 
 
+def _refuse_other_inputs(out: Path, stamp: dict[str, Any], finished: bool) -> None:
+    """Refuse an ``out`` whose finished partitions were computed from other inputs (or of unknown origin)."""
+    if not finished:  # a first run, or one that stopped before finishing a partition: nothing to keep consistent
+        return
+    stamp_path = out / _FINGERPRINT
+    if not stamp_path.exists():
+        raise InputError("holds partitions of unknown origin; choose another output directory", out)
+    if json.loads(stamp_path.read_text()) != stamp:
+        raise InputError("holds results computed from other chips or settings; choose another output "
+                         "directory or remove it", out)
+
+
 def _claim(out: Path, stamp: dict[str, Any], finished: bool) -> None:
     """Make ``out`` the output of ``stamp``: refuse one holding results of other inputs, else record it."""
+    _refuse_other_inputs(out, stamp, finished)
     out.mkdir(parents=True, exist_ok=True)
-    stamp_path = out / _FINGERPRINT
-    if stamp_path.exists() and finished:
-        previous = json.loads(stamp_path.read_text())
-        if previous != stamp:
-            raise InputError("holds results computed from other chips or settings; choose another output "
-                             "directory or remove it", out)
-    elif finished:
-        raise InputError("holds partitions of unknown origin; choose another output directory", out)
-    else:  # a first run, or one that stopped before finishing a partition: nothing to keep consistent with
-        with atomic_path(stamp_path) as tmp:
+    if not finished:
+        with atomic_path(out / _FINGERPRINT) as tmp:
             tmp.write_text(json.dumps(stamp, indent=2))
 
 
@@ -171,6 +176,22 @@ def _run_one(part: pd.DataFrame, index: int, out_dir: str, task: Callable[[pd.Da
     result = task(part)
     write_table_atomic(result, path)
     return len(result)
+
+
+def check_resumable(chips: pd.DataFrame, out_dir: str | os.PathLike[str], chips_per_partition: int,
+                    settings: dict[str, Any]) -> dict[str, Any]:
+    """Check that ``out_dir`` holds no partitions computed from other inputs; returns the fingerprint.
+
+    :func:`run_partitions` checks this itself; a stage that writes other files into ``out_dir`` before it
+    runs (an exported network) calls it first, so that a refused rerun leaves the directory as it was.
+
+    Raises:
+        InputError: ``out_dir`` holds partitions computed from other chips or settings, or of unknown origin.
+    """
+    out = Path(out_dir)
+    stamp = fingerprint(chips, chips_per_partition, settings)
+    _refuse_other_inputs(out, stamp, out.is_dir() and any(out.glob(PART_GLOB)))
+    return stamp
 
 
 def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: Callable[[pd.DataFrame], pd.DataFrame],
@@ -194,7 +215,7 @@ def run_partitions(chips: pd.DataFrame, out_dir: str | os.PathLike[str], task: C
         InputError: ``out_dir`` holds partitions computed from other inputs.
     """
     out = Path(out_dir)
-    _claim(out, fingerprint(chips, chips_per_partition, settings), any(out.glob(PART_GLOB)) if out.is_dir() else False)
+    _claim(out, fingerprint(chips, chips_per_partition, settings), out.is_dir() and any(out.glob(PART_GLOB)))
     for leftover in out.glob(".part-*.tmp"):  # written by attempts that died before renaming (atomic_path's names)
         leftover.unlink(missing_ok=True)
     parts = split_partitions(chips, chips_per_partition)

@@ -216,11 +216,64 @@ def resolve_precision(runtime: str, precision: str = "auto") -> str:
     return precision
 
 
+def check_model_runtime(runtime: str, precision: str = "auto") -> bool:
+    """Check a model's runtime choice; ``True`` when it is not plain torch (a runner is needed).
+
+    Models run torch in fp32 (the reference) or OpenVINO in any precision: torch's bf16 autocast is slower than
+    OpenVINO's bf16 and less exact, so it is a benchmark figure, not a choice.
+
+    Raises:
+        InputError: an unknown runtime or precision, or torch with bf16.
+    """
+    check_runtime(runtime)
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if runtime == "torch" and precision == "bf16":
+        raise InputError("the torch runtime computes in fp32 here; bf16 needs --runtime openvino")
+    return runtime != "torch"
+
+
+def check_export(directory: PathLike, record: Mapping[str, Any] | None, runtime: str = "openvino",
+                 precision: str = "auto") -> Path:
+    """On the client, before any work: the export is there and intact, the runtime installed, the precision
+    possible on this CPU. Workers check the export again when they load it.
+
+    Raises:
+        InputError: naming what is missing.
+    """
+    path = verified_onnx(directory, record)
+    if runtime == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            raise InputError("the openvino runtime needs the openvino package (pip install openvino), which is "
+                             "not installed here; use --runtime torch") from None
+    resolve_precision(runtime, precision)
+    return path
+
+
 def check_runtime(runtime: str) -> str:
     """``runtime`` if it is one of :data:`RUNTIMES`, else an InputError listing them."""
     if runtime not in RUNTIMES:
         raise InputError(f"unknown inference runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
     return runtime
+
+
+def thread_budget(threads: int | None = None) -> int | None:
+    """The threads a runtime may use here: ``threads`` if given, else this Dask worker's thread count, else
+    ``None`` (the runtime's default: every core).
+
+    A LocalCluster worker gets ``cores / workers`` from the task (as torch does); on an existing cluster each
+    worker's own ``--nthreads`` is the budget, so workers sharing a machine do not oversubscribe it.
+    """
+    if threads:
+        return int(threads)
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError):  # not in a Dask worker
+        return None
 
 
 # -- running -------------------------------------------------------------------------------------------------
@@ -394,11 +447,14 @@ __all__ = [
     "OpenVINORunner",
     "Runner",
     "TorchRunner",
+    "check_export",
+    "check_model_runtime",
     "check_runtime",
     "cpu_has_bf16",
     "export_onnx",
     "open_runner",
     "relative_error",
     "resolve_precision",
+    "thread_budget",
     "verified_onnx",
 ]

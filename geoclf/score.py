@@ -17,6 +17,7 @@ already holds: it is scored in partitions of that table (:func:`geoclf.partition
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -47,6 +48,7 @@ from geoclf.partitions import (
     task_threads,
     worker_model,
 )
+from geoclf.runtime import check_export, check_model_runtime
 from tiling.blocks import SceneBlock, block_chips, plan_blocks
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -73,6 +75,11 @@ class ScoreTask:
             holding types outside geoclf's allowlist is refused on the worker too.
         digest: :func:`geoclf.artifact.artifact_digest` of the artifact the client checked; a worker refuses
             an artifact that no longer has it (``None``: no check, for direct use).
+        runtime, precision: the inference runtime and its precision (see
+            :meth:`geoclf.artifact.LandUseModel.use_runtime`).
+        loaded: the model as the client loaded and checked it, shipped to the workers with the task (sent once
+            to each): workers then neither read the artifact again nor import skops (seconds per worker).
+            ``None``: each worker loads ``model_dir`` itself (with ``trusted`` and ``digest``).
     """
 
     model_dir: str
@@ -80,6 +87,9 @@ class ScoreTask:
     torch_threads: int | None = None
     trusted: bool = False
     digest: str | None = None
+    runtime: str = "torch"
+    precision: str = "auto"
+    loaded: LandUseModel | None = None
 
     def __call__(self, part: pd.DataFrame) -> pa.Table:
         model = self.model()
@@ -101,18 +111,30 @@ class ScoreTask:
 
         Raises:
             InputError: the artifact changed since the client checked it, or (without ``trusted``) its
-                classifier holds types outside geoclf's allowlist.
+                classifier holds types outside geoclf's allowlist (a model loaded here, not shipped).
         """
-        def load() -> LandUseModel:
+        # a shipped model is known by what the client checked (the artifact's digest, else its model.json,
+        # which holds its files' checksums): a long-lived worker never keeps the model of an artifact that was
+        # retrained in the same directory
+        shipped = "" if self.loaded is None else self.digest or hashlib.sha256(
+            json.dumps(self.loaded.spec, sort_keys=True, default=str).encode()).hexdigest()
+        return worker_model(f"model:{self.model_dir}:{self.digest}:{self.trusted}:{shipped}:{self.runtime}:"
+                            f"{self.precision}", self._load, self.torch_threads)
+
+    def _load(self) -> LandUseModel:
+        if self.loaded is not None:
+            # the very model the client loaded and checked: nothing of the artifact is read here but an export,
+            # whose hash the model's runtime checks before compiling it
+            model = self.loaded
+        else:
             # the files are what the client checked, and they load under the user's own trust decision: an
             # artifact replaced between the two loads (shared storage, a cloud cluster) runs nothing here
             if self.digest is not None and artifact_digest(self.model_dir) != self.digest:
                 raise InputError(f"changed since scoring started (its files no longer have the sha256 "
                                  f"{self.digest[:12]}... the client checked); the worker refuses to load it",
                                  self.model_dir)
-            return load_model_dir(self.model_dir, trusted=self.trusted).prepare()
-
-        return worker_model(f"model:{self.model_dir}:{self.digest}:{self.trusted}", load, self.torch_threads)
+            model = load_model_dir(self.model_dir, trusted=self.trusted)
+        return model.use_runtime(self.runtime, self.precision, self.torch_threads).prepare()
 
 
 @locks_output("out")
@@ -121,7 +143,8 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
           batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5,
           chip_size_m: float | None = None, crs: Any = None,
           smooth: bool | int = False, probabilities: bool = False, html_map: bool = True, trusted: bool = False,
-          runs_dir: PathLike | None = None, progress: bool = True) -> dict[str, Path]:
+          runs_dir: PathLike | None = None, progress: bool = True, runtime: str = "torch",
+          precision: str = "auto") -> dict[str, Path]:
     """Score an area with a model and write ``predictions.parquet`` and the maps into ``out``.
 
     Args:
@@ -145,6 +168,9 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
         runs_dir: run history in which ``model`` names a run or a registered model (default: ``GEOCLF_RUNS``
             or the current directory).
         progress: show progress bars.
+        runtime: inference runtime of the model's network: ``"torch"``, or ``"openvino"`` (the network exported
+            into the artifact by ``geoclf models export``, run on the CPU; see :mod:`geoclf.runtime`).
+        precision: ``"auto"`` (OpenVINO: bf16 where the CPU has it, else fp32), ``"fp32"`` or ``"bf16"``.
 
     Returns:
         Output name -> path (``predictions``, ``landuse``, ``html``, ``png``, ...).
@@ -155,10 +181,14 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     # and its network builds (backbone weights as recorded, feature length as the classifier's)
     loaded = load_model(model_dir, trusted=trusted).prepare()
     digest = artifact_digest(model_dir)  # what the workers must find (see ScoreTask)
+    if check_model_runtime(runtime, precision):
+        check_export(model_dir, loaded.spec.get("export"), runtime, precision)
     output = ScoreOutput.at(out)
     task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=task_threads(scheduler, n_workers),
-                     trusted=trusted, digest=digest)
+                     trusted=trusted, digest=digest, runtime=runtime, precision=precision, loaded=loaded)
     settings: dict[str, Any] = {"model": model_stamp(model_dir)}
+    if runtime != "torch":  # other probabilities (within the runtime's tolerance): not mixed with torch's
+        settings["runtime"] = {"runtime": runtime, "precision": precision}
     maps = {"crs": crs, "smooth": smooth, "probabilities": probabilities, "html_map": html_map}
     run = {"scheduler": scheduler, "n_workers": n_workers, "progress": progress}
     if chips is not None:
@@ -385,8 +415,6 @@ def _map_crs(scenes: list[SceneInfo], crs: Any) -> CRS:
 
 
 def _file_sha256(path: PathLike) -> str:
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

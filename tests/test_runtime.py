@@ -188,3 +188,148 @@ def test_bf16_is_what_runs(tiny_export):
     assert bf16.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
     assert fp32.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     assert 0 < relative_error(bf16(x), fp32(x)) < BF16_RTOL
+
+
+# -- the runtime in scoring ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported_quickstart_model(quickstart, tmp_path_factory):
+    """A copy of the quickstart's lr-lite0 model artifact (EfficientNet-Lite0 features), exported to ONNX."""
+    import shutil
+
+    from geoclf.export import export_model
+    from geoclf.models import resolve_model_dir
+
+    workdir, _, _ = quickstart
+    copy = tmp_path_factory.mktemp("exported") / "lr-lite0"
+    shutil.copytree(resolve_model_dir("lr-lite0", workdir / "runs"), copy)
+    record = export_model(copy)
+    return workdir, copy, record
+
+
+def test_export_is_recorded_in_model_json(exported_quickstart_model):
+    import json
+
+    from geoclf.export import export_model
+
+    _, artifact, record = exported_quickstart_model
+    spec = json.loads((artifact / "model.json").read_text())
+    assert spec["export"] == record and record["input_shape"] == [None, 3, 224, 224]
+    assert record["output_dim"] == spec["feature_dim"]  # the featurizer's network, not the ImageNet classifier
+    assert export_model(artifact) == record  # a valid export is kept, not made again
+
+
+def test_scoring_on_openvino_matches_torch_on_the_quickstart_scene(exported_quickstart_model, tmp_path):
+    """Workers (a LocalCluster: several partitions) run the exported network; the classes are torch's."""
+    from geoclf.landuse import read_predictions
+    from geoclf.score import score
+
+    workdir, artifact, _ = exported_quickstart_model
+    torch_predictions = read_predictions(workdir / "map-2016")  # the quickstart scored it with torch
+    score(str(artifact), tmp_path / "map", naip=[workdir / "scene" / "naip_2016.tif"], runtime="openvino",
+          precision="auto", chips_per_partition=128, n_workers=2, html_map=False, progress=False)
+    ours = read_predictions(tmp_path / "map")
+    merged = torch_predictions[["chip_id", "pred"]].merge(ours[["chip_id", "pred"]], on="chip_id")
+    assert len(merged) == len(torch_predictions) == len(ours) > 300
+    agreement = float((merged["pred_x"] == merged["pred_y"]).mean())
+    assert agreement >= MIN_AGREEMENT, f"classes agree on {agreement:.1%} of the chips"
+
+
+def test_a_worker_refuses_an_export_that_is_not_the_recorded_one(exported_quickstart_model, tmp_path):
+    import shutil
+
+    from geoclf.score import ScoreTask, score
+
+    _, artifact, _ = exported_quickstart_model
+    changed = tmp_path / "model"
+    shutil.copytree(artifact, changed)
+    data = bytearray((changed / "network.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (changed / "network.onnx").write_bytes(bytes(data))
+    part = pd.DataFrame({"chip_id": ["a"], "source": ["x"], "col_off": [0], "row_off": [0], "width": [224],
+                         "height": [224]})
+    with pytest.raises(InputError, match="does not match the checksum"):
+        ScoreTask(model_dir=str(changed), runtime="openvino")(part)  # what a worker runs
+    with pytest.raises(InputError, match="does not match the checksum"):
+        score(str(changed), tmp_path / "out", naip=["unused.tif"], runtime="openvino", progress=False)
+
+
+def test_openvino_needs_an_export(quickstart, tmp_path):
+    from geoclf.score import score
+
+    workdir, _, _ = quickstart
+    with pytest.raises(InputError, match="no exported network"):
+        score("lr-lite0", tmp_path / "out", naip=[workdir / "scene" / "naip_2016.tif"], runtime="openvino",
+              runs_dir=workdir / "runs", progress=False)
+    with pytest.raises(InputError, match="bf16 needs --runtime openvino"):
+        score("lr-lite0", tmp_path / "out", naip=[workdir / "scene" / "naip_2016.tif"], precision="bf16",
+              runs_dir=workdir / "runs", progress=False)
+
+
+def test_a_finetuned_model_on_openvino_predicts_torchs_classes(small_scene, tmp_path):
+    """The fine-tuned kind: its whole network (4-band input, land-use head) exported and run by OpenVINO.
+
+    The head is fitted to the scene's labels (a logistic regression on the network's penultimate features, what
+    ``last_only`` fine-tuning converges towards), so the classes are a trained model's, not a random head's
+    near-ties.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    import tiling
+    from geoclf.chips import read_batch
+    from geoclf.export import export_model
+    from geoclf.finetune.model import save_finetune_model
+    from geoclf.finetune.module import LandUseModule
+    from geoclf.models import load_model
+    from tiling.io import ChipReader
+
+    index = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path / "chips", progress=False)
+    with ChipReader(bands=(1, 2, 3, 4), size=224) as reader:
+        chips = read_batch(pd.DataFrame(index.drop(columns="geometry")), reader)
+    classes = sorted(set(index["label"].astype(str)))
+    module = LandUseModule("mobilenet_v2", classes=classes, bands=(1, 2, 3, 4))
+    artifact = save_finetune_model(tmp_path / "untrained", module, chip_size=224)
+    untrained = load_model(artifact)
+    seen = []
+    hook = untrained.network.get_submodule("classifier.1").register_forward_hook(
+        lambda _m, inputs, _out: seen.append(inputs[0].detach().numpy()))
+    untrained.predict_proba(chips)
+    hook.remove()
+    fitted = LogisticRegression(max_iter=3000).fit(np.concatenate(seen), index["label"].astype(str))
+    order = [list(fitted.classes_).index(c) for c in classes]
+    with torch.no_grad():
+        module.network.get_submodule("classifier.1").weight.copy_(torch.from_numpy(fitted.coef_[order]))
+        module.network.get_submodule("classifier.1").bias.copy_(torch.from_numpy(fitted.intercept_[order]))
+    artifact = save_finetune_model(tmp_path / "mnv2", module, chip_size=224)
+    record = export_model(artifact)
+    assert record["input_shape"] == [None, 4, 224, 224] and record["output_dim"] == len(classes)
+    reference = load_model(artifact).predict_proba(chips)
+    for precision, tolerance in {"fp32": FP32_RTOL, **({"bf16": BF16_RTOL} if cpu_has_bf16() else {})}.items():
+        probs = load_model(artifact).use_runtime("openvino", precision, threads=2).predict_proba(chips)
+        assert relative_error(probs, reference) <= tolerance
+        agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
+        assert agreement >= MIN_AGREEMENT, f"{precision}: classes agree on {agreement:.1%} of chips"
+
+
+def test_featurize_on_openvino_records_its_export_and_matches_torch(small_scene, tmp_path):
+    import json
+
+    import tiling
+    from geoclf.features import featurize, read_features
+
+    tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path / "chips", progress=False)
+    common = {"backbone": "mobilenet_v2", "scheduler": "sync", "record_run": False, "progress": False}
+    featurize(tmp_path / "chips", tmp_path / "torch", **common)
+    featurize(tmp_path / "chips", tmp_path / "openvino", runtime="openvino", precision="fp32", **common)
+    meta = json.loads((tmp_path / "openvino" / "features.json").read_text())
+    assert meta["runtime"] == {"runtime": "openvino", "precision": "fp32"}
+    verified_onnx(tmp_path / "openvino", meta["export"])
+    (_, reference), (_, ours) = read_features(tmp_path / "torch"), read_features(tmp_path / "openvino")
+    assert list(ours["chip_id"]) == list(reference["chip_id"])
+    error = relative_error(np.stack(ours["features"]), np.stack(reference["features"]))
+    assert error <= FP32_RTOL
+    before = sorted(p.name for p in (tmp_path / "torch").iterdir())
+    with pytest.raises(InputError, match="other chips or settings"):  # never mixed with torch's partitions
+        featurize(tmp_path / "chips", tmp_path / "torch", runtime="openvino", precision="fp32", **common)
+    assert sorted(p.name for p in (tmp_path / "torch").iterdir()) == before  # refused before exporting into it

@@ -98,6 +98,32 @@ def test_killed_worker_and_rerun_score_every_chip_once(trained, tmp_path):
     assert sorted(again["chip_id"]) == sorted(first["chip_id"])
 
 
+def test_workers_score_the_model_the_client_checked_not_the_files(trained, tmp_path):
+    """The task ships the model as the client loaded and checked it: a worker reads nothing of the artifact,
+    so files replaced or removed after the client's check (shared storage) never run there."""
+    import shutil
+
+    from geoclf.landuse import read_predictions
+    from geoclf.models import load_model
+    from geoclf.partitions import read_partitions, run_partitions
+    from geoclf.score import ScoreTask
+
+    workdir, model = trained
+    copy = tmp_path / "model"
+    shutil.copytree(model.path, copy)
+    task = ScoreTask(str(copy), loaded=load_model(copy))
+    shutil.rmtree(copy)  # gone before any worker starts
+    table = tiling.read_index(workdir / "map-2016" / "chips.parquet").head(6).drop(columns="geometry")
+    with dask_client("local", n_workers=1) as client:
+        run_partitions(table, tmp_path / "parts", task, settings={}, chips_per_partition=3, scheduler=client,
+                       progress=False)
+    ours = read_partitions(tmp_path / "parts")
+    reference = read_predictions(workdir / "map-2016").set_index("chip_id").loc[ours["chip_id"]]
+    assert list(ours["pred"]) == list(reference["pred"])
+    columns = [f"prob_{c}" for c in model.classes]
+    assert np.allclose(ours[columns].to_numpy(), reference[columns].to_numpy(), atol=1e-5)
+
+
 def _cli_error(capsys, args) -> str:
     with pytest.raises(SystemExit) as exited:
         main(args)

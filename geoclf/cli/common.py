@@ -25,6 +25,13 @@ chips_per_partition_option = click.option("--chips-per-partition", default=512, 
                                           type=click.IntRange(min=1), help="Chips per Dask task / output file.")
 workers_option = click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
                               help="Worker processes of the local cluster (default: one per core).")
+runtime_option = click.option(
+    "--runtime", type=click.Choice(["torch", "openvino"]), default="torch", show_default=True,
+    help="Inference runtime of the network: torch, or openvino (the network exported to ONNX, on the CPU; "
+         "scoring needs `geoclf models export MODEL` first).")
+precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+    help="Precision of the openvino runtime: auto = bf16 where the CPU has BF16 instructions, else fp32.")
 
 
 def echo_evaluation(evaluation: dict[str, Any]) -> None:

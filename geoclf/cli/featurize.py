@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from geoclf.cli.common import batch_size_option, chips_per_partition_option, scheduler_option, workers_option
+from geoclf.cli.common import (
+    batch_size_option,
+    chips_per_partition_option,
+    precision_option,
+    runtime_option,
+    scheduler_option,
+    workers_option,
+)
 from geoclf.cli.runs import runs_dir_option
 
 
@@ -25,15 +32,18 @@ from geoclf.cli.runs import runs_dir_option
 @click.option("--nir/--no-nir", default=True, show_default=True,
               help="Also store NDVI/NIR statistics per chip (from NAIP's 4th band).")
 @click.option("--name", default=None, help="Run name in the run history (default: featurize-<backbone>).")
+@runtime_option
+@precision_option
 @scheduler_option
 @runs_dir_option
 def featurize(chips: str, backbone: str, weights: str, out: str, batch_size: int, chips_per_partition: int,
-              n_workers: int | None, nir: bool, name: str | None, scheduler: str, runs_dir: str | None) -> None:
+              n_workers: int | None, nir: bool, name: str | None, runtime: str, precision: str,
+              scheduler: str, runs_dir: str | None) -> None:
     """Featurize every chip with a pretrained CNN's penultimate layer."""
     # the library is imported when the command runs, not when the CLI lists commands or shows --help
     from geoclf.features import featurize as run  # here: its progress and Dask setup cost a quarter second
 
     path = run(chips, out, backbone=backbone, weights=weights, batch_size=batch_size,
                chips_per_partition=chips_per_partition, scheduler=scheduler, n_workers=n_workers, nir=nir,
-               run_name=name, runs_dir=runs_dir)
+               run_name=name, runs_dir=runs_dir, runtime=runtime, precision=precision)
     click.echo(f"features -> {path}")

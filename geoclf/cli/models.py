@@ -1,4 +1,4 @@
-"""``geoclf models``: the model registry (register, list, show, promote)."""
+"""``geoclf models``: the model registry (register, list, show, promote) and exports for inference runtimes."""
 
 from __future__ import annotations
 
@@ -82,3 +82,21 @@ def promote_command(name: str, version: int, stage: str, runs_dir: str | None) -
     """Point an alias (stage) of NAME at a version: then NAME@STAGE loads it."""
     promoted = promote(name, version, stage, runs_dir=runs_dir)
     click.echo(f"{name}@{stage} -> version {promoted.version}")
+
+
+@models.command("export")
+@click.argument("model")
+@click.option("--force", is_flag=True, default=False, help="Export again even if a valid export is recorded.")
+@click.option("--trust", is_flag=True, default=False,
+              help="Load a model artifact whose classifier needs types geoclf does not trust by default.")
+@runs_dir_option
+def export_command(model: str, force: bool, trust: bool, runs_dir: str | None) -> None:
+    """Export MODEL's network to ONNX (network.onnx in the artifact, its hash in model.json) for --runtime openvino.
+
+    MODEL is a model artifact directory, a run name or id, or a registered model (NAME@ALIAS, NAME/VERSION).
+    """
+    from geoclf.export import export_model  # here: torch and the ONNX exporter take seconds to import
+
+    record = export_model(model, runs_dir=runs_dir, trusted=trust, force=force)
+    click.echo(f"{record['file']}  sha256 {record['sha256'][:12]}...  opset {record['opset']}  "
+               f"input {record['input_shape']}")

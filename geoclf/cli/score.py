@@ -7,6 +7,8 @@ import click
 from geoclf.cli.common import (
     batch_size_option,
     chips_per_partition_option,
+    precision_option,
+    runtime_option,
     scheduler_option,
     smooth_option,
     workers_option,
@@ -41,12 +43,14 @@ from geoclf.cluster import scheduler_from_option
               help="Also write per-class probability bands (landuse_probs.tif).")
 @click.option("--trust", is_flag=True, default=False,
               help="Load a model artifact whose classifier needs types geoclf does not trust by default.")
+@runtime_option
+@precision_option
 @scheduler_option
 @runs_dir_option
 def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: str | None, aoi: str | None, out: str,
           cluster_recipe: str | None, n_workers: int | None, batch_size: int, chips_per_partition: int,
           max_nodata: float, chip_size_m: float | None, crs: str | None, smooth: int, probabilities: bool,
-          trust: bool, scheduler: str, runs_dir: str | None) -> None:
+          trust: bool, runtime: str, precision: str, scheduler: str, runs_dir: str | None) -> None:
     """Score every chip of an area with a model and write georeferenced land-use maps."""
     from geoclf.score import score as run  # here: maps and folium take a second to import
 
@@ -54,6 +58,7 @@ def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: 
         written = run(model, out, naip=[*naip, *more_naip] or None, chips=chips, aoi=aoi, scheduler=target,
                       n_workers=n_workers, batch_size=batch_size, chips_per_partition=chips_per_partition,
                       max_nodata=max_nodata, chip_size_m=chip_size_m, crs=crs, smooth=smooth,
-                      probabilities=probabilities, trusted=trust, runs_dir=runs_dir)
+                      probabilities=probabilities, trusted=trust, runs_dir=runs_dir, runtime=runtime,
+                      precision=precision)
     for key, path in written.items():
         click.echo(f"{key:>13}: {path}")

@@ -18,6 +18,7 @@ from geoclf import artifact
 from geoclf.artifact import LandUseModel, PathLike
 from geoclf.backbones import to_tensor
 from geoclf.finetune.network import build_network
+from geoclf.runtime import check_model_runtime, open_runner, thread_budget, verified_onnx
 from tiling.errors import InputError
 
 if TYPE_CHECKING:  # the module is Lightning's; a scoring worker loading an artifact never imports it
@@ -47,12 +48,29 @@ class FinetuneModel(LandUseModel):
         super().__init__(spec, path, device, batch_size)
         self.network = network.eval()
         self._device: torch.device | None = None
+        self._runner: Any = None  # an inference runtime's compiled network (use_runtime), else torch
+
+    def use_runtime(self, runtime: str = "torch", precision: str = "auto",
+                    threads: int | None = None) -> FinetuneModel:
+        """Run the network on an inference runtime (see :meth:`geoclf.artifact.LandUseModel.use_runtime`)."""
+        self._runner = None
+        if check_model_runtime(runtime, precision):
+            path = verified_onnx(self.path or ".", self.spec.get("export"))
+            self._runner = open_runner(runtime, onnx=path, precision=precision, threads=thread_budget(threads))
+        return self
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, C)`` float32 of uint8 chips ``(N, len(bands), chip_size, chip_size)``."""
         chips = self.check_chips(chips)
         out = np.empty((len(chips), len(self.classes)), dtype=np.float32)
         norm = self.spec["normalization"]
+        if self._runner is not None:
+            for start in range(0, len(chips), self.batch_size):
+                batch = to_tensor(chips[start:start + self.batch_size], norm["mean"], norm["std"],
+                                  rgb=range(chips.shape[1]), size=norm.get("input_size"))
+                logits = torch.from_numpy(self._runner(batch))
+                out[start:start + len(batch)] = torch.softmax(logits, dim=1).numpy()
+            return out
         device = self.torch_device()
         if self._device != device:
             self.network.to(device)
