@@ -34,6 +34,7 @@ import json
 import math
 import os
 import pkgutil
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -207,13 +208,70 @@ class LandUseModel(ABC):
         return f"{type(self).__name__}(name={self.name!r}, classes={self.classes}, path={self.path})"
 
 
+#: The scikit-learn estimator names skops trusts by default (``skops.io``'s ``SKLEARN_ESTIMATOR_TYPE_NAMES``,
+#: which it computes with ``sklearn.utils.all_estimators()`` when imported), recorded with the versions of
+#: scikit-learn and skops they came from (tests/test_artifact.py checks them against skops' own list; rewrite
+#: with ``GEOCLF_UPDATE_SKOPS_TYPES=1``).
+SKOPS_SKLEARN_TYPES = Path(__file__).with_name("skops_sklearn_types.json")
+
+
+def import_skops_io() -> Any:
+    """``skops.io``, imported without walking every scikit-learn estimator where the versions allow.
+
+    skops builds its default trusted list from ``sklearn.utils.all_estimators()`` when it is imported, which
+    imports every scikit-learn module (and, through them, torch): 3-4 s on a quiet machine, paid by every
+    command that reads a classifier. When the installed scikit-learn and skops are the versions
+    :data:`SKOPS_SKLEARN_TYPES` was recorded from, ``all_estimators`` answers from that record during the import
+    instead, so skops trusts exactly the names it would have computed; with other versions skops computes them.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    names = _recorded_skops_sklearn_types()
+    if names is None:
+        import skops.io as sio  # other versions than recorded: skops walks the estimators itself
+
+        return sio
+    import sklearn.utils
+
+    def recorded(*_args: Any, **_kwargs: Any) -> list[tuple[str, type]]:
+        # skops only reads each class's module and name (skops.io._utils.get_type_name)
+        return [(name.rsplit(".", 1)[1], type(name.rsplit(".", 1)[1], (), {"__module__": name.rsplit(".", 1)[0]}))
+                for name in names]
+
+    walk = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = recorded
+    try:
+        import skops.io as sio
+    finally:
+        sklearn.utils.all_estimators = walk
+    return sio
+
+
+def _recorded_skops_sklearn_types() -> list[str] | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        record = json.loads(SKOPS_SKLEARN_TYPES.read_text())
+        installed = {"scikit-learn": version("scikit-learn"), "skops": version("skops")}
+    except (OSError, ValueError, PackageNotFoundError):
+        return None
+    if record.get("versions") != installed:
+        return None
+    names = record.get("names")
+    # names of scikit-learn's own classes only, as skops keeps them: a record cannot widen trust beyond sklearn
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.startswith("sklearn.")
+                                                and all(p.isidentifier() for p in n.split(".")) for n in names):
+        return None
+    return names
+
+
 def load_skops(path: PathLike, trusted: bool = False) -> Any:
     """Load a skops file, accepting only types geoclf's classifiers are made of unless ``trusted``.
 
     Raises:
         InputError: the file holds other types (listed in the message) and ``trusted`` is false.
     """
-    import skops.io as sio  # 3-4 s to import (it walks every scikit-learn estimator): only when loading one
+    sio = import_skops_io()  # only when loading one: skops' import is seconds even without the estimator walk
 
     try:
         untrusted = sio.get_untrusted_types(file=path)

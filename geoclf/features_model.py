@@ -22,6 +22,7 @@ from geoclf.artifact import (
     check_fields,
     check_file,
     file_checksum,
+    import_skops_io,
     is_mapping,
     list_of,
     load_skops,
@@ -243,7 +244,7 @@ def save_features_model(directory: PathLike, *, classifier: Any, classes: Sequen
     Returns:
         The artifact directory.
     """
-    import skops.io as sio  # see load_skops: seconds to import, only when saving
+    sio = import_skops_io()  # see load_skops: seconds to import, only when saving
 
     learned = sorted(str(c) for c in classifier.classes_)
     if sorted(classes) != learned:

@@ -105,6 +105,57 @@ def test_untrusted_types_are_refused_unless_the_user_trusts_the_file(tmp_path: P
     assert model.predict_proba_features(x).shape == (len(x), 3)
 
 
+def test_the_recorded_skops_defaults_are_skops_own() -> None:
+    """geoclf imports skops with its default trusted scikit-learn names from a record (no estimator walk): the
+    record must be what this skops computes from this scikit-learn, or loading would trust other types."""
+    import os
+    from importlib.metadata import version
+
+    installed = {"scikit-learn": version("scikit-learn"), "skops": version("skops")}
+    names = list(sio._trusted_types.SKLEARN_ESTIMATOR_TYPE_NAMES)  # imported here the usual way: walked
+    if os.environ.get("GEOCLF_UPDATE_SKOPS_TYPES"):
+        artifact.SKOPS_SKLEARN_TYPES.write_text(json.dumps({"versions": installed, "names": names}, indent=1) + "\n")
+    record = json.loads(artifact.SKOPS_SKLEARN_TYPES.read_text())
+    assert record["versions"] == installed, "rewrite geoclf/skops_sklearn_types.json: GEOCLF_UPDATE_SKOPS_TYPES=1"
+    assert record["names"] == names
+
+
+def test_reading_a_classifier_walks_no_estimators_and_still_refuses_others(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    x, y = training_data()
+    good = save(tmp_path / "model", make_classifier().fit(x, y))
+    bad = save(tmp_path / "smuggled", make_classifier().fit(x, y))
+    smuggle(bad, Pipeline([("classifier", HomeMadeClassifier().fit(x, y))]))
+    program = f"""
+import json, sys
+import sklearn.utils
+
+def walk(*args, **kwargs):
+    raise AssertionError("sklearn.utils.all_estimators() was called")
+
+sklearn.utils.all_estimators = walk
+from geoclf.artifact import import_skops_io, load_model
+from tiling.errors import InputError
+model = load_model({str(good)!r})
+try:
+    load_model({str(bad)!r})
+    refused = ""
+except InputError as exc:
+    refused = str(exc)
+print(json.dumps({{"trusted": import_skops_io()._general.SKLEARN_ESTIMATOR_TYPE_NAMES, "refused": refused,
+                  "classes": model.classes, "torch": "torch" in sys.modules}}))
+"""
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["trusted"] == list(sio._trusted_types.SKLEARN_ESTIMATOR_TYPE_NAMES)  # what skops would trust
+    assert seen["classes"] == CLASSES
+    assert "HomeMadeClassifier" in seen["refused"] and "trusted=True" in seen["refused"]
+    assert not seen["torch"]  # reading a classifier imports no torch
+
+
 def test_saving_refuses_a_classifier_that_could_not_be_loaded_safely(tmp_path: Path) -> None:
     x, y = training_data()
     with pytest.raises(InputError, match="HomeMadeClassifier"):
