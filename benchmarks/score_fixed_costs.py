@@ -4,7 +4,9 @@ Issue 17 profiled a default ``geoclf score`` of 900 chips at 36 s wall where the
 This script measures each fixed cost separately, so a fix shows as one line getting shorter:
 
 * **imports**, each in a fresh interpreter (median of ``--repeats``): ``geoclf.cli`` (what every command pays),
-  ``skops.io`` (which calls scikit-learn's ``all_estimators()``), torch, torchvision, OpenVINO;
+  ``skops.io`` (which calls scikit-learn's ``all_estimators()``), torch, torchvision, OpenVINO; and skops.io as
+  skops imports itself against geoclf's import of it with the recorded estimator names, alternating
+  (``--imports-only`` stops there);
 * **model artifact**: ``geoclf.models.load_model`` of the scoring model in a fresh interpreter (skops import
   and classifier load), then ``prepare()`` (the network built and checked), as a client and every fresh worker
   pay them;
@@ -81,6 +83,35 @@ def scoring_model(work: Path, naip: Path, nlcd: Path, per_class: int = 20) -> Pa
     return out
 
 
+#: The classifier's reader, after ``geoclf.artifact`` (not timed): skops' own import, which walks every
+#: scikit-learn estimator, against geoclf's, which gives skops the recorded names (geoclf.artifact.import_skops_io).
+SKOPS_IMPORTS = {
+    "skops.io, skops' own import (all_estimators walk)": "import skops.io",
+    "skops.io through geoclf (recorded estimator names)": "import_skops_io()",
+}
+
+
+def skops_import_costs(repeats: int) -> dict[str, float]:
+    """Both ways of importing skops.io, alternating (ABAB...) in fresh interpreters: medians, and their ratio."""
+    times: dict[str, list[float]] = {name: [] for name in SKOPS_IMPORTS}
+    for _ in range(repeats):
+        for name, code in SKOPS_IMPORTS.items():
+            times[name].append(fresh_seconds(code, "from geoclf.artifact import import_skops_io"))
+    rows = {name: statistics.median(values) for name, values in times.items()}
+    own, ours = rows.values()
+    log(f"skops.io: {own:.2f} s own import, {ours:.2f} s through geoclf ({own / ours:.2f}x)")
+    return rows
+
+
+def print_rows(start: Any, rows: dict[str, float]) -> None:
+    print(f"\n{command_line()}")
+    print(f"{describe_load(start, machine_load())}\n")
+    print("| fixed cost | seconds |")
+    print("|---|---|")
+    for name, seconds in rows.items():
+        print(f"| {name} | {seconds:.2f} |")
+
+
 def median_of(repeats: int, measure: Any) -> float:
     return statistics.median(measure() for _ in range(repeats))
 
@@ -139,16 +170,21 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds of the whole command")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--skip-command", action="store_true", help="leave out the whole-command runs")
+    parser.add_argument("--imports-only", action="store_true", help="measure the imports only")
     args = parser.parse_args()
     work = (args.work or default_work_dir()).expanduser()
     start = machine_load()
-    side = math.isqrt(args.chips)
-    naip, nlcd = cached_scene(work, side * 224.0)
-    model_dir = scoring_model(work, naip, nlcd)
     rows: dict[str, float] = {}
     for name, code in IMPORTS.items():
         rows[f"import {name}"] = median_of(args.repeats, lambda code=code: fresh_seconds(code))
         log(f"import {name}: {rows[f'import {name}']:.2f} s")
+    rows.update(skops_import_costs(args.repeats))
+    if args.imports_only:
+        print_rows(start, rows)
+        return 0
+    side = math.isqrt(args.chips)
+    naip, nlcd = cached_scene(work, side * 224.0)
+    model_dir = scoring_model(work, naip, nlcd)
     setup = "from geoclf.models import load_model"
     rows["load model artifact (client)"] = median_of(
         args.repeats, lambda: fresh_seconds(f"load_model({str(model_dir)!r})", setup))
