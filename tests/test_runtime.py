@@ -333,3 +333,68 @@ def test_featurize_on_openvino_records_its_export_and_matches_torch(small_scene,
     with pytest.raises(InputError, match="other chips or settings"):  # never mixed with torch's partitions
         featurize(tmp_path / "chips", tmp_path / "torch", runtime="openvino", precision="fp32", **common)
     assert sorted(p.name for p in (tmp_path / "torch").iterdir()) == before  # refused before exporting into it
+
+
+# -- a slim worker: no torch ----------------------------------------------------------------------------------
+
+#: Installed in every Python process started with its directory on PYTHONPATH (a Dask worker too): torch and
+#: what needs it cannot be imported, as on a worker installed with the ``geoclf[score]`` extra only.
+NO_TORCH = '''
+import importlib.abc
+import sys
+
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "torchvision", "lightning", "pytorch_lightning", "timm"}:
+            raise ImportError(f"{name} is not installed on this slim worker")
+        return None
+
+
+sys.meta_path.insert(0, NoTorch())
+'''
+
+
+def test_a_worker_without_torch_scores_and_featurizes_an_exported_model(exported_quickstart_model, tmp_path,
+                                                                        monkeypatch):
+    import os
+
+    import tiling
+    from geoclf.features import featurize, read_features
+    from geoclf.landuse import read_predictions
+    from geoclf.models import load_model
+    from geoclf.partitions import read_partitions, run_partitions
+    from geoclf.score import ScoreTask
+    from tiling.parallel import dask_client
+
+    def torch_on_worker() -> str:  # nested: sent by value, so the worker never imports this test module (torch)
+        import sys
+
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            return f"{'torch' in sys.modules}: {exc}"
+        return "imported"
+
+    workdir, artifact, _ = exported_quickstart_model
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_TORCH)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    index = tiling.read_index(workdir / "chips")
+    subset = index.sort_values("chip_id").head(8)
+    tiling.write_index(subset, tmp_path / "chips" / "chips.parquet")
+    with dask_client("local", n_workers=1) as client:
+        assert list(client.run(torch_on_worker).values()) == [
+            "False: torch is not installed on this slim worker"]
+        task = ScoreTask(str(artifact), runtime="openvino", precision="fp32", loaded=load_model(artifact))
+        run_partitions(pd.DataFrame(subset.drop(columns="geometry")), tmp_path / "parts", task, settings={},
+                       chips_per_partition=4, scheduler=client, progress=False)
+        featurize(tmp_path / "chips", tmp_path / "features", runtime="openvino", precision="fp32", scheduler=client,
+                  chips_per_partition=4, record_run=False, progress=False)
+        assert next(iter(client.run(torch_on_worker).values())).startswith("False")  # still none there
+    scored = read_partitions(tmp_path / "parts")
+    reference = read_predictions(workdir / "map-2010").set_index("chip_id")  # the scene the chips are of
+    assert list(scored["pred"]) == list(reference.loc[scored["chip_id"], "pred"])  # torch's classes
+    (_, ours), (_, torchs) = read_features(tmp_path / "features"), read_features(workdir / "features")
+    torchs = torchs.set_index("chip_id").loc[list(ours["chip_id"])]
+    assert relative_error(np.stack(ours["features"]), np.stack(torchs["features"])) <= FP32_RTOL

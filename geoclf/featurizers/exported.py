@@ -9,7 +9,7 @@ SHA-256 in the process that runs it (a Dask worker refuses a file that is not th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -75,16 +75,31 @@ class ExportedCNNFeaturizer(CNNFeaturizer):
         return self._runner
 
     def featurize(self, chips: np.ndarray) -> np.ndarray:
-        """``(N, 3, S, S)`` uint8 RGB chips -> ``(N, feature_dim)`` float32, through the exported network."""
-        from geoclf.backbones import to_tensor
+        """``(N, 3, S, S)`` uint8 RGB chips -> ``(N, feature_dim)`` float32, through the exported network.
 
+        Chips already of the network's input size are normalized with numpy, so a worker without torch (the
+        ``geoclf[score]`` install) featurizes and scores them; chips to resize go through torch's
+        :func:`geoclf.backbones.to_tensor`, as training resized them.
+        """
         chips = self.check_chips(chips)
+        if self.input_size is None or chips.shape[-2:] == (self.input_size, self.input_size):
+            return self.runner()(normalize(chips, self.mean, self.std))
+        from geoclf.backbones import to_tensor  # here: resizing as torch did at training time needs torch
+
         batch = to_tensor(chips, self.mean, self.std, rgb=range(len(self.bands)), size=self.input_size)
         return self.runner()(batch)
 
     def __getstate__(self) -> dict[str, Any]:
         # the description and the export's place travel (to Dask workers); the compiled network does not
         return {**super().__getstate__(), "_runner": None}
+
+
+def normalize(chips: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(N, C, H, W)`` uint8 -> float32 ``(x / 255 - mean) / std``, computed as
+    :func:`geoclf.backbones.to_tensor` computes it (one multiply and one subtraction in float32), without torch."""
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(1, -1, 1, 1)
+    shift = np.asarray([m / s for m, s in zip(mean, std, strict=True)], dtype=np.float32).reshape(1, -1, 1, 1)
+    return chips.astype(np.float32) * scale - shift
 
 
 #: The record of a features directory's export, beside it (``features.json`` is written only at the end).
@@ -118,4 +133,4 @@ def export_featurizer(featurizer: Featurizer, directory: str | Path, *, runtime:
                                                  precision=precision, threads=threads)
 
 
-__all__ = ["EXPORT_RECORD", "ExportedCNNFeaturizer", "export_featurizer"]
+__all__ = ["EXPORT_RECORD", "ExportedCNNFeaturizer", "export_featurizer", "normalize"]
