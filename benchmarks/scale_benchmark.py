@@ -1,0 +1,216 @@
+"""Benchmark: scoring 10k, 100k and 1M chips of many scenes without the client holding the area (issue 16).
+
+The area is a mosaic of virtual scenes (:func:`tiling.synth.virtual_scenes`: GDAL VRTs that read one
+synthetic scene at other places), so a million chips need no million chips' worth of pixels on disk. The
+base scene is 22,400 m square at 7 m pixels (3,200 x 3,200 px, no collar): 100 x 100 cells of 224 m, so
+each virtual scene holds 10,000 chips and 1M chips are 100 scenes. The model is cheap per chip so that the
+run measures the system, not a CNN: a logistic regression on the spectral featurizer's 22 numbers per chip
+(band statistics of 32 x 32 px chips: the artifact is set to read chips at their 32 px, where featurize
+read them upsampled to 224 px), trained once on the base scene and cached.
+
+Each size runs :func:`geoclf.score.score` (the library's own path: blocks planned on the client from the
+rasters' headers, tiled, scored and written by the workers, the VRT mosaic and ``landuse.tif`` written by
+the client) on a fresh LocalCluster of ``--workers`` workers, into a fresh output directory, with
+``html_map=False`` (the page's imagery layers read every raster's overviews: a cost of its own). Measured:
+
+- **client peak RSS**: this process (the client and, with a LocalCluster, the Dask scheduler), sampled every
+  0.2 s during ``score``; the figure that must stay flat (<= 1.5x from 100k to 1M chips);
+- **total time** of ``score`` and **time to first partition** (the first partition file's appearance);
+- **task time** split as the workers' summaries report it (each partition's footer): ``model`` (chip windows
+  read + ``predict_proba``: the model's share), ``tile`` (the block's cells laid out and their nodata
+  measured), ``write`` (map tile and partition);
+- **scheduler overhead per task**: the workers' wall time not spent inside tasks while partitions were
+  being computed, per task: ``(workers x (last partition - first task start) - sum of task times) / tasks``;
+- **overhead outside the model**: ``1 - sum(model seconds) / (workers x total time)``, the share of the
+  workers' time the whole run spent on anything but the model (target <= 10% at 1M chips).
+
+``.venv/bin/python benchmarks/scale_benchmark.py --chips 10000 100000`` for the small sizes; add 1000000
+(hours on this shared 2-core machine: run it with nohup when the load is low). Results go to stdout as a
+table and to ``--json`` as one record per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from common import command_line, default_work_dir, describe_load, local_cluster, log, machine_load
+
+SCENE_CELLS = 100  # cells per side of the base scene
+CELL_M = 224.0
+PIXEL_M = 7.0  # 32 px chips of 224 m
+
+
+def base_scene(work: Path) -> Path:
+    """The base scene every virtual scene reads (rendered once, cached)."""
+    from tiling.synth import make_scene
+
+    out = work / f"scale-base-{SCENE_CELLS}cells-{PIXEL_M:g}m"
+    marker = out / "scene.json"
+    if marker.exists():
+        return Path(json.loads(marker.read_text())["naip"])
+    log(f"rendering the {SCENE_CELLS * CELL_M:g} m base scene at {PIXEL_M:g} m (once)")
+    scene = make_scene(out, size_m=SCENE_CELLS * CELL_M, resolution=PIXEL_M, collar_m=0, seed=5)
+    marker.write_text(json.dumps({"naip": str(scene.naip), "nlcd": str(scene.nlcd)}))
+    return scene.naip
+
+
+def cells_per_scene(naip: Path) -> int:
+    """Grid cells of 224 m inside the base scene (its origin is not on the grid: one row and column fewer)."""
+    import tiling
+    from tiling.grid import ChipGrid
+
+    scene = tiling.describe_naip(naip)
+    return ChipGrid(scene.crs, CELL_M, CELL_M).count_within(scene.bounds, tolerance=0.5 * scene.res[0])
+
+
+def cached_model(work: Path, naip: Path) -> Path:
+    """The cheap model: logistic regression on spectral features of 32 px chips of the base scene (cached)."""
+    import tiling
+    from geoclf.classifiers import train_classifier
+    from geoclf.features import featurize
+
+    out = work / "scale-model-spectral-lr"
+    if (out / "model.json").exists():
+        return out
+    log("training the spectral logistic regression once")
+    train = work / "scale-model-training"
+    shutil.rmtree(train, ignore_errors=True)
+    nlcd = naip.parent / "nlcd.tif"
+    index = tiling.tile([naip], nlcd, params=tiling.TileParams(chip_size=32, chip_size_m=CELL_M, min_purity=0.5),
+                        progress=False)
+    subset = index.groupby(["label", "split"], group_keys=False).head(200)
+    subset.attrs = index.attrs
+    tiling.write_index(subset, train / "chips" / "chips.parquet")
+    featurize(train / "chips", train / "features", backbone="spectral", scheduler="sync", record_run=False,
+              progress=False)
+    result = train_classifier(train / "features", "logistic_regression", runs_dir=train / "runs")
+    shutil.copytree(result.artifact_dir, out)
+    # featurize reads every chip at 224 px: here the 32 px windows upsampled (bilinear). The copy scores at the
+    # windows' own 32 px: the same pixel distributions, 49x fewer pixels to histogram per chip.
+    meta = json.loads((out / "model.json").read_text())
+    meta["chip_size"] = 32
+    (out / "model.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+class ClientMemory:
+    """Peak resident memory of this process, sampled in a thread; and when the first partition appeared."""
+
+    def __init__(self, dataset: Path, interval: float = 0.2) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._dataset = dataset
+        self._interval = interval
+        self.baseline = self._process.memory_info().rss / 2**20
+        self.peak = self.baseline
+        self.first_partition: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss / 2**20)
+            if self.first_partition is None and self._dataset.is_dir() and next(
+                    self._dataset.glob("*/part-*.parquet"), None) is not None:
+                self.first_partition = time.perf_counter()
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> ClientMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_size(model: Path, scenes: list[Path], out: Path, workers: int, chips_per_partition: int) -> dict[str, Any]:
+    """Score ``scenes`` into a fresh ``out`` on a fresh LocalCluster and measure the run."""
+    from geoclf.landuse import ScoreOutput
+    from geoclf.partitions import read_summary
+    from geoclf.score import score
+
+    shutil.rmtree(out, ignore_errors=True)
+    output = ScoreOutput(out)
+    with local_cluster(workers) as client, ClientMemory(output.dataset) as memory:
+        started = time.perf_counter()
+        score(str(model), out, naip=scenes, scheduler=client, chips_per_partition=chips_per_partition,
+              html_map=False, progress=False)
+        total = time.perf_counter() - started
+    files = output.dataset_files()
+    summaries = [read_summary(f) for f in files]
+    mtimes = [f.stat().st_mtime for f in files]
+    chips = sum(s["rows"] for s in summaries)
+    task_s = sum(s["task_s"] for s in summaries)
+    parts = {k: sum(s["seconds"][k] for s in summaries) for k in ("tile", "model", "write")}
+    wall_epoch = time.time() - (time.perf_counter() - started)  # perf_counter origin -> epoch
+    first_start = min(m - s["task_s"] for m, s in zip(mtimes, summaries, strict=True))
+    computing = max(mtimes) - first_start
+    return {
+        "chips": chips, "scenes": len(scenes), "tasks": len(files), "workers": workers,
+        "total_s": round(total, 1),
+        "first_partition_s": round(memory.first_partition - started, 2) if memory.first_partition else None,
+        "planning_s": round(first_start - wall_epoch, 2),
+        "after_last_partition_s": round(wall_epoch + total - max(mtimes), 1),
+        "client_rss_baseline_mb": round(memory.baseline), "client_rss_peak_mb": round(memory.peak),
+        "task_s": round(task_s, 1), **{f"{k}_s": round(v, 1) for k, v in parts.items()},
+        "scheduler_overhead_per_task_ms": round(1000 * (workers * computing - task_s) / len(files), 1),
+        "model_share": round(parts["model"] / (workers * total), 3),
+        "overhead_outside_model": round(1 - parts["model"] / (workers * total), 3),
+        "model_ms_per_chip": round(1000 * parts["model"] / max(chips, 1), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chips", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chips-per-partition", type=int, default=512)
+    parser.add_argument("--work", type=Path, default=default_work_dir())
+    parser.add_argument("--json", type=Path, default=None, help="append one JSON record per size here")
+    args = parser.parse_args()
+    from tiling.synth import virtual_scenes
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    naip = base_scene(args.work)
+    model = cached_model(args.work, naip)
+    per_scene = cells_per_scene(naip)
+    rows = []
+    for chips in args.chips:
+        count = max(1, math.ceil(chips / per_scene))
+        scenes = virtual_scenes(naip, args.work / f"scale-vrts-{count}", count)
+        load = machine_load()
+        log(f"{count * per_scene:,} chips in {count} virtual scenes on {args.workers} workers")
+        row = run_size(model, scenes, args.work / f"scale-out-{count}", args.workers, args.chips_per_partition)
+        row["load"] = describe_load(load, machine_load())
+        row["command"] = command_line()
+        rows.append(row)
+        log(json.dumps(row))
+        if args.json is not None:
+            with args.json.open("a") as sink:
+                sink.write(json.dumps(row) + "\n")
+    print("| chips | scenes | tasks | total s | first partition s | client peak MB | model s | tile s | write s "
+          "| scheduler ms/task | outside model |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['chips']:,} | {r['scenes']} | {r['tasks']} | {r['total_s']} | {r['first_partition_s']} "
+              f"| {r['client_rss_peak_mb']} | {r['model_s']} | {r['tile_s']} | {r['write_s']} "
+              f"| {r['scheduler_overhead_per_task_ms']} | {r['overhead_outside_model']:.1%} |")
+    by_chips = {r["chips"]: r for r in rows}
+    big = [c for c in by_chips if c >= 1_000_000]
+    mid = [c for c in by_chips if 100_000 <= c < 1_000_000]
+    if big and mid:
+        ratio = by_chips[big[0]]["client_rss_peak_mb"] / by_chips[mid[0]]["client_rss_peak_mb"]
+        log(f"client memory 1M / 100k: {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'not met'})")
+
+
+if __name__ == "__main__":
+    main()
