@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -142,6 +143,16 @@ def _shares(counts: np.ndarray) -> tuple[dict[str, float], float]:
     return shares, float(counts[256] / total) if total else 0.0
 
 
+def _prepare(out_dir: PathLike, preset: str, fmt: NaipFormat, world: SyntheticWorld,
+             grid_args: tuple[Any, ...]) -> tuple[NaipFormat, Path, SyntheticWorld, Any]:
+    """What make_scene and make_years start from: the preset checked, the output directory made, the pixel grid."""
+    check_preset(preset)
+    grid = scene_grid(*grid_args)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return fmt, out, world, grid
+
+
 def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.0, resolution: float = 1.0,
                crs: str | CRS = "EPSG:26919", center: tuple[float, float] = DEFAULT_CENTER, year: int = 2016,
                seed: int = 0, nlcd: bool = True, nlcd_year: int | None = None, name: str = "naip",
@@ -185,12 +196,9 @@ def make_scene(out_dir: PathLike, *, size_m: float | tuple[float, float] = 4480.
     Returns:
         The paths written and a summary of the scene.
     """
-    check_preset(preset)
-    fmt = NaipFormat(bands=bands, nodata=nodata, date_in=date_in)
-    out = Path(out_dir)
-    world = SyntheticWorld(seed, conversion_rate, conversions_after)
-    grid = scene_grid(size_m, resolution, crs, center, collar_m)
-    out.mkdir(parents=True, exist_ok=True)
+    fmt, out, world, grid = _prepare(out_dir, preset, NaipFormat(bands=bands, nodata=nodata, date_in=date_in),
+                                     SyntheticWorld(seed, conversion_rate, conversions_after),
+                                     (size_m, resolution, crs, center, collar_m))
     path = out / fmt.file_name(name, acquisition_date(world.seed, int(year)))
     date, counts = render_naip(world, grid, int(year), path, progress, fmt, preset)
     nlcd_year = int(year if nlcd_year is None else nlcd_year)
@@ -235,12 +243,9 @@ def make_years(out_dir: PathLike, years: Sequence[int] = (2010, 2016), *,
     years = sorted({int(y) for y in years})
     if not years:
         raise InputError("give at least one year")
-    check_preset(preset)
-    fmt = NaipFormat(bands=bands, nodata=nodata, date_in=date_in)
-    out = Path(out_dir)
-    world = SyntheticWorld(seed, conversion_rate, conversions_after)
-    grid = scene_grid(size_m, resolution, crs, center, collar_m)
-    out.mkdir(parents=True, exist_ok=True)
+    fmt, out, world, grid = _prepare(out_dir, preset, NaipFormat(bands=bands, nodata=nodata, date_in=date_in),
+                                     SyntheticWorld(seed, conversion_rate, conversions_after),
+                                     (size_m, resolution, crs, center, collar_m))
     per_year = math.ceil(grid.width / BLOCK) * math.ceil(grid.height / BLOCK)
     scenes: dict[int, SyntheticScene] = {}
     for i, year in enumerate(years):
