@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "runtime": ("runtime_forward.py", ["--repeats", "2", "--batches", "2"]),
     "finetune": ("finetune_throughput.py", ["--configs", "resnet18:last_only", "--repeats", "1"]),
     "sweep": ("sweep_speedup.py", ["--chips", "3000"]),
+    # creates torchgeo's own environment on its first run (minutes, ~6.5 GB), then reuses it
+    "torchgeo": ("torchgeo_compare.py", ["--chips", "900", "--rounds", "1", "--bare-batches", "3"]),
 }
 
 
@@ -44,7 +46,8 @@ def main() -> int:
         script, extra = BENCHMARKS[name]
         command = [sys.executable, str(HERE / script), *extra]
         if args.work is not None and script in ("tiling_throughput.py", "featurize_throughput.py",
-                                                "score_throughput.py", "runtime_forward.py"):
+                                                "score_throughput.py", "runtime_forward.py",
+                                                "torchgeo_compare.py"):
             command += ["--work", str(args.work)]
         print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
         started = time.perf_counter()

@@ -1,0 +1,436 @@
+"""Benchmark: a whole ``geoclf score`` against torchgeo classifying the same raster chip by chip, side by side.
+
+Issue 17's "Done when". Both sides run as a user runs them, one process tree each, timed from the start of the
+process to its files written:
+
+* **torchgeo**: ``benchmarks/torchgeo_predict.py`` in torchgeo's own virtual environment (``NAIP`` dataset +
+  ``GridGeoSampler`` + ``DataLoader`` + ResNet-18 forward + predictions written as CSV and a class GeoTIFF).
+  The environment is created once with ``python -m venv`` and ``pip install torch==<geoclf's> torchvision==<geoclf's>
+  torchgeo psutil`` (cached, default ``<work>/torchgeo-venv``; no site packages shared with geoclf's
+  environment, so the comparison is reproducible); when that fails the torchgeo rows are skipped with the reason;
+* **geoclf**: ``geoclf score --model M --naip RASTER --out DIR`` with the default scheduler, on torch and on
+  ``--runtime openvino`` (the model exported once with ``geoclf models export``), and ``--runtime openvino
+  --scheduler sync`` (in-process) for the record;
+* **bare forward** of the runtime geoclf runs (torch fp32 and OpenVINO at ``--precision auto``), batch 32,
+  channels_last, every core's thread, in a fresh process: the reference for "end to end >= 90% of the runtime's
+  bare forward".
+
+Same inputs for both: a 4-band uint8 GeoTIFF of ``n x n`` chips of 224 px at 1 m in UTM (900 chips = 6,720^2 px,
+3,600 chips = 13,440^2 px), made from geoclf's cached synthetic scene (``tiling.synth``) as a mosaic of copies,
+with its origin on the 224 m grid and no nodata, so that both sides score exactly ``n x n`` chips. Same model: a
+ResNet-18 with random weights on RGB (geoclf: a ``features`` model of ``resnet18`` weights ``none`` + a logistic
+regression on its 512 features, trained once on chips of the synthetic scene; torchgeo: torchvision's
+``resnet18(num_classes=6)``, seeded), batch 32, channels_last, and the same glibc allocator tunables
+(``GLIBC_TUNABLES`` of geoclf's workers) in the environment of both processes.
+
+Per size, ``--rounds`` rounds run every variant once, in ABBA order (a round reverses the previous one). Each
+variant's wall time, CPU time (user + system of its whole process tree, from ``getrusage`` of the waited
+children) and peak memory (the sum of the resident memory of every process of its tree, sampled by psutil every
+0.1 s) are recorded; ratios are taken within a round and the median over rounds reported. A county projection
+(``--county`` chips, default 65,000) fits ``seconds = fixed + chips / rate`` through the two sizes' medians.
+
+Targets (issue 17): geoclf >= 1.15x torchgeo at 900 chips and >= 1.5x at 3,600 (chips/s of the whole process,
+best geoclf default-scheduler variant); end to end >= 90% of the runtime's bare forward; peak memory within 1.5x
+of torchgeo's; a county (65k chips) with ResNet-18 < 15 min on this machine.
+
+Run: ``.venv/bin/python benchmarks/torchgeo_compare.py [--chips 900 3600] [--rounds 2] [--work DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from common import REPO, cached_scene, command_line, default_work_dir, describe_load, log, machine_load
+
+from tiling.parallel import WORKER_GLIBC_TUNABLES
+
+HERE = Path(__file__).resolve().parent
+CHIP = 224
+#: Where the raster's origin goes (a multiple of 224 m, so that geoclf's grid, anchored at the CRS origin, and
+#: torchgeo's, anchored at the raster's corner, lay the same cells).
+ORIGIN = (224.0 * 1188, 224.0 * 20964)
+CLASSES = 6
+COUNTY = 65_000
+TARGETS = {900: 1.15, 3600: 1.5}
+TARGET_BARE = 0.90
+TARGET_MEMORY = 1.5
+TARGET_COUNTY_MIN = 15.0
+#: geoclf's torch and torchvision releases; torchgeo's environment gets the same (pip finds them on local disk).
+PINS = ("torch==2.14.1", "torchvision==0.29.1")
+
+VARIANTS: dict[str, list[str]] = {
+    "geoclf score (torch)": [],
+    "geoclf score --runtime openvino": ["--runtime", "openvino"],
+    "geoclf score --runtime openvino --scheduler sync": ["--runtime", "openvino", "--scheduler", "sync"],
+}
+TORCHGEO = "torchgeo (NAIP + GridGeoSampler + DataLoader)"
+BARE = {"bare forward torch fp32": "torch", "bare forward openvino": "openvino"}
+#: Which bare forward each geoclf variant is measured against.
+BARE_OF = {"geoclf score (torch)": "bare forward torch fp32",
+           "geoclf score --runtime openvino": "bare forward openvino",
+           "geoclf score --runtime openvino --scheduler sync": "bare forward openvino"}
+
+
+# --- torchgeo's environment -------------------------------------------------------------------------------
+
+def torchgeo_python(venv: Path) -> tuple[Path | None, str]:
+    """The Python of torchgeo's own virtual environment, created once; or ``None`` and why it cannot be made.
+
+    The environment is built in a sibling directory and renamed when torchgeo imports, so an interrupted
+    install is redone, never reused half-made. Only ``bin/python`` is used (the rename breaks console scripts'
+    shebangs, not the interpreter).
+    """
+    python = venv / "bin" / "python"
+    marker = venv / "geoclf-bench.json"
+    if marker.exists():
+        return python, json.loads(marker.read_text()).get("torchgeo", "?")
+    tmp = venv.with_name(venv.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"creating torchgeo's virtual environment in {venv} (once; minutes, ~6.5 GB)")
+    base = shutil.which("python3") or sys.executable
+    steps = [[base, "-m", "venv", str(tmp)],
+             [str(tmp / "bin" / "python"), "-m", "pip", "install", "--quiet", *PINS, "torchgeo", "psutil", "requests"]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return None, f"torchgeo cannot be installed ({' '.join(step[2:5])}...: {last})"
+    probe = subprocess.run([str(tmp / "bin" / "python"), "-c", "import torchgeo, torch; print(torchgeo.__version__)"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None, f"torchgeo does not import in its environment: {probe.stderr.strip().splitlines()[-1:]}"
+    (tmp / "geoclf-bench.json").write_text(json.dumps({"torchgeo": probe.stdout.strip(), "pins": PINS}))
+    shutil.rmtree(venv, ignore_errors=True)
+    tmp.rename(venv)
+    return python, probe.stdout.strip()
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+def bench_raster(work: Path, chips: int) -> Path:
+    """A 4-band GeoTIFF of ``chips`` = n x n chips of 224 px at 1 m (copies of the cached synthetic scene).
+
+    Alone in its folder (torchgeo's ``NAIP`` reads every ``m_*`` file of a folder), named as NAIP names its
+    quarter quads, origin on the 224 m grid, zeros raised to 1 so that no pixel is nodata.
+    """
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    side = math.isqrt(chips)
+    if side * side != chips:
+        raise SystemExit(f"--chips must be squares (900, 3600), not {chips}")
+    folder = work / "torchgeo-compare" / f"naip-{chips}"
+    path = folder / f"m_{chips:07d}_ne_19_1_20160801.tif"
+    if path.exists():
+        return path
+    naip, _ = cached_scene(work, 6720.0)
+    log(f"writing the {chips}-chip raster {path} (once)")
+    with rasterio.open(naip) as src:
+        scene = np.maximum(src.read(), 1)
+        profile = src.profile
+    pixels = side * CHIP
+    profile.update(width=pixels, height=pixels, nodata=None, transform=from_origin(*ORIGIN, 1.0, 1.0),
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.tmp"
+    n = scene.shape[1]
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, pixels, n):
+            for col in range(0, pixels, n):
+                h, w = min(n, pixels - row), min(n, pixels - col)
+                dst.write(scene[:, :h, :w], window=Window(col, row, w, h))
+    tmp.replace(path)
+    return path
+
+
+def resnet18_model(work: Path) -> Path:
+    """A ``features`` model of ResNet-18 (random weights, RGB) + logistic regression, trained once, exported once."""
+    import tiling
+    from geoclf.classifiers import train_classifier
+    from geoclf.export import export_model
+    from geoclf.features import featurize
+
+    out = work / "torchgeo-compare" / "model-resnet18-none-lr"
+    if not (out / "model.json").exists():
+        log("training the ResNet-18 (random weights) + logistic regression model once")
+        naip, nlcd = cached_scene(work, 6720.0)
+        train = work / "torchgeo-compare" / "model-training"
+        shutil.rmtree(train, ignore_errors=True)
+        index = tiling.tile([naip], nlcd, params=tiling.TileParams(), progress=False)
+        subset = index.groupby(["label", "split"], group_keys=False).head(15)
+        subset.attrs = index.attrs
+        tiling.write_index(subset, train / "chips" / "chips.parquet")
+        featurize(train / "chips", train / "features", backbone="resnet18", weights="none", nir=False,
+                  scheduler="sync", record_run=False, progress=False)
+        result = train_classifier(train / "features", "logistic_regression", runs_dir=train / "runs")
+        shutil.copytree(result.artifact_dir, out)
+    export_model(out)  # once: a valid recorded export is kept
+    return out
+
+
+# --- running one variant ----------------------------------------------------------------------------------
+
+class TreeMemory:
+    """Peak of the summed resident memory of a process and all its descendants, sampled in a thread (MB)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        import psutil
+
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            with contextlib.suppress(psutil.Error):  # the root just ended
+                for proc in [self._root, *self._root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):  # a process that just ended
+                        total += proc.memory_info().rss
+            self.peak = max(self.peak, total / 2**20)
+            self._stop.wait(self._interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_tree(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run ``command`` to its end: wall seconds, CPU seconds of its process tree, peak tree memory, stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    memory = TreeMemory(proc.pid)
+    stdout, stderr = proc.communicate(timeout=3600)
+    seconds = time.perf_counter() - started
+    peak = memory.stop()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])}... failed ({proc.returncode}): {stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": seconds, "cpu": cpu, "peak_mb": peak, "stdout": stdout}
+
+
+def base_env() -> dict[str, str]:
+    """A user's environment with the allocator tunables both sides get (glibc reads them at process start)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["GLIBC_TUNABLES"] = WORKER_GLIBC_TUNABLES
+    return env
+
+
+def run_geoclf(extra: list[str], model: Path, raster: Path, out: Path) -> dict[str, Any]:
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**base_env(), "PYTHONPATH": str(REPO), "GEOCLF_DASHBOARD": "off"}
+    result = run_tree([sys.executable, "-m", "geoclf", "score", "--model", str(model), "--naip", str(raster),
+                       "--out", str(out), *extra], env, out.parent)
+    import pandas as pd
+
+    from geoclf.landuse import read_predictions
+
+    result["chips"] = len(pd.DataFrame(read_predictions(out)))
+    return result
+
+
+def run_torchgeo(python: Path, raster: Path, out: Path, loader_workers: int) -> dict[str, Any]:
+    shutil.rmtree(out, ignore_errors=True)
+    result = run_tree([str(python), str(HERE / "torchgeo_predict.py"), "--naip-dir", str(raster.parent), "--out",
+                       str(out), "--classes", str(CLASSES), "--workers", str(loader_workers)], base_env(), out.parent)
+    inside = json.loads(result["stdout"].strip().splitlines()[-1])
+    inside["seconds_inside"] = inside.pop("seconds")  # the script's own clock; the wall time is the parent's
+    return {**result, **inside}
+
+
+def bare_forward(runtime: str, model: str, batches: int, threads: int) -> None:
+    """(In a fresh process) the bare forward pass of the model's network on ``runtime``; prints chips/s as JSON."""
+    import numpy as np
+
+    from geoclf.backbones import load_backbone
+    from geoclf.runtime import open_runner, resolve_precision, verified_onnx
+
+    if runtime == "torch":
+        import torch
+
+        runner = open_runner("torch", network=load_backbone("resnet18", weights="none").feature_extractor(),
+                             threads=threads)
+        x = torch.randn(32, 3, CHIP, CHIP).contiguous(memory_format=torch.channels_last)
+    else:
+        spec = json.loads((Path(model) / "model.json").read_text())
+        runner = open_runner("openvino", onnx=verified_onnx(model, spec["export"]), precision="auto",
+                             threads=threads)
+        x = np.random.default_rng(0).standard_normal((32, 3, CHIP, CHIP), dtype=np.float32)
+    for _ in range(2):
+        runner(x)
+    started, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        runner(x)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(json.dumps({"chips": 32 * batches, "seconds": seconds, "cpu": cpu,
+                      "precision": resolve_precision(runtime, "auto")}))
+
+
+def run_bare(runtime: str, model: Path, batches: int, threads: int) -> dict[str, Any]:
+    env = {**base_env(), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, __file__, "--bare", runtime, "--model", str(model), "--batches",
+                           str(batches), "--threads", str(threads)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"bare forward {runtime} failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the comparison ---------------------------------------------------------------------------------------
+
+def compare(chips: int, rounds: int, work: Path, model: Path, python: Path | None, args: argparse.Namespace
+            ) -> list[dict[str, Any]]:
+    """``rounds`` ABBA rounds of every variant on the ``chips``-chip raster: one dict of results per round."""
+    raster = bench_raster(work, chips)
+    out = work / "torchgeo-compare" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    names = [*BARE, *VARIANTS] + ([TORCHGEO] if python is not None else [])
+    results = []
+    for r in range(rounds):
+        result: dict[str, Any] = {}
+        for name in names if r % 2 == 0 else names[::-1]:
+            if name in BARE:
+                result[name] = run_bare(BARE[name], model, args.bare_batches, args.threads)
+                rate = result[name]["chips"] / result[name]["seconds"]
+                log(f"[{chips}] round {r + 1}: {name}: {rate:.1f} chips/s")
+                continue
+            if name == TORCHGEO:
+                result[name] = run_torchgeo(python, raster, out / "torchgeo", args.loader_workers)
+            else:
+                result[name] = run_geoclf(VARIANTS[name], model, raster, out / "geoclf")
+            got = result[name]
+            if got["chips"] != chips:
+                log(f"warning: {name} scored {got['chips']} chips, not {chips}")
+            log(f"[{chips}] round {r + 1}: {name}: {got['seconds']:.1f} s, {got['chips'] / got['seconds']:.1f} "
+                f"chips/s, CPU {got['cpu']:.0f} s, peak {got['peak_mb']:.0f} MB")
+        results.append(result)
+    return results
+
+
+def rate(result: dict[str, Any]) -> float:
+    return result["chips"] / result["seconds"]
+
+
+def report(sizes: dict[int, list[dict[str, Any]]], start: dict[str, Any], versions: dict[str, str],
+           county: int) -> dict[str, Any]:
+    """Print the tables (markdown, for benchmarks/README.md) and return the figures."""
+    end = machine_load()
+    print(f"\n{command_line()} — {describe_load(start, end)}; {versions}\n")
+    print("| chips | run | seconds | chips/s | vs torchgeo | vs bare forward | CPU s | peak MB | vs torchgeo's |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    figures: dict[str, Any] = {"load": [start, end], "versions": versions, "sizes": {}}
+    for chips, rounds in sizes.items():
+        fig: dict[str, Any] = {}
+        for name in rounds[0]:
+            runs = [rd[name] for rd in rounds]
+            row: dict[str, Any] = {"chips_per_s": statistics.median(rate(r) for r in runs)}
+            if name in BARE:
+                print(f"| {chips} | {name} ({runs[0]['precision']}, 2 threads) |  | "
+                      f"{row['chips_per_s']:.1f} |  |  |  |  |  |")
+                fig[name] = row
+                continue
+            row.update({key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu", "peak_mb")})
+            cells = ["", "", ""]
+            if TORCHGEO in rounds[0] and name != TORCHGEO:
+                theirs = [rd[TORCHGEO] for rd in rounds]
+                row["vs_torchgeo"] = statistics.median(rate(a) / rate(b) for a, b in zip(runs, theirs, strict=True))
+                row["memory_vs_torchgeo"] = statistics.median(a["peak_mb"] / b["peak_mb"]
+                                                              for a, b in zip(runs, theirs, strict=True))
+                cells[0] = f"**{row['vs_torchgeo']:.2f}x**"
+                cells[2] = f"{row['memory_vs_torchgeo']:.2f}x"
+            if name in BARE_OF and BARE_OF[name] in rounds[0]:
+                bares = [rd[BARE_OF[name]] for rd in rounds]
+                row["vs_bare"] = statistics.median(rate(a) / rate(b) for a, b in zip(runs, bares, strict=True))
+                cells[1] = f"{100 * row['vs_bare']:.0f}%"
+            print(f"| {chips} | {name} | {row['seconds']:.1f} | {row['chips_per_s']:.1f} | {cells[0]} | {cells[1]} | "
+                  f"{row['cpu']:.0f} | {row['peak_mb']:.0f} | {cells[2]} |")
+            fig[name] = row
+        figures["sizes"][chips] = fig
+    if len(sizes) >= 2:
+        small, large = sorted(sizes)[:1][0], sorted(sizes)[-1]
+        print(f"\nCounty projection ({county:,} chips), seconds = fixed + chips / rate through the {small}- and "
+              f"{large}-chip medians:\n")
+        print("| run | fixed s | chips/s beyond it | county minutes | target |")
+        print("|---|---|---|---|---|")
+        figures["county"] = {}
+        for name in figures["sizes"][small]:
+            if name in BARE:
+                continue
+            t1, t2 = figures["sizes"][small][name]["seconds"], figures["sizes"][large][name]["seconds"]
+            per_chip = (t2 - t1) / (large - small)
+            fixed = t1 - small * per_chip
+            minutes = (fixed + county * per_chip) / 60
+            figures["county"][name] = {"fixed_s": fixed, "rate": 1 / per_chip, "minutes": minutes}
+            verdict = "met" if minutes < TARGET_COUNTY_MIN else "missed"
+            print(f"| {name} | {fixed:.1f} | {1 / per_chip:.1f} | {minutes:.1f} | "
+                  f"{verdict} (< {TARGET_COUNTY_MIN:g}) |")
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chips", type=int, nargs="+", default=[900, 3600], help="chips of each raster (squares)")
+    parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds per size")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--venv", type=Path, default=None, help="torchgeo's environment (default <work>/torchgeo-venv)")
+    parser.add_argument("--loader-workers", type=int, default=1, help="torchgeo DataLoader worker processes")
+    parser.add_argument("--bare-batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="bare forward threads (all cores)")
+    parser.add_argument("--county", type=int, default=COUNTY)
+    parser.add_argument("--only", nargs="+", default=None, help="run only these variants (names, or 'torchgeo')")
+    parser.add_argument("--bare", choices=["torch", "openvino"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        bare_forward(args.bare, args.model, args.batches, args.threads)
+        return 0
+    work = (args.work or default_work_dir()).expanduser()
+    start = machine_load()
+    python, version = torchgeo_python(args.venv or work / "torchgeo-venv")
+    if python is None:
+        log(f"skipping the torchgeo rows: {version}")
+    import torch
+
+    versions = {"torchgeo": version if python is not None else f"skipped: {version}", "torch": torch.__version__}
+    model = resnet18_model(work)
+    if args.only:
+        keep = set(args.only)
+        for table in (VARIANTS, BARE):
+            for name in list(table):
+                if name not in keep:
+                    del table[name]
+        if "torchgeo" not in keep:
+            python = None
+    sizes = {chips: compare(chips, args.rounds, work, model, python, args) for chips in args.chips}
+    figures = report(sizes, start, versions, args.county)
+    (work / "torchgeo-compare" / "figures.json").write_text(json.dumps(
+        {"figures": figures, "rounds": {str(k): v for k, v in sizes.items()}}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
