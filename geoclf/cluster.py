@@ -309,12 +309,13 @@ def cluster_from_recipe(path: str | os.PathLike[str], quiet: bool = False) -> It
 
 @contextmanager
 def scheduler_from_option(value: str | None, quiet: bool = False) -> Iterator[Scheduler]:
-    """The scheduler a ``--cluster`` option names: ``local``, ``sync``, a ``tcp://`` address or a recipe file.
+    """The scheduler a ``--cluster`` option names: ``auto``, ``local``, ``sync``, a ``tcp://`` address or a recipe
+    file (``auto`` is left to the command: see :func:`geoclf.partitions.partition_scheduler`).
 
     Raises:
         InputError: the value is none of these (e.g. a recipe path that does not exist).
     """
-    if value is None or value in ("local", "sync") or "://" in value:
+    if value is None or value in ("auto", "local", "sync") or "://" in value:
         yield value
         return
     if not Path(value).is_file():

@@ -56,6 +56,33 @@ T = TypeVar("T")
 _WORKER_MODEL: dict[str, Any] = {}
 
 
+#: On this many cores or fewer, one process given every core scored faster than a new LocalCluster of one worker
+#: per core at every size issue 17 measured (900 chips: 34-36 against 23.5-26 chips/s; 3,600: 45.0 against
+#: 35.8): the workers' start and model loads are fixed costs their parallelism does not repay.
+IN_PROCESS_MAX_CORES = 2
+
+
+def partition_scheduler(scheduler: Scheduler, n_tasks: int, n_workers: int | None = None) -> Scheduler:
+    """Where a run of ``n_tasks`` partitions goes: ``scheduler`` as given, except that ``None``/``"auto"`` run
+    in this process (``"sync"``) where worker processes cannot pay off - a single partition, or (no
+    ``n_workers`` asked for) a machine of at most :data:`IN_PROCESS_MAX_CORES` cores - and on a new
+    LocalCluster (``None``) otherwise; ``"local"`` too runs a single partition here (as
+    :func:`tiling.parallel.for_tasks` would).
+
+    Decide before building the task: its thread budget depends on it (:func:`task_threads`), and a task built
+    for a LocalCluster's worker would get one core's share in this process.
+    """
+    if scheduler not in (None, "auto", "local"):
+        return scheduler
+    if n_tasks <= 1:
+        return "sync"
+    if scheduler == "local":
+        return scheduler
+    if n_workers is None and default_workers() <= IN_PROCESS_MAX_CORES:
+        return "sync"
+    return None
+
+
 def task_threads(scheduler: Scheduler, n_workers: int | None = None) -> int | None:
     """Threads a task's model may use for ``scheduler``: every core in this process (``"sync"``), the cores
     shared out among the workers of a new LocalCluster (workers x threads = cores), or ``None`` on an existing

@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from geoclf.landuse.mosaic import MapTile, write_mosaic, write_tile
 from geoclf.maps import AreaFacts, write_maps, write_mosaic_maps
 from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import (
+    part_name,
+    partition_scheduler,
     print_dashboard,
     read_partitions,
     recorded_settings,
@@ -153,7 +156,9 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
         naip: NAIP rasters to score (tiled on the model's chip grid, no labels needed).
         chips: instead of ``naip``, an existing chip index (its labels then give an accuracy report).
         aoi: optional vector file restricting the area (with ``naip``).
-        scheduler: ``None``/``"local"`` (LocalCluster), ``"sync"``, an address, a client or a cluster.
+        scheduler: ``None``/``"auto"`` (this process where worker processes cannot pay off, else a
+            LocalCluster: :func:`geoclf.partitions.partition_scheduler`), ``"local"`` (a LocalCluster),
+            ``"sync"``, an address, a client or a cluster.
         n_workers: worker processes of a new LocalCluster.
         batch_size: chips per forward pass.
         chips_per_partition: chips per task and output partition.
@@ -184,7 +189,8 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     if check_model_runtime(runtime, precision):
         check_export(model_dir, loaded.spec.get("export"), runtime, precision)
     output = ScoreOutput.at(out)
-    task = ScoreTask(model_dir=model_dir, batch_size=batch_size, torch_threads=task_threads(scheduler, n_workers),
+    # torch_threads is set once the partitions, and hence where they run, are known (_placed)
+    task = ScoreTask(model_dir=model_dir, batch_size=batch_size,
                      trusted=trusted, digest=digest, runtime=runtime, precision=precision, loaded=loaded)
     settings: dict[str, Any] = {"model": model_stamp(model_dir)}
     if runtime != "torch":  # other probabilities (within the runtime's tolerance): not mixed with torch's
@@ -207,6 +213,9 @@ def _score_index(loaded: Any, name: str, output: ScoreOutput, chips: PathLike, t
     check_scorable(index, loaded, chips)
     check_map_extent(index)  # the map of these chips can be made: refused now, not after scoring them all
     table = pd.DataFrame(index.drop(columns="geometry"))
+    n_parts = math.ceil(len(table) / chips_per_partition)
+    todo = sum(not (output.partitions / part_name(i)).exists() for i in range(n_parts))
+    task, run = _placed(task, run, todo)
     run_partitions(table, output.partitions, task, settings=settings, chips_per_partition=chips_per_partition,
                    desc="scoring", on_client=print_dashboard, **run)
     scored = read_partitions(output.partitions)
@@ -214,6 +223,13 @@ def _score_index(loaded: Any, name: str, output: ScoreOutput, chips: PathLike, t
     written = {"predictions": write_index(predictions, output.predictions)}
     written.update(write_maps(predictions, classes_of(predictions), output.directory, **maps))
     return written
+
+
+def _placed(task: ScoreTask, run: dict[str, Any], n_tasks: int) -> tuple[ScoreTask, dict[str, Any]]:
+    """Decide where ``n_tasks`` partitions run (``auto``: :func:`geoclf.partitions.partition_scheduler`) and
+    give the task that place's threads: every core in this process, a core's share on a LocalCluster worker."""
+    scheduler = partition_scheduler(run["scheduler"], n_tasks, run["n_workers"])
+    return replace(task, torch_threads=task_threads(scheduler, run["n_workers"])), {**run, "scheduler": scheduler}
 
 
 #: Largest area, in chips, whose predictions (and chip grid) are also written as one file each,
@@ -246,6 +262,7 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     scenes, blocks = plan_blocks(scenes, params, aoi, cells_per_block=chips_per_partition)
     scheme = _model_scheme(loaded)
     map_crs = _map_crs(scenes, maps["crs"])
+    task, run = _placed(task, run, sum(not (output.dataset / block.name).exists() for block in blocks))
     block_task = ScoreBlockTask(task, params, scheme.to_dict(), _model_name(loaded, name), str(output.directory),
                                 map_crs.to_string(), size_m)
     settings = {**settings, "grid": grid, "map": {"crs": map_crs.to_string(), "resolution": size_m}}

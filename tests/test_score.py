@@ -34,7 +34,7 @@ def trained(quickstart):
 
 def test_score_writes_predictions_and_a_map_on_the_chip_grid(trained):
     workdir, model = trained
-    out = workdir / "map-2016"  # scored by the recipe with a LocalCluster
+    out = workdir / "map-2016"  # scored by the recipe (in this process: 400 chips are a single partition)
     predictions = gpd.read_parquet(out / "predictions.parquet")
     chips = tiling.read_index(out / "chips.parquet")
     assert sorted(predictions["chip_id"]) == sorted(chips["chip_id"]) and predictions["chip_id"].is_unique
@@ -215,3 +215,47 @@ def test_a_first_run_that_failed_before_scoring_does_not_block_the_corrected_rer
     assert sorted(predictions["chip_id"]) == sorted(chips["chip_id"]) and len(chips) >= 2
     with rasterio.open(out / "landuse.tif") as ds:
         assert ds.res == (448, 448) and (ds.read(1) > 0).sum() == len(chips)
+
+
+@pytest.mark.parametrize(("cores", "tasks", "n_workers", "asked", "expected"), [
+    (2, 2, None, None, "sync"),  # 2 cores: one process outscored two workers at 900 and 3,600 chips
+    (2, 2, None, "auto", "sync"),
+    (2, 2, 2, None, None),  # workers asked for: a LocalCluster of them
+    (16, 2, None, None, None),
+    (16, 1, None, None, "sync"),  # a single partition: no worker could share it
+    (16, 1, 4, "local", "sync"),  # even asked for by name (for_tasks runs it here: with every core)
+    (16, 2, None, "local", "local"),
+    (16, 0, None, None, "sync"),  # a rerun with nothing left to score starts no cluster
+    (2, 1, None, "tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786"),
+])
+def test_the_default_scheduler_runs_in_process_where_workers_cannot_pay_off(cores, tasks, n_workers, asked,
+                                                                             expected, monkeypatch):
+    from geoclf import partitions
+    from geoclf.partitions import partition_scheduler, task_threads
+
+    monkeypatch.setattr(partitions, "default_workers", lambda: cores)
+    chosen = partition_scheduler(asked, tasks, n_workers)
+    assert chosen == expected
+    if chosen == "sync":  # then the model gets every core, not a worker's share
+        assert task_threads(chosen, n_workers) == cores
+
+
+def test_a_default_run_of_one_block_scores_here_with_every_core(trained, tmp_path):
+    """One block is scored in this process, and its model gets every core (it had one core's share: 1 of 2)."""
+    import torch
+
+    from tiling.parallel import default_workers
+
+    if default_workers() < 2:
+        pytest.skip("one core: every share of it is the whole")
+    workdir, model = trained
+    naip = workdir / "scene" / "naip_2016.tif"
+    aoi = _corner_aoi(naip, tmp_path / "aoi.geojson", 700)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        score(str(model.path), tmp_path / "out", naip=[naip], aoi=aoi, progress=False, html_map=False)
+        assert torch.get_num_threads() == default_workers()
+    finally:
+        torch.set_num_threads(saved)
+    assert len(gpd.read_parquet(tmp_path / "out" / "predictions.parquet")) >= 4

@@ -16,6 +16,12 @@ scheduler_option = click.option(
     "--scheduler", default="local", show_default=True,
     help="Where tasks run: 'local' (a LocalCluster of worker processes), 'sync' (this process), a Dask "
          "scheduler address such as tcp://10.0.0.5:8786, or (score) a cluster recipe file.")
+score_scheduler_option = click.option(
+    "--scheduler", default="auto", show_default=True,
+    help="Where tasks run: 'auto' (this process where worker processes cannot pay off - a single partition, "
+         "or 2 cores or fewer without --workers - else a LocalCluster), 'local' (a LocalCluster of worker "
+         "processes), 'sync' (this process), a Dask scheduler address such as tcp://10.0.0.5:8786, or a "
+         "cluster recipe file.")
 
 # Counts are checked by click (a usage error, exit 2) before anything starts: a batch size of 0 would only
 # fail on a worker, after tiling, with a traceback.

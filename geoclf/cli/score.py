@@ -9,7 +9,7 @@ from geoclf.cli.common import (
     chips_per_partition_option,
     precision_option,
     runtime_option,
-    scheduler_option,
+    score_scheduler_option,
     smooth_option,
     workers_option,
 )
@@ -45,7 +45,7 @@ from geoclf.cluster import scheduler_from_option
               help="Load a model artifact whose classifier needs types geoclf does not trust by default.")
 @runtime_option
 @precision_option
-@scheduler_option
+@score_scheduler_option
 @runs_dir_option
 def score(model: str, naip: tuple[str, ...], more_naip: tuple[str, ...], chips: str | None, aoi: str | None, out: str,
           cluster_recipe: str | None, n_workers: int | None, batch_size: int, chips_per_partition: int,
