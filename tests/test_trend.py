@@ -607,6 +607,27 @@ def test_cli_bad_input_is_one_line(scene: list[Path], tmp_path: Path, capsys: py
     assert "at least two dates" in err and "\n" not in err
 
 
+def test_a_trend_refused_halfway_leaves_the_output_as_it_was(scene: list[Path], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A reference sample labelling no date of the stack is found out only after the stack is written: the
+    output directory keeps the earlier run's files and the user's own, and holds nothing of this run."""
+    reference = tmp_path / "reference.csv"
+    cell = GRID.cell_id(*sorted(assessed_cells())[0])
+    pd.DataFrame({"cell": [cell], "year": [1999], "reference": ["Forest"]}).to_csv(reference, index=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "areas.csv").write_text("the earlier run's areas")
+    with pytest.raises(SystemExit) as info:
+        main(["trend", "--maps", *map(str, scene), "--out", str(out), "--reference", str(reference)])
+    assert info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's line
+    assert last.startswith("geoclf: error: no reference label is for a date of the stack")
+    assert sorted(p.name for p in out.iterdir()) == ["areas.csv", "notes.txt"]
+    assert (out / "areas.csv").read_text() == "the earlier run's areas"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "reference.csv"]  # no staging left behind
+
+
 # Moves the year slider to the first date the way a user would (an input event), then shows the
 # year-developed layer through the layer control.
 _MOVE_SLIDER = """
