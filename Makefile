@@ -39,12 +39,14 @@ demo: install
 
 # The suite runs as three pytest processes, one per group of test files (together: every tests/test_*.py). One
 # process for all of it twice died of a segmentation fault after ~400 tests, with no Python traceback, while
-# torch, OpenVINO, GDAL and Dask threads had accumulated in it (cause not found yet).
+# torch, OpenVINO, GDAL and Dask threads had accumulated in it (cause not found yet). The processes share one
+# fresh directory ($GEOCLF_TEST_SHARED) where the quickstart fixture is built once and resumed by the others.
 TEST_GROUPS := 'tests/test_[a-c]*.py' 'tests/test_[d-p]*.py' 'tests/test_[q-z]*.py'
 
 test: install browser
 	$(PY) -m ruff check geoclf tiling tests benchmarks examples
-	@set -e; for group in $(TEST_GROUPS); do echo "pytest $$group"; $(PY) -m pytest -q $$group; done
+	@set -e; shared=$$(mktemp -d); trap 'rm -rf "$$shared"' EXIT; \
+	for group in $(TEST_GROUPS); do echo "pytest $$group"; GEOCLF_TEST_SHARED=$$shared $(PY) -m pytest -q $$group; done
 
 bench: install
 	$(PY) benchmarks/run.py
