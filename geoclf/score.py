@@ -183,11 +183,15 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     check_counts(batch_size=batch_size, chips_per_partition=chips_per_partition, n_workers=n_workers)
     model_dir = str(resolve_model_dir(model, runs_dir))
     # everything the client can check, before any output: the artifact loads under the user's trust decision,
-    # and its network builds (backbone weights as recorded, feature length as the classifier's)
-    loaded = load_model(model_dir, trusted=trusted).prepare()
+    # and the network that will run is checked: on torch it builds (backbone weights as recorded, feature
+    # length as the classifier's); on another runtime its export is the recorded file, and the torch network
+    # is neither built nor shipped (seconds here, and torch, which a slim worker does not have)
+    loaded = load_model(model_dir, trusted=trusted)
     digest = artifact_digest(model_dir)  # what the workers must find (see ScoreTask)
     if check_model_runtime(runtime, precision):
         check_export(model_dir, loaded.spec.get("export"), runtime, precision)
+    else:
+        loaded.prepare()
     output = ScoreOutput.at(out)
     # torch_threads is set once the partitions, and hence where they run, are known (_placed)
     task = ScoreTask(model_dir=model_dir, batch_size=batch_size,

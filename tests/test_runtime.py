@@ -398,3 +398,44 @@ def test_a_worker_without_torch_scores_and_featurizes_an_exported_model(exported
     (_, ours), (_, torchs) = read_features(tmp_path / "features"), read_features(workdir / "features")
     torchs = torchs.set_index("chip_id").loc[list(ours["chip_id"])]
     assert relative_error(np.stack(ours["features"]), np.stack(torchs["features"])) <= FP32_RTOL
+
+
+def test_a_client_without_torch_scores_a_finetuned_exported_model(small_scene, tmp_path):
+    """``geoclf score --runtime openvino`` of a fine-tuned model in a process where torch cannot be imported:
+    the client loads only the export (no torch network built), and the model runs without torch (slim worker)."""
+    import os
+    import subprocess
+    import sys
+
+    import geopandas as gpd
+
+    import tiling
+    from geoclf.chips import read_batch
+    from geoclf.export import export_model
+    from geoclf.finetune.model import save_finetune_model
+    from geoclf.finetune.module import LandUseModule
+    from geoclf.models import load_model
+    from tiling.io import ChipReader
+
+    module = LandUseModule("mobilenet_v2", classes=["a", "b", "c"], bands=(1, 2, 3, 4))
+    artifact = save_finetune_model(tmp_path / "mnv2", module, chip_size=224)
+    export_model(artifact)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_TORCH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    script = ("import sys\nfrom geoclf.cli import main\n"
+              "try:\n    main(sys.argv[1:])\nfinally:\n    print('torch imported:', 'torch' in sys.modules)\n")
+    out = tmp_path / "map"
+    done = subprocess.run([sys.executable, "-c", script, "score", "--model", str(artifact), "--naip",
+                           str(small_scene.naip), "--out", str(out), "--runtime", "openvino", "--precision", "fp32",
+                           "--scheduler", "sync"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch imported: False" in done.stdout, done.stdout
+    predictions = gpd.read_parquet(out / "predictions.parquet")
+    chips = tiling.read_index(out / "chips.parquet").set_index("chip_id").loc[predictions["chip_id"]]
+    with ChipReader(bands=(1, 2, 3, 4), size=224) as reader:
+        batch = read_batch(chips.reset_index().drop(columns="geometry"), reader)
+    reference = load_model(artifact).predict_proba(batch)  # torch fp32, in this process
+    ours = predictions[[f"prob_{c}" for c in ["a", "b", "c"]]].to_numpy()
+    assert len(predictions) == len(tiling.read_index(out / "chips.parquet")) >= 50
+    assert relative_error(ours, reference) <= FP32_RTOL

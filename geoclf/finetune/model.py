@@ -1,7 +1,9 @@
 """The ``finetune`` model kind: a fine-tuned CNN as a model artifact, chips in, class probabilities out.
 
 Written by :func:`save_finetune_model` (``model.json`` + ``model.pt``, a plain state dict), loaded by
-:class:`FinetuneModel` through :func:`geoclf.models.load_model`. Loading needs torch, not Lightning.
+:class:`FinetuneModel` through :func:`geoclf.models.load_model`. Running the network needs torch, not Lightning;
+a model run from its export (``--runtime openvino``) needs neither, so torch is imported only where the torch
+network is built or run: a slim worker (the ``geoclf[score]`` install) scores a fine-tuned exported model.
 """
 
 from __future__ import annotations
@@ -11,17 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from geoclf import artifact
 from geoclf.artifact import LandUseModel, PathLike
-from geoclf.backbones import to_tensor
-from geoclf.finetune.network import build_network
 from geoclf.runtime import check_model_runtime, open_runner, thread_budget, verified_onnx
 from tiling.errors import InputError
 
 if TYPE_CHECKING:  # the module is Lightning's; a scoring worker loading an artifact never imports it
+    from torch import nn
+
     from geoclf.finetune.module import LandUseModule
 
 #: File of the network weights (a plain state dict) inside a ``finetune`` artifact.
@@ -34,21 +34,50 @@ class FinetuneModel(LandUseModel):
     Chips are normalized with :func:`geoclf.backbones.to_tensor` using the artifact's normalization, the
     same arithmetic :meth:`LandUseModule.normalize` applied in training.
 
+    The torch network is built from the artifact's ``model.pt`` when it is first needed (:meth:`prepare`,
+    :attr:`network`, a prediction on torch), not when the artifact is loaded: a model run from its export
+    (:meth:`use_runtime`) never builds it, nor imports torch when its chips are of the network's input size.
+
     Args:
         spec: ``model.json`` content.
-        network: the fine-tuned network (logits out).
+        network: the fine-tuned network (logits out); ``None`` to build it from ``path`` on first use.
         path: artifact directory, if loaded from one.
         device, batch_size: see :class:`geoclf.artifact.LandUseModel`.
     """
 
     kind = "finetune"
 
-    def __init__(self, spec: Mapping[str, Any], network: nn.Module, path: Path | None = None,
+    def __init__(self, spec: Mapping[str, Any], network: nn.Module | None = None, path: Path | None = None,
                  device: str | None = None, batch_size: int = 32) -> None:
         super().__init__(spec, path, device, batch_size)
-        self.network = network.eval()
-        self._device: torch.device | None = None
+        if network is None and path is None:
+            raise ValueError("a FinetuneModel needs its network or the artifact directory holding it")
+        self._network = None if network is None else network.eval()
+        self._device: Any = None  # the torch device the network was moved to
         self._runner: Any = None  # an inference runtime's compiled network (use_runtime), else torch
+
+    @property
+    def network(self) -> nn.Module:
+        """The fine-tuned torch network (logits out), built from the artifact's ``model.pt`` on first use.
+
+        Raises:
+            InputError: ``model.pt`` is missing, changed since it was saved, unreadable, or does not fit the
+                backbone, classes and bands ``model.json`` records.
+        """
+        if self._network is None:
+            self._network = _read_network(Path(self.path or "."), self.spec).eval()
+        return self._network
+
+    def prepare(self) -> FinetuneModel:
+        """Build what predictions need now: the torch network, or (after :meth:`use_runtime`) nothing more, the
+        export being compiled by it; returns the model.
+
+        Raises:
+            InputError: as :attr:`network`.
+        """
+        if self._runner is None:
+            _ = self.network
+        return self
 
     def use_runtime(self, runtime: str = "torch", precision: str = "auto",
                     threads: int | None = None) -> FinetuneModel:
@@ -66,43 +95,83 @@ class FinetuneModel(LandUseModel):
         norm = self.spec["normalization"]
         if self._runner is not None:
             for start in range(0, len(chips), self.batch_size):
-                batch = to_tensor(chips[start:start + self.batch_size], norm["mean"], norm["std"],
-                                  rgb=range(chips.shape[1]), size=norm.get("input_size"))
-                logits = torch.from_numpy(self._runner(batch))
-                out[start:start + len(batch)] = torch.softmax(logits, dim=1).numpy()
+                batch = _runtime_input(chips[start:start + self.batch_size], norm)
+                out[start:start + len(batch)] = _softmax(np.asarray(self._runner(batch), dtype=np.float32))
             return out
+        import torch
+
+        from geoclf.backbones import to_tensor
+
         device = self.torch_device()
+        network = self.network
         if self._device != device:
-            self.network.to(device)
+            network.to(device)
             self._device = device
         with torch.inference_mode():
             for start in range(0, len(chips), self.batch_size):
                 batch = to_tensor(chips[start:start + self.batch_size], norm["mean"], norm["std"],
                                   rgb=range(chips.shape[1]), size=norm.get("input_size"))
-                logits = self.network(batch.to(device)).float()
+                logits = network(batch.to(device)).float()
                 out[start:start + len(batch)] = torch.softmax(logits, dim=1).cpu().numpy()
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a compiled export does not travel (a worker compiles its own in use_runtime); nor does a network a
+        # model run from its export never built
+        return {**self.__dict__, "_runner": None}
+
     @classmethod
     def load(cls, directory: Path, spec: Mapping[str, Any], trusted: bool = False) -> FinetuneModel:
-        """Load a ``finetune`` artifact (its :data:`geoclf.artifact.LOADERS` entry).
+        """Load a ``finetune`` artifact (its :data:`geoclf.artifact.LOADERS` entry); the network is built on
+        first use (see :attr:`network`).
 
         The weights are a plain state dict read with ``torch.load(weights_only=True)``: no code runs on
         load, so ``trusted`` changes nothing here.
+
+        Raises:
+            InputError: the network file is missing or is not the one ``model.json`` records.
         """
-        path = artifact.check_file(directory, spec.get("network") or {}, NETWORK_FILE, "network")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises pickle, zip and runtime errors for a damaged file
-            raise InputError(f"cannot be read as a PyTorch state dict ({type(exc).__name__})", path) from exc
-        loaded, _ = build_network(spec["backbone"], len(spec["classes"]), spec["bands"], weights="none")
-        try:
-            loaded.model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise InputError(f"does not fit {spec['backbone']} with {len(spec['classes'])} classes and "
-                             f"{len(spec['bands'])} bands ({first})", path) from exc
-        return cls(spec, loaded.model, path=directory)
+        artifact.check_file(directory, spec.get("network") or {}, NETWORK_FILE, "network")
+        return cls(spec, path=directory)
+
+
+def _read_network(directory: Path, spec: Mapping[str, Any]) -> nn.Module:
+    """The fine-tuned network of an artifact: its architecture from ``model.json``, its weights from ``model.pt``."""
+    import torch
+
+    from geoclf.finetune.network import build_network
+
+    path = artifact.check_file(directory, spec.get("network") or {}, NETWORK_FILE, "network")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for a damaged file
+        raise InputError(f"cannot be read as a PyTorch state dict ({type(exc).__name__})", path) from exc
+    loaded, _ = build_network(spec["backbone"], len(spec["classes"]), spec["bands"], weights="none")
+    try:
+        loaded.model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"does not fit {spec['backbone']} with {len(spec['classes'])} classes and "
+                         f"{len(spec['bands'])} bands ({first})", path) from exc
+    return loaded.model
+
+
+def _runtime_input(chips: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
+    """A batch as the exported network takes it: normalized with numpy when the chips are of its input size
+    (no torch needed), else resized and normalized by torch as in training."""
+    size = norm.get("input_size")
+    if size is None or chips.shape[-2:] == (size, size):
+        from geoclf.featurizers.exported import normalize
+
+        return normalize(chips, norm["mean"], norm["std"])
+    from geoclf.backbones import to_tensor  # resizing as torch did at training time needs torch
+
+    return to_tensor(chips, norm["mean"], norm["std"], rgb=range(chips.shape[1]), size=size).numpy()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def save_finetune_model(directory: PathLike, module: LandUseModule, *, chip_size: int, name: str | None = None,
@@ -126,6 +195,8 @@ def save_finetune_model(directory: PathLike, module: LandUseModule, *, chip_size
     """
     spec = finetune_spec(module, chip_size=chip_size, name=name, metrics=metrics, class_groups=class_groups,
                          provenance=provenance)
+    import torch
+
     state = {k: v.detach().cpu().contiguous() for k, v in module.network.state_dict().items()}
 
     def write(staging: Path) -> dict[str, Any]:
