@@ -6,11 +6,12 @@ process to its files written:
 * **torchgeo**: ``benchmarks/torchgeo_predict.py`` in torchgeo's own virtual environment (``NAIP`` dataset +
   ``GridGeoSampler`` + ``DataLoader`` + ResNet-18 forward + predictions written as CSV and a class GeoTIFF).
   The environment is created once with ``python -m venv`` and ``pip install torch==<geoclf's> torchvision==<geoclf's>
-  torchgeo psutil`` (cached, default ``<work>/torchgeo-venv``; no site packages shared with geoclf's
-  environment, so the comparison is reproducible); when that fails the torchgeo rows are skipped with the reason;
-* **geoclf**: ``geoclf score --model M --naip RASTER --out DIR`` with the default scheduler, on torch and on
-  ``--runtime openvino`` (the model exported once with ``geoclf models export``), and ``--runtime openvino
-  --scheduler sync`` (in-process) for the record;
+  torchgeo psutil requests`` (torchgeo 0.8.1 imports requests without declaring it; cached, default
+  ``<work>/torchgeo-venv``; no site packages shared with geoclf's environment, so the comparison is reproducible);
+  when that fails the torchgeo rows are skipped with the reason;
+* **geoclf**: ``geoclf score --model M --naip RASTER --out DIR`` with the default scheduler (``auto``: in-process on
+  2 cores), on torch and on ``--runtime openvino`` (the model exported once with ``geoclf models export``); and
+  both with ``--scheduler local`` (a LocalCluster of one worker per core) for the record (``--only`` chooses);
 * **bare forward** of the runtime geoclf runs (torch fp32 and OpenVINO at ``--precision auto``), batch 32,
   channels_last, every core's thread, in a fresh process: the reference for "end to end >= 90% of the runtime's
   bare forward".
@@ -74,14 +75,16 @@ PINS = ("torch==2.14.1", "torchvision==0.29.1")
 VARIANTS: dict[str, list[str]] = {
     "geoclf score (torch)": [],
     "geoclf score --runtime openvino": ["--runtime", "openvino"],
-    "geoclf score --runtime openvino --scheduler sync": ["--runtime", "openvino", "--scheduler", "sync"],
+    "geoclf score --scheduler local": ["--scheduler", "local"],
+    "geoclf score --runtime openvino --scheduler local": ["--runtime", "openvino", "--scheduler", "local"],
 }
 TORCHGEO = "torchgeo (NAIP + GridGeoSampler + DataLoader)"
 BARE = {"bare forward torch fp32": "torch", "bare forward openvino": "openvino"}
 #: Which bare forward each geoclf variant is measured against.
 BARE_OF = {"geoclf score (torch)": "bare forward torch fp32",
            "geoclf score --runtime openvino": "bare forward openvino",
-           "geoclf score --runtime openvino --scheduler sync": "bare forward openvino"}
+           "geoclf score --scheduler local": "bare forward torch fp32",
+           "geoclf score --runtime openvino --scheduler local": "bare forward openvino"}
 
 
 # --- torchgeo's environment -------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ class TreeMemory:
 def run_tree(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     """Run ``command`` to its end: wall seconds, CPU seconds of its process tree, peak tree memory, stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
+    epoch, started = time.time(), time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     memory = TreeMemory(proc.pid)
     stdout, stderr = proc.communicate(timeout=3600)
@@ -230,7 +233,7 @@ def run_tree(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, An
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])}... failed ({proc.returncode}): {stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": seconds, "cpu": cpu, "peak_mb": peak, "stdout": stdout}
+    return {"seconds": seconds, "cpu": cpu, "peak_mb": peak, "stdout": stdout, "epoch": epoch}
 
 
 def base_env() -> dict[str, str]:
@@ -245,12 +248,44 @@ def run_geoclf(extra: list[str], model: Path, raster: Path, out: Path) -> dict[s
     env = {**base_env(), "PYTHONPATH": str(REPO), "GEOCLF_DASHBOARD": "off"}
     result = run_tree([sys.executable, "-m", "geoclf", "score", "--model", str(model), "--naip", str(raster),
                        "--out", str(out), *extra], env, out.parent)
-    import pandas as pd
+    try:
+        line = timeline(out, result)
+    except Exception as error:  # the figures above stand without it
+        log(f"warning: no timeline of {out}: {error!r}")
+        line = {}
+    parts = line.pop("parts", None)
+    if parts is None:
+        import pandas as pd
 
-    from geoclf.landuse import read_predictions
+        from geoclf.landuse import read_predictions
 
-    result["chips"] = len(pd.DataFrame(read_predictions(out)))
-    return result
+        result["chips"] = len(pd.DataFrame(read_predictions(out)))
+    else:
+        result["chips"] = sum(part["rows"] for part in parts)
+    return {**result, **line}
+
+
+def timeline(out: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Where a ``geoclf score`` run's wall time went, from its partitions' footers and files' times.
+
+    ``before_tasks``: process start to the first partition task's start (imports, model load and check, cluster
+    start, planning); ``tasks``: first task start to last partition written (workers' tile / model / write
+    seconds summed over partitions beside it); ``after_tasks``: last partition to process end (mosaic, COG,
+    polygons, HTML map, cluster close, exit).
+    """
+    from geoclf.landuse import ScoreOutput
+    from geoclf.partitions import read_summary
+
+    files = ScoreOutput(out).dataset_files()
+    if not files:
+        return {}
+    parts = [read_summary(f) for f in files]
+    written = [f.stat().st_mtime for f in files]
+    first = min(m - p["task_s"] for m, p in zip(written, parts, strict=True))
+    end = result["epoch"] + result["seconds"]
+    return {"parts": parts, "partitions": len(parts), "before_tasks": first - result["epoch"],
+            "tasks": max(written) - first, "after_tasks": end - max(written),
+            **{f"{k}_s": sum(p["seconds"][k] for p in parts) for k in ("tile", "model", "write")}}
 
 
 def run_torchgeo(python: Path, raster: Path, out: Path, loader_workers: int) -> dict[str, Any]:
@@ -301,9 +336,13 @@ def run_bare(runtime: str, model: Path, batches: int, threads: int) -> dict[str,
 
 # --- the comparison ---------------------------------------------------------------------------------------
 
-def compare(chips: int, rounds: int, work: Path, model: Path, python: Path | None, args: argparse.Namespace
-            ) -> list[dict[str, Any]]:
-    """``rounds`` ABBA rounds of every variant on the ``chips``-chip raster: one dict of results per round."""
+def compare(chips: int, rounds: int, work: Path, model: Path, python: Path | None, args: argparse.Namespace,
+            done: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``rounds`` ABBA rounds of every variant on the ``chips``-chip raster: one dict of results per round.
+
+    Each finished round is also added to ``done`` and saved (``rounds.json``), so that ``--report`` can print
+    the tables of a run stopped before its end.
+    """
     raster = bench_raster(work, chips)
     out = work / "torchgeo-compare" / "out"
     out.mkdir(parents=True, exist_ok=True)
@@ -327,6 +366,10 @@ def compare(chips: int, rounds: int, work: Path, model: Path, python: Path | Non
             log(f"[{chips}] round {r + 1}: {name}: {got['seconds']:.1f} s, {got['chips'] / got['seconds']:.1f} "
                 f"chips/s, CPU {got['cpu']:.0f} s, peak {got['peak_mb']:.0f} MB")
         results.append(result)
+        done[chips] = results
+        (work / "torchgeo-compare" / "rounds.json").write_text(json.dumps(
+            {"start": args.start, "end": machine_load(), "versions": args.versions,
+             "rounds": {str(k): v for k, v in done.items()}}, default=str))
     return results
 
 
@@ -335,9 +378,9 @@ def rate(result: dict[str, Any]) -> float:
 
 
 def report(sizes: dict[int, list[dict[str, Any]]], start: dict[str, Any], versions: dict[str, str],
-           county: int) -> dict[str, Any]:
+           county: int, end: dict[str, Any] | None = None) -> dict[str, Any]:
     """Print the tables (markdown, for benchmarks/README.md) and return the figures."""
-    end = machine_load()
+    end = end or machine_load()
     print(f"\n{command_line()} — {describe_load(start, end)}; {versions}\n")
     print("| chips | run | seconds | chips/s | vs torchgeo | vs bare forward | CPU s | peak MB | vs torchgeo's |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -369,6 +412,18 @@ def report(sizes: dict[int, list[dict[str, Any]]], start: dict[str, Any], versio
                   f"{row['cpu']:.0f} | {row['peak_mb']:.0f} | {cells[2]} |")
             fig[name] = row
         figures["sizes"][chips] = fig
+    print("\nWhere geoclf's wall time went (medians; model / tile / write: the workers' seconds summed over "
+          "partitions, from their footers):\n")
+    print("| chips | run | partitions | before tasks s | tasks s | after tasks s | model s | tile s | write s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for chips, rounds in sizes.items():
+        for name in VARIANTS:
+            runs = [rd[name] for rd in rounds if name in rd and "tasks" in rd[name]]
+            if not runs:
+                continue
+            cells = [statistics.median(r[k] for r in runs) for k in ("before_tasks", "tasks", "after_tasks",
+                                                                       "model_s", "tile_s", "write_s")]
+            print(f"| {chips} | {name} | {runs[0]['partitions']} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     if len(sizes) >= 2:
         small, large = sorted(sizes)[:1][0], sorted(sizes)[-1]
         print(f"\nCounty projection ({county:,} chips), seconds = fixed + chips / rate through the {small}- and "
@@ -401,6 +456,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="bare forward threads (all cores)")
     parser.add_argument("--county", type=int, default=COUNTY)
     parser.add_argument("--only", nargs="+", default=None, help="run only these variants (names, or 'torchgeo')")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="print the tables of the rounds saved in this rounds.json (of a stopped run), run nothing")
     parser.add_argument("--bare", choices=["torch", "openvino"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
@@ -408,14 +465,20 @@ def main() -> int:
     if args.bare:
         bare_forward(args.bare, args.model, args.batches, args.threads)
         return 0
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        report({int(k): v for k, v in saved["rounds"].items()}, saved["start"], saved["versions"], args.county,
+               saved["end"])
+        return 0
     work = (args.work or default_work_dir()).expanduser()
-    start = machine_load()
+    start = args.start = machine_load()
     python, version = torchgeo_python(args.venv or work / "torchgeo-venv")
     if python is None:
         log(f"skipping the torchgeo rows: {version}")
     import torch
 
-    versions = {"torchgeo": version if python is not None else f"skipped: {version}", "torch": torch.__version__}
+    versions = args.versions = {"torchgeo": version if python is not None else f"skipped: {version}",
+                                "torch": torch.__version__}
     model = resnet18_model(work)
     if args.only:
         keep = set(args.only)
@@ -425,7 +488,9 @@ def main() -> int:
                     del table[name]
         if "torchgeo" not in keep:
             python = None
-    sizes = {chips: compare(chips, args.rounds, work, model, python, args) for chips in args.chips}
+    sizes: dict[int, list[dict[str, Any]]] = {}
+    for chips in args.chips:
+        compare(chips, args.rounds, work, model, python, args, sizes)
     figures = report(sizes, start, versions, args.county)
     (work / "torchgeo-compare" / "figures.json").write_text(json.dumps(
         {"figures": figures, "rounds": {str(k): v for k, v in sizes.items()}}, indent=2, default=str))
