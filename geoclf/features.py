@@ -5,7 +5,8 @@ Output (see docs/architecture.md): ``part-NNNNN.parquet`` partitions with ``chip
 with) and NIR statistics, plus ``features.json``, which describes the
 featurizer (:mod:`geoclf.featurizers`) so that a model trained on the features computes the same vectors
 from chips when it scores. The featurizer is built once per worker process and kept between tasks; a rerun
-resumes from the partitions already written.
+resumes from the partitions already written. The client never holds a chip index whole: workers read their own
+slices of it (:mod:`tiling.slices`) and send back only row counts.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from geoclf.chips import iter_batches
 from geoclf.featurizers import Featurizer, make_featurizer
 from geoclf.featurizers.spectral import SpectralFeaturizer
 from geoclf.partitions import (
+    check_plan_resumable,
     check_resumable,
     print_dashboard,
     read_partitions,
     run_partitions,
+    run_plan,
     task_threads,
     worker_model,
 )
@@ -40,6 +43,7 @@ from tiling.io import ChipReader, atomic_path, nodata_mask, open_raster
 from tiling.locks import locks_output
 from tiling.materialize import read_png_folder
 from tiling.parallel import Scheduler, check_counts
+from tiling.slices import IndexSlice, check_index_file, index_attrs, plan_index_slices
 
 META_FILE = "features.json"
 
@@ -175,6 +179,20 @@ def _nir_stats(chips: np.ndarray, red: int = 0, nir: int = 3) -> np.ndarray:
     return np.stack([mean, std, nir_mean], axis=1)
 
 
+@dataclass
+class FeaturizeSliceTask:
+    """Featurize one slice of a chip index file (runs on a worker): it reads its own rows
+    (:meth:`tiling.slices.IndexSlice.read`) and returns :class:`FeaturizeTask`'s table and a small summary."""
+
+    featurize: FeaturizeTask
+
+    def __call__(self, spec: IndexSlice) -> tuple[pa.Table, dict[str, Any]]:
+        # by chip id within the slice, as a chip table's partitions are: an index of one partition gives the
+        # very batches, hence the very vectors, it always gave
+        table = self.featurize(spec.read().sort_values("chip_id", kind="stable").reset_index(drop=True))
+        return table, {"chips": table.num_rows}
+
+
 @locks_output("out")
 def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, backbone: str = "efficientnet_lite0",
               weights: str = "default", batch_size: int = 32, chips_per_partition: int = 512,
@@ -183,6 +201,11 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
               runs_dir: str | os.PathLike[str] | None = None, runtime: str = "torch",
               precision: str = "auto") -> Path:
     """Featurize every chip of an index (or PNG folder) with a pretrained CNN; write partitions to ``out``.
+
+    A chip index is never read whole on the client: it is checked one row group at a time and cut into slices
+    of its row groups (:mod:`tiling.slices`), and each worker reads its own slice's rows; partitions follow
+    the index's row order (rows by chip id within each). A PNG folder is listed on the client and cut into
+    partitions by chip id.
 
     Args:
         chips: chip index (``chips.parquet`` or its directory) or a PNG folder (``split/Class/*.png``).
@@ -206,13 +229,23 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         The output directory.
     """
     check_counts(batch_size=batch_size, chips_per_partition=chips_per_partition, n_workers=n_workers)
-    table, source = load_chip_table(chips)
-    if table.empty:
-        raise InputError("holds no chips", chips)
+    path = Path(chips)
+    table: pd.DataFrame | None = None
+    plan: list[IndexSlice] = []
+    if path.is_dir() and not (path / "chips.parquet").exists():
+        table, source = load_chip_table(path)
+        if table.empty:
+            raise InputError("holds no chips", chips)
+        count, bands = len(table), chip_band_count(table)
+    else:
+        facts = check_index_file(path, check_rasters=True)
+        source = {"kind": "index", "path": str(facts.path.resolve()), "sha256": index_hash(facts.path),
+                  "chip_size_m": index_attrs(facts.path).get("chip_size_m")}
+        count, bands = facts.rows, min(_band_count(s) for s in facts.sources)
+        plan = plan_index_slices(facts.path, chips_per_partition)
     # loaded here, on the client: a bad name or weights offline fail now in one line, not on every worker
     # on the CPU even where there is a GPU, as geoclf always featurized
     featurizer = make_featurizer(backbone, weights, device="cpu")
-    bands = chip_band_count(table)
     featurizer = featurizer.for_band_count(bands)  # NIR where every chip has it
     baseline = SpectralFeaturizer().for_band_count(bands)
     threads = task_threads(scheduler, n_workers)
@@ -226,15 +259,21 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
 
         settings["runtime"] = {"runtime": runtime, "precision": precision}  # never mixed with torch's vectors
         # before the export writes into out_dir: a refused rerun must leave that directory as it was
-        check_resumable(table, out_dir, chips_per_partition, settings)
+        if table is not None:
+            check_resumable(table, out_dir, chips_per_partition, settings)
+        else:
+            check_plan_resumable(plan, out_dir, settings)
         featurizer = export_featurizer(featurizer, out_dir, runtime=runtime, precision=precision, threads=threads)
         exported = {"export": featurizer.export, "runtime": settings["runtime"]}
     task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir,
                          baseline=baseline)
     started = time.perf_counter()
-    run_partitions(table, out_dir, task, settings=settings, chips_per_partition=chips_per_partition,
-                   scheduler=scheduler, n_workers=n_workers, desc="featurizing", progress=progress,
-                   on_client=print_dashboard)
+    run = {"scheduler": scheduler, "n_workers": n_workers, "desc": "featurizing", "progress": progress,
+           "on_client": print_dashboard}
+    if table is not None:
+        run_partitions(table, out_dir, task, settings=settings, chips_per_partition=chips_per_partition, **run)
+    else:
+        run_plan(plan, out_dir, FeaturizeSliceTask(task), settings=settings, **run)
     seconds = time.perf_counter() - started
     normalization = {k: described.pop(k) for k in ("mean", "std", "input_size") if k in described}
     meta = {
@@ -245,7 +284,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         "baseline": baseline.describe(),
         "chip_size": 224,
         "chip_size_m": source.get("chip_size_m"),
-        "chips": len(table),
+        "chips": count,
         "source": source,
         "task": {"backbone": backbone, "weights": weights, "chip_size": task.chip_size, "batch_size": batch_size,
                  "torch_threads": threads, "nir": nir},
@@ -254,10 +293,10 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     with atomic_path(out_dir / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, default=str))
     if record_run:
-        params = {"backbone": backbone, "weights": weights, "chips": len(table), "batch_size": batch_size,
+        params = {"backbone": backbone, "weights": weights, "chips": count, "batch_size": batch_size,
                   "nir": nir, "features_dir": str(out_dir.resolve()), "chip_source": source["path"]}
         with start_run(run_name or f"featurize-{backbone}", "featurize", params=params, runs_dir=runs_dir) as run:
-            run.log_metrics({"seconds": seconds, "chips_per_second": len(table) / max(seconds, 1e-9)})
+            run.log_metrics({"seconds": seconds, "chips_per_second": count / max(seconds, 1e-9)})
             run.log_artifact(out_dir / META_FILE)
     return out_dir
 
@@ -268,4 +307,7 @@ def read_features(path: str | os.PathLike[str]) -> tuple[dict[str, Any], pd.Data
     meta_path = path / META_FILE
     if not meta_path.exists():
         raise InputError(f"is not a features directory (no {META_FILE}); run geoclf featurize first", path)
-    return json.loads(meta_path.read_text()), read_partitions(path)
+    # by chip id, whatever the partitions' order (a PNG folder's are by chip id, an index's follow its rows):
+    # what a model is trained on never depends on how the work was cut
+    frame = read_partitions(path).sort_values("chip_id", kind="stable").reset_index(drop=True)
+    return json.loads(meta_path.read_text()), frame

@@ -323,6 +323,19 @@ def plan_fingerprint(plan: Sequence[PlannedPartition], settings: dict[str, Any])
             "settings": json.loads(json.dumps(settings, default=str, sort_keys=True))}
 
 
+def check_plan_resumable(plan: Sequence[PlannedPartition], out_dir: str | os.PathLike[str],
+                         settings: dict[str, Any]) -> dict[str, Any]:
+    """:func:`check_resumable` for a planned output (:func:`run_plan`): refuse one of another plan or settings.
+
+    Raises:
+        InputError: ``out_dir`` holds partitions of another plan or other settings, or of unknown origin.
+    """
+    out = Path(out_dir)
+    stamp = plan_fingerprint(plan, settings)
+    _refuse_other_inputs(out, stamp, out.is_dir() and any(out.rglob(PART_GLOB)))
+    return stamp
+
+
 def write_partition(table: pa.Table, path: Path, summary: dict[str, Any]) -> None:
     """Write a planned partition atomically, its summary in the file's metadata (read by :func:`read_summary`)."""
     metadata = dict(table.schema.metadata or {})

@@ -125,3 +125,58 @@ def test_an_area_of_25_scenes_is_scored_exactly_once_into_one_dataset_and_one_ma
     from_dataset = ScoreOutput(out).read_predictions()
     assert sorted(from_dataset["chip_id"]) == sorted(whole["chip_id"])
     assert set(whole.columns) <= set(from_dataset.columns)
+
+
+def test_featurize_reads_an_index_of_25_scenes_by_slices_and_writes_every_chip_once(area, tmp_path):
+    import pickle
+
+    import pyarrow.parquet as pq
+
+    from geoclf.features import featurize, read_features
+    from tiling.errors import InputError
+    from tiling.slices import plan_index_slices
+
+    _, expected = area
+    # an index in row groups of 700 rows (another tool's writer): slices never straddle two of them
+    tiling.write_index(expected, tmp_path / "whole.parquet")
+    index = tmp_path / "chips" / "chips.parquet"
+    index.parent.mkdir()
+    pq.write_table(pq.read_table(tmp_path / "whole.parquet"), index, row_group_size=700)
+    plan = plan_index_slices(index, 64)
+    # the client's plan: a few numbers per slice, whatever the index holds
+    assert sum(s.cells for s in plan) == len(expected) and max(s.cells for s in plan) <= 64
+    assert all(s.stop <= 700 for s in plan) and len(pickle.dumps(plan)) / len(plan) < 120
+    out = tmp_path / "features"
+    with dask_client("local", n_workers=2) as client:
+        featurize(index.parent, out, backbone="spectral", scheduler=client, chips_per_partition=64,
+                  record_run=False, progress=False)
+        files = sorted(out.glob("part-*.parquet"))
+        assert len(files) == len(plan)
+        table = ds.dataset(files, format="parquet").to_table()
+        # exactly once, one partition per slice: the slice's chips, by chip id
+        assert [pq.read_table(f, columns=["chip_id"]).column(0).to_pylist() for f in files] == [
+            sorted(expected["chip_id"].iloc[s.first_row:s.first_row + s.cells]) for s in plan]
+        assert table.num_rows == len(expected)
+        meta, frame = read_features(out)
+        assert meta["chips"] == len(expected) and frame["chip_id"].is_monotonic_increasing
+
+        # a rerun resumes: only the partitions that went missing are computed again
+        for lost in files[3:5]:
+            lost.unlink()
+        stamps = {f: f.stat().st_mtime_ns for f in files if f.exists()}
+        featurize(index.parent, out, backbone="spectral", scheduler=client, chips_per_partition=64,
+                  record_run=False, progress=False)
+    assert {f: f.stat().st_mtime_ns for f in files if f in stamps} == stamps
+    again = ds.dataset(sorted(out.glob("part-*.parquet")), format="parquet").to_table()
+    assert again.column("chip_id").to_pylist() == table.column("chip_id").to_pylist()
+
+    # a bad row in a later row group is refused before any work, by its row number in the whole file
+    good = pq.read_table(index)
+    width = good.column("width").to_numpy().copy()
+    width[1500] = 0
+    column = good.schema.get_field_index("width")
+    pq.write_table(good.set_column(column, good.schema.field(column), [width]), index, row_group_size=700)
+    with pytest.raises(InputError, match=r"row 1500 .*window width is 0"):
+        featurize(index.parent, tmp_path / "refused", backbone="spectral", scheduler="sync", record_run=False,
+                  progress=False)
+    assert not (tmp_path / "refused").exists()

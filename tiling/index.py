@@ -345,13 +345,19 @@ def _split(index: gpd.GeoDataFrame, params: TileParams) -> gpd.GeoDataFrame:
     return index
 
 
+#: Rows per Parquet row group of a chip index: a featurize task reads one row group (:mod:`tiling.slices`), not
+#: the whole file (pyarrow's default, a million rows, would make every task decode the whole of a county's index).
+INDEX_ROW_GROUP = 4096
+
+
 def write_index(index: gpd.GeoDataFrame, path: PathLike) -> Path:
-    """Write a chip index as GeoParquet, atomically (:func:`tiling.io.atomic_path`), run parameters included."""
+    """Write a chip index as GeoParquet, atomically (:func:`tiling.io.atomic_path`), run parameters included,
+    in row groups of :data:`INDEX_ROW_GROUP` rows."""
     path = Path(path)
     frame = index.copy()
     frame.attrs = json.loads(json.dumps(index.attrs, default=str))
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        frame.to_parquet(tmp, index=False, row_group_size=INDEX_ROW_GROUP)
     return path
 
 
@@ -389,7 +395,8 @@ _TEXT_COLUMNS = ("chip_id", "source", "cell", "scene", "crs", "label", "split", 
 _SPLITS = ("train", "val")
 
 
-def validate_index(index: pd.DataFrame, path: PathLike | None = None, *, check_rasters: bool = False) -> None:
+def validate_index(index: pd.DataFrame, path: PathLike | None = None, *, check_rasters: bool = False,
+                   first_row: int = 0) -> None:
     """Check a chip index: known columns, their types, and every row; one :class:`InputError` for the first problem.
 
     Checked: the columns every index needs (``chip_id``, ``source`` and the window); integer window offsets and
@@ -402,6 +409,8 @@ def validate_index(index: pd.DataFrame, path: PathLike | None = None, *, check_r
         index: the index (from :func:`read_index`, or built in memory).
         path: the file it came from, named in the message.
         check_rasters: also check windows against the source rasters (opens each once).
+        first_row: the row number of the index's first row in its file (a row group checked on its own), for
+            the message.
 
     Raises:
         InputError: ``<path>: row <n> (chip_id '<id>'): <problem>`` for the first bad row, or the column's
@@ -451,9 +460,9 @@ def validate_index(index: pd.DataFrame, path: PathLike | None = None, *, check_r
         # the footprint is what maps, areas and zones are computed from: an empty one has no place on the map
         footprints = index.geometry
         problem(footprints.isna().to_numpy() | footprints.is_empty.to_numpy(), "footprint geometry is empty")
-    _refuse_first_row(index, problems, path)
+    _refuse_first_row(index, problems, path, first_row)
     if check_rasters:
-        _check_windows(index, path)
+        _check_windows(index, path, first_row)
 
 
 def _is_text(values: pd.Series) -> np.ndarray:
@@ -465,16 +474,16 @@ def _is_text(values: pd.Series) -> np.ndarray:
 
 
 def _refuse_first_row(index: pd.DataFrame, problems: list[tuple[np.ndarray, Callable[[int], str]]],
-                      path: PathLike | None) -> None:
+                      path: PathLike | None, first_row: int = 0) -> None:
     """Raise for the earliest row any problem flags (the first problem listed for that row)."""
     first = [(int(np.flatnonzero(bad)[0]), order, message) for order, (bad, message) in enumerate(problems)
              if bad.any()]
     if first:
         row, _, message = min(first, key=lambda item: item[:2])
-        raise InputError(f"row {row} (chip_id {index['chip_id'].iloc[row]!r}): {message(row)}", path)
+        raise InputError(f"row {first_row + row} (chip_id {index['chip_id'].iloc[row]!r}): {message(row)}", path)
 
 
-def _check_windows(index: pd.DataFrame, path: PathLike | None) -> None:
+def _check_windows(index: pd.DataFrame, path: PathLike | None, first_row: int = 0) -> None:
     """Every window inside its source raster: an index outlives the rasters it was made from."""
     right = (index["col_off"] + index["width"]).to_numpy()
     bottom = (index["row_off"] + index["height"]).to_numpy()
@@ -493,7 +502,7 @@ def _check_windows(index: pd.DataFrame, path: PathLike | None) -> None:
                              f"window ({index['col_off'].iloc[row]}, {index['row_off'].iloc[row]}, "
                              f"{index['width'].iloc[row]}, {index['height'].iloc[row]}) reaches beyond its "
                              f"{width} x {height} px raster {source}")))
-    _refuse_first_row(index, problems, path)
+    _refuse_first_row(index, problems, path, first_row)
 
 
 def index_hash(path: PathLike) -> str:
