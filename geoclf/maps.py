@@ -171,8 +171,9 @@ class AreaFacts:
     sources: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, predictions: pd.DataFrame) -> AreaFacts:
-        """The facts of a predictions table (its scored chips)."""
+    def of(cls, predictions: pd.DataFrame, area_crs: Any = None) -> AreaFacts:
+        """The facts of a predictions table (its scored chips); ``area_crs``: the equal-area CRS its chips'
+        areas are measured in (see :func:`geoclf.area.chip_area_km2`)."""
         scored = predictions[predictions["pred"].notna()] if "pred" in predictions.columns else predictions
 
         def values(column: str) -> tuple[str, ...]:
@@ -182,7 +183,7 @@ class AreaFacts:
             else ()
         km2 = None
         if isinstance(scored, gpd.GeoDataFrame) and scored.crs is not None and len(scored):
-            km2 = float(chip_area_km2(scored).sum())
+            km2 = float(chip_area_km2(scored, area_crs).sum())
         return cls(len(scored), km2, dates, values("model"), values("scene"), values("source"))
 
     @classmethod

@@ -31,8 +31,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import shapely
 from rasterio.crs import CRS
 
+from geoclf.area import equal_area_crs
 from geoclf.artifact import LandUseModel, artifact_digest, load_model_dir
 from geoclf.chips import iter_batches
 from geoclf.landuse import MOSAIC_CRS, ScoreOutput, check_map_extent, classes_of, predictions_to_grid
@@ -268,7 +270,7 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     map_crs = _map_crs(scenes, maps["crs"])
     task, run = _placed(task, run, sum(not (output.dataset / block.name).exists() for block in blocks))
     block_task = ScoreBlockTask(task, params, scheme.to_dict(), _model_name(loaded, name), str(output.directory),
-                                map_crs.to_string(), size_m)
+                                map_crs.to_string(), size_m, _area_crs(scenes))
     settings = {**settings, "grid": grid, "map": {"crs": map_crs.to_string(), "resolution": size_m}}
     summaries = run_plan(blocks, output.dataset, block_task, settings=settings, desc="scoring",
                          on_client=print_dashboard, **run)
@@ -306,6 +308,8 @@ class ScoreBlockTask:
         directory: the score output directory (map tiles go to its ``tiles/``).
         map_crs: CRS of the map (the blocks' own grids, or a CRS tiles are warped into).
         resolution: the map's pixel size (the chip stride).
+        area_crs: the equal-area CRS every block measures its chips' areas in (one for the area, so that a
+            worker builds one transformer for all its blocks); ``None``: one centred on each block.
     """
 
     score: ScoreTask
@@ -315,6 +319,7 @@ class ScoreBlockTask:
     directory: str
     map_crs: str
     resolution: float
+    area_crs: str | None = None
 
     def __call__(self, block: SceneBlock) -> tuple[pa.Table, dict[str, Any]]:
         started = time.perf_counter()
@@ -339,7 +344,7 @@ class ScoreBlockTask:
             tile = write_tile(self.directory, name, grid).to_summary()
         facts = None
         if len(frame):
-            facts = asdict(AreaFacts.of(frame))
+            facts = asdict(AreaFacts.of(frame, self.area_crs))
         summary = {"chips": len(frame), "cells": block.cells, "tile": tile, "facts": facts,
                    "classes": {str(k): int(v) for k, v in frame["pred"].value_counts().items()},
                    "seconds": {"tile": tiled - started, "model": modelled - tiled,
@@ -433,6 +438,13 @@ def _map_crs(scenes: list[SceneInfo], crs: Any) -> CRS:
         return projected_crs(crs)
     crses = {scene.crs.to_string() for scene in scenes}
     return scenes[0].crs if len(crses) == 1 else MOSAIC_CRS
+
+
+def _area_crs(scenes: list[SceneInfo]) -> str:
+    """The equal-area CRS of an area's chip areas: :func:`geoclf.area.equal_area_crs` of its rasters' extents."""
+    boxes = [gpd.GeoSeries([shapely.box(*scene.bounds)], crs=scene.crs).to_crs("EPSG:4326").iloc[0]
+             for scene in scenes]
+    return equal_area_crs(gpd.GeoDataFrame(geometry=boxes, crs="EPSG:4326")).to_wkt()
 
 
 def _file_sha256(path: PathLike) -> str:

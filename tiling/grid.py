@@ -154,9 +154,18 @@ def parse_cell(cells: str | pd.Series) -> CellKey | pd.DataFrame:
             return CellKey(crs, float(size), float(stride), int(ix), int(iy))
         except ValueError:
             raise ValueError(f"malformed grid cell key {cells!r}; expected <crs>:<size>:<stride>:<ix>:<iy>") from None
-    parts = cells.astype(object).where(cells.notna(), "").astype(str).str.rsplit(":", n=4, expand=True)
-    if parts.shape[1] < 5:
-        parts = parts.reindex(columns=range(5))
+    if cells.empty:
+        parts = pd.DataFrame(index=cells.index, columns=range(5), dtype=float)
+    else:
+        # split in Python, not with Series.str.rsplit(expand=True) (ten times slower): every scored block
+        # parses its keys, and the keys of one grid share their first three parts, parsed once
+        text = cells.astype(object).where(cells.notna(), "").astype(str).tolist()
+        fast = _parse_one_grid_keys(text, cells.index)
+        if fast is not None:
+            return fast
+        rows = [key.rsplit(":", 4) for key in text]
+        parts = pd.DataFrame({i: pd.Series([r[i] if len(r) > i else None for r in rows], index=cells.index,
+                                           dtype="str") for i in range(5)})
     out = pd.DataFrame(index=cells.index)
     out["grid_crs"] = parts[0]
     out["size"] = pd.to_numeric(parts[1], errors="coerce")
@@ -167,3 +176,29 @@ def parse_cell(cells: str | pd.Series) -> CellKey | pd.DataFrame:
     out.loc[bad, ["grid_crs"]] = None
     out["grid"] = (out["grid_crs"].astype(str) + ":" + parts[1].astype(str) + ":" + parts[2].astype(str)).where(~bad)
     return out[["grid", "grid_crs", "size", "stride", "ix", "iy"]]
+
+
+def _parse_one_grid_keys(text: list[str], index: pd.Index) -> pd.DataFrame | None:
+    """:func:`parse_cell`'s table when every key is well formed with integer cell indices (``None`` otherwise):
+    the ``<crs>:<size>:<stride>`` parts parsed once per grid, the indices as integers."""
+    rows = [key.rsplit(":", 2) for key in text]
+    if any(len(row) != 3 for row in rows):
+        return None
+    try:
+        ix = np.array([row[1] for row in rows]).astype(np.int64)
+        iy = np.array([row[2] for row in rows]).astype(np.int64)
+    except ValueError:
+        return None
+    codes, grids = pd.factorize(pd.Series([row[0] for row in rows], dtype=object))
+    heads = [str(grid).rsplit(":", 2) for grid in grids]
+    if any(len(head) != 3 or not head[0] for head in heads):
+        return None
+    size = pd.to_numeric(pd.Series([head[1] for head in heads], dtype="str"), errors="coerce")
+    stride = pd.to_numeric(pd.Series([head[2] for head in heads], dtype="str"), errors="coerce")
+    if size.isna().any() or stride.isna().any():
+        return None
+    return pd.DataFrame({"grid": pd.Series(np.asarray(grids, dtype=object)[codes], index=index, dtype="str"),
+                         "grid_crs": pd.Series(np.array([h[0] for h in heads], dtype=object)[codes], index=index,
+                                               dtype="str"),
+                         "size": size.to_numpy()[codes], "stride": stride.to_numpy()[codes], "ix": ix, "iy": iy},
+                        index=index)
