@@ -22,6 +22,7 @@ import io
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ from tiling.grid import parse_cell
 from tiling.index import TileParams, read_index, write_index
 from tiling.io import ChipReader, PathLike, SceneInfo, atomic_path, describe_naip, normalize_source
 from tiling.locks import locks_output
-from tiling.parallel import Scheduler, check_counts
+from tiling.parallel import Scheduler, StartingCluster, check_counts
 
 #: The predictions table's name in a score output (:class:`geoclf.landuse.ScoreOutput` names every file).
 PREDICTIONS = ScoreOutput.PREDICTIONS
@@ -184,6 +185,31 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     """
     check_counts(batch_size=batch_size, chips_per_partition=chips_per_partition, n_workers=n_workers)
     model_dir = str(resolve_model_dir(model, runs_dir))
+    with _early_cluster(scheduler, n_workers) as cluster:
+        return _score(model, model_dir, out, naip, chips, aoi, scheduler, cluster, n_workers, batch_size,
+                      chips_per_partition, max_nodata, chip_size_m, trusted, progress, runtime, precision,
+                      {"crs": crs, "smooth": smooth, "probabilities": probabilities, "html_map": html_map})
+
+
+#: Start a LocalCluster's workers while the client loads the model and plans the area, and close it while the
+#: maps are written (:class:`tiling.parallel.StartingCluster`); ``False`` starts and closes it around the
+#: partitions only (what ``benchmarks/score_fixed_costs.py`` compares against).
+OVERLAP_CLUSTER = True
+
+
+def _early_cluster(scheduler: Scheduler, n_workers: int | None) -> Any:
+    """A LocalCluster starting now where the run will want one (:func:`partition_scheduler` with more than one
+    partition), else nothing; a context that closes it."""
+    if OVERLAP_CLUSTER and partition_scheduler(scheduler, 2, n_workers) in (None, "local"):
+        return StartingCluster(n_workers)
+    return nullcontext(None)
+
+
+def _score(model: str, model_dir: str, out: PathLike, naip: list[PathLike] | None, chips: PathLike | None,
+           aoi: PathLike | None, scheduler: Scheduler, cluster: StartingCluster | None, n_workers: int | None,
+           batch_size: int, chips_per_partition: int, max_nodata: float, chip_size_m: float | None,
+           trusted: bool, progress: bool, runtime: str, precision: str, maps: dict[str, Any]) -> dict[str, Path]:
+    """:func:`score`, with ``cluster`` the LocalCluster starting meanwhile (or ``None``)."""
     # everything the client can check, before any output: the artifact loads under the user's trust decision,
     # and the network that will run is checked: on torch it builds (backbone weights as recorded, feature
     # length as the classifier's); on another runtime its export is the recorded file, and the torch network
@@ -201,8 +227,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
     settings: dict[str, Any] = {"model": model_stamp(model_dir)}
     if runtime != "torch":  # other probabilities (within the runtime's tolerance): not mixed with torch's
         settings["runtime"] = {"runtime": runtime, "precision": precision}
-    maps = {"crs": crs, "smooth": smooth, "probabilities": probabilities, "html_map": html_map}
-    run = {"scheduler": scheduler, "n_workers": n_workers, "progress": progress}
+    run = {"scheduler": scheduler, "cluster": cluster, "n_workers": n_workers, "progress": progress}
     if chips is not None:
         return _score_index(loaded, model, output, chips, task, settings, chips_per_partition, maps, run)
     if not naip:
@@ -224,6 +249,7 @@ def _score_index(loaded: Any, name: str, output: ScoreOutput, chips: PathLike, t
     task, run = _placed(task, run, todo)
     run_partitions(table, output.partitions, task, settings=settings, chips_per_partition=chips_per_partition,
                    desc="scoring", on_client=print_dashboard, **run)
+    _done_with(run)
     scored = read_partitions(output.partitions)
     predictions = _predictions(index, scored, loaded, name)
     written = {"predictions": write_index(predictions, output.predictions)}
@@ -233,9 +259,27 @@ def _score_index(loaded: Any, name: str, output: ScoreOutput, chips: PathLike, t
 
 def _placed(task: ScoreTask, run: dict[str, Any], n_tasks: int) -> tuple[ScoreTask, dict[str, Any]]:
     """Decide where ``n_tasks`` partitions run (``auto``: :func:`geoclf.partitions.partition_scheduler`) and
-    give the task that place's threads: every core in this process, a core's share on a LocalCluster worker."""
+    give the task that place's threads: every core in this process, a core's share on a LocalCluster worker.
+
+    Returns the task and the run's keyword arguments for :func:`run_plan` / :func:`run_partitions`: a cluster
+    started early is the scheduler where the run goes to a LocalCluster, and is closed (on a thread) otherwise.
+    """
+    run = dict(run)
+    cluster = run.pop("cluster")
     scheduler = partition_scheduler(run["scheduler"], n_tasks, run["n_workers"])
-    return replace(task, torch_threads=task_threads(scheduler, run["n_workers"])), {**run, "scheduler": scheduler}
+    threads = task_threads(scheduler, run["n_workers"])
+    if cluster is not None:
+        if scheduler in (None, "local"):
+            scheduler = cluster
+        else:  # nothing for its workers to do after all (one partition left)
+            cluster.close_soon()
+    return replace(task, torch_threads=threads), {**run, "scheduler": scheduler}
+
+
+def _done_with(run: dict[str, Any]) -> None:
+    """The partitions are written: close a cluster started early while the client writes the outputs."""
+    if isinstance(run["scheduler"], StartingCluster):
+        run["scheduler"].close_soon()
 
 
 #: Largest area, in chips, whose predictions (and chip grid) are also written as one file each,
@@ -274,6 +318,7 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     settings = {**settings, "grid": grid, "map": {"crs": map_crs.to_string(), "resolution": size_m}}
     summaries = run_plan(blocks, output.dataset, block_task, settings=settings, desc="scoring",
                          on_client=print_dashboard, **run)
+    _done_with(run)
     total = sum(summary["rows"] for summary in summaries)
     if total == 0:
         raise InputError(f"no chip left: all {sum(b.cells for b in blocks)} candidate chips have more than "

@@ -259,3 +259,33 @@ def test_a_default_run_of_one_block_scores_here_with_every_core(trained, tmp_pat
     finally:
         torch.set_num_threads(saved)
     assert len(gpd.read_parquet(tmp_path / "out" / "predictions.parquet")) >= 4
+
+
+def test_a_local_cluster_starts_while_the_client_loads_the_model_and_is_closed_after(trained, tmp_path,
+                                                                                     monkeypatch):
+    """The workers start while the client loads the model (seconds that were on the critical path), and the
+    cluster is closed when score returns: no thread or worker process left behind."""
+    import psutil
+
+    from geoclf import score as score_module
+
+    workdir, model = trained
+    naip = workdir / "scene" / "naip_2016.tif"
+    aoi = _corner_aoi(naip, tmp_path / "aoi.geojson", 700)
+    starting: list[list[str]] = []
+    load_model = score_module.load_model
+
+    def loading(*args, **kwargs):  # the real load, noting which cluster threads run meanwhile
+        starting.append(sorted(t.name for t in threading.enumerate() if t.name.startswith("geoclf-cluster")))
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "load_model", loading)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    score(str(model.path), tmp_path / "out", naip=[naip], aoi=aoi, scheduler="local", n_workers=1,
+          chips_per_partition=4, progress=False, html_map=False)
+    assert starting == [["geoclf-cluster-start"]]
+    assert not [t for t in threading.enumerate() if t.name.startswith("geoclf-cluster")]
+    assert not [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE]
+    predictions = gpd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert len(predictions) == len(tiling.read_index(tmp_path / "out" / "chips.parquet")) > 4  # several blocks

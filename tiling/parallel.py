@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -28,7 +29,7 @@ from tiling.errors import InputError
 #: set before a process starts, hence Dask's pre-spawn environment.
 WORKER_GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 
-Scheduler = Any  # None | "sync" | "local" | "tcp://host:port" | distributed.Client | a cluster object
+Scheduler = Any  # None | "sync" | "local" | "tcp://host:port" | distributed.Client | StartingCluster | a cluster
 
 #: Environment variable naming where the dashboard of the LocalClusters geoclf starts listens: ``HOST:PORT``
 #: (``0.0.0.0:8787`` to open it to the network, ``:8787`` for every interface), or ``off`` for no dashboard.
@@ -134,6 +135,90 @@ def for_tasks(scheduler: Scheduler, n_tasks: int) -> Scheduler:
     return "sync" if n_tasks <= 1 and scheduler in (None, "local") else scheduler
 
 
+class StartingCluster:
+    """A new LocalCluster started on a background thread, so that the client plans while its workers start.
+
+    Give it to :func:`dask_client` as the scheduler: it yields the cluster's client once every worker process
+    of it is up (waiting only for what is left of the start), and leaves the cluster open; its owner closes it
+    with :meth:`close`, which can run on a thread too (:meth:`close_soon`), e.g. while the maps are written.
+
+    Args:
+        n_workers: worker processes (default: one per core).
+        threads_per_worker: threads per worker.
+        memory_limit: per-worker memory limit.
+    """
+
+    def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
+                 memory_limit: str | None = "auto") -> None:
+        self.n_workers = n_workers or default_workers()
+        self._cluster: Any = None
+        self._client: Any = None
+        self._error: BaseException | None = None
+        self._closing: threading.Thread | None = None
+        # the dashboard address is read here: a bad GEOCLF_DASHBOARD is the caller's one-line error, now
+        address = dashboard_address()
+        config = local_cluster_config()
+        self._started = threading.Thread(target=self._start, args=(address, config, threads_per_worker,
+                                                                   memory_limit), daemon=True,
+                                         name="geoclf-cluster-start")
+        self._started.start()
+
+    def _start(self, address: str | None, config: dict[str, Any], threads_per_worker: int,
+               memory_limit: str | None) -> None:
+        try:
+            from distributed import Client, LocalCluster
+
+            with dask.config.set(config):
+                self._cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=threads_per_worker,
+                                             processes=True, memory_limit=memory_limit, dashboard_address=address)
+                self._client = Client(self._cluster)
+        except BaseException as exc:  # raised where the client is asked for
+            self._error = exc
+
+    def client(self) -> Any:
+        """The cluster's ``distributed.Client``, once the cluster has started (re-raises its start's error)."""
+        self._started.join()
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def close_soon(self) -> None:
+        """Start closing the cluster on a thread (:meth:`close` waits for it)."""
+        if self._closing is None:
+            self._closing = threading.Thread(target=self._close, daemon=True, name="geoclf-cluster-close")
+            self._closing.start()
+
+    def close(self, failed: bool = False) -> None:
+        """Close the cluster (after its start, if still under way) and wait until it is closed.
+
+        Args:
+            failed: the work stopped on an error (or Ctrl-C): Dask's shutdown log is silenced
+                (:func:`quiet_shutdown`).
+        """
+        if self._closing is None:
+            if failed:
+                self._started.join()
+                with quiet_shutdown(True, self._client):
+                    self._close()
+                return
+            self.close_soon()
+        assert self._closing is not None
+        self._closing.join()
+
+    def _close(self) -> None:
+        self._started.join()
+        for part in (self._client, self._cluster):
+            if part is not None:
+                with suppress(Exception):
+                    part.close()
+
+    def __enter__(self) -> StartingCluster:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        self.close(failed=kind is not None)
+
+
 @contextmanager
 def dask_client(scheduler: Scheduler = None, n_workers: int | None = None, threads_per_worker: int = 1,
                 memory_limit: str | None = "auto") -> Iterator[Any]:
@@ -142,7 +227,8 @@ def dask_client(scheduler: Scheduler = None, n_workers: int | None = None, threa
     Args:
         scheduler: ``None``/``"local"`` for a new LocalCluster of worker processes (closed afterwards),
             ``"sync"`` for no cluster at all, an address such as ``"tcp://10.0.0.5:8786"``, an existing
-            ``Client`` (used as is) or a cluster object (LocalCluster, dask-cloudprovider clusters).
+            ``Client`` or a :class:`StartingCluster` (used as is: their owner closes them) or a cluster object
+            (LocalCluster, dask-cloudprovider clusters).
         n_workers: worker processes of a new LocalCluster (default: one per core).
         threads_per_worker: threads per worker of a new LocalCluster.
         memory_limit: per-worker memory limit of a new LocalCluster.
@@ -157,6 +243,9 @@ def dask_client(scheduler: Scheduler = None, n_workers: int | None = None, threa
 
     if isinstance(scheduler, Client):
         yield scheduler
+        return
+    if isinstance(scheduler, StartingCluster):  # its owner closes it
+        yield scheduler.client()
         return
     if scheduler is None or scheduler == "local":
         address = dashboard_address()
