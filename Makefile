@@ -37,10 +37,10 @@ demo: install
 	@echo; echo "Runs:"; GEOCLF_RUNS=$(DEMO)/runs $(GEOCLF) runs list
 	@echo; echo "Open $(DEMO)/map-2016/map.html, $(DEMO)/change/report.html and $(DEMO)/report-lr-lite0/report.html in a browser."
 
-# The suite runs as three pytest processes, one per group of test files (together: every tests/test_*.py). One
-# process for all of it twice died of a segmentation fault after ~400 tests, with no Python traceback, while
-# torch, OpenVINO, GDAL and Dask threads had accumulated in it (cause not found yet). The processes share one
-# fresh directory ($GEOCLF_TEST_SHARED) where the quickstart fixture is built once and resumed by the others.
+# The suite runs as three pytest processes, one per group of test files (together: every tests/test_*.py), which
+# bounds what one long process accumulates (one process for all of it once died of a silent SIGSEGV: OpenVINO's
+# per-Core alternate signal stack, fixed in geoclf.runtime.openvino_core). The processes share one fresh
+# directory ($GEOCLF_TEST_SHARED) where the quickstart fixture is built once and resumed by the others.
 TEST_GROUPS := 'tests/test_[a-c]*.py' 'tests/test_[d-p]*.py' 'tests/test_[q-z]*.py'
 
 test: install browser

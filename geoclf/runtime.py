@@ -180,12 +180,30 @@ def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
 
 
 @cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, made on first use and never destroyed.
+
+    OpenVINO's CPU plugin gives the thread that loads it an alternate signal stack of its own, and when its
+    ``Core`` goes, it puts back the stack it found there. With one Core per runner, two runners whose lives
+    overlap and that end in the order they began (an export check's and a scoring run's, or two models'
+    cached runners) leave the thread's alternate stack pointing at the freed stack of the first; the next
+    signal that has a Python handler (Ctrl-C) then cannot be delivered and the kernel kills the process with
+    SIGSEGV, silently, since faulthandler's handler runs on that stack too. One Core for the process keeps its
+    stack alive, and loads the plugin once.
+
+    Raises:
+        ImportError: OpenVINO is not installed.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
+@cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX), as OpenVINO or Linux reports it."""
     with contextlib.suppress(ImportError, RuntimeError):
-        import openvino as ov
-
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -379,7 +397,7 @@ class OpenVINORunner(Runner):
                              "not installed here; use --runtime torch") from None
         super().__init__(precision, threads)
         self.path = Path(path)
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(self.path))
             ppp = PrePostProcessor(model)

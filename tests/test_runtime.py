@@ -439,3 +439,42 @@ def test_a_client_without_torch_scores_a_finetuned_exported_model(small_scene, t
     ours = predictions[[f"prob_{c}" for c in ["a", "b", "c"]]].to_numpy()
     assert len(predictions) == len(tiling.read_index(out / "chips.parquet")) >= 50
     assert relative_error(ours, reference) <= FP32_RTOL
+
+
+# Two OpenVINO runners whose lives overlap, dropped in the order they were made (a model's cached runner and
+# another model's, or the export check's and a scoring run's), then Ctrl-C. With one OpenVINO Core per runner
+# this process died of SIGSEGV without a word (exit -11): the CPU plugin had left the main thread's alternate
+# signal stack pointing at the first runner's freed one (the cause of a whole-suite pytest process dying).
+_OVERLAPPING_RUNNERS = """
+import faulthandler, gc, os, signal, sys
+import numpy as np
+from torch import nn
+from geoclf.runtime import OpenVINORunner, export_onnx
+
+faulthandler.enable()
+path = sys.argv[1]
+export_onnx(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), path, input_shape=(3, 16, 16))
+batch = np.zeros((2, 3, 16, 16), np.float32)
+first = OpenVINORunner(path, precision="fp32", threads=1)
+second = OpenVINORunner(path, precision="fp32", threads=1)
+assert first(batch).shape == second(batch).shape == (2, 4)
+del first
+gc.collect()
+del second
+gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+except KeyboardInterrupt:
+    print("Ctrl-C reached Python")
+"""
+
+
+def test_ctrl_c_after_openvino_runners_end_in_the_order_they_began(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    done = subprocess.run([sys.executable, "-c", _OVERLAPPING_RUNNERS, str(tmp_path / "tiny.onnx")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert "Ctrl-C reached Python" in done.stdout
