@@ -14,7 +14,8 @@ the client) on a fresh LocalCluster of ``--workers`` workers, into a fresh outpu
 ``html_map=False`` (the page's imagery layers read every raster's overviews: a cost of its own). Measured:
 
 - **client peak RSS**: this process (the client and, with a LocalCluster, the Dask scheduler), sampled every
-  0.2 s during ``score``; the figure that must stay flat (<= 1.5x from 100k to 1M chips);
+  0.2 s during ``score``; the figure that must stay flat (<= 1.5x from 100k to 1M chips); also split into the
+  peak while partitions are computed and the peak after the last one (the mosaic, COG, polygons and PNG);
 - **total time** of ``score`` and **time to first partition** (the first partition file's appearance);
 - **task time** split as the workers' summaries report it (each partition's footer): ``model`` (chip windows
   read + ``predict_proba``: the model's share), ``tile`` (the block's cells laid out and their nodata
@@ -112,12 +113,15 @@ class ClientMemory:
         self.baseline = self._process.memory_info().rss / 2**20
         self.peak = self.baseline
         self.first_partition: float | None = None
+        self.samples: list[tuple[float, float]] = []  # (epoch seconds, RSS MB): the peak of each phase
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss / 2**20)
+            rss = self._process.memory_info().rss / 2**20
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.time(), rss))
             if self.first_partition is None and self._dataset.is_dir() and next(
                     self._dataset.glob("*/part-*.parquet"), None) is not None:
                 self.first_partition = time.perf_counter()
@@ -154,6 +158,10 @@ def run_size(model: Path, scenes: list[Path], out: Path, workers: int, chips_per
     wall_epoch = time.time() - (time.perf_counter() - started)  # perf_counter origin -> epoch
     first_start = min(m - s["task_s"] for m, s in zip(mtimes, summaries, strict=True))
     computing = max(mtimes) - first_start
+    # the client's peak while partitions were computed (planning included) and after the last one (mosaic, COG,
+    # polygons, PNG): what grows with the area shows in one of them
+    during = max((rss for when, rss in memory.samples if when <= max(mtimes)), default=memory.baseline)
+    after = max((rss for when, rss in memory.samples if when > max(mtimes)), default=memory.baseline)
     return {
         "chips": chips, "scenes": len(scenes), "tasks": len(files), "workers": workers,
         "total_s": round(total, 1),
@@ -161,6 +169,7 @@ def run_size(model: Path, scenes: list[Path], out: Path, workers: int, chips_per
         "planning_s": round(first_start - wall_epoch, 2),
         "after_last_partition_s": round(wall_epoch + total - max(mtimes), 1),
         "client_rss_baseline_mb": round(memory.baseline), "client_rss_peak_mb": round(memory.peak),
+        "client_rss_peak_partitions_mb": round(during), "client_rss_peak_after_mb": round(after),
         "task_s": round(task_s, 1), **{f"{k}_s": round(v, 1) for k, v in parts.items()},
         "scheduler_overhead_per_task_ms": round(1000 * (workers * computing - task_s) / len(files), 1),
         "model_share": round(parts["model"] / (workers * total), 3),

@@ -415,9 +415,12 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
     return written
 
 
-#: Largest map, in pixels (chips), that is polygonized into ``landuse.parquet``/``landuse.geojson``: past it
-#: one polygon per class is no file a GIS opens, and dissolving it takes longer than scoring.
-POLYGON_MAX_PIXELS = 4_000_000
+#: Largest map, in pixels (chips), that is polygonized into ``landuse.parquet``/``landuse.geojson`` (the
+#: single-file size of the predictions, :data:`geoclf.score.SINGLE_FILE_CHIPS`): the client holds every piece of
+#: the map as a polygon while it dissolves them, so its memory grows with the area. Measured on a scored
+#: scene's map tiled to 88,209 and 980,100 pixels: +135 MB and 54 s, +1,253 MB and 761 s (polygons and both
+#: files; load ~10). Past it the COG is the map, and ``gdal_polygonize`` reads it in blocks.
+POLYGON_MAX_PIXELS = 250_000
 
 
 def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFacts, *,
