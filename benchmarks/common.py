@@ -74,6 +74,31 @@ def cached_scene(work: Path, size_m: float, resolution: float = 1.0, seed: int =
     return scene.naip, Path(str(scene.nlcd))
 
 
+
+def train_scoring_model(work: Path, naip: Path, nlcd: Path, name: str, per_class: int = 20) -> Path:
+    """A ``features`` model artifact (EfficientNet-Lite0 + logistic regression) trained once on ``per_class``
+    chips of each class and split of the scene, cached as ``work/name``: what the scoring benchmarks score with."""
+    import shutil
+
+    import tiling
+    from geoclf.classifiers import train_classifier
+    from geoclf.features import featurize
+
+    out = work / name
+    if (out / "model.json").exists():
+        return out
+    log(f"training the scoring model {name} once (tile, featurize a few hundred chips, logistic regression)")
+    train = work / f"{name}-training"
+    shutil.rmtree(train, ignore_errors=True)
+    index = tiling.tile([naip], nlcd, params=tiling.TileParams(), progress=False)
+    subset = index.groupby(["label", "split"], group_keys=False).head(per_class)
+    subset.attrs = index.attrs
+    tiling.write_index(subset, train / "chips" / "chips.parquet")
+    featurize(train / "chips", train / "features", scheduler="sync", record_run=False, progress=False)
+    result = train_classifier(train / "features", "logistic_regression", runs_dir=train / "runs")
+    shutil.copytree(result.artifact_dir, out)
+    return out
+
 def log(message: str) -> None:
     """Progress messages go to stderr; stdout holds only the results table."""
     print(message, file=sys.stderr, flush=True)

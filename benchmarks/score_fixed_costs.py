@@ -16,8 +16,15 @@ This script measures each fixed cost separately, so a fix shows as one line gett
 * **tiling** the area on the model's grid (as ``score(naip=...)`` does, on the client) and **maps** (``write_maps``
   on the predictions);
 * **partitions**: the partition sizes ``score`` cuts ``--chips`` chips into, and how long the last one runs alone;
-* **whole command**: ``geoclf score`` as a user runs it (a subprocess), default LocalCluster vs
-  ``--scheduler sync``, each on torch and on ``--runtime openvino`` (the model exported once), alternating (ABBA).
+* **memory of one scoring process**, step by step (``/proc/self/smaps_rollup`` in a fresh interpreter: imports,
+  model load, network, two partitions of 256 chips scored as a worker scores them, one torch thread), on torch
+  and on OpenVINO, with and without the glibc malloc tunables workers run with (``--memory-only``: this alone, as
+  it takes minutes);
+* **whole command**: ``geoclf score`` as a user runs it (a subprocess): the default (``--scheduler auto``), a
+  LocalCluster whose workers start while the client loads the model and which closes while the maps are written,
+  the same LocalCluster started and closed around the partitions only (``geoclf.score.OVERLAP_CLUSTER = False``),
+  and OpenVINO in-process; alternating (ABBA); wall and CPU seconds and the peak memory of the whole process tree
+  (client + workers).
 
 The area is a synthetic scene of about ``--chips`` chips of 224 m (rendered once into the work directory),
 the model a logistic regression on EfficientNet-Lite0 features trained once on chips of that scene.
@@ -39,7 +46,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, cached_scene, command_line, default_work_dir, describe_load, log, machine_load
+from common import (
+    REPO,
+    cached_scene,
+    command_line,
+    default_work_dir,
+    describe_load,
+    log,
+    machine_load,
+    train_scoring_model,
+)
 
 IMPORTS = {
     "geoclf.cli": "import geoclf.cli",
@@ -63,24 +79,7 @@ def fresh_seconds(code: str, setup: str = "") -> float:
 
 def scoring_model(work: Path, naip: Path, nlcd: Path, per_class: int = 20) -> Path:
     """A ``features`` model (EfficientNet-Lite0 + logistic regression) trained once on chips of the scene."""
-    import tiling
-    from geoclf.classifiers import train_classifier
-    from geoclf.features import featurize
-
-    out = work / f"fixed-model-{naip.parent.name}"
-    if (out / "model.json").exists():
-        return out
-    log("training the scoring model once")
-    train = work / "fixed-model-training"
-    shutil.rmtree(train, ignore_errors=True)
-    index = tiling.tile([naip], nlcd, params=tiling.TileParams(), progress=False)
-    subset = index.groupby(["label", "split"], group_keys=False).head(per_class)
-    subset.attrs = index.attrs
-    tiling.write_index(subset, train / "chips" / "chips.parquet")
-    featurize(train / "chips", train / "features", scheduler="sync", record_run=False, progress=False)
-    result = train_classifier(train / "features", "logistic_regression", runs_dir=train / "runs")
-    shutil.copytree(result.artifact_dir, out)
-    return out
+    return train_scoring_model(work, naip, nlcd, f"fixed-model-{naip.parent.name}", per_class)
 
 
 #: The classifier's reader, after ``geoclf.artifact`` (not timed): skops' own import, which walks every
@@ -146,20 +145,105 @@ def cluster_costs(workers: int, model_dir: Path, table: Any, repeats: int) -> di
             "same task again (model cached)": statistics.median(seconds)}
 
 
-def command_seconds(model_dir: Path, naip: Path, out: Path, extra: list[str]) -> float:
-    """Wall time of ``geoclf score`` as a subprocess, into a fresh output directory."""
+#: Runs ``geoclf score`` with the LocalCluster started and closed around the partitions only (as before the
+#: overlap): the reference of the overlapped start and close, in the same run.
+NO_OVERLAP = ("import sys\nimport geoclf.score\ngeoclf.score.OVERLAP_CLUSTER = False\n"
+              "from geoclf.cli import main\nmain(sys.argv[1:])\n")
+
+#: The whole-command variants: name -> (options, run without the overlap).
+VARIANTS: dict[str, tuple[list[str], bool]] = {
+    "geoclf score (default: --scheduler auto)": ([], False),
+    "geoclf score --scheduler local (workers start while the client loads, close beside the maps)":
+        (["--scheduler", "local"], False),
+    "geoclf score --scheduler local, cluster around the partitions only": (["--scheduler", "local"], True),
+    "geoclf score --runtime openvino --scheduler sync": (["--runtime", "openvino", "--scheduler", "sync"], False),
+}
+OVERLAPPED, AROUND = list(VARIANTS)[1:3]
+
+
+def run_command(model_dir: Path, naip: Path, out: Path, extra: list[str], no_overlap: bool) -> dict[str, Any]:
+    """``geoclf score`` as a subprocess into a fresh output: wall and CPU seconds, peak memory of its process
+    tree (client + workers, summed resident memory; ``torchgeo_compare.run_tree``)."""
+    from torchgeo_compare import run_tree
+
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "GEOCLF_DASHBOARD": "off"}
     env.pop("GLIBC_TUNABLES", None)  # as a user's shell has it: the command sets its own
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "geoclf", "score", "--model", str(model_dir), "--naip", str(naip),
-                           "--out", str(out), *extra], capture_output=True, text=True, env=env,
-                          timeout=3600)
-    seconds = time.perf_counter() - started
+    entry = ["-c", NO_OVERLAP] if no_overlap else ["-m", "geoclf"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return run_tree([sys.executable, *entry, "score", "--model", str(model_dir), "--naip", str(naip), "--out",
+                     str(out), *extra], env, out.parent)
+
+
+#: One scoring process, step by step (run in a fresh interpreter by :func:`memory_steps`): what it holds after
+#: each step, and its peak.
+MEMORY_PROBE = """
+import json, resource, sys
+def roll():
+    fields = {}
+    for line in open("/proc/self/smaps_rollup"):
+        parts = line.split()
+        if parts[0] in ("Rss:", "Anonymous:"):
+            fields[parts[0][:-1]] = int(parts[1]) / 1024
+    return fields
+model_dir, index_path, runtime = sys.argv[1:4]
+steps = {"python": roll()}
+import pandas as pd
+import tiling
+from geoclf.score import ScoreTask
+from geoclf.models import load_model
+steps["import geoclf.score"] = roll()
+model = load_model(model_dir)
+steps["load_model (classifier)"] = roll()
+model.use_runtime(runtime, "auto", 1).prepare()
+steps["network ready (" + runtime + ")"] = roll()
+table = pd.DataFrame(tiling.read_index(index_path).drop(columns="geometry")).sort_values("chip_id")
+task = ScoreTask(model_dir=model_dir, batch_size=32, torch_threads=1, runtime=runtime, loaded=model)
+for i in range(2):
+    task(table.iloc[i * 256:(i + 1) * 256])
+    steps["partition %d scored (256 chips)" % (i + 1)] = roll()
+steps["peak"] = {"Rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+steps["torch imported"] = "torch" in sys.modules
+print(json.dumps(steps))
+"""
+
+
+def memory_steps(model_dir: Path, index: Path, runtime: str, tunables: bool) -> dict[str, Any]:
+    """:data:`MEMORY_PROBE` in a fresh interpreter: resident and anonymous MB after each step, and the peak."""
+    from tiling.parallel import WORKER_GLIBC_TUNABLES
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("GLIBC_TUNABLES", None)
+    if tunables:
+        env["GLIBC_TUNABLES"] = WORKER_GLIBC_TUNABLES
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(model_dir), str(index), runtime],
+                          capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
-        raise RuntimeError(f"geoclf score {' '.join(extra)} failed: {done.stderr[-2000:]}")
-    return seconds
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_table(model_dir: Path, index: Path) -> dict[str, dict[str, Any]]:
+    """The memory probe on torch and OpenVINO, with and without the tunables; printed as one table."""
+    from geoclf.export import export_model
+
+    export_model(model_dir)  # once (kept when valid)
+    runs = {f"{runtime}, {'tunables' if tunables else 'no tunables'}": memory_steps(model_dir, index, runtime,
+                                                                                       tunables)
+            for runtime in ("torch", "openvino") for tunables in (True, False)}
+    names = list(runs)
+    print("\n| step (RSS / anonymous MB) | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    steps = [key for key in next(iter(runs.values())) if key != "torch imported"]
+    for step in steps:
+        cells = []
+        for name in names:
+            row = next((v for k, v in runs[name].items() if k.split(" (")[0] == step.split(" (")[0]), {})
+            cells.append(" / ".join(f"{row[f]:.0f}" for f in ("Rss", "Anonymous") if f in row))
+        print(f"| {step.split(' (')[0]} | " + " | ".join(cells) + " |")
+    print("| torch imported | " + " | ".join(str(runs[name]["torch imported"]) for name in names) + " |")
+    return runs
 
 
 def main() -> int:
@@ -171,14 +255,16 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--skip-command", action="store_true", help="leave out the whole-command runs")
     parser.add_argument("--imports-only", action="store_true", help="measure the imports only")
+    parser.add_argument("--memory-only", action="store_true", help="measure one scoring process's memory only")
     args = parser.parse_args()
     work = (args.work or default_work_dir()).expanduser()
     start = machine_load()
     rows: dict[str, float] = {}
-    for name, code in IMPORTS.items():
+    for name, code in IMPORTS.items() if not args.memory_only else ():
         rows[f"import {name}"] = median_of(args.repeats, lambda code=code: fresh_seconds(code))
         log(f"import {name}: {rows[f'import {name}']:.2f} s")
-    rows.update(skops_import_costs(args.repeats))
+    if not args.memory_only:
+        rows.update(skops_import_costs(args.repeats))
     if args.imports_only:
         print_rows(start, rows)
         return 0
@@ -186,10 +272,11 @@ def main() -> int:
     naip, nlcd = cached_scene(work, side * 224.0)
     model_dir = scoring_model(work, naip, nlcd)
     setup = "from geoclf.models import load_model"
-    rows["load model artifact (client)"] = median_of(
-        args.repeats, lambda: fresh_seconds(f"load_model({str(model_dir)!r})", setup))
-    rows["load + prepare (network built)"] = median_of(
-        args.repeats, lambda: fresh_seconds(f"load_model({str(model_dir)!r}).prepare()", setup))
+    if not args.memory_only:
+        rows["load model artifact (client)"] = median_of(
+            args.repeats, lambda: fresh_seconds(f"load_model({str(model_dir)!r})", setup))
+        rows["load + prepare (network built)"] = median_of(
+            args.repeats, lambda: fresh_seconds(f"load_model({str(model_dir)!r}).prepare()", setup))
 
     import tiling
     from geoclf.maps import write_maps
@@ -204,6 +291,12 @@ def main() -> int:
     import pandas as pd
 
     table = pd.DataFrame(index.drop(columns="geometry"))
+    if args.memory_only:
+        print(f"\n{command_line()}")
+        memory = memory_table(model_dir, work / "fixed-tiles")
+        print(f"\n{describe_load(start, machine_load())}")
+        (work / "fixed-memory.json").write_text(json.dumps(memory, indent=2))
+        return 0
     rows.update(cluster_costs(args.workers, model_dir, table, args.repeats))
     sizes = [len(p) for p in split_partitions(table, 512)]
     log(f"partitions of {len(table)} chips at 512: {sizes}")
@@ -213,16 +306,13 @@ def main() -> int:
         from geoclf.export import export_model
 
         export_model(model_dir)  # once; torch runs ignore it
-        variants = {"geoclf score (LocalCluster)": [], "geoclf score --scheduler sync": ["--scheduler", "sync"],
-                    "geoclf score --runtime openvino (LocalCluster)": ["--runtime", "openvino"],
-                    "geoclf score --runtime openvino --scheduler sync": ["--runtime", "openvino", "--scheduler",
-                                                                         "sync"]}
-        names = list(variants)
+        names = list(VARIANTS)
         for r in range(args.rounds):
             result = {}
             for name in names if r % 2 == 0 else names[::-1]:
-                result[name] = command_seconds(model_dir, naip, work / "fixed-out", variants[name])
-                log(f"{name}: {result[name]:.1f} s")
+                extra, no_overlap = VARIANTS[name]
+                result[name] = run_command(model_dir, naip, work / "fixed-out", extra, no_overlap)
+                log(f"{name}: {result[name]['seconds']:.1f} s, peak {result[name]['peak_mb']:.0f} MB")
             rounds.append(result)
         out = work / "fixed-out"
         from geoclf.landuse import read_predictions
@@ -239,12 +329,20 @@ def main() -> int:
     for name, seconds in rows.items():
         print(f"| {name} | {seconds:.2f} |")
     if rounds:
-        print("\n| whole command | seconds (median) | chips/s | range |")
-        print("|---|---|---|---|")
+        print("\n| whole command | seconds (median) | chips/s | range | CPU s | peak MB (client + workers) |")
+        print("|---|---|---|---|---|---|")
         for name in rounds[0]:
-            values = [rd[name] for rd in rounds]
+            values = [rd[name]["seconds"] for rd in rounds]
             med = statistics.median(values)
-            print(f"| {name} | {med:.1f} | {len(table) / med:.1f} | {min(values):.1f}-{max(values):.1f} |")
+            cpu = statistics.median(rd[name]["cpu"] for rd in rounds)
+            peak = max(rd[name]["peak_mb"] for rd in rounds)
+            print(f"| {name} | {med:.1f} | {len(table) / med:.1f} | {min(values):.1f}-{max(values):.1f} | "
+                  f"{cpu:.1f} | {peak:.0f} |")
+        ratios = ", ".join(f"{rd[AROUND]['seconds'] / rd[OVERLAPPED]['seconds']:.2f}x" for rd in rounds)
+        print(f"\nLocalCluster around the partitions only / overlapped, per round: {ratios}")
+    for rd in rounds:
+        for value in rd.values():
+            value.pop("stdout", None)
     (work / "fixed-costs.json").write_text(json.dumps({"load": [start, end], "rows": rows, "rounds": rounds,
                                                        "partitions": sizes}, indent=2))
     return 0

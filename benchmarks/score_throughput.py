@@ -52,6 +52,7 @@ from common import (
     pct,
     timed_rate,
     torch_threads_for,
+    train_scoring_model,
     worker_peak_rss,
 )
 
@@ -62,24 +63,7 @@ SCENE_M = 10_000.0
 
 def cached_model(work: Path, naip: Path, nlcd: Path, per_class: int = 30) -> Path:
     """A ``features`` model artifact (EfficientNet-Lite0 + logistic regression) trained once on the scene."""
-    import tiling
-    from geoclf.classifiers import train_classifier
-    from geoclf.features import featurize
-
-    out = work / "model-efficientnet_lite0-lr"
-    if (out / "model.json").exists():
-        return out
-    log("training the scoring model once (tile, featurize a few hundred chips, logistic regression)")
-    train = work / "model-training"
-    shutil.rmtree(train, ignore_errors=True)
-    index = tiling.tile([naip], nlcd, params=tiling.TileParams(), progress=False)
-    subset = index.groupby(["label", "split"], group_keys=False).head(per_class)
-    subset.attrs = index.attrs
-    tiling.write_index(subset, train / "chips" / "chips.parquet")
-    featurize(train / "chips", train / "features", scheduler="sync", record_run=False, progress=False)
-    result = train_classifier(train / "features", "logistic_regression", runs_dir=train / "runs")
-    shutil.copytree(result.artifact_dir, out)
-    return out
+    return train_scoring_model(work, naip, nlcd, "model-efficientnet_lite0-lr", per_class)
 
 
 def area_scenes(work: Path, naip: Path, count: int) -> list[Path]:
