@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -82,14 +83,44 @@ class TrainResult:
         return scalar_metrics(self.evaluation)
 
 
+def block_scaler(blocks: Mapping[str, Sequence[int]]) -> Any:
+    """Standardize every block of a feature vector on its own, then weigh it so each block carries the same
+    total variance: a ``ColumnTransformer`` of one ``StandardScaler`` per block, block ``b`` of ``d_b``
+    columns weighted ``sqrt(D / (k d_b))`` (``k`` blocks, ``D`` columns in all, so the vector keeps the total
+    variance plain standardization gives it and a classifier's regularization means what it meant).
+
+    Without it the 1,280 CNN columns of a combined vector outweigh its 22 spectral ones 58 to 1 under a
+    logistic regression's penalty; measured by spatial cross-validation on the quickstart scene, equal
+    blocks lift CNN + spectral from 0.929 to 0.962 (docs/featurize.md).
+
+    Args:
+        blocks: block name -> ``[start, stop)`` columns (``features.json``'s ``blocks``).
+
+    Raises:
+        InputError: blocks that overlap, are empty or leave columns out.
+    """
+    from sklearn.compose import ColumnTransformer  # here: only combined features need it
+
+    spans = sorted((int(v[0]), int(v[1]), str(k)) for k, v in blocks.items())
+    if not spans or spans[0][0] != 0 or any(a >= b for a, b, _ in spans) or any(
+            spans[i][1] != spans[i + 1][0] for i in range(len(spans) - 1)):
+        raise InputError(f"feature blocks {dict(blocks)} do not tile the vector")
+    total = spans[-1][1]
+    return ColumnTransformer(
+        [(name, StandardScaler(), np.arange(start, stop)) for start, stop, name in spans],
+        transformer_weights={name: math.sqrt(total / (len(spans) * (stop - start))) for start, stop, name in spans})
+
+
 def make_classifier(classifier: str = "logistic_regression", params: Mapping[str, Any] | None = None,
-                    seed: int = 0) -> Any:
+                    seed: int = 0, blocks: Mapping[str, Sequence[int]] | None = None) -> Any:
     """An unfitted ``Pipeline(StandardScaler, <classifier>)`` with geoclf's defaults, ``params`` and seed.
 
     Args:
         classifier: a key of :data:`CLASSIFIERS`.
         params: constructor parameters of the scikit-learn classifier (e.g. ``{"C": 0.5}``).
         seed: ``random_state``, unless ``params`` sets it.
+        blocks: the vector's blocks (``features.json``'s ``blocks``, a combined featurizer's): then each block
+            is standardized and weighed on its own (:func:`block_scaler`) instead of one ``StandardScaler``.
 
     Raises:
         InputError: unknown classifier or parameter (the message lists the valid ones).
@@ -105,7 +136,8 @@ def make_classifier(classifier: str = "logistic_regression", params: Mapping[str
         raise InputError(f"unknown parameter {unknown[0]!r} for {classifier}; valid parameters: "
                          f"{', '.join(valid)}")
     settings = {**defaults, "random_state": seed, **(params or {})}
-    return Pipeline([("scale", StandardScaler()), ("classifier", estimator_class(**settings))])
+    scale = block_scaler(blocks) if blocks and len(blocks) > 1 else StandardScaler()
+    return Pipeline([("scale", scale), ("classifier", estimator_class(**settings))])
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
@@ -143,7 +175,7 @@ def train_classifier(features: PathLike | Sequence[PathLike], classifier: str = 
     """
     data = load_features(features)
     split = prepare_split(data)
-    pipeline = make_classifier(classifier, params, seed)
+    pipeline = make_classifier(classifier, params, seed, blocks=data.meta.get("blocks"))
     name = name or f"{classifier}-{data.meta.get('backbone') or data.featurizer.kind}"
 
     started = time.perf_counter()
@@ -182,5 +214,5 @@ def _parse_value(text: str) -> Any:
     return text if isinstance(value, float) and not math.isfinite(value) else value
 
 
-__all__ = ["CLASSIFIERS", "FeatureSet", "TrainResult", "load_features", "make_classifier", "parse_params",
-           "train_classifier"]
+__all__ = ["CLASSIFIERS", "FeatureSet", "TrainResult", "block_scaler", "load_features", "make_classifier",
+           "parse_params", "train_classifier"]

@@ -197,7 +197,7 @@ class FeaturizeSliceTask:
 def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, backbone: str = "efficientnet_lite0",
               weights: str = "default", batch_size: int = 32, chips_per_partition: int = 512,
               scheduler: Scheduler = None, n_workers: int | None = None, nir: bool = True,
-              progress: bool = True, record_run: bool = True, run_name: str | None = None,
+              spectral: bool = True, progress: bool = True, record_run: bool = True, run_name: str | None = None,
               runs_dir: str | os.PathLike[str] | None = None, runtime: str = "torch",
               precision: str = "auto") -> Path:
     """Featurize every chip of an index (or PNG folder) with a pretrained CNN; write partitions to ``out``.
@@ -218,6 +218,9 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         scheduler: ``None``/``"local"`` (LocalCluster), ``"sync"``, an address or a client.
         n_workers: worker processes of a new LocalCluster (default: one per core).
         nir: also compute NDVI/NIR statistics (needs 4-band chips).
+        spectral: a backbone's features beside the spectral statistics of every band, NIR included where
+            every chip has it (a ``combined`` featurizer, :mod:`geoclf.featurizers.combined`); ``False``: the
+            CNN's features alone. Ignored for ``backbone="spectral"``.
         record_run: record the run in the run history (see :mod:`geoclf.runs`).
         run_name: its name (default ``featurize-<backbone>``).
         runs_dir: runs directory or tracking URI.
@@ -245,12 +248,13 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         plan = plan_index_slices(facts.path, chips_per_partition)
     # loaded here, on the client: a bad name or weights offline fail now in one line, not on every worker
     # on the CPU even where there is a GPU, as geoclf always featurized
-    featurizer = make_featurizer(backbone, weights, device="cpu")
+    featurizer = make_featurizer(backbone, weights, device="cpu", spectral=spectral)
     featurizer = featurizer.for_band_count(bands)  # NIR where every chip has it
     baseline = SpectralFeaturizer().for_band_count(bands)
     threads = task_threads(scheduler, n_workers)
     described = featurizer.describe()
     settings = {"backbone": backbone, "weights": described.get("weights_ref"), "nir": nir, "source": source,
+                "featurizer": featurizer.kind,
                 "baseline": baseline.describe()}
     out_dir = Path(out)
     exported: dict[str, Any] = {}
@@ -287,14 +291,15 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         "chips": count,
         "source": source,
         "task": {"backbone": backbone, "weights": weights, "chip_size": task.chip_size, "batch_size": batch_size,
-                 "torch_threads": threads, "nir": nir},
+                 "torch_threads": threads, "nir": nir, "spectral": spectral},
         **exported,
     }
     with atomic_path(out_dir / META_FILE) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, default=str))
     if record_run:
         params = {"backbone": backbone, "weights": weights, "chips": count, "batch_size": batch_size,
-                  "nir": nir, "features_dir": str(out_dir.resolve()), "chip_source": source["path"]}
+                  "nir": nir, "spectral": spectral, "featurizer": featurizer.kind,
+                  "features_dir": str(out_dir.resolve()), "chip_source": source["path"]}
         with start_run(run_name or f"featurize-{backbone}", "featurize", params=params, runs_dir=runs_dir) as run:
             run.log_metrics({"seconds": seconds, "chips_per_second": count / max(seconds, 1e-9)})
             run.log_artifact(out_dir / META_FILE)

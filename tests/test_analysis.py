@@ -11,24 +11,38 @@ import pytest
 from conftest import CHROMIUM, chromium
 from test_maps import hostile, hostile_predictions
 
+#: A forest of three stumps on the quickstart's features: the gallery tests need a model that makes mistakes,
+#: and the quickstart's own models (Lite0 + spectral statistics) classify its validation chips all but perfectly.
+WEAK = "rf-weak"
+
 
 @pytest.fixture(scope="module")
-def report(quickstart, tmp_path_factory):
-    """The random forest's report with the 2016 map and a gallery large enough for every mistake."""
+def weak(quickstart, tmp_path_factory):
+    """The run history holding :data:`WEAK` (apart from the quickstart's, whose models the golden test reads)."""
+    from geoclf.classifiers import train_classifier
+
+    runs_dir = tmp_path_factory.mktemp("weak-runs")
+    train_classifier(quickstart[0] / "features", "random_forest", params={"n_estimators": 3, "max_depth": 1},
+                     name=WEAK, runs_dir=runs_dir)
+    return runs_dir
+
+
+@pytest.fixture(scope="module")
+def report(quickstart, weak, tmp_path_factory):
+    """The weak forest's report with the 2016 map and a gallery large enough for every mistake."""
     from geoclf.analysis import results_report
 
     workdir = quickstart[0]
     out = tmp_path_factory.mktemp("report-rf")
-    written = results_report("rf-lite0", out, runs_dir=workdir / "runs", predictions=workdir / "map-2016",
-                             gallery=10_000)
+    written = results_report(WEAK, out, runs_dir=weak, predictions=workdir / "map-2016", gallery=10_000)
     return workdir, out, written
 
 
-def test_report_metrics_are_the_recorded_ones(report):
+def test_report_metrics_are_the_recorded_ones(report, weak):
     from geoclf import runs
 
-    workdir, out, _ = report
-    record = runs.get_run("rf-lite0", runs_dir=workdir / "runs")
+    _, out, _ = report
+    record = runs.get_run(WEAK, runs_dir=weak)
     overall = pd.read_csv(out / "metrics.csv", index_col="metric")["value"]
     for key in ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class"):
         assert overall[key] == pytest.approx(record.metrics[key], abs=1e-12), key
@@ -39,11 +53,11 @@ def test_report_metrics_are_the_recorded_ones(report):
             assert row[score] == pytest.approx(record.metrics[f"{score}.{name}"], abs=1e-12)
 
 
-def test_recall_is_divided_by_true_class_totals(report):
+def test_recall_is_divided_by_true_class_totals(report, weak):
     from geoclf import runs
 
-    workdir, out, _ = report
-    record = runs.get_run("rf-lite0", runs_dir=workdir / "runs")
+    _, out, _ = report
+    record = runs.get_run(WEAK, runs_dir=weak)
     # the run's own confusion matrix artifact, not the report's copy: true classes in rows
     cm = pd.read_csv(runs.artifact_path(record, "confusion_matrix.csv"), index_col=0)
     counts = cm.to_numpy()
@@ -56,17 +70,17 @@ def test_recall_is_divided_by_true_class_totals(report):
     assert not np.allclose(recall, precision)
 
 
-def test_gallery_holds_exactly_the_misclassified_validation_chips(report):
+def test_gallery_holds_exactly_the_misclassified_validation_chips(report, weak):
     from geoclf.artifact import load_model
     from geoclf.features import read_features
 
     workdir, out, written = report
     _, table = read_features(workdir / "features")
     val = table[(table["split"] == "val") & table["label"].notna()]
-    model = load_model("rf-lite0", runs_dir=workdir / "runs")
+    model = load_model(WEAK, runs_dir=weak)
     predicted = model.predict_features(np.stack(val["features"].to_numpy()))
     wrong = set(val["chip_id"][predicted != val["label"].to_numpy()])
-    assert wrong, "the quickstart's random forest should make some mistakes for this test to mean anything"
+    assert wrong, "the weak forest should make some mistakes for this test to mean anything"
 
     listed = pd.read_csv(out / "misclassified.csv")
     assert set(listed["chip_id"]) == wrong
@@ -153,12 +167,11 @@ def test_finetune_run_gallery_from_the_imagery(finetuned, tmp_path):
     assert len(list(written["gallery_dir"].glob("*.png"))) == len(wrong)
 
 
-def test_cli_report_gallery_size(quickstart, tmp_path, capsys):
+def test_cli_report_gallery_size(weak, tmp_path, capsys):
     from geoclf.cli import main
 
-    workdir = quickstart[0]
     out = tmp_path / "report"
-    args = ["report", "--run", "rf-lite0", "--out", str(out), "--runs-dir", str(workdir / "runs")]
+    args = ["report", "--run", WEAK, "--out", str(out), "--runs-dir", str(weak)]
     main([*args, "--gallery", "1"])
     assert "accuracy" in capsys.readouterr().out
     assert len(list((out / "gallery").glob("*.png"))) == 1
@@ -247,7 +260,7 @@ def test_report_shows_the_interactive_map_and_no_machine_paths(report, quickstar
     dom = chromium(tmp_path, probe, "--dump-dom", "--window-size=1200,900").stdout
     assert 'alt="land-use map"' in dom
     frame = json.loads(html.unescape(re.search(r'data-frame="([^"]*)"', dom).group(1)))
-    assert "Land use, 2016-" in frame["title"] and "rf-lite0" not in frame["title"]  # the scoring model's map
+    assert "Land use, 2016-" in frame["title"] and WEAK not in frame["title"]  # the scoring model's map
     assert frame["imagery"] >= 1 and frame["classes"] == 1
     assert "Developed" in frame["legend"] and "not scored" in frame["legend"]
     quick = (workdir / "report-lr-lite0" / "report.html").read_text(encoding="utf-8")

@@ -219,3 +219,20 @@ def test_parse_params() -> None:
                          "bootstrap=false", "solver = saga"]) == {
         "C": 0.5, "n_estimators": 200, "class_weight": "balanced", "max_depth": None, "bootstrap": False,
         "solver": "saga"}
+
+
+def test_block_scaler_gives_every_block_the_same_total_variance() -> None:
+    """1,280 CNN columns beside 22 spectral ones: each block standardized, then weighed to carry D/k variance."""
+    from geoclf.classifiers import block_scaler, make_classifier
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(5, 3, (200, 40)), rng.normal(-2, 0.1, (200, 4))], axis=1)
+    scaled = block_scaler({"cnn": [0, 40], "spectral": [40, 44]}).fit_transform(x)
+    variance = scaled.var(axis=0)
+    assert variance[:40].sum() == pytest.approx(22.0) and variance[40:].sum() == pytest.approx(22.0)
+    assert np.allclose(scaled.mean(axis=0), 0, atol=1e-9)
+    with pytest.raises(InputError, match="do not tile the vector"):
+        block_scaler({"cnn": [0, 40], "spectral": [41, 44]})
+    pipeline = make_classifier("logistic_regression", blocks={"cnn": [0, 40], "spectral": [40, 44]})
+    assert type(pipeline.named_steps["scale"]).__name__ == "ColumnTransformer"
+    assert type(make_classifier("logistic_regression").named_steps["scale"]).__name__ == "StandardScaler"

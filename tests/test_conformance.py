@@ -230,8 +230,9 @@ def wv(work):
     chips = work / "wv-chips"
     index = tiling.tile([naip], nlcd, chips, params=tiling.TileParams(chip_size=48, classes=real.FOREST_OPEN),
                         progress=False)
+    # the CNN alone (--no-spectral): an RGB model, which also maps the RGB copy below
     featurize(chips, work / "wv-features", backbone="efficientnet_lite0", weights="default", scheduler="sync",
-              progress=False, record_run=False)
+              progress=False, record_run=False, spectral=False)
     model = train_classifier(work / "wv-features", "logistic_regression", name="wv-lr", runs_dir=work / "runs")
     out = work / "wv-map"
     score(str(model.artifact_dir), out, naip=[naip], chip_size_m=WV_MAP_M, scheduler="sync", progress=False)
@@ -282,7 +283,8 @@ def test_the_same_map_from_an_rgb_copy(wv, work):
     # featurized, its chips give the features of the original's (RGB backbones never see NIR)
     few = index[index["cell"].isin(wv["index"]["cell"])].head(6)
     tiling.write_index(few, work / "wv-chips-rgb" / "chips.parquet")
-    featurize(work / "wv-chips-rgb", work / "wv-features-rgb", scheduler="sync", progress=False, record_run=False)
+    featurize(work / "wv-chips-rgb", work / "wv-features-rgb", scheduler="sync", progress=False, record_run=False,
+              spectral=False)
     assert_same_features(work / "wv-features-rgb", work / "wv-features", few, wv["index"])
     expected = gpd.read_parquet(wv["map"] / "predictions.parquet")
     got = wv_score(wv, rgb, work / "wv-map-rgb")

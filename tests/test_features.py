@@ -36,12 +36,18 @@ def pretrained(quickstart):
 
 
 def test_pretrained_features_are_one_row_per_chip(chips, pretrained):
+    """The default featurization: EfficientNet-Lite0's 1,280 features of RGB, then 22 spectral statistics of RGBN."""
     meta, table = read_features(pretrained)
     index = tiling.read_index(chips)
-    assert meta["backbone"] == "efficientnet_lite0" and meta["feature_dim"] == 1280
+    assert meta["featurizer"] == "combined" and meta["backbone"] == "efficientnet_lite0"
+    assert meta["feature_dim"] == 1302 and meta["blocks"] == {"cnn": [0, 1280], "spectral": [1280, 1302]}
+    assert meta["bands"] == [1, 2, 3, 4] and meta["spectral"]["bands"] == [1, 2, 3, 4]  # NIR used: it is there
     assert meta["weights_ref"]["kind"] == "embedded"
     assert sorted(table["chip_id"]) == sorted(index["chip_id"])  # one row per chip, no more
-    assert table["features"].map(len).eq(1280).all()
+    assert table["features"].map(len).eq(1302).all()
+    # the spectral block is the spectral featurizer's vector of the same chip
+    vectors = np.stack(table["features"])
+    np.testing.assert_array_equal(vectors[:, 1280:], np.stack(table["baseline"]))
     labels = index.set_index("chip_id")["label"]
     assert (table.set_index("chip_id")["label"] == labels.loc[table["chip_id"]]).all()
 
@@ -61,14 +67,15 @@ def test_pretrained_features_carry_over_to_another_year_and_random_ones_do_not(q
     for weights, train_dir in (("default", pretrained), ("none", None)):
         if train_dir is None:
             train_dir = featurize(workdir / "chips", tmp_path / "f10-none", weights=weights, scheduler="sync",
-                                  progress=False, record_run=False)
+                                  progress=False, record_run=False, spectral=False)
         test_dir = featurize(tmp_path / "chips16", tmp_path / f"f16-{weights}", weights=weights,
-                             scheduler="sync", progress=False, record_run=False)
+                             scheduler="sync", progress=False, record_run=False, spectral=False)
         _, train = read_features(train_dir)
         _, test = read_features(test_dir)
         train = train[train["split"] == "train"]
-        model = make_classifier("logistic_regression").fit(np.stack(train["features"]), train["label"])
-        errors[weights] = float((model.predict(np.stack(test["features"])) != test["label"]).mean())
+        cnn = slice(0, 1280)  # the CNN's block of the default (combined) features: the weights are compared
+        model = make_classifier("logistic_regression").fit(np.stack(train["features"])[:, cnn], train["label"])
+        errors[weights] = float((model.predict(np.stack(test["features"])[:, cnn]) != test["label"]).mean())
     # 2016 labels come from the 2010 NLCD, so the ~5% converted since count as errors for both
     assert errors["default"] <= 0.1, errors
     assert errors["none"] >= 2 * errors["default"], errors
@@ -135,9 +142,11 @@ def test_png_folder_gives_the_same_chips(chips, pretrained, tmp_path):
     _, reference = read_features(pretrained)
     merged = table.merge(reference, on="chip_id", suffixes=("", "_ref"))
     assert len(merged) == 12 and (merged["label"] == merged["label_ref"]).all()
-    # PNG chips hold the same RGB pixels, so the features agree closely
-    cos = [a @ b / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(merged["features"], merged["features_ref"],
-                                                                          strict=True)]
+    # PNG chips hold the same RGB pixels, so the CNN features agree closely; their spectral block is RGB only
+    meta, _ = read_features(out)
+    assert meta["bands"] == [1, 2, 3] and meta["feature_dim"] == 1280 + 15
+    cos = [a[:1280] @ b[:1280] / np.linalg.norm(a[:1280]) / np.linalg.norm(b[:1280])
+           for a, b in zip(merged["features"], merged["features_ref"], strict=True)]
     assert min(cos) > 0.99
 
 

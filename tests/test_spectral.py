@@ -107,3 +107,36 @@ def test_a_spectral_model_trains_registers_and_scores(spectral, chips, runs_dir,
     predictions = pd.read_parquet(written["predictions"]).set_index("chip_id")
     expected = model.predict_features(stored)
     assert (predictions.loc[table["chip_id"], "pred"].to_numpy() == expected).all()
+
+
+def test_the_default_pipeline_beats_the_spectral_baseline_on_the_quickstart(quickstart):
+    """Issue 13's bar: Lite0 + spectral statistics (block-scaled) above standardized statistics + LR, same split."""
+    from geoclf import runs
+
+    record = runs.get_run("lr-lite0", runs_dir=quickstart[0] / "runs")
+    assert record.params["feature_dim"] == 1280 + 22
+    assert record.metrics["accuracy"] > record.metrics["baseline.accuracy"], record.metrics
+
+
+def test_combined_featurizer_is_the_cnn_block_then_the_spectral_block(quickstart):
+    from geoclf.featurizers import featurizer_from_meta, featurizer_from_model, make_featurizer
+    from geoclf.featurizers.combined import CombinedFeaturizer
+    from geoclf.models import load_model
+
+    combined = make_featurizer("efficientnet_lite0", spectral=True)
+    assert isinstance(combined, CombinedFeaturizer) and combined.bands == (1, 2, 3, 4)
+    assert combined.blocks == {"cnn": [0, 1280], "spectral": [1280, 1302]}
+    rng = np.random.default_rng(1)
+    chips = rng.integers(1, 256, size=(2, 4, 64, 64), dtype=np.uint8)
+    vectors = combined.featurize(chips)
+    np.testing.assert_array_equal(vectors[:, :1280], combined.cnn.featurize(chips[:, :3]))
+    np.testing.assert_array_equal(vectors[:, 1280:], SpectralFeaturizer().featurize(chips))
+    # one description in features.json and model.json, rebuilt equal
+    assert featurizer_from_meta(combined.describe()) == combined
+    assert featurizer_from_model(combined.describe_model()) == combined
+    rgb = combined.for_band_count(3)
+    assert rgb.bands == (1, 2, 3) and rgb.feature_dim == 1280 + 15
+    # the quickstart's model scores with the combined featurizer its features were made with
+    model = load_model("lr-lite0", runs_dir=quickstart[0] / "runs")
+    assert model.featurizer == featurizer_from_meta(read_features(quickstart[0] / "features")[0])
+    assert model.bands == [1, 2, 3, 4]

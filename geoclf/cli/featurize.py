@@ -31,13 +31,16 @@ from geoclf.cli.runs import runs_dir_option
 @workers_option
 @click.option("--nir/--no-nir", default=True, show_default=True,
               help="Also store NDVI/NIR statistics per chip (from NAIP's 4th band).")
+@click.option("--spectral/--no-spectral", default=True, show_default=True,
+              help="Feed the classifier the CNN's features beside the spectral statistics of every band (NIR "
+                   "included where every chip has it); --no-spectral: the CNN's alone.")
 @click.option("--name", default=None, help="Run name in the run history (default: featurize-<backbone>).")
 @runtime_option
 @precision_option
 @scheduler_option
 @runs_dir_option
 def featurize(chips: str, backbone: str, weights: str, out: str, batch_size: int, chips_per_partition: int,
-              n_workers: int | None, nir: bool, name: str | None, runtime: str, precision: str,
+              n_workers: int | None, nir: bool, spectral: bool, name: str | None, runtime: str, precision: str,
               scheduler: str, runs_dir: str | None) -> None:
     """Featurize every chip with a pretrained CNN's penultimate layer."""
     # the library is imported when the command runs, not when the CLI lists commands or shows --help
@@ -45,5 +48,5 @@ def featurize(chips: str, backbone: str, weights: str, out: str, batch_size: int
 
     path = run(chips, out, backbone=backbone, weights=weights, batch_size=batch_size,
                chips_per_partition=chips_per_partition, scheduler=scheduler, n_workers=n_workers, nir=nir,
-               run_name=name, runs_dir=runs_dir, runtime=runtime, precision=precision)
+               spectral=spectral, run_name=name, runs_dir=runs_dir, runtime=runtime, precision=precision)
     click.echo(f"features -> {path}")

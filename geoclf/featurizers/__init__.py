@@ -46,6 +46,7 @@ from tiling.errors import InputError
 FEATURIZERS: dict[str, str] = {
     "cnn": "geoclf.featurizers.cnn:CNNFeaturizer",
     "spectral": "geoclf.featurizers.spectral:SpectralFeaturizer",
+    "combined": "geoclf.featurizers.combined:CombinedFeaturizer",
 }
 
 #: Kind of a description that names none (everything written before featurizers had kinds).
@@ -196,26 +197,36 @@ def featurizer_from_model(spec: Mapping[str, Any]) -> Featurizer:
     return featurizer_class(str(spec.get(KIND_FIELD) or DEFAULT_KIND)).from_model_fields(spec)
 
 
-def make_featurizer(name: str, weights: Any = "default", device: str | None = None) -> Featurizer:
+#: Backbones of the combined featurizer ``--backbone combined`` means.
+COMBINED_BACKBONE = "efficientnet_lite0"
+
+
+def make_featurizer(name: str, weights: Any = "default", device: str | None = None,
+                    spectral: bool = False) -> Featurizer:
     """The featurizer ``geoclf featurize --backbone NAME`` means, loaded (fails here on bad names/weights).
 
     Args:
-        name: a registered featurizer kind that needs no backbone (built from its defaults,
-            ``from_meta({})``), else a backbone name: a CNN featurizer of its penultimate layer (see
+        name: ``spectral`` (band statistics, no network), ``combined`` (:data:`COMBINED_BACKBONE` beside the
+            spectral statistics), else a backbone name: a CNN featurizer of its penultimate layer (see
             :mod:`geoclf.backbones`).
         weights: the backbone's weights (see :func:`geoclf.backbones.load_backbone`).
         device: torch device a network runs on (``None``: CUDA when available, else the CPU).
+        spectral: a backbone's CNN features beside the spectral statistics (a ``combined`` featurizer, what
+            ``geoclf featurize`` makes by default) rather than alone.
 
     Raises:
         InputError: an unknown backbone, weights that cannot be had.
     """
+    if name == "combined":
+        name, spectral = COMBINED_BACKBONE, True
     if name in FEATURIZERS and name != DEFAULT_KIND:
         return featurizer_class(name).from_meta({}).load()
-    cnn: Any = featurizer_class(DEFAULT_KIND)
-    return cnn.create(name, weights, device=device)
+    factory: Any = featurizer_class("combined" if spectral else DEFAULT_KIND)
+    return factory.create(name, weights, device=device)
 
 
 __all__ = [
+    "COMBINED_BACKBONE",
     "DEFAULT_KIND",
     "FEATURIZERS",
     "KIND_FIELD",
