@@ -21,8 +21,8 @@ def load_model(ref: PathLike | str, trusted: bool = False, runs_dir: PathLike | 
 
     Args:
         ref: an artifact directory (or its ``model.json``), or a run name or run id from the run history
-            (the run's ``model`` artifact), or a model registry reference ``NAME@ALIAS`` / ``NAME/VERSION``
-            (see :mod:`geoclf.registry`).
+            (the run's ``model`` artifact; a sweep's parent run gives its winning fit's), or a model registry
+            reference ``NAME@ALIAS`` / ``NAME/VERSION`` (see :mod:`geoclf.registry`).
         trusted: accept a classifier file holding types outside geoclf's allowlist. Only for files whose
             origin you trust: loading them may run code.
         runs_dir: runs directory or tracking URI for run names (see :func:`geoclf.runs.run_store`).
@@ -54,7 +54,11 @@ def resolve_model_dir(ref: PathLike | str, runs_dir: PathLike | None = None) -> 
         return registry.resolve_model_ref(text, runs_dir)
     if os.sep in text or text.startswith("."):
         raise InputError("no such model directory", text)
-    return runs.artifact_path(runs.get_run(text, runs_dir=runs_dir), runs.MODEL_ARTIFACT, runs_dir=runs_dir)
+    record = runs.get_run(text, runs_dir=runs_dir)
+    best = record.tags.get(runs.SWEEP_BEST_RUN_TAG)
+    if best:  # a sweep's parent holds no model: it names the fit that won (e.g. by spatial cross-validation)
+        record = runs.get_run(best, runs_dir=runs_dir)
+    return runs.artifact_path(record, runs.MODEL_ARTIFACT, runs_dir=runs_dir)
 
 
 __all__ = ["load_model", "resolve_model_dir"]

@@ -77,6 +77,10 @@ KIND_TAG = "geoclf.kind"
 #: Run kinds geoclf records.
 KINDS = ("featurize", "train", "finetune")
 #: Metrics shown first, in this order, wherever runs are compared.
+#: Tag on a sweep's parent run naming its winning child (:mod:`geoclf.sweep`): a model reference to the
+#: parent loads that child's model.
+SWEEP_BEST_RUN_TAG = "geoclf.sweep.best_run_id"
+
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "kappa", "accuracy_3class")
 
 # The parameters shown as their own columns when listing runs.

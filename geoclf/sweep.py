@@ -16,6 +16,7 @@ form the folds.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import pickle
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,8 @@ from tqdm.auto import tqdm
 
 from geoclf import runs
 from geoclf.classifiers import make_classifier, parse_params
+from geoclf.features import META_FILE
+from geoclf.featurizers import featurizer_from_meta
 from geoclf.metrics import evaluate, scalar_metrics
 from geoclf.training import (
     FeatureSet,
@@ -52,8 +56,11 @@ PathLike = str | os.PathLike[str]
 #: Tag on a sweep's parent run (value ``parent``); children carry ``geoclf.sweep_parent``.
 SWEEP_TAG = "geoclf.sweep"
 #: Tags on the parent naming the winning child run.
-BEST_RUN_TAG = "geoclf.sweep.best_run_id"
+BEST_RUN_TAG = runs.SWEEP_BEST_RUN_TAG
 BEST_NAME_TAG = "geoclf.sweep.best_run_name"
+#: Tags on the parent naming the winning fit's featurizer and classifier.
+BEST_FEATURES_TAG = "geoclf.sweep.best_features"
+BEST_CLASSIFIER_TAG = "geoclf.sweep.best_classifier"
 #: Tag on the parent holding the metric the sweep was chosen by (e.g. ``accuracy`` or ``cv_accuracy``).
 METRIC_TAG = "geoclf.sweep.metric"
 SEARCHES = ("grid", "random")
@@ -67,12 +74,14 @@ class FitData:
         x_train, y_train: feature vectors and labels of the train split.
         x_val: feature vectors of the validation split.
         groups: spatial block of each train chip (for spatial cross-validation), or ``None``.
+        blocks: the feature vector's blocks (a combined featurizer's), each scaled on its own, or ``None``.
     """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     groups: np.ndarray | None = None
+    blocks: dict[str, list[int]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -111,8 +120,8 @@ class SweepResult:
         name: sweep (parent run) name.
         parent_id: run id of the parent run.
         metric: the metric fits were ranked by (``cv_<metric>`` with cross-validation).
-        fits: one row per fit, best first: ``run_name``, ``run_id``, the swept parameters, the headline
-            metrics, ``fit_seconds``.
+        fits: one row per fit, best first: ``features`` (the featurizer), ``classifier``, ``run_name``,
+            ``run_id``, the swept parameters, the headline metrics, ``fit_seconds``.
         best_run_id, best_run_name: the winning child run.
         best_params: its parameters.
         best_score: its value of ``metric``.
@@ -121,6 +130,8 @@ class SweepResult:
         task_bytes: mean bytes of one fit's task arguments (parameters, references).
         wall_seconds: time from the first task submitted to the last result recorded.
         dashboard: the Dask dashboard address, if there was a cluster.
+        best_features: the winning fit's featurizer (a short name, see ``fits["features"]``).
+        best_classifier: the winning fit's classifier.
     """
 
     name: str
@@ -135,6 +146,8 @@ class SweepResult:
     task_bytes: float
     wall_seconds: float
     dashboard: str | None = None
+    best_features: str | None = None
+    best_classifier: str | None = None
 
 
 def parse_space(items: Sequence[str]) -> dict[str, list[Any]]:
@@ -197,17 +210,25 @@ def candidates(classifier: str, space: Mapping[str, Sequence[Any]], search: str 
     return combos
 
 
-def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logistic_regression",
+def run_sweep(features: PathLike | Sequence[PathLike], classifier: str | Sequence[str] = "logistic_regression",
               space: Mapping[str, Sequence[Any]] | None = None, *, search: str = "grid", n_iter: int | None = None,
               metric: str = "accuracy", cv_folds: int | None = None, name: str | None = None, seed: int = 0,
               scheduler: Scheduler = None, n_workers: int | None = None, runs_dir: PathLike | None = None,
               progress: bool = True) -> SweepResult:
-    """Fit a classifier for every parameter set of a grid or random search, on Dask, and record every fit.
+    """Fit classifiers for every parameter set of a grid or random search, on every featurizer's features, on
+    Dask, and record every fit.
+
+    Feature directories made with one featurizer are read together (more chips, as ``geoclf train`` reads
+    them); directories of different featurizers (backbones, weights, spectral or combined) are *compared*:
+    every classifier and parameter set is fitted on each, so ``cv_folds`` chooses the featurizer, the
+    classifier and its parameters by spatial cross-validation on the train split at once. Featurizers
+    compared must hold the same chips.
 
     Args:
         features: features directories (``geoclf featurize`` output) with ``train`` and ``val`` chips.
-        classifier: a key of :data:`geoclf.classifiers.CLASSIFIERS`.
-        space: parameter name -> values to try (see :func:`parse_space`).
+        classifier: a key of :data:`geoclf.classifiers.CLASSIFIERS`, or several to compare.
+        space: parameter name -> values to try (see :func:`parse_space`). With several classifiers, each
+            takes the parameters it has (and its defaults when it has none of them).
         search: ``grid`` (every combination) or ``random`` (``n_iter`` combinations of the grid).
         n_iter: combinations of a random search (default 10).
         metric: validation metric to choose by (``accuracy``, ``balanced_accuracy``, ``kappa``, ...).
@@ -223,56 +244,93 @@ def run_sweep(features: PathLike | Sequence[PathLike], classifier: str = "logist
 
     Raises:
         InputError: bad features, an empty grid, unknown classifier, parameter or metric, too few spatial
-            blocks for the folds. All checked before any run is recorded or any task submitted.
+            blocks for the folds, featurizers compared on different chips. All checked before any run is
+            recorded or any task submitted.
     """
     if cv_folds is not None and cv_folds < 2:
         raise InputError(f"spatial cross-validation needs 2 or more folds, not {cv_folds}")
-    combos = candidates(classifier, space or {}, search, n_iter, seed)
-    data = load_features(features)
-    split = prepare_split(data, cv_folds)
-    y_val = split.y_val
-    valid_metrics = _metric_names(y_val, split.classes)
+    classifiers = [classifier] if isinstance(classifier, str) else list(dict.fromkeys(classifier))
+    if not classifiers:
+        raise InputError("no classifier to sweep")
+    groups = feature_groups(features)
+    fits = [(g, name_, params) for name_, combos in _classifier_grids(classifiers, space or {}, search, n_iter, seed,
+                                                                       comparing=len(groups) > 1)
+            for g in range(len(groups)) for params in combos]
+    splits = [prepare_split(data, cv_folds) for data in groups]
+    _check_same_chips(groups)
+    split = splits[0]
+    valid_metrics = _metric_names(split.y_val, split.classes)
     if metric not in valid_metrics:
         raise InputError(f"unknown metric {metric!r}; valid metrics: {', '.join(valid_metrics)}")
     chosen_by = f"cv_{metric}" if cv_folds else metric
-    name = name or f"sweep-{classifier}"
-    fit_data = FitData(split.x_train, split.y_train, split.x_val, split.groups)
-    meta = data.meta
-    parent_params = {"classifier": classifier, "search": search,
-                     "space": {k: list(v) for k, v in (space or {}).items()}, "n_fits": len(combos),
+    name = name or f"sweep-{'-'.join(classifiers)}"
+    fit_data = [FitData(s.x_train, s.y_train, s.x_val, s.groups, d.meta.get("blocks"))
+                for d, s in zip(groups, splits, strict=True)]
+    labels = _group_labels(groups)
+    parent_params = {"classifier": classifiers[0] if len(classifiers) == 1 else classifiers, "search": search,
+                     "space": {k: list(v) for k, v in (space or {}).items()}, "n_fits": len(fits),
                      "metric": metric, "cv_folds": cv_folds, "seed": seed,
-                     "backbone": meta.get("backbone"), "features": [str(d) for d in data.directories],
-                     "chip_index_sha256": data.source.get("sha256"), "n_train": len(fit_data.y_train),
-                     "n_val": len(y_val)}
+                     "backbone": groups[0].meta.get("backbone"), "featurizers": labels,
+                     "features": [str(d) for data in groups for d in data.directories],
+                     "chip_index_sha256": groups[0].source.get("sha256"), "n_train": len(split.y_train),
+                     "n_val": len(split.y_val)}
     rows: list[dict[str, Any]] = []
     with runs.start_run(name, "train", params=parent_params, tags={SWEEP_TAG: "parent", METRIC_TAG: chosen_by},
                         runs_dir=runs_dir) as parent:
-        baseline = fit_baseline(data, split, seed)  # once: every fit is compared with the same one
+        # once per featurizer: every fit on its features is compared with the same baseline
+        baselines = [fit_baseline(d, s, seed) for d, s in zip(groups, splits, strict=True)]
 
         def record(outcome: FitOutcome) -> None:
-            rows.append(_record_fit(outcome, combos, data, split, classifier, seed, name, parent.run_id,
-                                    cv_folds, runs_dir, baseline))
+            g, fitted, params = fits[outcome.index]
+            row = _record_fit(outcome, params, groups[g], splits[g], fitted, seed, name, parent.run_id, cv_folds,
+                              runs_dir, baselines[g])
+            rows.append({"features": labels[g], "classifier": fitted, **row})
 
         started = time.perf_counter()
-        data_bytes, task_bytes, link = _fit_all(fit_data, classifier, combos, seed, cv_folds, scheduler, n_workers,
-                                                progress, record)
+        data_bytes, task_bytes, link = _fit_all(fit_data, fits, seed, cv_folds, scheduler, n_workers, progress,
+                                                record)
         wall = time.perf_counter() - started
         table = pd.DataFrame(rows)
         for key in space or {}:  # keep parameter values as given (10, None), not as floats with NaN
-            table[key] = pd.Series([row[key] for row in rows], dtype=object)
+            table[key] = pd.Series([row.get(key) for row in rows], dtype=object)
         sign = 1.0 if runs.lower_is_better(chosen_by) else -1.0
         table["_rank"] = table[chosen_by].map(lambda v: math.inf if v is None or math.isnan(v) else sign * v)
         table = table.sort_values(["_rank", "index"], kind="stable").drop(columns=["_rank"]).reset_index(drop=True)
         best = table.iloc[0]
         parent.log_metrics({f"best_{chosen_by}": float(best[chosen_by]), "sweep_seconds": wall,
                             "data_bytes": data_bytes, "task_bytes": task_bytes})
-        parent.set_tags({BEST_RUN_TAG: best["run_id"], BEST_NAME_TAG: best["run_name"]})
+        parent.set_tags({BEST_RUN_TAG: best["run_id"], BEST_NAME_TAG: best["run_name"],
+                         BEST_FEATURES_TAG: best["features"], BEST_CLASSIFIER_TAG: best["classifier"]})
         parent_id = parent.run_id
-    best_params = dict(combos[int(best["index"])])
+    g, best_classifier, best_params = fits[int(best["index"])]
     return SweepResult(name=name, parent_id=parent_id, metric=chosen_by, fits=table.drop(columns=["index"]),
-                       best_run_id=str(best["run_id"]), best_run_name=str(best["run_name"]), best_params=best_params,
-                       best_score=float(best[chosen_by]), data_bytes=data_bytes, task_bytes=task_bytes,
-                       wall_seconds=wall, dashboard=link)
+                       best_run_id=str(best["run_id"]), best_run_name=str(best["run_name"]),
+                       best_params=dict(best_params), best_score=float(best[chosen_by]), data_bytes=data_bytes,
+                       task_bytes=task_bytes, wall_seconds=wall, dashboard=link, best_features=labels[g],
+                       best_classifier=best_classifier)
+
+
+def feature_groups(features: PathLike | Sequence[PathLike]) -> list[FeatureSet]:
+    """Feature directories grouped by featurizer, each group read as one :class:`FeatureSet`, in the order
+    their first directory was given.
+
+    Raises:
+        InputError: a directory is not a features directory, or a group cannot be read together (see
+            :func:`geoclf.training.load_features`).
+    """
+    dirs = [features] if isinstance(features, str | os.PathLike) else list(features)
+    if not dirs:
+        raise InputError("no features directory given")
+    grouped: dict[str, list[PathLike]] = {}
+    for directory in dirs:
+        try:
+            meta = json.loads((Path(directory) / META_FILE).read_text())
+            key = json.dumps({**featurizer_from_meta(meta).describe(), "chip_size": meta.get("chip_size")},
+                             sort_keys=True, default=str)
+        except (OSError, ValueError, InputError):
+            key = f"unreadable:{directory}"  # load_features says what is wrong with it
+        grouped.setdefault(key, []).append(directory)
+    return [load_features(group) for group in grouped.values()]
 
 
 def sweep_children(parent: str, runs_dir: PathLike | None = None) -> list[Any]:
@@ -311,7 +369,7 @@ def fit_one(data: FitData, index: int, classifier: str, params: Mapping[str, Any
             cv_folds: int | None) -> FitOutcome:
     """Fit one parameter set (a Dask task): fit on the train split, predict the validation split and, with
     ``cv_folds``, the out-of-fold train predictions of spatial cross-validation."""
-    pipeline = make_classifier(classifier, params, seed)
+    pipeline = make_classifier(classifier, params, seed, blocks=data.blocks)
     with fit_notes() as notes:
         cv_pred = None
         if cv_folds:
@@ -326,23 +384,24 @@ def fit_one(data: FitData, index: int, classifier: str, params: Mapping[str, Any
 # -- internals ---------------------------------------------------------------------------------------------
 
 
-def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed: int, cv_folds: int | None,
-             scheduler: Scheduler, n_workers: int | None, progress: bool,
+def _fit_all(data: Sequence[FitData], fits: Sequence[tuple[int, str, dict[str, Any]]], seed: int,
+             cv_folds: int | None, scheduler: Scheduler, n_workers: int | None, progress: bool,
              on_result: Callable[[FitOutcome], None]) -> tuple[int, float, str | None]:
-    """Run every fit, calling ``on_result`` on the client as each finishes.
+    """Run every fit (features group, classifier, parameters), calling ``on_result`` on the client as each
+    finishes.
 
     Returns:
         Bytes of features the client sent to the cluster (once per worker present), mean bytes of a fit's
         task arguments, the dashboard address.
     """
-    task_bytes = float(np.mean([len(pickle.dumps((i, classifier, p, seed, cv_folds), protocol=5))
-                                for i, p in enumerate(combos)]))
-    bar = tqdm(total=len(combos), desc="sweep", unit="fit", disable=not progress)
+    task_bytes = float(np.mean([len(pickle.dumps((i, c, p, seed, cv_folds), protocol=5))
+                                for i, (_, c, p) in enumerate(fits)]))
+    bar = tqdm(total=len(fits), desc="sweep", unit="fit", disable=not progress)
     try:
         with dask_client(scheduler, n_workers=n_workers) as client:
             if client is None:
-                for i, params in enumerate(combos):
-                    on_result(fit_one(data, i, classifier, params, seed, cv_folds))
+                for i, (g, fitted, params) in enumerate(fits):
+                    on_result(fit_one(data[g], i, fitted, params, seed, cv_folds))
                     bar.update()
                 return 0, task_bytes, None
             link = dashboard_link(client)
@@ -355,15 +414,15 @@ def _fit_all(data: FitData, classifier: str, combos: list[dict[str, Any]], seed:
                 # one copy per worker, up front: with a single copy the scheduler keeps placing fits next
                 # to it (data locality) and the other workers idle. Workers that join later (adaptive)
                 # fetch it from a peer. Either way the features travel once per worker, never per fit.
-                data_future = client.scatter(data, hash=False, broadcast=True)
-                sent = data.nbytes * present
+                futures_of = [client.scatter(d, hash=False, broadcast=True) for d in data]
+                sent = sum(d.nbytes for d in data) * present
             else:
                 # an adaptive cluster at zero workers: scatter would wait for a worker that is only
                 # started once a task is pending, so the features ride along one task instead (still once)
-                data_future = client.submit(_same, data, pure=False)
-                sent = data.nbytes
-            futures = [client.submit(fit_one, data_future, i, classifier, params, seed, cv_folds, pure=False)
-                       for i, params in enumerate(combos)]
+                futures_of = [client.submit(_same, d, pure=False) for d in data]
+                sent = sum(d.nbytes for d in data)
+            futures = [client.submit(fit_one, futures_of[g], i, fitted, params, seed, cv_folds, pure=False)
+                       for i, (g, fitted, params) in enumerate(fits)]
             for future in as_completed(futures):
                 on_result(future.result())
                 future.release()  # the fitted pipeline now lives in the run history
@@ -377,11 +436,10 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: FeatureSet, split: TrainingSplit,
+def _record_fit(outcome: FitOutcome, params: Mapping[str, Any], data: FeatureSet, split: TrainingSplit,
                 classifier: str, seed: int, sweep_name: str, parent_id: str, cv_folds: int | None,
                 runs_dir: PathLike | None, baseline: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Record one fit as a child run with its model artifact, as ``geoclf train`` records a run."""
-    params = combos[outcome.index]
     classes = split.classes
     evaluation = evaluate(split.y_val, outcome.val_pred, classes)
     extra: dict[str, float] = {"fit_seconds": outcome.fit_seconds}
@@ -404,6 +462,48 @@ def _record_fit(outcome: FitOutcome, combos: list[dict[str, Any]], data: Feature
     row.update({k: evaluation.get(k) for k in runs.HEADLINE_METRICS})
     row.update(extra)
     return row
+
+
+def _classifier_grids(classifiers: Sequence[str], space: Mapping[str, Sequence[Any]], search: str,
+                      n_iter: int | None, seed: int, comparing: bool) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Each classifier's parameter sets: one classifier takes the whole grid (:func:`candidates`); several each
+    take the parameters they have, their defaults when none (an empty grid is fine when comparing)."""
+    if len(classifiers) == 1 and not comparing:
+        return [(classifiers[0], candidates(classifiers[0], space, search, n_iter, seed))]
+    if search not in SEARCHES:
+        raise InputError(f"unknown search {search!r}; valid searches: {', '.join(SEARCHES)}")
+    owned: list[tuple[str, dict[str, Sequence[Any]]]] = []
+    for fitted in classifiers:
+        valid = set(make_classifier(fitted, seed=seed).named_steps["classifier"].get_params())
+        owned.append((fitted, {k: v for k, v in space.items() if k in valid}))
+    unused = sorted(set(space) - {k for _, own in owned for k in own})
+    if unused:
+        raise InputError(f"unknown parameter {unused[0]!r} for {', '.join(classifiers)}")
+    return [(fitted, candidates(fitted, own, search, n_iter, seed) if own else [{}]) for fitted, own in owned]
+
+
+def _check_same_chips(groups: Sequence[FeatureSet]) -> None:
+    """Featurizers are compared on the same labelled chips, split alike, or not at all."""
+    def chips(data: FeatureSet) -> set[tuple[str, str]]:
+        rows = data.rows[data.rows["label"].notna()]
+        return set(zip(rows["chip_id"].astype(str), rows["split"].astype(str), strict=True))
+
+    first = chips(groups[0])
+    for data in groups[1:]:
+        if chips(data) != first:
+            raise InputError(f"features of {data.directories[0]} and {groups[0].directories[0]} hold different "
+                             "labelled chips or splits; compare featurizers on the features of one chip index")
+
+
+def _group_labels(groups: Sequence[FeatureSet]) -> list[str]:
+    """A short name of each group's featurizer (``efficientnet_lite0``, ``spectral``,
+    ``efficientnet_lite0+spectral``), made unique with the directory name where two would read alike."""
+    labels = []
+    for data in groups:
+        kind, backbone = data.featurizer.kind, str(data.meta.get("backbone") or data.featurizer.kind)
+        labels.append({"spectral": "spectral", "combined": f"{backbone}+spectral"}.get(kind, backbone))
+    return [label if labels.count(label) == 1 else f"{label} ({data.directories[0].name})"
+            for label, data in zip(labels, groups, strict=True)]
 
 
 def _metric_names(y_val: np.ndarray, classes: list[str]) -> list[str]:

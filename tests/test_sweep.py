@@ -30,10 +30,11 @@ CLASSES = ["Developed", "Forest", "Cultivated"]
 
 
 def write_features(out: Path, n: int = 240, dim: int = 12, seed: int = 0, blocks: int = 8,
-                   with_blocks: bool = True, **meta: Any) -> Path:
-    """A features directory: noisy class clusters; blocks 0-1 are validation, the rest train."""
+                   with_blocks: bool = True, signal: float = 1.0, **meta: Any) -> Path:
+    """A features directory: noisy class clusters (``signal`` scales how far apart); blocks 0-1 are validation,
+    the rest train. The same seed gives the same chips, labels and blocks whatever the signal."""
     rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 1.2, (len(CLASSES), dim))
+    centers = rng.normal(0, 1.2, (len(CLASSES), dim)) * signal
     codes = rng.integers(0, len(CLASSES), n)
     x = (centers[codes] + rng.normal(0, 1, (n, dim))).astype(np.float32)
     block = rng.integers(0, blocks, n)
@@ -285,3 +286,77 @@ def test_done_when_sweep_register_promote_then_score_by_alias(tmp_path: Path, ru
     predictions = gpd.read_parquet(tmp_path / "out" / "predictions.parquet")
     assert len(predictions) > 0
     assert predictions["model"].eq(result.best_run_name).all()  # the registered best fit did the scoring
+
+
+def test_sweep_compares_featurizers_and_classifiers_by_spatial_cv(tmp_path: Path, runs_dir: Path) -> None:
+    """Directories of different featurizers are compared, not mixed: every classifier on each, chosen by spatial
+    cross-validation; the sweep's name then loads the winner (what a recipe's score stage does)."""
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    from geoclf.models import resolve_model_dir
+
+    strong = write_features(tmp_path / "strong", seed=5)
+    weak = write_features(tmp_path / "weak", seed=5, signal=0.15, backbone="mobilenet_v2")
+    result = run_sweep([weak, strong], ["logistic_regression", "random_forest"],
+                       {"C": [0.01, 1.0], "n_estimators": [20]}, cv_folds=3, name="compare", scheduler="sync",
+                       progress=False)
+    fits = result.fits
+    assert len(fits) == 2 * (2 + 1)  # two featurizers x (two C for LR, one forest)
+    assert sorted(set(fits["features"])) == ["efficientnet_lite0", "mobilenet_v2"]
+    assert sorted(set(fits["classifier"])) == ["logistic_regression", "random_forest"]
+    assert fits.loc[fits["classifier"] == "random_forest", "C"].isna().all()  # each takes the keys it has
+    assert result.best_features == "efficientnet_lite0" and result.metric == "cv_accuracy"
+    by_featurizer = fits.groupby("features")["cv_accuracy"].max()
+    assert by_featurizer["efficientnet_lite0"] > by_featurizer["mobilenet_v2"] + 0.1
+
+    # each child's cv_accuracy is scikit-learn's over folds of whole blocks, on its own featurizer's vectors
+    for child in sweep_children("compare"):
+        source = strong if child.params["features"] == [str(strong.resolve())] else weak
+        frame = pd.read_parquet(source / "part-00000.parquet")
+        train = frame[frame["split"] == "train"]
+        x, y = np.stack(train["features"].to_numpy()), train["label"].to_numpy()
+        if child.params["classifier"] == "logistic_regression":
+            estimator = LogisticRegression(C=child.params["classifier.C"], max_iter=1000, random_state=0)
+        else:
+            from sklearn.ensemble import RandomForestClassifier
+
+            estimator = RandomForestClassifier(n_estimators=20, random_state=0)
+        by_hand = cross_val_score(make_pipeline(StandardScaler(), estimator), x, y, groups=train["block"].to_numpy(),
+                                  cv=GroupKFold(n_splits=3)).mean()
+        assert child.metrics["cv_accuracy"] == pytest.approx(by_hand)
+
+    # the sweep's name is a model reference to its winner
+    assert resolve_model_dir("compare") == resolve_model_dir(result.best_run_id)
+    assert load_model("compare").spec["name"] == result.best_run_name
+
+    # featurizers are compared on the same chips only
+    other = write_features(tmp_path / "other", seed=6, backbone="resnet18")
+    with pytest.raises(InputError, match="hold different labelled chips"):
+        run_sweep([strong, other], "logistic_regression", {"C": [1.0]}, cv_folds=3, scheduler="sync",
+                  progress=False)
+
+
+def test_a_recipe_picks_the_best_featurizer_by_spatial_cv(quickstart, tmp_path: Path) -> None:
+    """A recipe featurizes the quickstart's chips a second way, sweeps both featurizers by spatial CV and scores
+    with the sweep's name: the map is the winner's."""
+    from geoclf.recipes import load_recipe, run_recipe
+
+    work = quickstart[0]
+    chips, features = work / "chips", work / "features"
+    (tmp_path / "compare.yaml").write_text(f"""name: compare
+runs_dir: runs
+stages:
+  - featurize: {{chips: {chips}, out: features-spectral, backbone: spectral, scheduler: sync}}
+  - sweep: {{features: [{features}, features-spectral], classifier: logistic_regression, cv_folds: 3,
+            name: compare, scheduler: sync}}
+  - score: {{model: compare, chips: {chips}, out: map, scheduler: sync, html: false}}
+""")
+    recipe = load_recipe(tmp_path / "compare.yaml", tmp_path)
+    run_recipe(recipe, echo=lambda _: None)
+    parent = runs.get_run("compare", runs_dir=tmp_path / "runs")
+    children = sweep_children("compare", runs_dir=tmp_path / "runs")
+    assert len(children) == 2 and parent.params["featurizers"] == ["efficientnet_lite0+spectral", "spectral"]
+    best = max(children, key=lambda c: c.metrics["cv_accuracy"])
+    assert parent.tags["geoclf.sweep.best_run_id"] == best.run_id
+    predictions = pd.read_parquet(tmp_path / "map" / "predictions.parquet")
+    assert set(predictions["model"]) == {best.name}
