@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "sweep": ("sweep_speedup.py", ["--chips", "3000"]),
     # creates torchgeo's own environment on its first run (minutes, ~6.5 GB), then reuses it
     "torchgeo": ("torchgeo_compare.py", ["--chips", "900", "--rounds", "1", "--bare-batches", "3"]),
+    "accuracy": ("accuracy.py", ["--only", "wv", "--repeats", "2"]),  # the real patches: 363 chips
 }
 
 
@@ -47,7 +48,7 @@ def main() -> int:
         command = [sys.executable, str(HERE / script), *extra]
         if args.work is not None and script in ("tiling_throughput.py", "featurize_throughput.py",
                                                 "score_throughput.py", "runtime_forward.py",
-                                                "torchgeo_compare.py"):
+                                                "torchgeo_compare.py", "accuracy.py"):
             command += ["--work", str(args.work)]
         print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
         started = time.perf_counter()
