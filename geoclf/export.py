@@ -1,8 +1,9 @@
 """Exporting a model artifact's network to ONNX, so that scoring can run it on another inference runtime.
 
 ``geoclf models export MODEL`` (or :func:`export_model`) loads a model artifact as scoring would, takes the torch
-network its predictions go through - a ``features`` model's featurizer network, a ``finetune`` model's
-fine-tuned network - exports it with :func:`geoclf.runtime.export_onnx` into the artifact directory
+network its predictions go through - a ``features`` model's featurizer network (a combined featurizer's CNN
+block: its spectral statistics are numpy code, run as they are), a ``finetune`` model's fine-tuned network -
+exports it with :func:`geoclf.runtime.export_onnx` into the artifact directory
 (``network.onnx``) and records the file and its SHA-256 under ``export`` in ``model.json``. Workers then run that
 file with ``--runtime openvino`` and refuse it if its hash is not the recorded one.
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from geoclf.artifact import MODEL_JSON, LandUseModel, PathLike, load_model_dir, read_model_json
+from geoclf.featurizers.exported import network_block
 from geoclf.models import resolve_model_dir
 from geoclf.runtime import ONNX_FILE, export_onnx, verified_onnx
 from tiling.errors import InputError
@@ -33,14 +35,18 @@ def inference_network(model: LandUseModel) -> tuple[Any, tuple[int, int, int]]:
     Raises:
         InputError: the model kind has no network to export.
     """
-    size = (model.spec.get("normalization") or {}).get("input_size") or model.chip_size
     model.device = "cpu"
     if model.kind == "features":
         featurizer = model.featurizer  # type: ignore[attr-defined]
-        if not hasattr(featurizer, "network"):
-            raise InputError(f"the {featurizer.kind} featurizer of model {model.name!r} has no network to export")
-        featurizer.device = "cpu"
-        return featurizer.network(), (len(featurizer.bands), int(size), int(size))
+        try:  # a CNN featurizer's network, a combined one's CNN block (its spectral block has no network)
+            block = network_block(featurizer)
+        except InputError:
+            raise InputError(f"the {featurizer.kind} featurizer of model {model.name!r} has no network to "
+                             "export") from None
+        featurizer.device = block.device = "cpu"
+        size = block.input_size or model.chip_size
+        return block.network(), (len(block.bands), int(size), int(size))
+    size = (model.spec.get("normalization") or {}).get("input_size") or model.chip_size
     if model.kind == "finetune":
         return model.network.to("cpu"), (len(model.bands), int(size), int(size))  # type: ignore[attr-defined]
     raise InputError(f"model kind {model.kind!r} has no network geoclf can export")

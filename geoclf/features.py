@@ -259,7 +259,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
     out_dir = Path(out)
     exported: dict[str, Any] = {}
     if check_model_runtime(runtime, precision):
-        from geoclf.featurizers.exported import export_featurizer
+        from geoclf.featurizers.exported import export_featurizer, exported_record
 
         settings["runtime"] = {"runtime": runtime, "precision": precision}  # never mixed with torch's vectors
         # before the export writes into out_dir: a refused rerun must leave that directory as it was
@@ -268,7 +268,7 @@ def featurize(chips: str | os.PathLike[str], out: str | os.PathLike[str], *, bac
         else:
             check_plan_resumable(plan, out_dir, settings)
         featurizer = export_featurizer(featurizer, out_dir, runtime=runtime, precision=precision, threads=threads)
-        exported = {"export": featurizer.export, "runtime": settings["runtime"]}
+        exported = {"export": exported_record(featurizer), "runtime": settings["runtime"]}
     task = FeaturizeTask(featurizer, chip_size=224, batch_size=batch_size, torch_threads=threads, nir=nir,
                          baseline=baseline)
     started = time.perf_counter()

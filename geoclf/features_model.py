@@ -39,8 +39,7 @@ from geoclf.featurizers import (
     featurizer_from_meta,
     featurizer_from_model,
 )
-from geoclf.featurizers.cnn import CNNFeaturizer
-from geoclf.featurizers.exported import ExportedCNNFeaturizer
+from geoclf.featurizers.exported import on_runtime
 from geoclf.runtime import check_model_runtime
 from tiling.errors import InputError
 
@@ -118,14 +117,15 @@ class FeaturesModel(LandUseModel):
                     threads: int | None = None) -> FeaturesModel:
         """Run the featurizer's network on an inference runtime (see
         :meth:`geoclf.artifact.LandUseModel.use_runtime`): ``"openvino"`` runs the export recorded in
-        ``model.json`` (:class:`geoclf.featurizers.exported.ExportedCNNFeaturizer`)."""
+        ``model.json`` (:class:`geoclf.featurizers.exported.ExportedCNNFeaturizer`); a combined featurizer runs
+        its CNN block so and its spectral block as on torch (:func:`geoclf.featurizers.exported.on_runtime`)."""
         if not check_model_runtime(runtime, precision):
             return self
-        if not isinstance(self.featurizer, CNNFeaturizer):
-            raise InputError(f"the {self.featurizer.kind} featurizer has no network to run on {runtime}", self.path)
-        self._featurizer = ExportedCNNFeaturizer.from_featurizer(
-            self.featurizer, self.path or ".", self.spec.get("export") or {}, runtime=runtime, precision=precision,
-            threads=threads)
+        try:
+            self._featurizer = on_runtime(self.featurizer, self.path or ".", self.spec.get("export") or {},
+                                          runtime=runtime, precision=precision, threads=threads)
+        except InputError as exc:
+            raise InputError(str(exc), self.path) from exc
         return self
 
     def prepare(self) -> FeaturesModel:

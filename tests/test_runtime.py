@@ -215,9 +215,49 @@ def test_export_is_recorded_in_model_json(exported_quickstart_model):
 
     _, artifact, record = exported_quickstart_model
     spec = json.loads((artifact / "model.json").read_text())
+    assert spec["featurizer"] == "combined"  # geoclf's default: the network is its CNN block, over RGB
     assert spec["export"] == record and record["input_shape"] == [None, 3, 224, 224]
-    assert record["output_dim"] == spec["feature_dim"]  # the featurizer's network, not the ImageNet classifier
+    # the featurizer's network (not the ImageNet classifier), without the spectral block, which is no network
+    assert record["output_dim"] == spec["cnn"]["feature_dim"] == spec["blocks"]["cnn"][1] < spec["feature_dim"]
     assert export_model(artifact) == record  # a valid export is kept, not made again
+
+
+def test_the_combined_default_on_openvino_computes_what_training_computed(exported_quickstart_model):
+    """The quickstart's model (the combined default): its CNN block on OpenVINO within the stated tolerance, its
+    spectral block the very numbers torch's path computes, the classes torch's."""
+    import tiling
+    from geoclf.chips import read_batch
+    from geoclf.models import load_model
+    from tiling.io import ChipReader
+
+    workdir, artifact, _ = exported_quickstart_model
+    reference_model = load_model(artifact)
+    cnn, spectral = (slice(*span) for span in reference_model.spec["blocks"].values())
+    index = tiling.read_index(workdir / "chips").sort_values("chip_id").head(96)
+    with ChipReader(bands=tuple(reference_model.bands), size=reference_model.chip_size) as reader:
+        chips = read_batch(pd.DataFrame(index.drop(columns="geometry")), reader)
+    assert chips.shape[1] == 4  # RGBN: the spectral block reads NIR
+    reference = reference_model.featurize(chips)
+    expected = reference_model.predict_features(reference)
+    for precision, tolerance in {"fp32": FP32_RTOL, **({"bf16": BF16_RTOL} if cpu_has_bf16() else {})}.items():
+        model = load_model(artifact).use_runtime("openvino", precision, threads=2)
+        assert type(model.featurizer).__name__ == "CombinedFeaturizer"
+        assert type(model.featurizer.cnn).__name__ == "ExportedCNNFeaturizer"
+        ours = model.featurize(chips)
+        assert ours.shape == reference.shape
+        error = relative_error(ours[:, cnn], reference[:, cnn])
+        assert error <= tolerance, f"{precision}: CNN block's relative error {error:.2g} > {tolerance}"
+        np.testing.assert_array_equal(ours[:, spectral], reference[:, spectral])
+        agreement = float(np.mean(model.predict_features(ours) == expected))
+        assert agreement >= MIN_AGREEMENT, f"{precision}: classes agree on {agreement:.1%} of chips"
+
+
+def test_spectral_statistics_have_no_network_to_run_on_openvino():
+    from geoclf.featurizers.exported import network_block
+    from geoclf.featurizers.spectral import SpectralFeaturizer
+
+    with pytest.raises(InputError, match="spectral featurizer has no network to run on openvino"):
+        network_block(SpectralFeaturizer())
 
 
 def test_scoring_on_openvino_matches_torch_on_the_quickstart_scene(exported_quickstart_model, tmp_path):

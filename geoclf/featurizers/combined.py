@@ -10,15 +10,19 @@ must not drown 22 spectral ones.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from geoclf.featurizers import Featurizer
+from geoclf.featurizers import KIND_FIELD, Featurizer
 from geoclf.featurizers.cnn import CNNFeaturizer
 from geoclf.featurizers.spectral import SpectralFeaturizer
 from tiling.errors import InputError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class CombinedFeaturizer(Featurizer):
@@ -49,6 +53,24 @@ class CombinedFeaturizer(Featurizer):
     def blocks(self) -> dict[str, list[int]]:
         """Where each block lies in the vector: ``{"cnn": [0, 1280], "spectral": [1280, 1302]}``."""
         return {"cnn": [0, self.cnn.feature_dim], "spectral": [self.cnn.feature_dim, self.feature_dim]}
+
+    def with_cnn(self, cnn: CNNFeaturizer) -> CombinedFeaturizer:
+        """The same spectral block beside another CNN block of the same description (e.g. the CNN run from its
+        export on another runtime: :func:`geoclf.featurizers.exported.on_runtime`).
+
+        Raises:
+            InputError: ``cnn`` reads other bands or gives another number of features than the CNN block.
+        """
+        if tuple(cnn.bands) != tuple(self.cnn.bands) or cnn.feature_dim != self.cnn.feature_dim:
+            raise InputError(f"a CNN block of bands {list(cnn.bands)} and {cnn.feature_dim} features cannot stand "
+                             f"for one of bands {list(self.cnn.bands)} and {self.cnn.feature_dim}")
+        return CombinedFeaturizer(cnn, self.spectral, self.device)
+
+    @property
+    def key(self) -> str:
+        """The blocks' keys: weights of a file are keyed by their hash, a CNN block on another runtime by its
+        runtime and export (as the blocks key themselves), so a worker caches one of each."""
+        return json.dumps({KIND_FIELD: self.kind, "cnn": self.cnn.key, "spectral": self.spectral.key}, sort_keys=True)
 
     def for_band_count(self, count: int) -> CombinedFeaturizer:
         """The spectral block without NIR for RGB imagery (the CNN reads RGB either way)."""
@@ -97,9 +119,14 @@ class CombinedFeaturizer(Featurizer):
         self.cnn.load()
         return self
 
+    def network(self) -> nn.Module:
+        """The CNN block's torch network (see :meth:`geoclf.featurizers.cnn.CNNFeaturizer.network`)."""
+        self.cnn.device = self.device
+        return self.cnn.network()
+
     def featurize(self, chips: np.ndarray) -> np.ndarray:
         """``(N, len(bands), S, S)`` uint8 chips -> ``(N, feature_dim)`` float32: the CNN block, then the
-        spectral block."""
+        spectral block (numpy: the same code on every runtime the CNN block runs on)."""
         chips = self.check_chips(chips)
         self.cnn.device = self.device
         cnn, spectral = self._picks

@@ -4,6 +4,11 @@ Same description as :class:`geoclf.featurizers.cnn.CNNFeaturizer` (its kind stay
 same features, up to the runtime's precision), same preprocessing; only the forward pass differs. The network is
 the ONNX file :func:`geoclf.runtime.export_onnx` wrote from the torch network, checked against its recorded
 SHA-256 in the process that runs it (a Dask worker refuses a file that is not the recorded one).
+
+Only the network is exported. A combined featurizer (:mod:`geoclf.featurizers.combined`, geoclf's default) runs
+its CNN block from the export and keeps its spectral block, numpy code with no network, as it is: the same
+object computes the spectral statistics at training and at scoring time, on either runtime
+(:func:`network_block`, :func:`on_runtime`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 
 from geoclf.featurizers import Featurizer
 from geoclf.featurizers.cnn import CNNFeaturizer
+from geoclf.featurizers.combined import CombinedFeaturizer
 from geoclf.runtime import ONNX_FILE, Runner, check_export, export_onnx, open_runner, thread_budget, verified_onnx
 from tiling.errors import InputError
 from tiling.io import atomic_path
@@ -106,16 +112,45 @@ def normalize(chips: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
 EXPORT_RECORD = "network.json"
 
 
+def network_block(featurizer: Featurizer, runtime: str = "openvino") -> CNNFeaturizer:
+    """The part of a featurizer that holds its network: a CNN featurizer itself, a combined featurizer's CNN block.
+
+    Raises:
+        InputError: the featurizer has no network (spectral statistics), so there is nothing to run on ``runtime``.
+    """
+    if isinstance(featurizer, CombinedFeaturizer):
+        return featurizer.cnn
+    if isinstance(featurizer, CNNFeaturizer):
+        return featurizer
+    raise InputError(f"the {featurizer.kind} featurizer has no network to run on {runtime}")
+
+
+def on_runtime(featurizer: Featurizer, export_dir: str | Path, export: Mapping[str, Any], *,
+               runtime: str = "openvino", precision: str = "auto", threads: int | None = None) -> Featurizer:
+    """The same featurizer (description, device, features up to the runtime's precision) with its network run
+    from the export in ``export_dir``: a CNN featurizer becomes an :class:`ExportedCNNFeaturizer`; a combined
+    one keeps its spectral block and runs its CNN block so.
+
+    Raises:
+        InputError: the featurizer has no network.
+    """
+    block = network_block(featurizer, runtime)
+    exported = ExportedCNNFeaturizer.from_featurizer(block, export_dir, export, runtime=runtime,
+                                                     precision=precision, threads=threads)
+    if isinstance(featurizer, CombinedFeaturizer):
+        return featurizer.with_cnn(exported)
+    return exported
+
+
 def export_featurizer(featurizer: Featurizer, directory: str | Path, *, runtime: str = "openvino",
-                      precision: str = "auto", threads: int | None = None) -> ExportedCNNFeaturizer:
-    """Export a loaded CNN featurizer's network into ``directory`` (once: a rerun reuses a valid export) and
-    return the featurizer that runs it there.
+                      precision: str = "auto", threads: int | None = None) -> Featurizer:
+    """Export a loaded featurizer's network (:func:`network_block`) into ``directory`` (once: a rerun reuses a
+    valid export) and return the featurizer that runs it there (:func:`on_runtime`).
 
     Raises:
         InputError: the featurizer has no network, the export fails its check, or the runtime is missing.
     """
-    if not isinstance(featurizer, CNNFeaturizer):
-        raise InputError(f"the {featurizer.kind} featurizer has no network to run on {runtime}")
+    block = network_block(featurizer, runtime)
     folder = Path(directory)
     record_path = folder / EXPORT_RECORD
     record: dict[str, Any] | None = None
@@ -124,13 +159,19 @@ def export_featurizer(featurizer: Featurizer, directory: str | Path, *, runtime:
             record = json.loads(record_path.read_text())
             verified_onnx(folder, record)
     if record is None or not (folder / str(record.get("file", ""))).is_file():
-        size = featurizer.input_size or 224
-        record = export_onnx(featurizer.network(), folder / ONNX_FILE, input_shape=(len(featurizer.bands), size, size))
+        size = block.input_size or 224
+        record = export_onnx(block.network(), folder / ONNX_FILE, input_shape=(len(block.bands), size, size))
         with atomic_path(record_path) as tmp:
             tmp.write_text(json.dumps(record, indent=2))
     check_export(folder, record, runtime, precision)
-    return ExportedCNNFeaturizer.from_featurizer(featurizer, folder.resolve(), record, runtime=runtime,
-                                                 precision=precision, threads=threads)
+    return on_runtime(featurizer, folder.resolve(), record, runtime=runtime, precision=precision, threads=threads)
 
 
-__all__ = ["EXPORT_RECORD", "ExportedCNNFeaturizer", "export_featurizer", "normalize"]
+def exported_record(featurizer: Featurizer) -> dict[str, Any]:
+    """The export record a featurizer returned by :func:`on_runtime` runs (``{}`` for one on torch)."""
+    block = featurizer.cnn if isinstance(featurizer, CombinedFeaturizer) else featurizer
+    return dict(block.export) if isinstance(block, ExportedCNNFeaturizer) else {}
+
+
+__all__ = ["EXPORT_RECORD", "ExportedCNNFeaturizer", "export_featurizer", "exported_record", "network_block",
+           "normalize", "on_runtime"]
