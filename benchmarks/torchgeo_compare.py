@@ -382,8 +382,9 @@ def report(sizes: dict[int, list[dict[str, Any]]], start: dict[str, Any], versio
     """Print the tables (markdown, for benchmarks/README.md) and return the figures."""
     end = end or machine_load()
     print(f"\n{command_line()} — {describe_load(start, end)}; {versions}\n")
-    print("| chips | run | seconds | chips/s | vs torchgeo | vs bare forward | CPU s | peak MB | vs torchgeo's |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| chips | run | seconds | chips/s | vs torchgeo | per CPU-s vs torchgeo | vs bare forward | per CPU-s vs "
+          "bare | CPU s | peak MB | vs torchgeo's |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     figures: dict[str, Any] = {"load": [start, end], "versions": versions, "sizes": {}}
     for chips, rounds in sizes.items():
         fig: dict[str, Any] = {}
@@ -391,25 +392,31 @@ def report(sizes: dict[int, list[dict[str, Any]]], start: dict[str, Any], versio
             runs = [rd[name] for rd in rounds]
             row: dict[str, Any] = {"chips_per_s": statistics.median(rate(r) for r in runs)}
             if name in BARE:
-                print(f"| {chips} | {name} ({runs[0]['precision']}, 2 threads) |  | "
-                      f"{row['chips_per_s']:.1f} |  |  |  |  |  |")
+                row["chips_per_cpu_s"] = statistics.median(r["chips"] / r["cpu"] for r in runs)
+                print(f"| {chips} | {name} ({runs[0]['precision']}, 2 threads) |  | {row['chips_per_s']:.1f} |  |  |  "
+                      f"| {row['chips_per_cpu_s']:.1f} chips/CPU-s |  |  |  |")
                 fig[name] = row
                 continue
             row.update({key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu", "peak_mb")})
-            cells = ["", "", ""]
+            cells = [""] * 5
             if TORCHGEO in rounds[0] and name != TORCHGEO:
-                theirs = [rd[TORCHGEO] for rd in rounds]
-                row["vs_torchgeo"] = statistics.median(rate(a) / rate(b) for a, b in zip(runs, theirs, strict=True))
-                row["memory_vs_torchgeo"] = statistics.median(a["peak_mb"] / b["peak_mb"]
-                                                              for a, b in zip(runs, theirs, strict=True))
+                pairs = list(zip(runs, [rd[TORCHGEO] for rd in rounds], strict=True))
+                row["vs_torchgeo"] = statistics.median(rate(a) / rate(b) for a, b in pairs)
+                row["cpu_vs_torchgeo"] = statistics.median((a["chips"] / a["cpu"]) / (b["chips"] / b["cpu"])
+                                                           for a, b in pairs)
+                row["memory_vs_torchgeo"] = statistics.median(a["peak_mb"] / b["peak_mb"] for a, b in pairs)
                 cells[0] = f"**{row['vs_torchgeo']:.2f}x**"
-                cells[2] = f"{row['memory_vs_torchgeo']:.2f}x"
+                cells[1] = f"{row['cpu_vs_torchgeo']:.2f}x"
+                cells[4] = f"{row['memory_vs_torchgeo']:.2f}x"
             if name in BARE_OF and BARE_OF[name] in rounds[0]:
-                bares = [rd[BARE_OF[name]] for rd in rounds]
-                row["vs_bare"] = statistics.median(rate(a) / rate(b) for a, b in zip(runs, bares, strict=True))
-                cells[1] = f"{100 * row['vs_bare']:.0f}%"
+                pairs = list(zip(runs, [rd[BARE_OF[name]] for rd in rounds], strict=True))
+                row["vs_bare"] = statistics.median(rate(a) / rate(b) for a, b in pairs)
+                row["cpu_vs_bare"] = statistics.median((a["chips"] / a["cpu"]) / (b["chips"] / b["cpu"])
+                                                       for a, b in pairs)
+                cells[2] = f"{100 * row['vs_bare']:.0f}%"
+                cells[3] = f"{100 * row['cpu_vs_bare']:.0f}%"
             print(f"| {chips} | {name} | {row['seconds']:.1f} | {row['chips_per_s']:.1f} | {cells[0]} | {cells[1]} | "
-                  f"{row['cpu']:.0f} | {row['peak_mb']:.0f} | {cells[2]} |")
+                  f"{cells[2]} | {cells[3]} | {row['cpu']:.0f} | {row['peak_mb']:.0f} | {cells[4]} |")
             fig[name] = row
         figures["sizes"][chips] = fig
     print("\nWhere geoclf's wall time went (medians; model / tile / write: the workers' seconds summed over "
