@@ -159,7 +159,9 @@ def test_spatial_cross_validation_chooses_by_blocks(tmp_path: Path, runs_dir: Pa
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import GroupKFold, cross_val_score
 
-    frame = pd.read_parquet(feats / "part-00000.parquet")
+    from geoclf.features import read_features
+
+    frame = read_features(feats)[1]  # the rows in the order geoclf fits them (by chip id): GroupKFold's folds
     train = frame[frame["split"] == "train"]
     x, y, blocks = np.stack(train["features"].to_numpy()), train["label"].to_numpy(), train["block"].to_numpy()
     for child in children:
@@ -293,6 +295,7 @@ def test_sweep_compares_featurizers_and_classifiers_by_spatial_cv(tmp_path: Path
     cross-validation; the sweep's name then loads the winner (what a recipe's score stage does)."""
     from sklearn.model_selection import GroupKFold, cross_val_score
 
+    from geoclf.features import read_features
     from geoclf.models import resolve_model_dir
 
     strong = write_features(tmp_path / "strong", seed=5)
@@ -312,7 +315,7 @@ def test_sweep_compares_featurizers_and_classifiers_by_spatial_cv(tmp_path: Path
     # each child's cv_accuracy is scikit-learn's over folds of whole blocks, on its own featurizer's vectors
     for child in sweep_children("compare"):
         source = strong if child.params["features"] == [str(strong.resolve())] else weak
-        frame = pd.read_parquet(source / "part-00000.parquet")
+        frame = read_features(source)[1]  # the rows in the order geoclf fits them (by chip id)
         train = frame[frame["split"] == "train"]
         x, y = np.stack(train["features"].to_numpy()), train["label"].to_numpy()
         if child.params["classifier"] == "logistic_regression":
