@@ -492,6 +492,7 @@ from torch import nn
 from geoclf.runtime import OpenVINORunner, export_onnx
 
 faulthandler.enable()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (nohup, &)
 path = sys.argv[1]
 export_onnx(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), path, input_shape=(3, 16, 16))
 batch = np.zeros((2, 3, 16, 16), np.float32)

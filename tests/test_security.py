@@ -283,8 +283,11 @@ _WORKING = re.compile(rb"(?:featurizing|scoring)[^\r\n]*\| *[1-9][0-9]*/[0-9]+")
 def _interrupt(args: list[str]) -> tuple[int, str]:
     """Run ``geoclf ARGS`` and press Ctrl-C as soon as its progress bar counts the first finished partition
     (so the workers are mid-task whatever the machine's load); returns (status, stderr)."""
+    # SIGINT as a terminal's foreground job has it, even when the suite runs as a background job (nohup, &),
+    # whose children inherit SIGINT ignored
     process = subprocess.Popen([sys.executable, "-m", "geoclf", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+                               stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stderr = b""
     try:
         with selectors.DefaultSelector() as selector:
@@ -741,13 +744,19 @@ def test_a_tampered_model_description_fails_before_tiling(change, needle, artifa
 
 @pytest.fixture(scope="module")
 def trained(chips, tmp_path_factory):
-    """A logistic regression trained on EfficientNet-Lite0 features of the chips, in a run history of its own."""
+    """A logistic regression trained on the default features of the chips, in a run history of its own.
+
+    Regularized to near-uniform probabilities (C=1e-6), so that it misclassifies validation chips and a report
+    has a gallery to read: the default features classify this scene without an error.
+    """
     from geoclf.classifiers import train_classifier
     from geoclf.features import featurize
 
     root = tmp_path_factory.mktemp("trained")
     featurize(chips, root / "feats", scheduler="sync", progress=False, record_run=False)
-    train_classifier(root / "feats", "logistic_regression", name="lr-security", runs_dir=root / "runs")
+    result = train_classifier(root / "feats", "logistic_regression", params={"C": 1e-6}, name="lr-security",
+                              runs_dir=root / "runs")
+    assert result.evaluation["accuracy"] < 1, "the report tests need misclassified validation chips"
     return root
 
 
