@@ -38,7 +38,7 @@ from geoclf.partitions import (
 from geoclf.runs import start_run
 from geoclf.runtime import check_model_runtime
 from tiling.errors import InputError
-from tiling.index import index_hash, read_index
+from tiling.index import index_file, index_hash, read_index
 from tiling.io import ChipReader, atomic_path, nodata_mask, open_raster
 from tiling.locks import locks_output
 from tiling.materialize import read_png_folder
@@ -69,9 +69,9 @@ def load_chip_table(chips: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[s
         return table, {"kind": "png", "path": str(path.resolve())}
     index = read_index(path, check_rasters=True)
     table = pd.DataFrame(index.drop(columns="geometry"))
-    index_file = path / "chips.parquet" if path.is_dir() else path
+    file = index_file(path)
     attrs = index.attrs.get("geoclf", {})
-    return table, {"kind": "index", "path": str(index_file.resolve()), "sha256": index_hash(index_file),
+    return table, {"kind": "index", "path": str(file.resolve()), "sha256": index_hash(file),
                    "chip_size_m": attrs.get("chip_size_m")}
 
 

@@ -375,9 +375,7 @@ def read_index(path: PathLike, *, check_rasters: bool = False) -> gpd.GeoDataFra
     Raises:
         InputError: the file is missing, is no chip index, or a row is bad (the message names the first one).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "chips.parquet"
+    path = index_file(path)
     if not path.exists():
         raise InputError("no such chip index", path)
     try:
@@ -505,10 +503,16 @@ def _check_windows(index: pd.DataFrame, path: PathLike | None, first_row: int = 
     _refuse_first_row(index, problems, path, first_row)
 
 
+def index_file(path: PathLike) -> Path:
+    """The ``chips.parquet`` a chip index argument names (the file, or the directory holding it)."""
+    path = Path(path)
+    return path / "chips.parquet" if path.is_dir() else path
+
+
 def index_hash(path: PathLike) -> str:
     """SHA-256 of a chip index file: identifies the data a model was trained on."""
     digest = hashlib.sha256()
-    with open(Path(path) / "chips.parquet" if Path(path).is_dir() else path, "rb") as handle:
+    with open(index_file(path), "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

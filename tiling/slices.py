@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tiling.errors import InputError
-from tiling.index import REQUIRED_COLUMNS, validate_index
+from tiling.index import REQUIRED_COLUMNS, index_file, validate_index
 from tiling.io import PathLike
 
 
@@ -74,12 +74,6 @@ class IndexSlice:
 def _geometry_column(parquet: pq.ParquetFile) -> str | None:
     geo = (parquet.schema_arrow.metadata or {}).get(b"geo")
     return json.loads(geo).get("primary_column") if geo else None
-
-
-def index_file(path: PathLike) -> Path:
-    """The ``chips.parquet`` a chip index argument names (the file, or the directory holding it)."""
-    path = Path(path)
-    return path / "chips.parquet" if path.is_dir() else path
 
 
 def index_attrs(path: PathLike) -> dict[str, Any]:
@@ -172,4 +166,4 @@ def plan_index_slices(path: PathLike, rows_per_slice: int) -> list[IndexSlice]:
     return plan
 
 
-__all__ = ["IndexFacts", "IndexSlice", "check_index_file", "index_attrs", "index_file", "plan_index_slices"]
+__all__ = ["IndexFacts", "IndexSlice", "check_index_file", "index_attrs", "plan_index_slices"]
