@@ -174,6 +174,35 @@ def test_real_naip_files_read_with_dates_and_nir():
     assert np.unique(chip[3]).size > 20  # real NIR values, not a 0/255 mask
 
 
+def test_real_rasters_without_overviews_keep_their_nodata_classification(tmp_path):
+    # Without overviews nodata_mask samples windows in a few blocks instead of a decimated read of the whole
+    # raster (which decodes every block); the answer must stay what the pixels say.
+    import realdata as real
+
+    from tiling.io import nodata_mask
+
+    wv = shared_data("naip-nlcd-wv-calebrob6", "naip.tif")
+    nir_as_alpha = [shared_data("naip-samples-stactools", name)
+                    for name in ("m_4208701_ne_16_060_20200902.tif", "m_3211605_ne_11_060_20200415.tif")]
+    expected = {wv: (None, None), **dict.fromkeys(nir_as_alpha, (None, None)),
+                real.alpha_copy(wv, tmp_path / "alpha.tif"): ("alpha", 5),
+                real.masked_copy(wv, tmp_path / "masked.tif"): ("mask", None)}
+    for path, answer in expected.items():
+        with rasterio.open(path) as ds:
+            assert not ds.overviews(1) and ds.width * ds.height > 128 * 128, path  # the sampled path
+            assert nodata_mask(ds) == answer, path
+
+    # a file rewritten in place is asked again, not answered from what the process kept about the old one
+    rewritten = tmp_path / "rewritten.tif"
+    real.alpha_copy(wv, rewritten)
+    with rasterio.open(rewritten) as ds:
+        assert nodata_mask(ds) == ("alpha", 5)
+    with rasterio.open(rewritten, "r+") as ds:
+        ds.write(np.random.default_rng(0).integers(1, 255, (ds.height, ds.width), dtype=np.uint8), 5)
+    with rasterio.open(rewritten) as ds:
+        assert nodata_mask(ds) == (None, None)
+
+
 def test_real_nlcd_against_real_naip_elsewhere_is_a_clear_error():
     naip = shared_data("naip-nd-m_4709963_se-opengeos", "m_4709963_se_14_1_20160816.tif")
     nlcd = shared_data("nlcd-ct-ma-jhollist", "nlcd.tif")
