@@ -339,3 +339,21 @@ def test_a_06m_scene_reads_the_ground_of_the_1m_scene(plain_scene, tmp_path):
     same_place = np.abs(a.mean(axis=(2, 3)) - b.mean(axis=(2, 3))).mean()
     other_place = np.abs(a.mean(axis=(2, 3)) - np.roll(b, 1, axis=0).mean(axis=(2, 3))).mean()
     assert same_place < 3 < other_place
+
+
+@pytest.mark.parametrize("nodata", ["zero", "mask"])
+def test_nodata_fractions_count_the_pixels_without_data_where_the_lattice_is_the_pixels(tmp_path, nodata):
+    """At 32 px chips the nodata lattice is the raster's own pixels: each chip's nodata fraction is exactly the
+    share of its pixels without data (0 in every band, or outside the mask), whichever way the lattice is read
+    (lattices inside the raster are read without the boundless read's temporary VRT)."""
+    from tiling.synth import make_scene
+
+    scene = make_scene(tmp_path, size_m=1344, resolution=7.0, seed=0, collar_m=150, nlcd=False, nodata=nodata)
+    index = tiling.tile([scene.naip], None, params=tiling.TileParams(chip_size=32, max_nodata=1.0), progress=False)
+    with rasterio.open(scene.naip) as ds:
+        pixels = ds.read()
+        empty = np.all(pixels == 0, axis=0) if nodata == "zero" else ds.read_masks(1) == 0
+    expected = [empty[r:r + h, c:c + w].mean() for c, r, w, h in
+                index[["col_off", "row_off", "width", "height"]].itertuples(index=False)]
+    assert 0 < (index["nodata_frac"] > 0).sum() < len(index)  # the collar reaches into some chips, not all
+    np.testing.assert_array_equal(index["nodata_frac"].to_numpy(), np.array(expected))
