@@ -261,10 +261,8 @@ def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: Pat
     notes = []
     if imagery and facts.sources:
         sources = list(facts.sources)
-        rgb, missing = page.add_imagery(sources, name="Imagery (natural colour)", max_pixels=imagery_max_pixels)
-        if rgb is not None:
-            page.add_imagery(sources, name="Imagery (colour infrared)", bands=CIR_BANDS, show=False,
-                             max_pixels=imagery_max_pixels)
+        _, missing = page.add_imagery(sources, name="Imagery (natural colour)", max_pixels=imagery_max_pixels,
+                                      hidden={"Imagery (colour infrared)": CIR_BANDS})
         if missing:
             notes.append(f"{len(missing)} of {len(sources)} rasters could not be read for the imagery layer.")
     layer = page.add_image(url, bounds, name=title, opacity=opacity)

@@ -226,7 +226,24 @@ def imagery_image(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
         The layer, with the sources that could not be read (missing, unreadable, too few bands) in
         ``missing``; None when no raster gave a pixel (or, with an empty ``url``, when none could be read).
     """
-    missing: list[str] = []
+    return imagery_images(sources, bounds, band_sets=[bands], max_pixels=max_pixels, quality=quality)[0]
+
+
+def imagery_images(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
+                   band_sets: Sequence[Sequence[int]] = (RGB_BANDS, CIR_BANDS), max_pixels: int = 1536,
+                   quality: int = 82) -> list[ImageLayer | None]:
+    """:func:`imagery_image` of several band triples (natural colour and colour infrared), each raster read once.
+
+    A raster without overviews is decoded whole by a decimated read (seconds for a NAIP quarter-quad), so the
+    layers of one page share that read: the union of their bands is read and warped together. Each layer is
+    what :func:`imagery_image` of its bands gives, ``missing`` included (a 3-band raster is missing from the
+    colour-infrared layer only).
+
+    Returns:
+        One layer (or None) per band triple, in order.
+    """
+    sets = [list(bands) for bands in band_sets]
+    missing: list[list[str]] = [[] for _ in sets]
     footprints: dict[str, tuple[float, float, float, float]] = {}
     for source in dict.fromkeys(str(s) for s in sources if isinstance(s, str) and s):
         try:
@@ -234,9 +251,10 @@ def imagery_image(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
                 footprints[source] = rasterio.warp.transform_bounds(dataset.crs, _MERCATOR, *dataset.bounds,
                                                                     densify_pts=21)
         except (InputError, RasterioError, OSError, ValueError):
-            missing.append(source)
+            for unread in missing:
+                unread.append(source)
     if not footprints:
-        return ImageLayer("", [], missing) if missing else None
+        return [ImageLayer("", [], unread) if unread else None for unread in missing]
     if bounds is None:
         boxes = np.array(list(footprints.values()))
         extent = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
@@ -244,17 +262,24 @@ def imagery_image(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
         (south, west), (north, east) = bounds
         extent = rasterio.warp.transform_bounds("EPSG:4326", _MERCATOR, west, south, east, north)
     transform, width, height = _mercator_canvas(extent, 0.0, max_pixels)
-    canvas = np.zeros((4, height, width), dtype=np.uint8)
+    canvases = [np.zeros((4, height, width), dtype=np.uint8) for _ in sets]
     for source in footprints:
         try:
-            piece = _read_imagery(source, extent, transform, width, height, list(bands))
+            pieces = _read_imagery(source, extent, transform, width, height, sets)
         except (InputError, RasterioError, OSError, ValueError):
-            missing.append(source)
-            continue
-        if piece is None:
-            continue
-        fill = (canvas[3] == 0) & (piece[3] > 0)
-        canvas[:, fill] = piece[:, fill]
+            pieces = [InputError("cannot be read", source)] * len(sets)
+        for canvas, unread, piece in zip(canvases, missing, pieces, strict=True):
+            if isinstance(piece, InputError):
+                unread.append(source)
+            elif piece is not None:
+                fill = (canvas[3] == 0) & (piece[3] > 0)
+                canvas[:, fill] = piece[:, fill]
+    return [_image_layer(canvas, unread, transform, width, height, quality)
+            for canvas, unread in zip(canvases, missing, strict=True)]
+
+
+def _image_layer(canvas: np.ndarray, missing: list[str], transform: Affine, width: int, height: int,
+                 quality: int) -> ImageLayer | None:
     if not canvas[3].any():
         return ImageLayer("", [], missing) if missing else None
     image = Image.fromarray(np.ascontiguousarray(np.moveaxis(canvas, 0, -1)), mode="RGBA")
@@ -265,34 +290,50 @@ def imagery_image(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
 
 
 def _read_imagery(source: str, mercator: tuple[float, float, float, float], transform: Affine, width: int,
-                  height: int, bands: list[int]) -> np.ndarray | None:
-    """One raster's ``bands`` and alpha on the Mercator canvas, ``(4, height, width)`` uint8; None outside it."""
+                  height: int, band_sets: list[list[int]]) -> list[np.ndarray | InputError | None]:
+    """One raster's band triples, each with its alpha, on the Mercator canvas: per triple a ``(4, height,
+    width)`` uint8 array, None outside it, or an InputError where the raster lacks one of its bands."""
     with open_raster(source) as dataset:
         mask, alpha_band = nodata_mask(dataset)
         count = dataset.count - (alpha_band is not None)
-        if max(bands) > count:
-            raise InputError(f"has {count} band(s); band {max(bands)} was asked for", source)
+        pieces: list[np.ndarray | InputError | None] = [
+            InputError(f"has {count} band(s); band {max(bands)} was asked for", source) if max(bands) > count
+            else None for bands in band_sets]
+        readable = [i for i, piece in enumerate(pieces) if piece is None]
+        if not readable:
+            return pieces
         left, bottom, right, top = rasterio.warp.transform_bounds(_MERCATOR, dataset.crs, *mercator, densify_pts=21)
         window = from_bounds(left, bottom, right, top, transform=dataset.transform).intersection(
             Window(0, 0, dataset.width, dataset.height)).round_offsets().round_lengths()
         if window.width < 1 or window.height < 1:
-            return None
+            return pieces
         # about two source pixels per page pixel (bilinear warping then has something to average), never more
         # than the raster has: GDAL reads the nearest overview level for a decimated read
         wanted = transform.a / max(abs(dataset.transform.a), 1e-12) / 2
         shape = (max(1, round(window.height / max(wanted, 1))), max(1, round(window.width / max(wanted, 1))))
+        # every band once, whichever triples need it: each band is resampled on its own, so a triple's pixels
+        # are those of reading it alone
+        bands = sorted({band for i in readable for band in band_sets[i]})
         data = dataset.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.average)
         valid = read_valid(dataset, mask, alpha_band, window, shape)
-        alpha = (data.max(axis=0) > 0) if valid is None else valid & (data.max(axis=0) > 0)
+        stacks = []
+        for i in readable:
+            triple = data[[bands.index(band) for band in band_sets[i]]]
+            alpha = (triple.max(axis=0) > 0) if valid is None else valid & (triple.max(axis=0) > 0)
+            stacks.append(np.concatenate([triple.astype(np.uint8), (alpha * 255).astype(np.uint8)[None]]))
         source_transform = dataset.window_transform(window) * Affine.scale(window.width / shape[1],
                                                                            window.height / shape[0])
-        stack = np.concatenate([data.astype(np.uint8), (alpha * 255).astype(np.uint8)[None]])
-        out = np.zeros((4, height, width), dtype=np.uint8)
+        # one warp for all triples: bilinear warps each band on its own, the coordinates are computed once
+        stack = np.concatenate(stacks)
+        out = np.zeros((len(stack), height, width), dtype=np.uint8)
         rasterio.warp.reproject(stack, out, src_transform=source_transform, src_crs=dataset.crs,
                                 dst_transform=transform, dst_crs=_MERCATOR, resampling=Resampling.bilinear)
-    out[3] = np.where(out[3] >= 128, 255, 0)  # a hard edge: half-transparent collars look like haze
-    out[:3, out[3] == 0] = 0
-    return out
+    for n, i in enumerate(readable):
+        piece = out[4 * n:4 * n + 4]
+        piece[3] = np.where(piece[3] >= 128, 255, 0)  # a hard edge: half-transparent collars look like haze
+        piece[:3, piece[3] == 0] = 0
+        pieces[i] = piece
+    return pieces
 
 
 _SWATCH = ("display:inline-block;width:14px;height:14px;margin-right:6px;vertical-align:middle;"
@@ -434,19 +475,29 @@ class WebMap:
 
     def add_imagery(self, sources: Sequence[str], *, name: str, bands: Sequence[int] = RGB_BANDS,
                     show: bool = True, pane: str | None = None, max_pixels: int = 1536,
-                    bounds: LatLonBounds | None = None) -> tuple[folium.raster_layers.ImageOverlay | None, list[str]]:
+                    bounds: LatLonBounds | None = None, hidden: Mapping[str, Sequence[int]] | None = None
+                    ) -> tuple[folium.raster_layers.ImageOverlay | None, list[str]]:
         """Add the imagery of ``sources`` (:func:`imagery_image`; all of them, or over ``bounds``) as a layer.
+
+        Args:
+            hidden: more layers of the same imagery, name -> bands (e.g. colour infrared), read in the same pass
+                (:func:`imagery_images`) and added hidden when the first layer has pixels.
 
         Returns:
             The layer (None when no raster could be drawn) and the sources that could not be read.
         """
-        layer = imagery_image(sources, bounds, bands=bands, max_pixels=max_pixels)
+        names = [name, *(hidden or {})]
+        layers = imagery_images(sources, bounds, band_sets=[bands, *(hidden or {}).values()], max_pixels=max_pixels)
+        layer = layers[0]
         if layer is None:
             return None, []
         if not layer.url:
             return None, layer.missing
-        return self.add_image(layer.url, layer.bounds, name=name, opacity=1.0, show=show, imagery=True,
-                              pane=pane), layer.missing
+        first = self.add_image(layer.url, layer.bounds, name=name, opacity=1.0, show=show, imagery=True, pane=pane)
+        for more, extra in zip(names[1:], layers[1:], strict=True):
+            if extra is not None and extra.url:
+                self.add_image(extra.url, extra.bounds, name=more, opacity=1.0, show=False, imagery=True, pane=pane)
+        return first, layer.missing
 
     def add_grid(self, grid: LandUseGrid, classes: Legend, *, max_pixels: int = 2048, **options: Any
                  ) -> folium.raster_layers.ImageOverlay:
@@ -677,6 +728,7 @@ __all__ = [
     "escaped_geojson",
     "hex_color",
     "imagery_image",
+    "imagery_images",
     "leaflet_assets",
     "legend_box",
     "legend_html",

@@ -552,6 +552,25 @@ def test_land_use_page_shows_the_scored_imagery_offline(scene_predictions, small
             assert r > 0.8, f"{kind} band {band + 1} on the page does not follow the raster (r = {r:.2f})"
 
 
+def test_imagery_layers_read_together_are_the_layers_read_alone(tmp_path: Path) -> None:
+    # a page's natural-colour and colour-infrared layers share one read of each raster (imagery_images): each
+    # must be what reading its bands alone gives, and a 3-band raster is missing from the infrared one only
+    import realdata as real
+    from conftest import shared_data
+
+    from geoclf.webmap import CIR_BANDS, RGB_BANDS, ImageLayer, imagery_image, imagery_images
+
+    four = str(shared_data("naip-nlcd-wv-calebrob6", "naip.tif"))
+    three = str(real.rgb_copy(Path(four), tmp_path / "rgb.tif"))
+    for sources in ([four], [three], [three, four]):
+        together = imagery_images(sources, band_sets=[RGB_BANDS, CIR_BANDS], max_pixels=400)
+        alone = [imagery_image(sources, bands=bands, max_pixels=400) for bands in (RGB_BANDS, CIR_BANDS)]
+        assert together == alone, sources
+        assert together[0].url and together[0].missing == []
+    assert imagery_images([three], band_sets=[RGB_BANDS, CIR_BANDS])[1] == ImageLayer("", [], [three])
+    assert imagery_images([three, four], band_sets=[RGB_BANDS, CIR_BANDS])[1].missing == [three]
+
+
 def hostile(tag: str) -> str:
     """A name that runs script if a page puts it into HTML unescaped: it sets the page title and adds a
     ``<pwned-TAG>`` element. No slash, so it can be a raster's file name (``<img ...>.tif``)."""

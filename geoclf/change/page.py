@@ -72,12 +72,9 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
         column = f"source_{which}"
         sources = [str(s) for s in aligned[column].dropna().unique()] if imagery and column in aligned else []
         if sources:
-            rgb, unread = page.add_imagery(sources, name=f"Imagery {label}", pane=pane,
-                                           max_pixels=imagery_max_pixels)
+            _, unread = page.add_imagery(sources, name=f"Imagery {label}", pane=pane, max_pixels=imagery_max_pixels,
+                                         hidden={f"Imagery {label} (colour infrared)": CIR_BANDS})
             missing += len(unread)
-            if rgb is not None:
-                page.add_imagery(sources, name=f"Imagery {label} (colour infrared)", bands=CIR_BANDS, show=False,
-                                 pane=pane, max_pixels=imagery_max_pixels)
         class_url, class_bounds = overlay_image(grids[which], scheme, overlay_max_pixels)
         land_use.append(page.add_image(class_url, class_bounds, name=f"Land use {label}", opacity=0.55,
                                        pane=pane))
