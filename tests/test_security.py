@@ -144,22 +144,6 @@ def test_the_dashboard_opens_to_the_network_only_when_asked(monkeypatch):
             assert page.status == 200
 
 
-@pytest.mark.parametrize("command", ["featurize", "score"])  # score over rasters: scene blocks (run_plan)
-def test_the_dashboard_link_is_printed_once_on_a_line_of_its_own(command, chips, small_scene, artifact, tmp_path):
-    if command == "featurize":
-        args = ["featurize", "--chips", str(chips), "--out", str(tmp_path / "f")]
-    else:
-        args = ["score", "--model", str(artifact), "--naip", str(small_scene.naip), "--out", str(tmp_path / "f")]
-    done = geoclf(*args, "--workers", "2", "--chips-per-partition", "20")
-    assert done.returncode == 0, done.stderr
-    lines = done.stderr.replace("\r", "\n").split("\n")  # a bar drawn before it would share its line
-    links = [line for line in lines if "Dask dashboard" in line]
-    assert len(links) == 1, done.stderr
-    assert links[0].startswith("Dask dashboard: http://127.0.0.1:") and links[0].endswith("/status"), links
-    assert "%|" not in done.stderr[:done.stderr.index("Dask dashboard")]  # before any bar, not in one
-    assert len(list((tmp_path / "f").rglob("part-*.parquet"))) >= 3  # 58 chips, 20 a partition: a real cluster
-
-
 def test_a_bad_dashboard_address_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--dashboard", "everywhere", "tile", "--help"])
@@ -306,19 +290,26 @@ def _interrupt(args: list[str]) -> tuple[int, str]:
     return process.returncode, (stderr + rest).decode()
 
 
-@pytest.mark.parametrize("command", ["featurize", "score"])
-def test_ctrl_c_is_one_line_and_status_130(command, chips, artifact, tmp_path):
+@pytest.mark.parametrize("command", ["featurize", "score"])  # score over rasters: scene blocks (run_plan)
+def test_ctrl_c_is_one_line_and_status_130_after_one_dashboard_line(command, chips, small_scene, artifact, tmp_path):
+    # one real cluster run per command checks both what a user sees of it: the dashboard link, printed once on a
+    # line of its own before any bar, and Ctrl-C mid-run, one line and status 130
     out = tmp_path / "out"
     if command == "featurize":
         args = ["featurize", "--chips", str(chips), "--out", str(out)]
     else:
-        args = ["score", "--model", str(artifact), "--chips", str(chips), "--out", str(out)]
+        args = ["score", "--model", str(artifact), "--naip", str(small_scene.naip), "--out", str(out)]
     # one chip per partition: 58 partitions, so that most are still to do when the first one is counted
     status, stderr = _interrupt([*args, "--workers", "2", "--chips-per-partition", "1"])
     assert status == 130, stderr
     assert error_line(stderr) == "geoclf: interrupted"
     for noise in ("Traceback", "KeyboardInterrupt", "distributed.", "CancelledError"):
         assert noise not in stderr, stderr
+    lines = stderr.replace("\r", "\n").split("\n")  # a bar drawn before it would share its line
+    links = [line for line in lines if "Dask dashboard" in line]
+    assert len(links) == 1, stderr
+    assert links[0].startswith("Dask dashboard: http://127.0.0.1:") and links[0].endswith("/status"), links
+    assert "%|" not in stderr[:stderr.index("Dask dashboard")]  # before any bar, not in one
 
 
 # -- item 4: names taken from data files never leave their folder ---------------------------------------------
