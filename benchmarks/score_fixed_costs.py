@@ -54,6 +54,7 @@ from common import (
     describe_load,
     log,
     machine_load,
+    run_tree,
     train_scoring_model,
 )
 
@@ -163,9 +164,7 @@ OVERLAPPED, AROUND = list(VARIANTS)[1:3]
 
 def run_command(model_dir: Path, naip: Path, out: Path, extra: list[str], no_overlap: bool) -> dict[str, Any]:
     """``geoclf score`` as a subprocess into a fresh output: wall and CPU seconds, peak memory of its process
-    tree (client + workers, summed resident memory; ``torchgeo_compare.run_tree``)."""
-    from torchgeo_compare import run_tree
-
+    tree (client + workers, summed resident memory; ``common.run_tree``)."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "GEOCLF_DASHBOARD": "off"}

@@ -40,21 +40,18 @@ Run: ``.venv/bin/python benchmarks/torchgeo_compare.py [--chips 900 3600] [--rou
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO, cached_scene, command_line, default_work_dir, describe_load, log, machine_load
+from common import REPO, cached_scene, command_line, default_work_dir, describe_load, log, machine_load, run_tree
 
 from tiling.parallel import WORKER_GLIBC_TUNABLES
 
@@ -188,53 +185,6 @@ def resnet18_model(work: Path) -> Path:
 
 
 # --- running one variant ----------------------------------------------------------------------------------
-
-class TreeMemory:
-    """Peak of the summed resident memory of a process and all its descendants, sampled in a thread (MB)."""
-
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
-        import psutil
-
-        self._root = psutil.Process(pid)
-        self._interval = interval
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            with contextlib.suppress(psutil.Error):  # the root just ended
-                for proc in [self._root, *self._root.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error):  # a process that just ended
-                        total += proc.memory_info().rss
-            self.peak = max(self.peak, total / 2**20)
-            self._stop.wait(self._interval)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
-def run_tree(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """Run ``command`` to its end: wall seconds, CPU seconds of its process tree, peak tree memory, stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    epoch, started = time.time(), time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-    memory = TreeMemory(proc.pid)
-    stdout, stderr = proc.communicate(timeout=3600)
-    seconds = time.perf_counter() - started
-    peak = memory.stop()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:4])}... failed ({proc.returncode}): {stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": seconds, "cpu": cpu, "peak_mb": peak, "stdout": stdout, "epoch": epoch}
-
 
 def base_env() -> dict[str, str]:
     """A user's environment with the allocator tunables both sides get (glibc reads them at process start)."""
