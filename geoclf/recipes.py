@@ -48,9 +48,10 @@ from typeguard import CollectionCheckStrategy, TypeCheckError, check_type
 from geoclf import runs
 from geoclf.runs import RUNS_ENV
 from geoclf.stac import search_naip, write_scenes
+from geoclf.tile_area import tile_area
 from tiling import synth
 from tiling.errors import InputError
-from tiling.index import TileParams, tile
+from tiling.index import TileParams
 from tiling.io import atomic_path
 
 
@@ -433,12 +434,13 @@ def raster_list(naip: list[str] | str) -> list[str]:
 
 def tile_stage(naip: list[str] | str, nlcd: str, out: str, aoi: str | None = None, scheduler: Any = "sync",
                **params: Any) -> Any:
-    """``tile`` stage: :func:`tiling.tile` with :class:`tiling.TileParams` fields given flat."""
+    """``tile`` stage: ``geoclf tile`` (:func:`geoclf.tile_area.tile_area`, the index :func:`tiling.tile` writes,
+    never held in this process) with :class:`tiling.TileParams` fields given flat."""
     valid = set(inspect.signature(TileParams).parameters)
     unknown = sorted(set(params) - valid)
     if unknown:
         raise InputError(f"unknown tile parameter(s) {', '.join(unknown)} (valid: {', '.join(sorted(valid))})")
-    return tile(raster_list(naip), nlcd, out, params=TileParams(**params), aoi=aoi, scheduler=scheduler)
+    return tile_area(raster_list(naip), nlcd, out, params=TileParams(**params), aoi=aoi, scheduler=scheduler)
 
 
 def score_stage(model: str, out: str, naip: list[str] | str | None = None, **kwargs: Any) -> Any:

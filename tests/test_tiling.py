@@ -106,16 +106,16 @@ def test_local_cluster_gives_the_same_index(small_scene, tmp_path):
     params = tiling.TileParams(min_purity=0.5)
     sync = tiling.tile([small_scene.naip], small_scene.nlcd, params=params, scheduler="sync", progress=False)
     import tiling.index as index_module
-    from tiling.index import _CELLS_PER_TASK  # noqa: F401  (tasks split scenes; force several below)
+    from tiling.index import CELLS_PER_TASK  # noqa: F401  (tasks split scenes; force several below)
 
-    index_module._CELLS_PER_TASK, saved = 16, index_module._CELLS_PER_TASK
+    index_module.CELLS_PER_TASK, saved = 16, index_module.CELLS_PER_TASK
     try:
         with tiling.dask_client("local", n_workers=2) as client:
             parallel = tiling.tile([small_scene.naip], small_scene.nlcd, params=params, scheduler=client,
                                    progress=False)
             assert len(client.scheduler_info()["workers"]) == 2
     finally:
-        index_module._CELLS_PER_TASK = saved
+        index_module.CELLS_PER_TASK = saved
     pd.testing.assert_frame_equal(pd.DataFrame(sync), pd.DataFrame(parallel))
 
 

@@ -14,8 +14,10 @@ headers) and cuts each raster's span of grid cells into rectangles of at most a 
   (:class:`Rival`) and measures their nodata on the shared cells itself, so every cell ends up in exactly one
   block without the client ever seeing a chip.
 
-The spatial train/validation split and class balancing need every chip's label at once; they stay with
-:func:`tiling.tile`. Blocks serve scoring, which needs neither.
+The spatial train/validation split and class balancing need every chip's label at once: a block's worker
+counts its chips per split group and class (:func:`label_block` also says how many cells the filters saw),
+and whoever plans the area splits and balances from those counts alone (:func:`tiling.split.assign_group_splits`,
+:func:`tiling.split.balanced_positions`; ``geoclf tile`` does, in :mod:`geoclf.tile_area`). Scoring needs neither.
 """
 
 from __future__ import annotations
@@ -233,6 +235,17 @@ SHARED_CHUNK = 16
 def block_chips(block: SceneBlock, params: TileParams, nlcd: NlcdInfo | None = None) -> gpd.GeoDataFrame:
     """The chips of one block (runs on a worker): the rows :func:`tiling.tile` gives these cells.
 
+    :func:`label_block` without its counts.
+    """
+    return label_block(block, params, nlcd)[0]
+
+
+def label_block(block: SceneBlock, params: TileParams,
+                nlcd: NlcdInfo | None = None) -> tuple[gpd.GeoDataFrame, dict[str, int]]:
+    """The chips of one block (runs on a worker) and what the filters saw: the rows :func:`tiling.tile` gives
+    these cells, and ``{"candidates": cells labeled, "with_data": cells within the nodata limit}`` counted as
+    :func:`tiling.tile` counts them for its "no chip left" messages (before overlapping rasters are resolved).
+
     Columns as the chip index's (see docs/architecture.md), without ``split``: the split needs every chip of
     the area. Cells a rival raster keeps are left out, so neighbouring rasters' blocks never share a chip.
 
@@ -257,6 +270,7 @@ def block_chips(block: SceneBlock, params: TileParams, nlcd: NlcdInfo | None = N
     if shared.any():
         own = _shared_measure(block.scene, block.grid, block.scene_span, ix[shared], iy[shared], measure)
         frame = pd.concat([frame[~shared], own.set_index(frame.index[shared])]).sort_index()
+    counts = {"candidates": len(frame), "with_data": int((frame["nodata_frac"] <= params.max_nodata).sum())}
     frame = frame[kept_chips(frame, params, labeled).to_numpy()]
     for rival in block.rivals:
         mine = _inside(rival.span, frame["ix"].to_numpy(), frame["iy"].to_numpy())
@@ -271,7 +285,7 @@ def block_chips(block: SceneBlock, params: TileParams, nlcd: NlcdInfo | None = N
         lost = (beaten["nodata_frac_rival"] < beaten["nodata_frac"]) | (
             (beaten["nodata_frac_rival"] == beaten["nodata_frac"]) & (beaten["scene_rival"] < beaten["scene"]))
         frame = frame[~frame["cell"].isin(beaten.loc[lost, "cell"])]
-    return with_footprints(frame.reset_index(drop=True), CRS.from_user_input(block.index_crs))
+    return with_footprints(frame.reset_index(drop=True), CRS.from_user_input(block.index_crs)), counts
 
 
 def _shared_measure(scene: SceneInfo, grid: ChipGrid, span: Span, ix: np.ndarray, iy: np.ndarray,
@@ -291,4 +305,4 @@ def _shared_measure(scene: SceneInfo, grid: ChipGrid, span: Span, ix: np.ndarray
     return measured.loc[list(zip(ix.tolist(), iy.tolist(), strict=True))].reset_index(drop=True)
 
 
-__all__ = ["Rival", "SceneBlock", "block_chips", "cut_span", "plan_blocks"]
+__all__ = ["Rival", "SceneBlock", "block_chips", "cut_span", "label_block", "plan_blocks"]

@@ -29,8 +29,9 @@ from tiling.split import SPLIT_METHODS, assign_split, balance_classes, block_key
 #: CRS of the index geometry when the rasters are in several CRSes: NLCD's equal-area CONUS Albers.
 MULTI_CRS_INDEX = "EPSG:5070"
 
-#: Cells per labeling task: big enough to amortize opening the rasters, small enough to spread a scene.
-_CELLS_PER_TASK = 2048
+#: Cells per labeling task (and per partition of `geoclf tile`): big enough to amortize opening the rasters, small
+#: enough to spread a scene.
+CELLS_PER_TASK = 2048
 
 
 @dataclass
@@ -131,8 +132,8 @@ def plan_chips(naip: Sequence[PathLike], params: TileParams, aoi: PathLike | Non
                     else shapely.intersects(boxes, shape))
             ix, iy = ix[keep], iy[keep]
         counts["in_aoi"] += len(ix)
-        for start in range(0, len(ix), _CELLS_PER_TASK):
-            stop = start + _CELLS_PER_TASK
+        for start in range(0, len(ix), CELLS_PER_TASK):
+            stop = start + CELLS_PER_TASK
             tasks.append(CellTask(scene, grid, ix[start:stop], iy[start:stop]))
     return scenes, tasks, counts
 
@@ -172,10 +173,15 @@ def check_grid_size(scenes: Sequence[SceneInfo], grids: Sequence[ChipGrid],
         return
     total = sum(grid.count_within(extent, tolerance=0.5 * scene.res[0])
                 for scene, grid, extent in zip(scenes, grids, extents, strict=True) if extent is not None)
+    check_cell_count(total, grids[0], len(scenes))
+
+
+def check_cell_count(total: int, grid: ChipGrid, rasters: int) -> None:
+    """Refuse a run of more than :data:`MAX_CELLS` grid cells (a stride or chip size far below a chip's usual
+    size, most likely a mistake), naming the chip size, the stride and what to change."""
     if total > MAX_CELLS:
-        stride = grids[0].step
-        raise InputError(f"chips of {grids[0].size:g} m every {stride:g} m make {total:,.0f} grid cells over the "
-                         f"{len(scenes)} NAIP raster(s), more than {MAX_CELLS:,} in one run: use a larger --stride-m "
+        raise InputError(f"chips of {grid.size:g} m every {grid.step:g} m make {total:,.0f} grid cells over the "
+                         f"{rasters} NAIP raster(s), more than {MAX_CELLS:,} in one run: use a larger --stride-m "
                          "or --chip-size-m, an --aoi, or fewer rasters per run")
 
 
@@ -523,6 +529,24 @@ def summarize(index: gpd.GeoDataFrame) -> pd.DataFrame:
     if "label" not in index.columns:
         return pd.DataFrame({"chips": [len(index)]}, index=["all"])
     table = pd.crosstab(index["label"], index["split"], margins=True, margins_name="total")
+    return table
+
+
+def summarize_counts(counts: pd.DataFrame | None, chips: int) -> pd.DataFrame:
+    """:func:`summarize`'s table from counts alone (an index tiled in partitions is never held whole).
+
+    Args:
+        counts: ``label``, ``split`` and ``chips`` columns (chips per class and split), or ``None`` for an
+            unlabeled index.
+        chips: the index's chips.
+    """
+    if counts is None:
+        return pd.DataFrame({"chips": [chips]}, index=["all"])
+    table = counts[counts["chips"] > 0].pivot_table(index="label", columns="split", values="chips", aggfunc="sum",
+                                                    fill_value=0)
+    table = table.astype(np.int64)
+    table["total"] = table.sum(axis=1)
+    table.loc["total"] = table.sum(axis=0)
     return table
 
 

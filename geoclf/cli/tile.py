@@ -10,6 +10,7 @@ import yaml
 
 import tiling
 from geoclf.cli.common import scheduler_option
+from geoclf.tile_area import tile_area
 from tiling.errors import InputError
 from tiling.materialize import materialize_chips
 
@@ -57,10 +58,12 @@ def tile(naip: tuple[str, ...], more_naip: tuple[str, ...], nlcd: str, out: str,
                                val_fraction=val_fraction, balance=balance, seed=seed, aoi_predicate=aoi_predicate)
     if classes_file:
         params.classes = tiling.ClassScheme.from_mapping(_read_mapping(classes_file)).to_dict()
-    index = tiling.tile([*naip, *more_naip], nlcd, out, params=params, aoi=aoi, scheduler=scheduler)
-    click.echo(f"{len(index)} chips from {index['scene'].nunique()} scene(s) -> {Path(out) / 'chips.parquet'}")
-    click.echo(tiling.summarize(index).to_string())
+    # workers label and write the area's blocks; this process sees their counts, never the whole index
+    written_index = tile_area([*naip, *more_naip], nlcd, out, params=params, aoi=aoi, scheduler=scheduler)
+    click.echo(f"{written_index.chips} chips from {written_index.scenes} scene(s) -> {written_index.path}")
+    click.echo(written_index.summary().to_string())
     if materialize:
+        index = tiling.read_index(written_index.path)
         written = materialize_chips(index, Path(out) / materialize, fmt=materialize, size=chip_size,
                                     scheduler=scheduler)
         click.echo(f"{written} {materialize} chips -> {Path(out) / materialize}")
