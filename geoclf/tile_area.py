@@ -239,7 +239,9 @@ def _assemble(files: list[Path], path: Path, plan: _SplitPlan | None, attrs: dic
     with the metadata :func:`tiling.index.write_index` gives the whole index (bounding box of the chips kept,
     ``geoclf`` attributes); returns its chips, scenes and counts."""
     schemas = [pq.read_schema(file) for file in files]
-    sample = next((i for i, s in enumerate(schemas) if not any(pa.types.is_null(f.type) for f in s)), 0)
+    filled = [i for i, file in enumerate(files) if pq.read_metadata(file).num_rows]
+    # a partition whose columns all have values (dated, labeled) shows how the whole index is typed
+    sample = next((i for i in filled if not any(pa.types.is_null(f.type) for f in schemas[i])), filled[0])
     # the bounding box and geometry types of the chips kept (geopandas's, computed from the partitions)
     boxes, kinds, counts = [], set(), Counter()
     seen: Counter = Counter()
