@@ -103,6 +103,36 @@ def skops_import_costs(repeats: int) -> dict[str, float]:
     return rows
 
 
+def raster_costs(naip: Path, repeats: int) -> dict[str, float]:
+    """What the client pays per raster around the scoring: the nodata-mask question (first call in a fresh
+    interpreter, then answered from the process's cache) and the page's imagery layers, natural colour and
+    colour infrared, read in one pass (``imagery_images``) against one read per layer, alternating."""
+    setup = f"import rasterio\nfrom tiling.io import nodata_mask\nds = rasterio.open({str(naip)!r})"
+    # what nodata_mask read before it sampled windows: a 64 x 64 decimated read of the band (last one here)
+    decimated = "ds.read(ds.count, out_shape=(min(ds.height, 64), min(ds.width, 64)))"
+    rows = {"64 x 64 decimated read of one band (the former mask test)": median_of(
+                repeats, lambda: fresh_seconds(decimated, setup)),
+            "nodata_mask, first call": median_of(repeats, lambda: fresh_seconds("nodata_mask(ds)", setup)),
+            "nodata_mask, again (cached)": median_of(
+                repeats, lambda: fresh_seconds("nodata_mask(ds)", setup + "\nnodata_mask(ds)"))}
+    from geoclf.webmap import CIR_BANDS, RGB_BANDS, imagery_image, imagery_images
+
+    times: dict[str, list[float]] = {"page imagery, both layers in one pass": [],
+                                     "page imagery, one read per layer": []}
+    for _ in range(repeats):
+        began = time.perf_counter()
+        imagery_images([str(naip)], band_sets=(RGB_BANDS, CIR_BANDS))
+        times["page imagery, both layers in one pass"].append(time.perf_counter() - began)
+        began = time.perf_counter()
+        for bands in (RGB_BANDS, CIR_BANDS):
+            imagery_image([str(naip)], bands=bands)
+        times["page imagery, one read per layer"].append(time.perf_counter() - began)
+    rows.update({name: statistics.median(values) for name, values in times.items()})
+    for name, seconds in rows.items():
+        log(f"{name}: {seconds:.2f} s")
+    return rows
+
+
 def print_rows(start: Any, rows: dict[str, float]) -> None:
     print(f"\n{command_line()}")
     print(f"{describe_load(start, machine_load())}\n")
@@ -255,10 +285,17 @@ def main() -> int:
     parser.add_argument("--skip-command", action="store_true", help="leave out the whole-command runs")
     parser.add_argument("--imports-only", action="store_true", help="measure the imports only")
     parser.add_argument("--memory-only", action="store_true", help="measure one scoring process's memory only")
+    parser.add_argument("--raster", type=Path, default=None,
+                        help="measure the per-raster client costs (nodata mask, page imagery) of this raster only "
+                             "(e.g. one without overviews, as many NAIP downloads come)")
     args = parser.parse_args()
     work = (args.work or default_work_dir()).expanduser()
     start = machine_load()
     rows: dict[str, float] = {}
+    if args.raster is not None:
+        rows.update(raster_costs(args.raster, args.repeats))
+        print_rows(start, rows)
+        return 0
     for name, code in IMPORTS.items() if not args.memory_only else ():
         rows[f"import {name}"] = median_of(args.repeats, lambda code=code: fresh_seconds(code))
         log(f"import {name}: {rows[f'import {name}']:.2f} s")
