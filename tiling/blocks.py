@@ -186,10 +186,14 @@ def plan_blocks(naip: Sequence[PathLike | SceneInfo], params: TileParams, aoi: P
     spans = [grid.span(extent, 0.5 * scene.res[0]) if extent else (0, -1, 0, -1)
              for scene, grid, extent in zip(scenes, grids, extents, strict=True)]
     index_crs = index_crs_of(scenes).to_string()
+    crses = [scene.crs.to_string() for scene in scenes]  # once per raster: 0.1 ms each, per pair it was most of plan
     shapes: dict[str, Any] = {}
     blocks: list[SceneBlock] = []
     for i, (scene, grid, span) in enumerate(zip(scenes, grids, spans, strict=True)):
-        crs = scene.crs.to_string()
+        crs = crses[i]
+        # the rasters that could be rivals of any block of this one: same grid and date, spans overlapping
+        candidates = [j for j, other in enumerate(scenes)
+                      if j != i and crses[j] == crs and other.date == scene.date and _overlap(span, spans[j])]
         if aoi_shapes is not None and crs not in shapes:
             shapes[crs] = aoi_shapes.to_crs(scene.crs).union_all()
         number = 0
@@ -204,9 +208,7 @@ def plan_blocks(naip: Sequence[PathLike | SceneInfo], params: TileParams, aoi: P
                     # cut a cell's width beyond the block, so no cell of the block meets the cut's new edges
                     clip = shapely.to_wkb(shapely.intersection(shape, shapely.buffer(box, grid.size,
                                                                                       join_style="mitre")))
-            rivals = tuple(Rival(other, spans[j]) for j, other in enumerate(scenes)
-                           if j != i and other.crs.to_string() == crs and other.date == scene.date
-                           and _overlap(block, spans[j]))
+            rivals = tuple(Rival(scenes[j], spans[j]) for j in candidates if _overlap(block, spans[j]))
             blocks.append(SceneBlock(scene, grid, block, number, index_crs, span, clip, params.aoi_predicate, rivals))
             number += 1
     if not blocks:
