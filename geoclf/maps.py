@@ -179,8 +179,8 @@ class AreaFacts:
         def values(column: str) -> tuple[str, ...]:
             return tuple(sorted(str(v) for v in scored[column].dropna().unique())) if column in scored else ()
 
-        dates = tuple(sorted({str(pd.Timestamp(d).date()) for d in scored["date"].dropna()})) if "date" in scored \
-            else ()
+        dates = tuple(sorted({str(pd.Timestamp(d).date()) for d in scored["date"].dropna().unique()})) \
+            if "date" in scored else ()
         km2 = None
         if isinstance(scored, gpd.GeoDataFrame) and scored.crs is not None and len(scored):
             km2 = float(chip_area_km2(scored, area_crs).sum())

@@ -38,8 +38,8 @@ from rasterio.crs import CRS
 from geoclf.area import equal_area_crs
 from geoclf.artifact import LandUseModel, artifact_digest, load_model_dir
 from geoclf.chips import iter_batches
-from geoclf.landuse import MOSAIC_CRS, ScoreOutput, check_map_extent, classes_of, predictions_to_grid
-from geoclf.landuse.grid import projected_crs
+from geoclf.landuse import MOSAIC_CRS, ScoreOutput, check_map_extent, classes_of
+from geoclf.landuse.grid import block_to_grid, projected_crs
 from geoclf.landuse.mosaic import MapTile, write_mosaic, write_tile
 from geoclf.maps import AreaFacts, write_maps, write_mosaic_maps
 from geoclf.models import load_model, resolve_model_dir
@@ -375,7 +375,11 @@ class ScoreBlockTask:
         modelled = time.perf_counter()
         frame = chips[[c for c in _KEEP if c in chips.columns]]
         if scored is not None:
-            frame = frame.merge(scored, on="chip_id", how="left", validate="one_to_one")
+            # ScoreTask gives one row per chip in the chips' order: the columns go side by side (what a
+            # one-to-one merge on chip_id gave, without its hashing of every key)
+            if not np.array_equal(scored["chip_id"].to_numpy(dtype=object), chips["chip_id"].to_numpy(dtype=object)):
+                raise RuntimeError(f"scoring {block.name} returned other chips than it was given")
+            frame = pd.concat([frame, scored.drop(columns="chip_id").set_axis(frame.index)], axis=1)
         else:
             frame = frame.assign(pred=pd.Series(dtype=object), **{f"prob_{c}": pd.Series(dtype=np.float32)
                                                                     for c in scheme.names})
@@ -384,7 +388,8 @@ class ScoreBlockTask:
                                  crs=chips.crs)
         tile = None
         if len(frame):
-            grid = predictions_to_grid(frame, scheme, crs=self.map_crs, resolution=self.resolution)
+            grid = block_to_grid(frame, scheme, parse_cell(block.grid.cell_id(0, 0)).stride, crs=self.map_crs,
+                                 resolution=self.resolution)
             name = f"{ScoreOutput.TILES}/{block.name.removesuffix('.parquet')}"
             tile = write_tile(self.directory, name, grid).to_summary()
         facts = None

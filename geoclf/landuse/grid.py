@@ -109,6 +109,23 @@ def predictions_to_grid(predictions: pd.DataFrame, classes: ClassScheme, crs: An
                    target, float(resolution) if resolution else native[0][1])
 
 
+def block_to_grid(predictions: pd.DataFrame, classes: ClassScheme, stride: float, crs: Any = None,
+                  resolution: float | None = None) -> LandUseGrid:
+    """:func:`predictions_to_grid` of chips that are distinct cells of one grid of stride ``stride`` (a scored
+    block, :class:`tiling.blocks.SceneBlock`): the same grid, without parsing every cell key or looking for
+    cells predicted twice, where the map is in the chips' own CRS (else, or when a chip is unscored or of a
+    class outside ``classes``, :func:`predictions_to_grid` itself).
+    """
+    crses = predictions["crs"].unique() if "crs" in predictions.columns and len(predictions) else ()
+    if len(crses) == 1 and predictions["pred"].notna().all() and set(predictions["pred"].unique()) <= set(
+            classes.names):
+        grid_crs = CRS.from_user_input(crses[0])
+        if (grid_crs if crs is None else projected_crs(crs)) == grid_crs:
+            return _exact_grid(predictions.assign(_code=class_codes(predictions["pred"], classes)), stride, grid_crs,
+                               classes)
+    return predictions_to_grid(predictions, classes, crs=crs, resolution=resolution)
+
+
 def check_map_size(width: int, height: int, what: str = "the chips") -> None:
     """Refuse a land-use grid of more than :data:`MAX_MAP_PIXELS` pixels, before it is allocated.
 
