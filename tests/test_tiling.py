@@ -357,3 +357,22 @@ def test_nodata_fractions_count_the_pixels_without_data_where_the_lattice_is_the
                 index[["col_off", "row_off", "width", "height"]].itertuples(index=False)]
     assert 0 < (index["nodata_frac"] > 0).sum() < len(index)  # the collar reaches into some chips, not all
     np.testing.assert_array_equal(index["nodata_frac"].to_numpy(), np.array(expected))
+
+
+def test_a_raster_rewritten_in_place_is_measured_anew_in_the_same_process(tmp_path):
+    """Tiling keeps the last raster it measured open for the next block (GDAL's decoded blocks belong to the
+    open dataset); a raster written again at the same path, here with a wider collar, is read again."""
+    from tiling.synth import make_scene
+
+    params = tiling.TileParams(chip_size=32, max_nodata=1.0)
+    narrow = make_scene(tmp_path, size_m=1344, resolution=7.0, seed=0, collar_m=100, nlcd=False)
+    before = tiling.tile([narrow.naip], None, params=params, progress=False)
+    wide = make_scene(tmp_path, size_m=1344, resolution=7.0, seed=0, collar_m=300, nlcd=False)
+    assert wide.naip == narrow.naip
+    after = tiling.tile([wide.naip], None, params=params, progress=False)
+    with rasterio.open(wide.naip) as ds:
+        empty = np.all(ds.read() == 0, axis=0)
+    expected = [empty[r:r + h, c:c + w].mean() for c, r, w, h in
+                after[["col_off", "row_off", "width", "height"]].itertuples(index=False)]
+    assert after["nodata_frac"].sum() > before["nodata_frac"].sum()
+    np.testing.assert_array_equal(after["nodata_frac"].to_numpy(), np.array(expected))

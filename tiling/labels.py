@@ -9,6 +9,8 @@ accurate to about 1/1000 of a chip, and labeling a scene costs one small warp, n
 
 from __future__ import annotations
 
+import os
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -22,7 +24,7 @@ from rasterio.windows import Window
 from tiling.classes import NLCD_NODATA, ClassScheme, valid_nlcd_codes
 from tiling.errors import InputError
 from tiling.grid import ChipGrid
-from tiling.io import SceneInfo, describe_naip, open_dataset, open_raster, read_valid
+from tiling.io import SceneInfo, describe_naip, is_remote, open_dataset, open_raster, read_valid
 
 #: Largest lattice (in sample points) warped at once; bounds memory to a few tens of MB per task.
 _MAX_LATTICE = 4_000_000
@@ -93,7 +95,7 @@ def chip_fractions(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndar
     widest = int(np.unique(iy, return_counts=True)[1].max()) if n else 1
     rows_per_strip = max(1, _MAX_LATTICE // (samples * samples * widest))
     with ExitStack() as stack:
-        naip_ds = stack.enter_context(open_dataset(scene.source))
+        naip_ds = _kept_naip(scene.source) or stack.enter_context(open_dataset(scene.source))
         nlcd_ds = stack.enter_context(open_dataset(nlcd.source)) if nlcd is not None else None
         for start in range(0, len(rows), rows_per_strip):
             strip_rows = rows[start:start + rows_per_strip]
@@ -136,6 +138,38 @@ def _warp_nlcd(nlcd_ds: rasterio.DatasetReader, nlcd: NlcdInfo, transform: Affin
     reproject(source=rasterio.band(nlcd_ds, 1), destination=out, src_nodata=nlcd.nodata,
               dst_transform=transform, dst_crs=crs, dst_nodata=nlcd.nodata, resampling=Resampling.nearest)
     return out
+
+
+#: The local NAIP raster last measured by each thread, kept open: see :func:`_kept_naip`.
+_KEPT = threading.local()
+
+
+def _kept_naip(source: str) -> rasterio.DatasetReader | None:
+    """The local raster ``source`` open for reading, kept open for this thread's next call (``None`` for a URL
+    or a GDAL path that is not a file: the caller opens those itself).
+
+    A worker's next block is mostly of the same raster and its strips share the raster's internal blocks with
+    this one's; GDAL keeps decoded blocks per open dataset, so a raster reopened for every block decodes them
+    again (measured: 2-3x the time of a strip's read). The file's size, modification time and inode are part of
+    what is kept: a raster rewritten in place is opened again. URLs are opened per call (a signed URL's token
+    may expire while kept open).
+    """
+    if is_remote(source):
+        return None
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    key = (source, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    kept = getattr(_KEPT, "naip", None)
+    if kept is not None and kept[0] == key and not kept[1].closed:
+        return kept[1]
+    if kept is not None:
+        kept[1].close()
+    _KEPT.naip = None
+    dataset = open_dataset(source)
+    _KEPT.naip = (key, dataset)
+    return dataset
 
 
 def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: Affine, shape) -> np.ndarray:
