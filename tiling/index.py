@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -15,6 +16,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyproj
 import shapely
 from rasterio.crs import CRS
 
@@ -328,6 +330,14 @@ def index_crs_of(scenes: Sequence[SceneInfo]) -> CRS:
 
 def with_footprints(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
     """Footprints in the index CRS; native bounds dropped (they follow from the grid cell)."""
+    crses = frame["crs"].unique()
+    if len(crses) == 1 and _exact_same_crs(str(crses[0]), index_crs.to_wkt()):
+        # the chips of one raster in its own CRS (every scored block): their boxes are the footprints, as
+        # to_crs keeps them; building them once skips the GeoSeries per CRS and their CRS comparisons
+        boxes = shapely.box(frame["minx"].to_numpy(), frame["miny"].to_numpy(), frame["maxx"].to_numpy(),
+                            frame["maxy"].to_numpy())
+        return gpd.GeoDataFrame(frame.drop(columns=["minx", "miny", "maxx", "maxy"]),
+                                geometry=gpd.GeoSeries(boxes, index=frame.index, crs=index_crs), crs=index_crs)
     geometry = gpd.GeoSeries(index=frame.index, dtype="geometry", crs=index_crs)
     for crs, rows in frame.groupby("crs", sort=False):
         native = gpd.GeoSeries(shapely.box(rows["minx"], rows["miny"], rows["maxx"], rows["maxy"]),
@@ -335,6 +345,13 @@ def with_footprints(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
         geometry.loc[rows.index] = native.to_crs(index_crs)
     return gpd.GeoDataFrame(frame.drop(columns=["minx", "miny", "maxx", "maxy"]), geometry=geometry,
                             crs=index_crs)
+
+
+@functools.lru_cache(maxsize=64)
+def _exact_same_crs(native: str, index_wkt: str) -> bool:
+    """Whether footprints in ``native`` need no reprojection into the index CRS: the test ``GeoSeries.to_crs``
+    makes (pyproj's ``is_exact_same``), answered once per pair (building the two pyproj CRSes is most of it)."""
+    return pyproj.CRS.from_user_input(native).is_exact_same(pyproj.CRS.from_user_input(index_wkt))
 
 
 def _split(index: gpd.GeoDataFrame, params: TileParams) -> gpd.GeoDataFrame:
