@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,11 @@ from geoclf.landuse.mosaic import mosaic_to_cog, read_map
 from geoclf.metrics import evaluate, evaluation_to_json
 from geoclf.webmap import (  # noqa: F401  (re-exported: the page builder's parts lived here)
     CIR_BANDS,
+    RGB_BANDS,
+    ImageLayer,
     WebMap,
     hex_color,
+    imagery_images,
     leaflet_assets,
     legend_html,
     offline_map,
@@ -215,7 +219,7 @@ def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: Pat
                grid: LandUseGrid | None = None, basemap: str | None = "OpenStreetMap",
                title: str = "Land use", opacity: float = 0.7, max_popup_chips: int = 5000,
                overlay_max_pixels: int = 2048, imagery: bool = True, imagery_max_pixels: int = 1536,
-               facts: AreaFacts | None = None) -> Path:
+               facts: AreaFacts | None = None, imagery_layers: Sequence[ImageLayer | None] | None = None) -> Path:
     """Write an interactive, self-contained folium map: the scored imagery, the class layer, chip popups,
     a title, a legend and an opacity slider.
 
@@ -243,6 +247,8 @@ def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: Pat
         imagery: add the imagery layers (when the ``source`` rasters can be read).
         imagery_max_pixels: longest side of each imagery image.
         facts: the title's and imagery's facts of the area (default: read from ``predictions``).
+        imagery_layers: the imagery layers already read (:func:`page_imagery` of the same sources; e.g. on a
+            thread while the other products were written): the rasters are not read again.
 
     Returns:
         ``path`` as a Path.
@@ -262,7 +268,7 @@ def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: Pat
     if imagery and facts.sources:
         sources = list(facts.sources)
         _, missing = page.add_imagery(sources, name="Imagery (natural colour)", max_pixels=imagery_max_pixels,
-                                      hidden={"Imagery (colour infrared)": CIR_BANDS})
+                                      hidden={"Imagery (colour infrared)": CIR_BANDS}, read=imagery_layers)
         if missing:
             notes.append(f"{len(missing)} of {len(sources)} rasters could not be read for the imagery layer.")
     layer = page.add_image(url, bounds, name=title, opacity=opacity)
@@ -283,6 +289,11 @@ def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: Pat
     page.add_legend(classes, title, " ".join(notes) or None, nodata="not scored (no chip, or no data)")
     page.add_opacity_control({title: [layer]})
     return page.save(path)
+
+
+def page_imagery(sources: Sequence[str], max_pixels: int = 1536) -> list[ImageLayer | None]:
+    """The imagery layers :func:`folium_map` draws of ``sources`` (natural colour, colour infrared), read."""
+    return imagery_images(sources, band_sets=(RGB_BANDS, CIR_BANDS), max_pixels=max_pixels)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -421,6 +432,11 @@ def write_maps(predictions: pd.DataFrame, classes: ClassScheme, out_dir: PathLik
 POLYGON_MAX_PIXELS = 250_000
 
 
+#: Read the page's imagery on a thread while :func:`write_mosaic_maps` writes the other products; ``False``
+#: reads it in turn (what ``benchmarks/score_fixed_costs.py`` compares against).
+OVERLAP_IMAGERY = True
+
+
 def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFacts, *,
                       predictions: Callable[[], gpd.GeoDataFrame] | None = None, smooth: bool | int = False,
                       probabilities: bool = False, html_map: bool = True) -> dict[str, Path]:
@@ -442,20 +458,35 @@ def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFact
     Returns:
         Output name -> path, the keys of :func:`write_maps`.
     """
-    written = {"landuse": mosaic_to_cog(output.mosaic, output.landuse, classes, smooth=smooth)}
-    written.update(categories=output.categories, qml=output.qml, sld=output.sld)
-    if probabilities:
-        written["probabilities"] = mosaic_to_cog(output.probability_mosaic, output.probabilities, classes,
-                                                 probabilities=True)
-    with rasterio.open(output.landuse) as dataset:
-        pixels = dataset.width * dataset.height
-    if pixels <= POLYGON_MAX_PIXELS:
-        polygons = dissolve_classes(read_map(output.landuse), classes)
-        written["polygons"] = write_vector(polygons, output.polygons)
-        written["geojson"] = write_vector(polygons, output.geojson)
-    picture = read_map(output.landuse, max_pixels=2048)
-    if html_map:
-        table = predictions() if predictions is not None else None
-        written["html"] = folium_map(table, classes, output.html, grid=picture, facts=facts)
-    written["png"] = static_png(picture, classes, output.png)
-    return written
+    # the page's imagery needs only the rasters: read on a thread (GDAL decodes and warps without the GIL)
+    # while this one writes the COGs, polygons and PNG; a raster without overviews is decoded whole
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoclf-imagery") as pool:
+        overlap = OVERLAP_IMAGERY and html_map and facts.sources
+        imagery = pool.submit(page_imagery, list(facts.sources)) if overlap else None
+        try:
+            written = {"landuse": mosaic_to_cog(output.mosaic, output.landuse, classes, smooth=smooth)}
+            written.update(categories=output.categories, qml=output.qml, sld=output.sld)
+            if probabilities:
+                written["probabilities"] = mosaic_to_cog(output.probability_mosaic, output.probabilities, classes,
+                                                         probabilities=True)
+            with rasterio.open(output.landuse) as dataset:
+                pixels = dataset.width * dataset.height
+            if pixels <= POLYGON_MAX_PIXELS:
+                polygons = dissolve_classes(read_map(output.landuse), classes)
+                written["polygons"] = write_vector(polygons, output.polygons)
+                written["geojson"] = write_vector(polygons, output.geojson)
+            picture = read_map(output.landuse, max_pixels=2048)
+            written["png"] = static_png(picture, classes, output.png)
+            if html_map:
+                table = predictions() if predictions is not None else None
+                written["html"] = folium_map(table, classes, output.html, grid=picture, facts=facts,
+                                             imagery_layers=None if imagery is None else imagery.result())
+        finally:
+            if imagery is not None:
+                imagery.cancel()
+    return {key: written[key] for key in _PRODUCT_ORDER if key in written}
+
+
+#: The order write_maps returns its products in (what the CLI lists)
+_PRODUCT_ORDER = ("landuse", "categories", "qml", "sld", "probabilities", "polygons", "geojson", "html", "png",
+                  "accuracy")

@@ -477,19 +477,24 @@ class WebMap:
 
     def add_imagery(self, sources: Sequence[str], *, name: str, bands: Sequence[int] = RGB_BANDS,
                     show: bool = True, pane: str | None = None, max_pixels: int = 1536,
-                    bounds: LatLonBounds | None = None, hidden: Mapping[str, Sequence[int]] | None = None
+                    bounds: LatLonBounds | None = None, hidden: Mapping[str, Sequence[int]] | None = None,
+                    read: Sequence[ImageLayer | None] | None = None
                     ) -> tuple[folium.raster_layers.ImageOverlay | None, list[str]]:
         """Add the imagery of ``sources`` (:func:`imagery_image`; all of them, or over ``bounds``) as a layer.
 
         Args:
             hidden: more layers of the same imagery, name -> bands (e.g. colour infrared), read in the same pass
                 (:func:`imagery_images`) and added hidden when the first layer has pixels.
+            read: the layers already read (:func:`imagery_images` of ``sources`` with ``bands`` and the hidden
+                layers' bands, in order; e.g. on a thread while other outputs were written): nothing is read.
 
         Returns:
             The layer (None when no raster could be drawn) and the sources that could not be read.
         """
         names = [name, *(hidden or {})]
-        layers = imagery_images(sources, bounds, band_sets=[bands, *(hidden or {}).values()], max_pixels=max_pixels)
+        if read is None:
+            read = imagery_images(sources, bounds, band_sets=[bands, *(hidden or {}).values()], max_pixels=max_pixels)
+        layers = list(read)
         layer = layers[0]
         if layer is None:
             return None, []

@@ -289,3 +289,30 @@ def test_a_local_cluster_starts_while_the_client_loads_the_model_and_is_closed_a
                 and p.status() != psutil.STATUS_ZOMBIE]
     predictions = gpd.read_parquet(tmp_path / "out" / "predictions.parquet")
     assert len(predictions) == len(tiling.read_index(tmp_path / "out" / "chips.parquet")) > 4  # several blocks
+
+
+def test_map_products_are_the_same_with_the_imagery_read_alongside(trained, tmp_path, monkeypatch):
+    # write_mosaic_maps reads the page's imagery on a thread while it writes the COG, polygons and PNG: every
+    # product must be what writing them one after the other gives (the page's images included)
+    import re
+    import shutil
+
+    from geoclf import maps
+    from geoclf.landuse import ScoreOutput
+    from geoclf.score import _model_scheme
+
+    workdir, model = trained
+    scheme = _model_scheme(model)
+    pages = {}
+    for overlap in (True, False):
+        out = ScoreOutput.at(shutil.copytree(workdir / "map-2016", tmp_path / str(overlap)))
+        predictions = gpd.read_parquet(out.predictions)
+        monkeypatch.setattr(maps, "OVERLAP_IMAGERY", overlap)
+        written = maps.write_mosaic_maps(out, scheme, maps.AreaFacts.of(predictions),
+                                         predictions=lambda table=predictions: table)
+        assert list(written) == ["landuse", "categories", "qml", "sld", "polygons", "geojson", "html", "png"]
+        pages[overlap] = {key: path.read_bytes() for key, path in written.items()}
+    images = {overlap: re.findall(rb"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", files.pop("html"))
+              for overlap, files in pages.items()}
+    assert len(images[True]) == 4 and images[True] == images[False]  # class overlay, two imagery layers, ...
+    assert pages[True] == pages[False]
