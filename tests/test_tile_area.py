@@ -99,6 +99,9 @@ def test_four_scenes_tiled_by_blocks_give_tiles_index(quadrants, small_scene, sm
     assert index["cell"].is_unique and index["chip_id"].is_unique  # every chip once, where the scenes overlap too
     assert index["scene"].nunique() == 4 == written.scenes and written.chips == len(index)
     assert written.summary().equals(tiling.summarize(index))
+    assert set(index["split"]) == {"train", "val"}
+    if params.balance:  # every class of a split cut to its rarest (the same chips as tiling.tile drew)
+        assert (index.groupby(["split", "label"]).size().groupby(level="split").nunique() == 1).all()
     assert not (tmp_path / "blocks" / PARTS_DIR).exists()  # the partitions go once the file is written
     # the client sent block descriptions and got counts back: no chip id, no row of the index
     (plan,), (counts,) = plans, summaries
