@@ -180,3 +180,100 @@ def test_featurize_reads_an_index_of_25_scenes_by_slices_and_writes_every_chip_o
         featurize(index.parent, tmp_path / "refused", backbone="spectral", scheduler="sync", record_run=False,
                   progress=False)
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.fixture(scope="module")
+def two_dates(small_scene, spectral_model, tmp_path_factory):
+    """Score outputs of two years over 6 virtual scenes (3 x 2), 32 cells per partition: ~25 partitions a date."""
+    from tiling.synth import make_scene
+
+    work = tmp_path_factory.mktemp("two-dates")
+    earlier = make_scene(work / "scene-2010", size_m=2240, seed=0, year=2010, nlcd=False)
+    outputs = []
+    for base, name in ((earlier.naip, "y2010"), (small_scene.naip, "y2016")):
+        scenes = virtual_scenes(base, work / f"scenes-{name}", 6, columns=3, name=name)
+        score(str(spectral_model), work / name, naip=scenes, scheduler="sync", progress=False,
+              chips_per_partition=32, html_map=False)
+        outputs.append(work / name)
+    return outputs
+
+
+def test_change_over_a_dataset_of_6_scenes_reads_a_partition_and_its_neighbours_at_a_time(two_dates, tmp_path,
+                                                                                              monkeypatch):
+    import json
+
+    import pandas as pd
+    from shapely import box
+
+    from geoclf.change import partitioned, run_change
+
+    before, after = two_dates
+    before_files, after_files = ScoreOutput(before).dataset_files(), ScoreOutput(after).dataset_files()
+    assert len(before_files) >= 12 and len(after_files) >= 12
+    west, south, east, north = gpd.read_parquet(before / "predictions.parquet").to_crs(4326).total_bounds
+    middle = (west + east) / 2
+    zones = gpd.GeoDataFrame({"name": ["west", "east"]}, geometry=[box(west, south, middle, north),
+                                                                   box(middle, south, east, north)], crs=4326)
+    zones.to_file(tmp_path / "zones.geojson")
+
+    # the whole-table path: the predictions files, one table a date
+    whole = tmp_path / "whole"
+    run_change(before / "predictions.parquet", after / "predictions.parquet", whole, zones=tmp_path / "zones.geojson",
+               html_map=False)
+
+    reads: list[tuple[str | None, int]] = []
+    real = partitioned.read_partition
+
+    def watched(partition):
+        table = real(partition)
+        reads.append((None if partition.path is None else str(partition.path), len(table)))
+        return table
+
+    monkeypatch.setattr(partitioned, "read_partition", watched)
+    parts = tmp_path / "parts"
+    run_change(before, after, parts, zones=tmp_path / "zones.geojson", html_map=False)
+
+    # partition by partition: no whole table, each read one dataset file, each file read a few times at most
+    assert reads and all(path is not None for path, _ in reads)
+    assert max(rows for _, rows in reads) <= 32
+    counts = pd.Series([path for path, _ in reads]).value_counts()
+    assert set(counts.index) <= {str(f) for f in before_files + after_files}
+    assert counts[[str(f) for f in after_files]].eq(1).all() and counts.max() <= 4
+    assert len(reads) < 3 * (len(before_files) + len(after_files))
+
+    # the same products as the whole table gives
+    for name in ("transitions.csv", "classes.csv", "urbanization.csv", "zones.csv"):
+        a, b = pd.read_csv(whole / name), pd.read_csv(parts / name)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-9)
+    transitions = pd.read_csv(parts / "transitions.csv")
+    assert transitions.loc[transitions["changed"], "chips"].sum() > 0  # two years apart: some land changed
+    a, b = gpd.read_parquet(whole / "changes.parquet"), gpd.read_parquet(parts / "changes.parquet")
+    assert list(a["chip_id_after"]) == list(b["chip_id_after"]) and list(a["cell"]) == list(b["cell"])
+    pd.testing.assert_frame_equal(pd.DataFrame(a.drop(columns="geometry")), pd.DataFrame(b.drop(columns="geometry")),
+                                  check_exact=False, rtol=1e-9)
+    with rasterio.open(whole / "change.tif") as x, rasterio.open(parts / "change.tif") as y:
+        assert x.transform == y.transform and x.crs == y.crs and x.colormap(1) == y.colormap(1)
+        assert (x.read(1) == y.read(1)).all() and x.tags() == y.tags() and x.overviews(1) == y.overviews(1)
+    info_whole, info_parts = (json.loads((d / "change.json").read_text()) for d in (whole, parts))
+    for key in ("before", "after"):
+        info_whole.pop(key), info_parts.pop(key)
+    assert info_parts.keys() == info_whole.keys()
+    for key, value in info_whole.items():
+        assert info_parts[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), key
+    assert sorted(p.name for p in parts.iterdir()) == sorted(p.name for p in whole.iterdir())
+
+
+def test_a_trend_over_datasets_without_predictions_files_dates_the_maps_from_the_partitions(two_dates, tmp_path):
+    import shutil
+
+    from geoclf.trend import open_stack
+
+    copies = []
+    for output in two_dates:  # past SINGLE_FILE_CHIPS a score output has its dataset and no predictions.parquet
+        copy = tmp_path / output.name
+        shutil.copytree(output, copy, ignore=shutil.ignore_patterns("predictions.parquet"))
+        copies.append(copy)
+    whole, parts = open_stack(two_dates), open_stack(copies)
+    for name in ("time", "date_first", "date_last", "model"):
+        assert list(parts[name].to_numpy()) == list(whole[name].to_numpy()), name
+    assert all(parts["model"].to_numpy())

@@ -11,6 +11,9 @@ The stages, each in its module:
 - :mod:`geoclf.change.page` -- the interactive map ``change.html``: both dates' imagery and land use under a
   swipe, the change layer with a colour per from -> to transition, the ranked chips;
 - :mod:`geoclf.change.report` -- the area chart, the static change map, image pairs and ``report.html``;
+- :mod:`geoclf.change.partitioned` -- score outputs of many partitions: each after-date partition paired with
+  the before-date partitions it touches, the summaries added up (:class:`TransitionTally`), ``change.tif``
+  from per-partition tiles; the client never holds an area's table;
 - :mod:`geoclf.change.run` -- :func:`run_change`: all of the above written to a directory.
 
 Areas are ground areas in km² (see :func:`geoclf.area.chip_area_km2`). Counted areas are *mapped* areas and
@@ -26,12 +29,15 @@ from geoclf.change.maps import (
     TransitionLegend,
     change_display,
     change_grids,
+    changed_km2,
     display_legend,
     smooth_predictions,
+    transition_classes,
+    transition_display,
     transition_legend,
     write_change_cog,
 )
-from geoclf.change.page import change_html, transition_label
+from geoclf.change.page import change_html, transition_label, write_change_page
 from geoclf.change.pairs import (
     ARROW,
     MIN_OVERLAP,
@@ -41,11 +47,20 @@ from geoclf.change.pairs import (
     change_labels,
     date_label,
     label_changes,
+    pair_dates,
     rank_changes,
 )
-from geoclf.change.report import area_bar_chart, change_png, date_colors, write_image_pairs, write_report
+from geoclf.change.report import (
+    area_bar_chart,
+    change_png,
+    date_colors,
+    display_png,
+    write_image_pairs,
+    write_report,
+)
 from geoclf.change.run import load_scheme, run_change
 from geoclf.change.summaries import (
+    TransitionTally,
     class_areas,
     gains_losses,
     match_reference,
@@ -66,6 +81,7 @@ __all__ = [
     "PROB_PREFIX",
     "STABLE",
     "TransitionLegend",
+    "TransitionTally",
     "align_dates",
     "aligned_classes",
     "area_bar_chart",
@@ -74,14 +90,17 @@ __all__ = [
     "change_html",
     "change_labels",
     "change_png",
+    "changed_km2",
     "class_areas",
     "date_colors",
     "date_label",
     "display_legend",
+    "display_png",
     "gains_losses",
     "label_changes",
     "load_scheme",
     "match_reference",
+    "pair_dates",
     "prediction_classes",
     "rank_changes",
     "read_predictions",
@@ -90,12 +109,15 @@ __all__ = [
     "reference_estimates",
     "run_change",
     "smooth_predictions",
+    "transition_classes",
+    "transition_display",
     "transition_label",
     "transition_legend",
     "transition_matrix",
     "transitions_long",
     "urbanization",
     "write_change_cog",
+    "write_change_page",
     "write_image_pairs",
     "write_report",
     "zonal_summary",

@@ -98,6 +98,10 @@ class TransitionLegend:
         """Names -> (no) NLCD codes, the layout of :meth:`tiling.classes.ClassScheme.to_dict`."""
         return {name: [] for name in self.names}
 
+    def to_scheme(self) -> ClassScheme:
+        """The legend as a :class:`~tiling.classes.ClassScheme` (no NLCD codes), for writers that take one."""
+        return ClassScheme(self.to_dict(), dict(self.colors))
+
 
 def _tint(rgb: tuple[int, int, int], amount: float = 0.65) -> tuple[int, int, int]:
     """The colour mixed with white: stable land stays recognisable but steps back behind change."""
@@ -151,29 +155,61 @@ def change_display(aligned: pd.DataFrame, scheme: ClassScheme) -> tuple[LandUseG
         (transition colours of :func:`transition_legend`, "No change" light grey) and the km² of each changed
         transition, in legend order.
     """
-    grids = change_grids(aligned, scheme)
-    full = transition_legend(scheme)
-    transition = grids["transition"].codes.astype(np.int64)
     changed = aligned[aligned["class_before"].astype(str) != aligned["class_after"].astype(str)]
     km2 = changed.groupby([changed["class_before"].astype(str), changed["class_after"].astype(str)])[
         "area_km2"].sum()
     km2.index = [a + ARROW + b for a, b in km2.index]
+    return transition_display(change_grids(aligned, scheme)["transition"], scheme, km2)
+
+
+def changed_km2(km2: pd.DataFrame, chips: pd.DataFrame) -> pd.Series:
+    """The km² of each from -> to transition that happened (``"Forest→Developed"``), from the transition
+    matrices in km² and chips (:func:`geoclf.change.transition_matrix`), in the order :func:`change_display`
+    lists them before sorting: by from-class, then to-class name."""
+    found = [(a, b) for a in km2.index for b in km2.columns if a != b and chips.loc[a, b] > 0]
+    found.sort()
+    return pd.Series([float(km2.loc[a, b]) for a, b in found], index=[a + ARROW + b for a, b in found],
+                     dtype=float)
+
+
+def transition_display(transition: LandUseGrid, scheme: ClassScheme,
+                       km2: pd.Series) -> tuple[LandUseGrid, TransitionLegend, pd.Series]:
+    """:func:`change_display` from a grid of transition codes (``change.tif``, whole or from its overviews) and
+    the km² of each changed transition (:func:`changed_km2`): what a map needs, without the pairs."""
+    full = transition_legend(scheme)
+    codes_in = np.asarray(transition.codes).astype(np.int64)
+    n = len(scheme.names)
     km2 = km2.sort_values(ascending=False, kind="stable")
     present = [name for name in km2.index if name in full.names]
-    codes = np.zeros(transition.shape, dtype=np.uint8)
-    codes[grids["display"].codes == 1] = 1
+    codes = np.zeros(codes_in.shape, dtype=np.uint8)
+    stable = (codes_in > 0) & ((codes_in - 1) // n == (codes_in - 1) % n)
+    codes[stable] = 1
     for k, name in enumerate(present):
-        codes[transition == full.names.index(name) + 1] = k + 2
+        codes[codes_in == full.names.index(name) + 1] = k + 2
     legend = TransitionLegend([NO_CHANGE, *present], [(225, 225, 225), *(full.color(n) for n in present)])
-    return grids["after"]._replace(codes=codes), legend, km2.loc[present]
+    return transition._replace(codes=codes), legend, km2.loc[present]
 
 
-def change_grids(aligned: pd.DataFrame, scheme: ClassScheme) -> dict[str, LandUseGrid]:
+def transition_classes(transition: LandUseGrid, scheme: ClassScheme) -> dict[str, LandUseGrid]:
+    """The ``before`` and ``after`` class grids that a grid of transition codes holds (0 where not compared)."""
+    codes = np.asarray(transition.codes).astype(np.int64)
+    n = len(scheme.names)
+    compared = codes > 0
+    before = np.where(compared, (codes - 1) // n + 1, 0).astype(np.uint8)
+    after = np.where(compared, (codes - 1) % n + 1, 0).astype(np.uint8)
+    return {"before": transition._replace(codes=before), "after": transition._replace(codes=after)}
+
+
+def change_grids(aligned: pd.DataFrame, scheme: ClassScheme, *, crs: object = None,
+                 resolution: float | None = None) -> dict[str, LandUseGrid]:
     """The compared area on the after-date chip grid: ``before`` and ``after`` classes, ``transition`` codes
     (see :func:`transition_legend`) and ``display`` codes (0 nodata, 1 no change, ``1 + k`` became class k).
+
+    ``crs`` and ``resolution`` are :func:`geoclf.landuse.predictions_to_grid`'s: a partition of a larger area
+    passes the area's, so that its grid is a piece of the area's.
     """
-    before = predictions_to_grid(_grid_table(aligned, "class_before"), scheme)
-    after = predictions_to_grid(_grid_table(aligned, "class_after"), scheme)
+    before = predictions_to_grid(_grid_table(aligned, "class_before"), scheme, crs=crs, resolution=resolution)
+    after = predictions_to_grid(_grid_table(aligned, "class_after"), scheme, crs=crs, resolution=resolution)
     b = before.codes.astype(np.int64)
     a = after.codes.astype(np.int64)
     both = (b > 0) & (a > 0)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from geoclf.change.maps import NO_CHANGE, TransitionLegend, change_display, change_grids
 from geoclf.change.pairs import ARROW, date_label, rank_changes
+from geoclf.landuse import LandUseGrid
 from geoclf.webmap import CIR_BANDS, WebMap, overlay_image
 from tiling.classes import ClassScheme
 
@@ -62,24 +63,55 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
         ``path`` as a Path.
     """
     grids = change_grids(aligned, scheme)
-    labels = (date_label(aligned, "before"), date_label(aligned, "after"))
-    display, legend, km2 = change_display(aligned, scheme)
+    display = change_display(aligned, scheme)
+    sources = {which: ([str(s) for s in aligned[f"source_{which}"].dropna().unique()]
+                       if f"source_{which}" in aligned else []) for which in ("before", "after")}
+    models = sorted({str(m) for c in ("model_before", "model_after") if c in aligned for m in aligned[c].dropna()})
+    return write_change_page(path, scheme, display, {"before": grids["before"], "after": grids["after"]},
+                             rank_changes(aligned, scheme.names) if ranked is None else ranked,
+                             labels=(date_label(aligned, "before"), date_label(aligned, "after")), sources=sources,
+                             compared_km2=float(aligned["area_km2"].sum()), models=models,
+                             max_popup_chips=max_popup_chips, overlay_max_pixels=overlay_max_pixels,
+                             basemap=basemap, imagery=imagery, imagery_max_pixels=imagery_max_pixels)
+
+
+def write_change_page(path: PathLike, scheme: ClassScheme,
+                      display: tuple[LandUseGrid, TransitionLegend, pd.Series], classes: dict[str, LandUseGrid],
+                      ranked: pd.DataFrame, *, labels: tuple[str, str], sources: dict[str, list[str]],
+                      compared_km2: float, models: list[str], max_popup_chips: int = 2000,
+                      overlay_max_pixels: int = 2048, basemap: str | None = "OpenStreetMap", imagery: bool = True,
+                      imagery_max_pixels: int = 1280) -> Path:
+    """:func:`change_html` from what the page shows rather than the pairs: a change run over a large area
+    passes the maps it read back from ``change.tif`` and the figures it added up partition by partition.
+
+    Args:
+        path: output ``.html``.
+        scheme: the class scheme.
+        display: :func:`geoclf.change.maps.change_display` (or ``transition_display``): grid, legend, km².
+        classes: the ``before`` and ``after`` class grids.
+        ranked: the ranked changed chips (:func:`geoclf.change.rank_changes`).
+        labels: the two dates' names.
+        sources: per date (``before``, ``after``) the rasters of its imagery.
+        compared_km2: the compared area.
+        models: the models' names.
+        max_popup_chips, overlay_max_pixels, basemap, imagery, imagery_max_pixels: as :func:`change_html`.
+    """
+    display, legend, km2 = display
     url, bounds = overlay_image(display, legend, overlay_max_pixels, transparent=[1])
     page = WebMap(bounds, basemap)
     panes = (page.add_pane("geoclf-before", 300), page.add_pane("geoclf-after", 300))
     land_use, missing = [], 0
     for which, label, pane in zip(("before", "after"), labels, panes, strict=True):
-        column = f"source_{which}"
-        sources = [str(s) for s in aligned[column].dropna().unique()] if imagery and column in aligned else []
-        if sources:
-            _, unread = page.add_imagery(sources, name=f"Imagery {label}", pane=pane, max_pixels=imagery_max_pixels,
+        shown_sources = sources.get(which, []) if imagery else []
+        if shown_sources:
+            _, unread = page.add_imagery(shown_sources, name=f"Imagery {label}", pane=pane,
+                                         max_pixels=imagery_max_pixels,
                                          hidden={f"Imagery {label} (colour infrared)": CIR_BANDS})
             missing += len(unread)
-        class_url, class_bounds = overlay_image(grids[which], scheme, overlay_max_pixels)
+        class_url, class_bounds = overlay_image(classes[which], scheme, overlay_max_pixels)
         land_use.append(page.add_image(class_url, class_bounds, name=f"Land use {label}", opacity=0.55,
                                        pane=pane))
     change = page.add_image(url, bounds, name=f"Change {labels[0]}{SPACED_ARROW}{labels[1]}", opacity=0.9)
-    ranked = rank_changes(aligned, scheme.names) if ranked is None else ranked
     if len(ranked):
         top = ranked.head(max_popup_chips)
         props = pd.DataFrame({"rank": top["rank"].to_numpy(),
@@ -97,8 +129,7 @@ def change_html(aligned: gpd.GeoDataFrame, scheme: ClassScheme, path: PathLike, 
                           highlight=lambda feature: {"weight": 3})
     page.add_layer_control()
     page.add_swipe(panes[0], panes[1], labels)
-    compared = float(aligned["area_km2"].sum())
-    models = sorted({str(m) for c in ("model_before", "model_after") if c in aligned for m in aligned[c].dropna()})
+    compared = compared_km2
     page.add_title(f"Land-use change {labels[0]}{SPACED_ARROW}{labels[1]}",
                    [("model " if len(models) == 1 else "models ") + ", ".join(models) if models else "",
                     f"{compared:,.2f} km² compared, {float(km2.sum()):,.2f} km² changed in {len(ranked):,} chips"])

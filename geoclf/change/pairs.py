@@ -72,6 +72,24 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
     Raises:
         InputError: the dates were scored with different class sets, lack footprints, or do not overlap.
     """
+    aligned, _, _ = pair_dates(before, after, min_overlap)
+    if not len(aligned):
+        raise InputError(f"the before and after predictions do not overlap (before covers {_bounds_text(before)}, "
+                         f"after covers {_bounds_text(after)}); compare two dates of the same area")
+    return aligned
+
+
+def pair_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame, min_overlap: float = MIN_OVERLAP,
+               area_crs: object = None) -> tuple[gpd.GeoDataFrame, np.ndarray, np.ndarray]:
+    """:func:`align_dates` that may pair nothing: the pairs, the index label of each pair's before row, and the
+    index labels of the before rows compared (those with a prediction, one per cell).
+
+    What :mod:`geoclf.change.partitioned` calls on one after-date partition and the before-date partitions
+    around it: a partition with no before data is no error there, and the before rows' labels tell which
+    before chips any partition paired (``unpaired_before`` over the whole area). ``area_crs`` is the
+    equal-area CRS that areas and overlaps are measured in (default: one centred on ``after``); the
+    partitions of one area pass the area's, so that they measure as the whole table would.
+    """
     classes_before = prediction_classes(before, "before")
     classes_after = prediction_classes(after, "after")
     if set(classes_before) != set(classes_after):
@@ -81,8 +99,8 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
         raise InputError(f"the minimum overlap must be in (0, 1], not {min_overlap}")
     classes = classes_before
     # Chips without a prediction (all nodata) have no class to compare.
-    b, dropped_b = _one_per_cell(before[before["pred"].notna()], classes)
-    a, dropped_a = _one_per_cell(after[after["pred"].notna()], classes)
+    b, dropped_b, b_labels = _one_per_cell(before[before["pred"].notna()], classes)
+    a, dropped_a, _ = _one_per_cell(after[after["pred"].notna()], classes)
     b_cells = _cells(b)
     a_cells = _cells(a)
     shared = set(b_cells["grid"].dropna()) & set(a_cells["grid"].dropna())
@@ -112,18 +130,15 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
         b_idx = np.flatnonzero(b_grid != grid) if grid is not None else np.arange(len(b))
         if not len(a_idx) or not len(b_idx):
             continue
-        ia, ib, frac = _match_by_overlap(b.iloc[b_idx], a.iloc[a_idx], min_overlap)
+        ia, ib, frac = _match_by_overlap(b.iloc[b_idx], a.iloc[a_idx], min_overlap, area_crs)
         pairs_a.append(a_idx[ia])
         pairs_b.append(b_idx[ib])
         overlap.append(frac)
     ia = np.concatenate(pairs_a) if pairs_a else np.empty(0, dtype=np.int64)
     ib = np.concatenate(pairs_b) if pairs_b else np.empty(0, dtype=np.int64)
-    if not len(ia):
-        raise InputError(f"the before and after predictions do not overlap (before covers {_bounds_text(b)}, "
-                         f"after covers {_bounds_text(a)}); compare two dates of the same area")
     order = np.argsort(ia, kind="stable")
     ia, ib = ia[order], ib[order]
-    frac = np.concatenate(overlap)[order]
+    frac = np.concatenate(overlap)[order] if overlap else np.empty(0)
 
     after_rows = a.iloc[ia]
     before_rows = b.iloc[ib]
@@ -131,7 +146,7 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
     out["cell"] = after_rows["cell"].to_numpy() if "cell" in a.columns else None
     out["match"] = np.where(by_cell[ia], "cell", "overlap")
     out["overlap"] = frac
-    out["area_km2"] = chip_area_km2(a).to_numpy()[ia]
+    out["area_km2"] = chip_area_km2(a, area_crs).to_numpy()[ia] if len(ia) else np.empty(0)
     for suffix, rows in (("before", before_rows), ("after", after_rows)):
         out[f"pred_{suffix}"] = rows["pred"].astype(str).to_numpy()
     # The classes compared: a date's smoothed ``class`` (smooth_predictions) when present, else its ``pred``.
@@ -144,7 +159,7 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
         for column in _CARRIED:
             if column in rows.columns:
                 out[f"{column}_{suffix}"] = rows[column].to_numpy()
-    aligned = gpd.GeoDataFrame(out, geometry=after_rows.geometry.to_numpy(), crs=a.crs)
+    aligned = gpd.GeoDataFrame(out, geometry=after_rows.geometry.to_numpy(), crs=after.crs)
     aligned.attrs["geoclf_change"] = {
         "classes": list(classes),
         "before_chips": len(before), "after_chips": len(after),
@@ -154,17 +169,19 @@ def align_dates(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
         "unpaired_before": int(len(b) - len(np.unique(ib))),
         "min_overlap": float(min_overlap),
     }
-    return aligned
+    return aligned, b_labels[ib], b_labels
 
 
-def _one_per_cell(predictions: gpd.GeoDataFrame, classes: Sequence[str]) -> tuple[gpd.GeoDataFrame, int]:
-    """Keep the most confident prediction of each cell; returns the table and how many rows were dropped."""
+def _one_per_cell(predictions: gpd.GeoDataFrame,
+                  classes: Sequence[str]) -> tuple[gpd.GeoDataFrame, int, np.ndarray]:
+    """Keep the most confident prediction of each cell; returns the table, how many rows were dropped and the
+    index labels the kept rows had."""
     if "cell" not in predictions.columns or not predictions["cell"].duplicated().any():
-        return predictions.reset_index(drop=True), 0
+        return predictions.reset_index(drop=True), 0, predictions.index.to_numpy()
     confidence = _class_probability(predictions, predictions["pred"].astype(str), classes, "")
     ranked = predictions.assign(_confidence=confidence).sort_values("_confidence", ascending=False, kind="stable")
     kept = ranked[~ranked["cell"].duplicated() | ranked["cell"].isna()].drop(columns="_confidence").sort_index()
-    return kept.reset_index(drop=True), int(len(predictions) - len(kept))
+    return kept.reset_index(drop=True), int(len(predictions) - len(kept)), kept.index.to_numpy()
 
 
 def _cells(predictions: gpd.GeoDataFrame) -> pd.DataFrame:
@@ -173,10 +190,10 @@ def _cells(predictions: gpd.GeoDataFrame) -> pd.DataFrame:
     return pd.DataFrame({"grid": [None] * len(predictions)}, index=predictions.index)
 
 
-def _match_by_overlap(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
-                      min_overlap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _match_by_overlap(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame, min_overlap: float,
+                      crs: object = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positions (in ``after``, in ``before``) and overlap shares of after-chips paired by footprint."""
-    crs = equal_area_crs(after)
+    crs = equal_area_crs(after) if crs is None else crs
     a_geom = after.geometry.to_crs(crs).to_numpy()
     b_all = before.geometry.to_crs(crs)
     tree = shapely.STRtree(b_all.to_numpy())
@@ -185,8 +202,10 @@ def _match_by_overlap(before: gpd.GeoDataFrame, after: gpd.GeoDataFrame,
         return ia, ib, np.empty(0)
     shared = shapely.area(shapely.intersection(a_geom[ia], b_all.to_numpy()[ib]))
     frac = shared / shapely.area(a_geom[ia])
-    # Best before-chip per after-chip: sort by (after, -share) and keep the first of each after-chip.
-    order = np.lexsort((-frac, ia))
+    # Best before-chip per after-chip: sort by (after, -share, before) and keep the first of each after-chip;
+    # an equal share goes to the first before-chip of the table, not to whichever the tree returned first
+    # (its order depends on what else the tree holds: a partition's neighbourhood or the whole area).
+    order = np.lexsort((ib, -frac, ia))
     ia, ib, frac = ia[order], ib[order], frac[order]
     first = np.r_[True, ia[1:] != ia[:-1]]
     ia, ib, frac = ia[first], ib[first], frac[first]

@@ -27,6 +27,7 @@ from geoclf.change.maps import TransitionLegend, change_display
 from geoclf.change.page import SPACED_ARROW, change_html, transition_label
 from geoclf.change.pairs import date_label
 from geoclf.htmlpage import html_table, png_img, relative_path, write_page
+from geoclf.landuse import LandUseGrid
 from geoclf.maps import static_png
 from tiling.classes import ClassScheme
 from tiling.io import atomic_path
@@ -82,10 +83,17 @@ def area_bar_chart(areas: pd.DataFrame, path: PathLike, labels: tuple[str, str] 
 def change_png(aligned: pd.DataFrame, scheme: ClassScheme, path: PathLike) -> Path:
     """Write ``change_map.png``: the static change map, "No change" and each from -> to transition present in
     its own colour (:func:`geoclf.change.maps.change_display`)."""
-    before, after = date_label(aligned, "before"), date_label(aligned, "after")
-    grid, legend, _ = change_display(aligned, scheme)
+    labels = (date_label(aligned, "before"), date_label(aligned, "after"))
+    return display_png(change_display(aligned, scheme), labels, path)
+
+
+def display_png(display: tuple[LandUseGrid, TransitionLegend, pd.Series], labels: tuple[str, str],
+                path: PathLike) -> Path:
+    """:func:`change_png` from the change map (:func:`geoclf.change.maps.change_display` or, from
+    ``change.tif``, ``transition_display``) and the two dates' names."""
+    grid, legend, _ = display
     shown = TransitionLegend([transition_label(n) for n in legend.names], [legend.color(n) for n in legend.names])
-    return static_png(grid, shown, path, title=f"Change {before}{SPACED_ARROW}{after}")  # type: ignore[arg-type]
+    return static_png(grid, shown, path, title=f"Change {labels[0]}{SPACED_ARROW}{labels[1]}")  # type: ignore[arg-type]
 
 
 def write_image_pairs(ranked: gpd.GeoDataFrame, out_dir: PathLike, top: int = 20, size: int = 160) -> list[Path]:

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from geoclf.area import AreaEstimate, stratified_sample
-from geoclf.change.maps import smooth_predictions, write_change_cog
-from geoclf.change.page import change_html
-from geoclf.change.pairs import MIN_OVERLAP, align_dates, change_labels, date_label, rank_changes
-from geoclf.change.report import area_bar_chart, change_png, write_image_pairs, write_report
+from geoclf.change import partitioned
+from geoclf.change.maps import changed_km2, smooth_predictions, transition_classes, transition_display
+from geoclf.change.page import write_change_page
+from geoclf.change.pairs import MIN_OVERLAP, change_labels, rank_changes
+from geoclf.change.partitioned import (
+    ChangeTally,
+    Partition,
+    area_crs,
+    date_partitions,
+    map_grid,
+    partition_pairs,
+    whole_partition,
+)
+from geoclf.change.report import area_bar_chart, display_png, write_image_pairs, write_report
 from geoclf.change.summaries import (
     class_areas,
     gains_losses,
@@ -21,9 +34,9 @@ from geoclf.change.summaries import (
     transition_matrix,
     transitions_long,
     urbanization,
-    zonal_summary,
 )
-from geoclf.landuse import ScoreOutput, prediction_classes, read_header, read_predictions, smoothing_window
+from geoclf.landuse import PROB_PREFIX, ScoreOutput, prediction_classes, read_header, smoothing_window
+from geoclf.landuse.mosaic import read_map
 from geoclf.zones import DEVELOPED, read_reference, read_zones
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -91,42 +104,61 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
     # everything goes into a staging directory first: bad input found halfway (a reference sample, a
     # sample size) leaves no half set of products in the output directory
     with staged_directory(final) as out:
-        before_table = read_predictions(before)
-        after_table = read_predictions(after)
-        classes = prediction_classes(before_table)
-        scheme = load_scheme(before, classes)
         window = smoothing_window(smooth)
-        if window > 1:
-            before_table = smooth_predictions(before_table, scheme, window)
-            after_table = smooth_predictions(after_table, scheme, window)
-        aligned = align_dates(before_table, after_table, min_overlap=min_overlap)
-        aligned.attrs["geoclf_change"]["classes"] = list(scheme.names)
+        before_parts, after_parts = date_partitions(before), date_partitions(after)
+        # smoothing needs each chip's neighbours, a reference sample or a sample to draw every pair at once: then
+        # both dates are one table each, as a county fits in memory
+        whole = window > 1 or samples is not None or bool(sample_size)
+        if whole:
+            before_parts, after_parts = [whole_partition(ScoreOutput(before))], [whole_partition(ScoreOutput(after))]
+        classes = _partition_classes(before_parts[0])
+        scheme = load_scheme(before, classes)
         names = scheme.names
-        labels = (date_label(aligned, "before"), date_label(aligned, "after"))
+        prepare = (lambda table: smooth_predictions(table, scheme, window)) if window > 1 else None
+        tally = ChangeTally(list(names), zones=zone_frame, zone_column=zone_column, developed=developed,
+                            tiles=out / _TILES, scheme=scheme)
+        tally.map_crs, tally.resolution = map_grid(after_parts)
+        aligned = None
+        # the reader is looked up at each run, so that a test or a benchmark can watch what is read
+        for found in partition_pairs(before_parts, after_parts, min_overlap=min_overlap, crs=area_crs(after_parts),
+                                     reader=partitioned.read_partition, prepare=prepare):
+            tally.add(found)
+            if whole:
+                aligned = found.aligned
+        if not tally.counts["paired"]:
+            raise InputError(f"the before and after predictions do not overlap (before covers "
+                             f"{_covers(before_parts)}, after covers {_covers(after_parts)}); compare two dates of "
+                             "the same area")
+        labels = (tally.date_label("before"), tally.date_label("after"))
         written: dict[str, Path] = {}
 
-        written["transitions"] = _write_table(transitions_long(aligned, names), out / "transitions.csv", index=False)
-        areas = class_areas(aligned, names)
-        flows = gains_losses(aligned, names)
+        written["transitions"] = _write_table(transitions_long(tally.transitions, names), out / "transitions.csv",
+                                              index=False)
+        areas = class_areas(tally.transitions, names)
+        flows = gains_losses(tally.transitions, names)
         per_class = areas.join(flows.drop(columns=["before_km2", "after_km2"]))
         written["classes"] = _write_table(per_class, out / "classes.csv")
         urban = None
         if developed in names:
-            urban = urbanization(aligned, names, developed)
+            urban = urbanization(tally.transitions, names, developed)
             written["urbanization"] = _write_table(urban, out / "urbanization.csv")
-        ranked = rank_changes(aligned, names)
+        ranked = rank_changes(tally.changed_pairs(), names)
         written["changes"] = _write_table(ranked, out / "changes.parquet", index=False)
-        written["change_tif"] = write_change_cog(out / "change.tif", aligned, scheme)
+        written["change_tif"] = tally.write_map(out / "change.tif")
+        shutil.rmtree(out / _TILES, ignore_errors=True)
+        (out / f"{_TILES}.vrt").unlink(missing_ok=True)
+        picture = read_map(written["change_tif"], max_pixels=MAP_MAX_PIXELS)
+        km2 = changed_km2(tally.transitions.matrix("km2"), tally.transitions.matrix("chips"))
+        display = transition_display(picture, scheme, km2)
         written["bar_chart"] = area_bar_chart(areas, out / "area_by_class.png", labels, scheme)
-        written["change_png"] = change_png(aligned, scheme, out / "change_map.png")
+        written["change_png"] = display_png(display, labels, out / "change_map.png")
         pair_files: list[Path] = []
         if pairs:
             pair_files = write_image_pairs(ranked, out / "pairs", top=pairs)
             if pair_files:
                 written["pairs"] = out / "pairs"
-        zone_table = None
-        if zone_frame is not None:
-            zone_table = zonal_summary(aligned, zone_frame, names, zone_column, developed)
+        zone_table = tally.zone_table
+        if zone_table is not None:
             written["zones"] = _write_table(zone_table, out / "zones.csv")
         estimates: dict[str, AreaEstimate] = {}
         if samples is not None:
@@ -141,11 +173,14 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
                                        min_per_stratum=min_per_stratum, seed=seed)
             written["sample"] = _write_table(sample, out / "sample.parquet", index=False)
         if html_map:
-            written["html"] = change_html(aligned, scheme, out / "change.html", ranked)
+            written["html"] = write_change_page(out / "change.html", scheme, display,
+                                                transition_classes(picture, scheme), ranked, labels=labels,
+                                                sources=tally.sources, compared_km2=tally.compared_km2,
+                                                models=sorted(tally.models))
 
-        info = dict(aligned.attrs["geoclf_change"])
+        info = tally.info(before_parts, min_overlap)
         info.update({"before": str(before), "after": str(after), "dates": list(labels), "smoothed": window > 1,
-                     "compared_km2": float(aligned["area_km2"].sum()),
+                     "compared_km2": tally.compared_km2,
                      "changed_km2": float(ranked["area_km2"].sum()) if len(ranked) else 0.0,
                      "changed_chips": len(ranked)})
         if window > 1:  # only then, so that unsmoothed outputs keep their former contents
@@ -156,11 +191,38 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
             temporary.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         written["json"] = out / "change.json"
         written["report"] = write_report(out / "report.html", info=info, per_class=per_class,
-                                         matrix=transition_matrix(aligned, names), urban=urban, ranked=ranked,
-                                         zones=zone_table, estimates=estimates, bar_chart=written["bar_chart"],
-                                         change_png=written["change_png"], html_map=written.get("html"),
-                                         pairs=pair_files)
+                                         matrix=transition_matrix(tally.transitions, names), urban=urban,
+                                         ranked=ranked, zones=zone_table, estimates=estimates,
+                                         bar_chart=written["bar_chart"], change_png=written["change_png"],
+                                         html_map=written.get("html"), pairs=pair_files)
     return relocated(written, out, final)
+
+
+#: Where the change map's tiles go while ``change.tif`` is made from them (removed after).
+_TILES = ".change-tiles"
+#: Longest side of the change map in the pictures (``change_map.png``, ``change.html``): a larger map is read
+#: from the overviews of ``change.tif``, as the land-use map's pictures are.
+MAP_MAX_PIXELS = 2048
+
+
+def _partition_classes(partition: Partition) -> list[str]:
+    """The classes a date was scored with, from a partition's schema (its rows are read only when the schema
+    cannot be, for the error that reading gives)."""
+    file = partition.path if partition.path is not None else partition.output.predictions
+    try:
+        names = pq.read_schema(file).names
+    except Exception:
+        names = []
+    classes = [n[len(PROB_PREFIX):] for n in names if n.startswith(PROB_PREFIX)]
+    return classes or prediction_classes(partitioned.read_partition(partition), partition.name)
+
+
+def _covers(partitions: list[Partition]) -> str:
+    boxes = np.array([p.bounds for p in partitions if p.bounds is not None], dtype=float)
+    if not len(boxes):
+        return "an unknown area"
+    return (f"{boxes[:, 0].min():.4f},{boxes[:, 1].min():.4f},{boxes[:, 2].max():.4f},{boxes[:, 3].max():.4f} "
+            "in longitude/latitude")
 
 
 def _write_table(frame: pd.DataFrame, path: Path, *, index: bool = True) -> Path:

@@ -24,24 +24,63 @@ from geoclf.zones import DEVELOPED, checked_zone_names
 from tiling.errors import InputError
 
 
-def transition_matrix(aligned: pd.DataFrame, classes: Sequence[str] | None = None, unit: str = "km2") -> pd.DataFrame:
+class TransitionTally:
+    """The transition matrix added up over pairs, a table of pairs at a time (a partition of a large area).
+
+    Pairs are added in the order given and each pair's area to its cell of the matrix one after another, so
+    adding the partitions of an area in order gives the matrix of the whole table to the last bit. The summary
+    functions here (:func:`transition_matrix`, :func:`transitions_long`, :func:`class_areas`,
+    :func:`gains_losses`, :func:`urbanization`) take a tally wherever they take an aligned table.
+    """
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        self.classes = [str(c) for c in classes]
+        self.km2 = np.zeros((len(self.classes), len(self.classes)))
+        self.chips = np.zeros((len(self.classes), len(self.classes)))
+
+    def add(self, aligned: pd.DataFrame) -> TransitionTally:
+        """Add the pairs of an aligned table (:func:`geoclf.change.align_dates`); returns the tally."""
+        i = _codes(aligned["class_before"], self.classes)
+        j = _codes(aligned["class_after"], self.classes)
+        np.add.at(self.km2, (i, j), aligned["area_km2"].to_numpy(dtype=float))
+        np.add.at(self.chips, (i, j), np.ones(len(aligned)))
+        return self
+
+    def matrix(self, unit: str = "km2") -> pd.DataFrame:
+        """From-class (rows) x to-class (columns) in km² or chips, as :func:`transition_matrix`."""
+        if unit not in ("km2", "chips"):
+            raise InputError(f"unknown unit {unit!r}; use 'km2' or 'chips'")
+        table = pd.DataFrame(self.km2 if unit == "km2" else self.chips, index=pd.Index(self.classes, name="before"),
+                             columns=pd.Index(self.classes, name="after"))
+        return table.astype(np.int64) if unit == "chips" else table.copy()
+
+
+Pairs = pd.DataFrame | TransitionTally
+
+
+def _classes_of(aligned: Pairs, classes: Sequence[str] | None) -> list[str]:
+    if isinstance(aligned, TransitionTally):
+        if classes is not None and [str(c) for c in classes] != aligned.classes:
+            raise InputError(f"the tally counts classes {aligned.classes}, not {list(classes)}")
+        return aligned.classes
+    return aligned_classes(aligned, classes)
+
+
+def transition_matrix(aligned: Pairs, classes: Sequence[str] | None = None, unit: str = "km2") -> pd.DataFrame:
     """From-class (rows, before) x to-class (columns, after), in km² (``unit="km2"``) or chips.
 
     The diagonal holds persistence; the matrix sums to the compared area (or number of paired chips).
+    ``aligned`` is a table of pairs or a :class:`TransitionTally` of them.
     """
-    classes = aligned_classes(aligned, classes)
+    classes = _classes_of(aligned, classes)
+    if isinstance(aligned, TransitionTally):
+        return aligned.matrix(unit)
     if unit not in ("km2", "chips"):
         raise InputError(f"unknown unit {unit!r}; use 'km2' or 'chips'")
-    values = aligned["area_km2"].to_numpy(dtype=float) if unit == "km2" else np.ones(len(aligned))
-    i = _codes(aligned["class_before"], classes)
-    j = _codes(aligned["class_after"], classes)
-    matrix = np.zeros((len(classes), len(classes)))
-    np.add.at(matrix, (i, j), values)
-    table = pd.DataFrame(matrix, index=pd.Index(classes, name="before"), columns=pd.Index(classes, name="after"))
-    return table.astype(np.int64) if unit == "chips" else table
+    return TransitionTally(classes).add(aligned).matrix(unit)
 
 
-def transitions_long(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+def transitions_long(aligned: Pairs, classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Every from -> to pair with its chips and km² (the ``transitions.csv`` layout)."""
     km2 = transition_matrix(aligned, classes, "km2").stack().rename("km2")
     chips = transition_matrix(aligned, classes, "chips").stack().rename("chips")
@@ -51,9 +90,9 @@ def transitions_long(aligned: pd.DataFrame, classes: Sequence[str] | None = None
     return table
 
 
-def class_areas(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+def class_areas(aligned: Pairs, classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Area of each class in each year over the compared area: chips and km², before and after."""
-    classes = aligned_classes(aligned, classes)
+    classes = _classes_of(aligned, classes)
     km2 = transition_matrix(aligned, classes, "km2")
     chips = transition_matrix(aligned, classes, "chips")
     table = pd.DataFrame({"before_chips": chips.sum(axis=1).to_numpy(), "after_chips": chips.sum(axis=0).to_numpy(),
@@ -62,7 +101,7 @@ def class_areas(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> 
     return table
 
 
-def gains_losses(aligned: pd.DataFrame, classes: Sequence[str] | None = None) -> pd.DataFrame:
+def gains_losses(aligned: Pairs, classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Gross gain, gross loss and net change of each class, in km².
 
     ``gain`` is area that became the class, ``loss`` area that was the class and became another,
@@ -80,7 +119,7 @@ def gains_losses(aligned: pd.DataFrame, classes: Sequence[str] | None = None) ->
     return table
 
 
-def urbanization(aligned: pd.DataFrame, classes: Sequence[str] | None = None,
+def urbanization(aligned: Pairs, classes: Sequence[str] | None = None,
                  developed: str = DEVELOPED) -> pd.DataFrame:
     """Conversions of every other class to ``developed``.
 
@@ -89,7 +128,7 @@ def urbanization(aligned: pd.DataFrame, classes: Sequence[str] | None = None,
         ``pct_of_class`` (share of the class's before area that was developed) and
         ``pct_of_new_developed`` (share of all newly developed area that came from the class).
     """
-    classes = aligned_classes(aligned, classes)
+    classes = _classes_of(aligned, classes)
     if developed not in classes:
         raise InputError(f"no class named {developed!r} among {classes}; name the developed class")
     km2 = transition_matrix(aligned, classes, "km2")

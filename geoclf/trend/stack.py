@@ -94,38 +94,45 @@ def _check_georeferencing(header: LandUseHeader, path: Path) -> None:
         raise InputError("is not a north-up raster; geoclf land-use maps are", path)
 
 
-def _map_dates(output: ScoreOutput, tags: dict[str, str]) -> tuple[list[dt.date], str]:
-    """Acquisition dates of a map's chips (else of the map itself), and the model name.
+def _map_dates(output: ScoreOutput, tags: dict[str, str]) -> tuple[pd.Series, str]:
+    """Acquisition dates of a map's chips (else of the map itself), as chips per date (sorted), and the model name.
 
-    Only the date/scene/model columns of ``predictions.parquet`` are read: the footprints are not needed,
-    and a county's predictions need not be loaded to learn when its imagery was flown.
+    Only the date/scene/model columns of the predictions are read, one file at a time (``predictions.parquet``,
+    else each file of the ``predictions/`` dataset a large area has instead), and only counted: a state's
+    predictions need not be loaded to learn when its imagery was flown.
     """
-    table = output.predictions
-    dates: list[dt.date] = []
-    model = ""
-    if table.exists():
+    files = [output.predictions] if output.predictions.exists() else output.dataset_files()
+    dates: pd.Series = pd.Series(dtype=np.int64)
+    models: pd.Series = pd.Series(dtype=np.int64)
+    names: dict[str, set[str]] = {"scene": set(), "source": set()}
+    for table in files:
         try:
-            names = set(pq.read_schema(table).names)
-            columns = [c for c in ("date", "scene", "source", "model") if c in names]
+            present = set(pq.read_schema(table).names)
+            columns = [c for c in ("date", "scene", "source", "model") if c in present]
             frame = pq.read_table(table, columns=columns).to_pandas() if columns else pd.DataFrame()
         except Exception as exc:
             raise InputError(f"cannot be read as Parquet ({str(exc).splitlines()[0]})", table) from exc
         if "date" in frame.columns:
             when = pd.to_datetime(frame["date"], errors="coerce").dropna()
-            dates = [d.date() for d in when]
-        if not dates:  # chips without a date column: NAIP names carry it
-            for column in ("scene", "source"):
-                if column in frame.columns:
-                    found = [scene_date(Path(str(v)).stem) for v in frame[column].dropna().unique()]
-                    dates = [d for d in found if d is not None]
-                    if dates:
-                        break
-        if "model" in frame.columns and frame["model"].notna().any():
-            model = str(frame["model"].dropna().mode().iloc[0])
-    if not dates:
+            dates = dates.add(pd.Series([d.date() for d in when]).value_counts(), fill_value=0)
+        for column in names:
+            if column in frame.columns:
+                names[column].update(str(v) for v in frame[column].dropna().unique())
+        if "model" in frame.columns:
+            models = models.add(frame["model"].dropna().astype(str).value_counts(), fill_value=0)
+    if not len(dates):  # chips without a date column: NAIP names carry it
+        for column in ("scene", "source"):
+            found = [scene_date(Path(v).stem) for v in sorted(names[column])]
+            found = [d for d in found if d is not None]
+            if found:
+                dates = pd.Series(found).value_counts()
+                break
+    # the most frequent model, ties to the first name (what ``Series.mode`` gave over the whole column)
+    model = str(models.sort_index().idxmax()) if len(models) and models.max() > 0 else ""
+    if not len(dates):
         found = scene_date(output.landuse.stem, tags) or scene_date(output.given.name)
-        dates = [found] if found else []
-    return sorted(dates), model
+        dates = pd.Series([1], index=[found]) if found else pd.Series(dtype=np.int64)
+    return dates.sort_index().astype(np.int64), model
 
 
 def _describe(source: PathLike, date: dt.date | str | None, probabilities: bool) -> _Map:
@@ -142,16 +149,17 @@ def _describe(source: PathLike, date: dt.date | str | None, probabilities: bool)
     dates, model = _map_dates(output, header.tags)
     if date is not None:
         try:
-            dates = [pd.Timestamp(date).date()]
+            dates = pd.Series([1], index=[pd.Timestamp(date).date()])
         except (ValueError, TypeError) as exc:
             raise InputError(f"date {date!r} given for it is not a date (use YYYY-MM-DD)", landuse) from exc
-    if not dates:
+    if not len(dates):
         raise InputError("has no acquisition date: no dated predictions.parquet beside it, no ACQUISITION_DATE "
                          "tag and no _YYYYMMDD in its name; give the dates explicitly", landuse)
     # The median chip date: a county's imagery is flown over days or weeks, and the middle one stands for
     # the whole map better than the first.
-    median = dates[(len(dates) - 1) // 2]
-    return _Map(landuse, probs_path, median, dates[0], dates[-1], model, header.classes, header.crs,
+    position = (int(dates.sum()) - 1) // 2
+    median = dates.index[int(np.searchsorted(dates.cumsum().to_numpy(), position, side="right"))]
+    return _Map(landuse, probs_path, median, dates.index[0], dates.index[-1], model, header.classes, header.crs,
                 header.transform, header.width, header.height)
 
 
