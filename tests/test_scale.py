@@ -277,3 +277,21 @@ def test_a_trend_over_datasets_without_predictions_files_dates_the_maps_from_the
     for name in ("time", "date_first", "date_last", "model"):
         assert list(parts[name].to_numpy()) == list(whole[name].to_numpy()), name
     assert all(parts["model"].to_numpy())
+
+
+def test_a_date_compared_with_itself_over_a_dataset_shows_no_change(two_dates, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from geoclf.change import run_change
+
+    before, _ = two_dates
+    written = run_change(before, before, tmp_path / "same", html_map=False)
+    info = json.loads(written["json"].read_text())
+    assert info["changed_chips"] == 0 and info["paired"] == info["paired_by_cell"] > 0
+    assert info["unpaired_before"] == info["unpaired_after"] == 0
+    assert len(gpd.read_parquet(written["changes"])) == 0
+    transitions = pd.read_csv(written["transitions"])
+    assert transitions.loc[transitions["changed"], "chips"].sum() == 0
+    assert transitions["chips"].sum() == info["paired"]

@@ -269,6 +269,7 @@ class ChangeTally:
     sources: dict[str, list[str]] = field(default_factory=lambda: {"before": [], "after": []})
     models: set[str] = field(default_factory=set)
     crs: object = None
+    columns: gpd.GeoDataFrame | None = None  # no pairs, the pairs' columns: what the ranking of no change reads
 
     def __post_init__(self) -> None:
         self.transitions = TransitionTally(self.classes)
@@ -290,6 +291,7 @@ class ChangeTally:
             return
         if self.crs is None:
             self.crs = aligned.crs
+            self.columns = aligned.iloc[:0]
         elif aligned.crs != self.crs:
             aligned = aligned.to_crs(self.crs)
         self.transitions.add(aligned)
@@ -317,10 +319,9 @@ class ChangeTally:
             self.map_tiles.append(write_tile(self.tiles.parent, f"{self.tiles.name}/{name}", grid))
 
     def changed_pairs(self) -> gpd.GeoDataFrame:
-        """The changed pairs of the whole area, in the pairs' order."""
+        """The changed pairs of the whole area, in the pairs' order (none: no row, the pairs' columns)."""
         if not self.changed:
-            return gpd.GeoDataFrame({"class_before": pd.Series(dtype=str), "class_after": pd.Series(dtype=str)},
-                                    geometry=gpd.GeoSeries([], crs=self.crs))
+            return self.columns if self.columns is not None else gpd.GeoDataFrame(geometry=[], crs=self.crs)
         frame = pd.concat(self.changed, ignore_index=True) if len(self.changed) > 1 else self.changed[0]
         return gpd.GeoDataFrame(frame.reset_index(drop=True), geometry=frame.geometry.name, crs=self.crs)
 
