@@ -25,6 +25,14 @@ the client) on a fresh LocalCluster of ``--workers`` workers, into a fresh outpu
 - **overhead outside the model**: ``1 - sum(model seconds) / (workers x total time)``, the share of the
   workers' time the whole run spent on anything but the model (target <= 10% at 1M chips).
 
+With ``--change``, each size is then compared with a later date by :func:`geoclf.change.run_change` (the
+change step: each after-date partition paired with the before-date partitions it touches, the products
+added up, ``change.tif`` from per-partition tiles). The later date is the scored dataset with 2% of its
+chips' classes changed, partition by partition (:func:`later_date`: the change step reads predictions and
+does not care how they were made, and a second scoring would double the run). Measured: the client's peak
+RSS during the change step (this process: the change runs in the client, there are no workers), its
+time, and the partitions read.
+
 ``.venv/bin/python benchmarks/scale_benchmark.py --chips 10000 100000`` for the small sizes; add 1000000
 (hours on this shared 2-core machine: run it with nohup when the load is low). Results go to stdout as a
 table and to ``--json`` as one record per size.
@@ -178,6 +186,64 @@ def run_size(model: Path, scenes: list[Path], out: Path, workers: int, chips_per
     }
 
 
+def later_date(before: Path, after: Path, share: float = 0.02, seed: int = 0) -> Path:
+    """A later date of a scored area: its dataset with ``share`` of the chips given another class (their
+    probabilities swapped with it), written partition by partition with the same footers (boxes, summaries)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from geoclf.landuse import ScoreOutput
+
+    source = ScoreOutput(before)
+    shutil.rmtree(after, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    for file in source.dataset_files():
+        table = pq.read_table(file)
+        frame = table.to_pandas()
+        classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+        rows = np.flatnonzero(frame["pred"].notna().to_numpy() & (rng.random(len(frame)) < share))
+        for row in rows:
+            old = frame.at[row, "pred"]
+            new = classes[(classes.index(old) + 1 + int(rng.integers(len(classes) - 1))) % len(classes)]
+            frame.at[row, f"prob_{old}"], frame.at[row, f"prob_{new}"] = (frame.at[row, f"prob_{new}"],
+                                                                         frame.at[row, f"prob_{old}"])
+            frame.at[row, "pred"] = new
+        target = after / ScoreOutput.DATASET / file.relative_to(source.dataset)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        changed = pa.Table.from_pandas(frame, schema=table.schema, preserve_index=False)
+        pq.write_table(changed.replace_schema_metadata(table.schema.metadata), target)
+    return after
+
+
+def run_change_size(before: Path, after: Path, out: Path) -> dict[str, Any]:
+    """Run the change step from ``before`` to ``after`` in this process and measure it."""
+    from geoclf.change import partitioned, run_change
+
+    shutil.rmtree(out, ignore_errors=True)
+    reads: list[int] = []
+    real = partitioned.read_partition
+
+    def counted(partition: Any) -> Any:
+        table = real(partition)
+        reads.append(len(table))
+        return table
+
+    partitioned.read_partition = counted  # the module's reader is looked up at each run: count what is read
+    try:
+        with ClientMemory(out / "none") as memory:
+            started = time.perf_counter()
+            run_change(before, after, out, html_map=False)
+            total = time.perf_counter() - started
+    finally:
+        partitioned.read_partition = real
+    info = json.loads((out / "change.json").read_text())
+    return {"change_s": round(total, 1), "change_rss_start_mb": round(memory.baseline),
+            "change_rss_peak_mb": round(memory.peak), "change_reads": len(reads),
+            "change_largest_read_rows": max(reads, default=0), "change_paired": info["paired"],
+            "change_changed_chips": info["changed_chips"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chips", type=int, nargs="+", default=[10_000, 100_000])
@@ -185,6 +251,7 @@ def main() -> None:
     parser.add_argument("--chips-per-partition", type=int, default=512)
     parser.add_argument("--work", type=Path, default=default_work_dir())
     parser.add_argument("--json", type=Path, default=None, help="append one JSON record per size here")
+    parser.add_argument("--change", action="store_true", help="also run the change step against a later date")
     args = parser.parse_args()
     from tiling.synth import virtual_scenes
 
@@ -198,7 +265,12 @@ def main() -> None:
         scenes = virtual_scenes(naip, args.work / f"scale-vrts-{count}", count)
         load = machine_load()
         log(f"{count * per_scene:,} chips in {count} virtual scenes on {args.workers} workers")
-        row = run_size(model, scenes, args.work / f"scale-out-{count}", args.workers, args.chips_per_partition)
+        out = args.work / f"scale-out-{count}"
+        row = run_size(model, scenes, out, args.workers, args.chips_per_partition)
+        if args.change:
+            later = later_date(out, args.work / f"scale-later-{count}")
+            log(f"change step over {row['chips']:,} chips")
+            row.update(run_change_size(out, later, args.work / f"scale-change-{count}"))
         row["load"] = describe_load(load, machine_load())
         row["command"] = command_line()
         rows.append(row)
@@ -213,6 +285,12 @@ def main() -> None:
         print(f"| {r['chips']:,} | {r['scenes']} | {r['tasks']} | {r['total_s']} | {r['first_partition_s']} "
               f"| {r['client_rss_peak_mb']} | {r['model_s']} | {r['tile_s']} | {r['write_s']} "
               f"| {r['scheduler_overhead_per_task_ms']} | {r['overhead_outside_model']:.1%} |")
+    if args.change:
+        print("| chips | change s | client RSS start / peak MB | partitions read | largest read (rows) | paired |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['chips']:,} | {r['change_s']} | {r['change_rss_start_mb']} / {r['change_rss_peak_mb']} "
+                  f"| {r['change_reads']} | {r['change_largest_read_rows']} | {r['change_paired']:,} |")
     by_chips = {r["chips"]: r for r in rows}
     big = [c for c in by_chips if c >= 1_000_000]
     mid = [c for c in by_chips if 100_000 <= c < 1_000_000]
