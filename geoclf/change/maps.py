@@ -220,6 +220,21 @@ def change_grids(aligned: pd.DataFrame, scheme: ClassScheme, *, crs: object = No
             "display": after._replace(codes=display)}
 
 
+def transition_grid(aligned: pd.DataFrame, scheme: ClassScheme, *, crs: object = None,
+                    resolution: float | None = None) -> LandUseGrid:
+    """``change_grids(aligned, scheme)["transition"]`` in one rasterization instead of two: each pair's
+    transition code placed on its cell (both dates' classes sit on the same cells, so the codes are the same)."""
+    n = len(scheme.names)
+    legend = transition_legend(scheme)
+    index = {name: i for i, name in enumerate(scheme.names)}
+    before = aligned["class_before"].astype(str).map(index).to_numpy()
+    after = aligned["class_after"].astype(str).map(index).to_numpy()
+    names = np.array(legend.names, dtype=object)[before * n + after]
+    table = _grid_table(aligned.assign(_transition=names), "_transition")
+    grid = predictions_to_grid(table, legend.to_scheme(), crs=crs, resolution=resolution)
+    return grid._replace(codes=grid.codes.astype(np.uint8 if n * n < 256 else np.uint16))
+
+
 def write_change_cog(path: PathLike, aligned: pd.DataFrame, scheme: ClassScheme) -> Path:
     """Write ``change.tif``: a COG on the chip grid coding each chip's from -> to transition.
 

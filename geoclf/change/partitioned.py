@@ -34,7 +34,7 @@ from pyproj import CRS, Transformer
 from shapely import box
 
 from geoclf.area import equal_area_crs
-from geoclf.change.maps import change_grids, transition_legend
+from geoclf.change.maps import transition_grid, transition_legend
 from geoclf.change.pairs import MIN_OVERLAP, pair_dates
 from geoclf.change.summaries import TransitionTally, zonal_summary
 from geoclf.landuse import ScoreOutput, prediction_classes
@@ -314,7 +314,7 @@ class ChangeTally:
             table = zonal_summary(aligned, self.zones, self.classes, self.zone_column, self.developed)
             self.zone_table = table if self.zone_table is None else self.zone_table + table
         if self.tiles is not None and self.scheme is not None:
-            grid = change_grids(aligned, self.scheme, crs=self.map_crs, resolution=self.resolution)["transition"]
+            grid = transition_grid(aligned, self.scheme, crs=self.map_crs, resolution=self.resolution)
             name = f"part-{len(self.map_tiles):06d}"
             self.map_tiles.append(write_tile(self.tiles.parent, f"{self.tiles.name}/{name}", grid))
 
