@@ -224,9 +224,17 @@ def run_change_size(before: Path, after: Path, out: Path) -> dict[str, Any]:
     reads: list[int] = []
     real = partitioned.read_partition
 
+    import psutil
+
+    process = psutil.Process()
+    started = time.perf_counter()
+
     def counted(partition: Any) -> Any:
         table = real(partition)
         reads.append(len(table))
+        if len(reads) % 500 == 0:  # a trace of the client's memory as the partitions go by
+            log(f"change: {len(reads)} partitions read, {time.perf_counter() - started:.0f} s, "
+                f"RSS {process.memory_info().rss / 2**20:.0f} MB")
         return table
 
     partitioned.read_partition = counted  # the module's reader is looked up at each run: count what is read
@@ -252,7 +260,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=default_work_dir())
     parser.add_argument("--json", type=Path, default=None, help="append one JSON record per size here")
     parser.add_argument("--change", action="store_true", help="also run the change step against a later date")
+    parser.add_argument("--change-only", action="store_true",
+                        help="the change step only, over the outputs an earlier --change run left in --work")
     args = parser.parse_args()
+    import pyarrow.parquet as pq
+
+    from geoclf.landuse import ScoreOutput
     from tiling.synth import virtual_scenes
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -266,9 +279,15 @@ def main() -> None:
         load = machine_load()
         log(f"{count * per_scene:,} chips in {count} virtual scenes on {args.workers} workers")
         out = args.work / f"scale-out-{count}"
-        row = run_size(model, scenes, out, args.workers, args.chips_per_partition)
-        if args.change:
-            later = later_date(out, args.work / f"scale-later-{count}")
+        if args.change_only:
+            row = {"chips": sum(pq.read_metadata(f).num_rows for f in ScoreOutput(out).dataset_files()),
+                   "scenes": count}
+        else:
+            row = run_size(model, scenes, out, args.workers, args.chips_per_partition)
+        if args.change or args.change_only:
+            later = args.work / f"scale-later-{count}"
+            if not (args.change_only and (later / ScoreOutput.DATASET).is_dir()):
+                later = later_date(out, later)
             log(f"change step over {row['chips']:,} chips")
             row.update(run_change_size(out, later, args.work / f"scale-change-{count}"))
         row["load"] = describe_load(load, machine_load())
@@ -278,20 +297,21 @@ def main() -> None:
         if args.json is not None:
             with args.json.open("a") as sink:
                 sink.write(json.dumps(row) + "\n")
+    scored = [] if args.change_only else rows  # a change-only run has no scoring figures
     print("| chips | scenes | tasks | total s | first partition s | client peak MB | model s | tile s | write s "
           "| scheduler ms/task | outside model |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in scored:
         print(f"| {r['chips']:,} | {r['scenes']} | {r['tasks']} | {r['total_s']} | {r['first_partition_s']} "
               f"| {r['client_rss_peak_mb']} | {r['model_s']} | {r['tile_s']} | {r['write_s']} "
               f"| {r['scheduler_overhead_per_task_ms']} | {r['overhead_outside_model']:.1%} |")
-    if args.change:
+    if args.change or args.change_only:
         print("| chips | change s | client RSS start / peak MB | partitions read | largest read (rows) | paired |")
         print("|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['chips']:,} | {r['change_s']} | {r['change_rss_start_mb']} / {r['change_rss_peak_mb']} "
                   f"| {r['change_reads']} | {r['change_largest_read_rows']} | {r['change_paired']:,} |")
-    by_chips = {r["chips"]: r for r in rows}
+    by_chips = {r["chips"]: r for r in scored}
     big = [c for c in by_chips if c >= 1_000_000]
     mid = [c for c in by_chips if 100_000 <= c < 1_000_000]
     if big and mid:
