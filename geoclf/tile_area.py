@@ -47,6 +47,7 @@ from tiling.errors import InputError
 from tiling.index import INDEX_ROW_GROUP, TileParams, check_cell_count, summarize_counts
 from tiling.io import PathLike, atomic_path, normalize_source
 from tiling.labels import NlcdInfo, describe_nlcd
+from tiling.locks import locks_output
 from tiling.parallel import Scheduler
 from tiling.split import assign_group_splits, balanced_positions
 
@@ -100,6 +101,7 @@ class TileBlockTask:
         return pq.read_table(io.BytesIO(buffer.getvalue())), summary
 
 
+@locks_output("out", "tile")
 def tile_area(naip: list[PathLike], nlcd: PathLike | None, out: PathLike, *, params: TileParams | None = None,
               aoi: PathLike | None = None, scheduler: Scheduler = "local", n_workers: int | None = None,
               progress: bool = True) -> AreaIndex:

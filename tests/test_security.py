@@ -500,11 +500,13 @@ def holder(tmp_path):
     process.wait()
 
 
-@pytest.mark.parametrize("command", ["featurize", "score"])
-def test_a_second_run_into_the_same_output_is_refused_in_one_line(command, holder, chips, artifact, tmp_path):
+@pytest.mark.parametrize("command", ["tile", "featurize", "score"])
+def test_a_second_run_into_the_same_output_is_refused_in_one_line(command, holder, small_scene, chips, artifact,
+                                                                  tmp_path):
     out = tmp_path / "out"
-    args = (["featurize", "--chips", str(chips)] if command == "featurize"
-            else ["score", "--model", str(artifact), "--chips", str(chips)])
+    args = {"tile": ["tile", "--naip", str(small_scene.naip), "--nlcd", str(small_scene.nlcd)],
+            "featurize": ["featurize", "--chips", str(chips)],
+            "score": ["score", "--model", str(artifact), "--chips", str(chips)]}[command]
     done = geoclf(*args, "--out", str(out), "--scheduler", "sync")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert error_line(done.stderr) == done.stderr.strip()  # one line
