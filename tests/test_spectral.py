@@ -32,12 +32,15 @@ def spectral(chips, tmp_path_factory):
 
 def test_statistics_are_those_of_the_pixels_with_data():
     rng = np.random.default_rng(0)
-    chips = rng.integers(0, 256, size=(3, 4, 40, 40), dtype=np.uint8)
+    chips = rng.integers(0, 256, size=(4, 4, 40, 40), dtype=np.uint8)
     chips[0, :, :10] = 0  # a nodata strip: every band 0
+    chips[1, 0, :5] = 0  # red 0 where the other bands have data: pixels with data, of value 0
+    chips[3] = 0  # no data at all: no statistics
     featurizer = SpectralFeaturizer()
     vectors = featurizer.featurize(chips)
     names = featurizer.feature_names
-    assert vectors.shape == (3, 22) and featurizer.feature_dim == 22
+    assert vectors.shape == (4, 22) and featurizer.feature_dim == 22
+    assert not vectors[3].any()
     valid = chips.any(axis=1)
     for i in range(3):
         for b, band in enumerate(("red", "green", "blue", "nir")):

@@ -128,7 +128,7 @@ class SpectralFeaturizer(Featurizer):
         if n == 0:
             return np.empty((0, self.feature_dim), dtype=np.float32)
         valid = chips.any(axis=1)  # (N, S, S)
-        count = valid.sum(axis=(1, 2))
+        count = np.count_nonzero(valid.reshape(n, -1), axis=1)
         blocks = [_band_statistics(chips, valid, count)]
         if self.has_ndvi:
             blocks.append(_ndvi_statistics(chips[:, self.bands.index(RED)], chips[:, self.bands.index(NIR)],
@@ -140,12 +140,17 @@ class SpectralFeaturizer(Featurizer):
 
 
 def _band_statistics(chips: np.ndarray, valid: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """:data:`BAND_STATS` of every band, band-major, from one histogram per chip and band."""
+    """:data:`BAND_STATS` of every band, band-major, from one histogram per chip and band.
+
+    A pixel without data is 0 in every band, so the pixels with data of a band are its histogram less the
+    pixels without data in bin 0: every pixel is counted (one ``bincount`` per chip and band, no masking pass
+    over the pixels) and those are taken off.
+    """
     n, nbands = chips.shape[:2]
-    # one bincount over every chip and band: the value plus 256 x (chip, band) offset, pixels with data only
-    offsets = (np.arange(n * nbands, dtype=np.int32) * 256).reshape(n, nbands, 1, 1)
-    keys = (chips.astype(np.int32) + offsets)[np.broadcast_to(valid[:, None], chips.shape)]
-    histogram = np.bincount(keys, minlength=n * nbands * 256).reshape(n, nbands, 256).astype(np.float64)
+    flat = chips.reshape(n * nbands, -1)
+    histogram = np.stack([np.bincount(row, minlength=256) for row in flat]).reshape(n, nbands, 256)
+    histogram = histogram.astype(np.float64)
+    histogram[:, :, 0] -= (flat.shape[1] - count)[:, None]
     total = np.maximum(count, 1).astype(np.float64)[:, None]
     levels = np.arange(256, dtype=np.float64) / 255.0
     mean = histogram @ levels / total
