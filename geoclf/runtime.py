@@ -301,25 +301,47 @@ class Runner(ABC):
     """A network ready to run: ``runner(batch)`` maps ``(N, C, H, W)`` float32 input to ``(N, D)`` float32.
 
     ``batch`` is a torch tensor (any memory format; channels_last is fastest) or a numpy array. Runners are
-    built inside the process that runs them (a Dask worker) and never pickled.
+    built inside the process that runs them (a Dask worker) and never pickled. A runner given the network's
+    ``normalization`` also takes the chips themselves (:meth:`chips`).
 
     Attributes:
         precision: what it computes in, ``"fp32"`` or ``"bf16"``.
         threads: the threads it may use (``None``: the runtime's default, every core).
+        normalization: ``(mean, std)`` per channel of ``[0, 1]`` values, as :func:`normalize` applies them
+            (``None``: the runner takes normalized input only).
     """
 
     #: The runtime's name, one of :data:`RUNTIMES`.
     runtime: ClassVar[str]
 
-    def __init__(self, precision: str, threads: int | None) -> None:
+    def __init__(self, precision: str, threads: int | None,
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         if threads is not None and int(threads) < 1:
             raise InputError(f"an inference runtime needs at least one thread, not {threads}")
         self.precision = resolve_precision(self.runtime, precision)
         self.threads = None if threads is None else int(threads)
+        if normalization is not None:
+            mean, std = (tuple(float(v) for v in values) for values in normalization)
+            if len(mean) != len(std) or not mean or min(std) <= 0:
+                raise InputError(f"a normalization needs as many means as positive stds, not {mean} and {std}")
+            normalization = (mean, std)
+        self.normalization = normalization
 
     @abstractmethod
     def __call__(self, batch: Any) -> np.ndarray:
         """Outputs of one batch, ``(N, D)`` float32."""
+
+    def chips(self, chips: np.ndarray) -> np.ndarray:
+        """Outputs of a batch of ``(N, C, H, W)`` uint8 chips of the network's input size, normalized by the
+        runner's :attr:`normalization` (the same values :func:`normalize` gives, up to float rounding).
+
+        Raises:
+            InputError: the runner was built without a normalization.
+        """
+        if self.normalization is None:
+            raise InputError(f"this {self.runtime} runner was built without the network's normalization: "
+                             "give it normalized input")
+        return self(normalize(chips, *self.normalization))
 
     def describe(self) -> dict[str, Any]:
         """What ran, for run records and benchmark tables."""
@@ -341,15 +363,16 @@ class TorchRunner(Runner):
         precision: see :func:`resolve_precision`; ``auto`` is fp32.
         threads: sets ``torch.set_num_threads`` (process-wide, as torch threads are).
         device: torch device (``None``: the network's).
+        normalization: ``(mean, std)`` of the network's input (see :class:`Runner`).
     """
 
     runtime = "torch"
 
     def __init__(self, network: nn.Module, precision: str = "auto", threads: int | None = None,
-                 device: Any = None) -> None:
+                 device: Any = None, normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         import torch
 
-        super().__init__(precision, threads)
+        super().__init__(precision, threads, normalization)
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         self.network = network.eval()
@@ -377,10 +400,17 @@ class OpenVINORunner(Runner):
     a Dask worker shares the machine with other workers, and pinned threads of two processes could land on
     the same core.
 
+    With a ``normalization``, :meth:`chips` hands the uint8 chips over as they are read (``NCHW``) to a
+    second compiled model whose graph begins with the conversion to float and the normalization (OpenVINO's
+    preprocessing, fused into its first layers): no float copy of the batch is made in Python. That model is
+    the one compiled here; the float one is compiled on the first :meth:`__call__`, and the other way round
+    without a normalization.
+
     Args:
         path: the ``.onnx`` file (checked by the caller, see :func:`verified_onnx`).
         precision: see :func:`resolve_precision`; ``auto`` is bf16 where the CPU has it.
         threads: inference threads (``None``: OpenVINO's default, every core).
+        normalization: ``(mean, std)`` of the network's input (see :class:`Runner`).
 
     Raises:
         InputError: OpenVINO is not installed, or the file cannot be read or compiled.
@@ -388,50 +418,92 @@ class OpenVINORunner(Runner):
 
     runtime = "openvino"
 
-    def __init__(self, path: PathLike, precision: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: PathLike, precision: str = "auto", threads: int | None = None,
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         try:
-            import openvino as ov
-            from openvino.preprocess import PrePostProcessor
+            import openvino  # noqa: F401
         except ImportError:
             raise InputError("the openvino runtime needs the openvino package (pip install openvino), which is "
                              "not installed here; use --runtime torch") from None
-        super().__init__(precision, threads)
+        super().__init__(precision, threads, normalization)
         self.path = Path(path)
-        core = openvino_core()
-        try:
-            model = core.read_model(str(self.path))
-            ppp = PrePostProcessor(model)
-            ppp.input().tensor().set_layout(ov.Layout("NHWC"))
-            ppp.input().model().set_layout(ov.Layout("NCHW"))
-            model = ppp.build()
-            config: dict[str, Any] = {
-                "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                "PERFORMANCE_HINT": "LATENCY",
-                "NUM_STREAMS": 1,
-                "ENABLE_CPU_PINNING": False,
-            }
-            if self.threads is not None:
-                config["INFERENCE_NUM_THREADS"] = self.threads
-            self.compiled = core.compile_model(model, "CPU", config)
-        except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable models
-            first = (str(exc).strip().splitlines() or ["?"])[0]
-            raise InputError(f"OpenVINO cannot load the exported network ({first})", self.path) from None
-        self._request = self.compiled.create_infer_request()
+        self._compiled: dict[bool, Any] = {}
+        self._requests: dict[bool, Any] = {}
+        self._request(chips=self.normalization is not None)  # compiled now: a bad file is refused here
+
+    @property
+    def compiled(self) -> Any:
+        """The OpenVINO compiled model built on construction (the uint8 one where there is a normalization)."""
+        return self._compiled[self.normalization is not None]
+
+    def _request(self, *, chips: bool) -> Any:
+        """The infer request of the float-input model, or (``chips``) of the uint8 one, compiled on first use."""
+        request = self._requests.get(chips)
+        if request is None:
+            import openvino as ov
+            from openvino.preprocess import PrePostProcessor
+
+            try:
+                model = openvino_core().read_model(str(self.path))
+                ppp = PrePostProcessor(model)
+                if chips:
+                    assert self.normalization is not None
+                    mean, std = self.normalization
+                    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+                    ppp.input().preprocess().convert_element_type(ov.Type.f32) \
+                        .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
+                else:
+                    ppp.input().tensor().set_layout(ov.Layout("NHWC"))
+                ppp.input().model().set_layout(ov.Layout("NCHW"))
+                config: dict[str, Any] = {
+                    "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "NUM_STREAMS": 1,
+                    "ENABLE_CPU_PINNING": False,
+                }
+                if self.threads is not None:
+                    config["INFERENCE_NUM_THREADS"] = self.threads
+                compiled = openvino_core().compile_model(ppp.build(), "CPU", config)
+            except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable models
+                first = (str(exc).strip().splitlines() or ["?"])[0]
+                raise InputError(f"OpenVINO cannot load the exported network ({first})", self.path) from None
+            self._compiled[chips] = compiled
+            request = self._requests[chips] = compiled.create_infer_request()
+        return request
 
     def __call__(self, batch: Any) -> np.ndarray:
         if hasattr(batch, "permute"):  # a torch tensor: NHWC view, free for channels_last memory
             nhwc = batch.detach().float().cpu().permute(0, 2, 3, 1).numpy()
         else:
             nhwc = np.asarray(batch, dtype=np.float32).transpose(0, 2, 3, 1)
-        nhwc = np.ascontiguousarray(nhwc, dtype=np.float32)
+        return self._infer(self._request(chips=False), np.ascontiguousarray(nhwc, dtype=np.float32))
+
+    def chips(self, chips: np.ndarray) -> np.ndarray:
+        if self.normalization is None:
+            return super().chips(chips)  # the refusal
+        if chips.dtype != np.uint8 or chips.ndim != 4 or chips.shape[1] != len(self.normalization[0]):
+            raise InputError(f"chips must be (N, {len(self.normalization[0])}, H, W) uint8, not "
+                             f"{chips.shape} {chips.dtype}")
+        return self._infer(self._request(chips=True), np.ascontiguousarray(chips))
+
+    @staticmethod
+    def _infer(request: Any, batch: np.ndarray) -> np.ndarray:
         # share_inputs: OpenVINO reads the array in place (it stays alive for this synchronous call)
-        result = self._request.infer({0: nhwc}, share_inputs=True)
-        out = next(iter(result.values()))
-        return np.asarray(out, dtype=np.float32).reshape(len(nhwc), -1)
+        out = next(iter(request.infer({0: batch}, share_inputs=True).values()))
+        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+
+
+def normalize(chips: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``(N, C, H, W)`` uint8 -> float32 ``(x / 255 - mean) / std``, computed as
+    :func:`geoclf.backbones.to_tensor` computes it (one multiply and one subtraction in float32), without torch."""
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(1, -1, 1, 1)
+    shift = np.asarray([m / s for m, s in zip(mean, std, strict=True)], dtype=np.float32).reshape(1, -1, 1, 1)
+    return chips.astype(np.float32) * scale - shift
 
 
 def open_runner(runtime: str, *, network: nn.Module | None = None, onnx: PathLike | None = None,
-                precision: str = "auto", threads: int | None = None, device: Any = None) -> Runner:
+                precision: str = "auto", threads: int | None = None, device: Any = None,
+                normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> Runner:
     """A :class:`Runner` for ``runtime``: torch runs ``network``, OpenVINO the exported file ``onnx``.
 
     Args:
@@ -441,6 +513,7 @@ def open_runner(runtime: str, *, network: nn.Module | None = None, onnx: PathLik
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :func:`resolve_precision`).
         threads: the thread budget (a Dask worker's: 1-2), ``None`` for the runtime's default.
         device: torch device (torch runtime only; OpenVINO runs on the CPU).
+        normalization: ``(mean, std)`` of the network's input, for :meth:`Runner.chips`.
 
     Raises:
         InputError: unknown runtime or precision, a missing network or file, OpenVINO not installed.
@@ -449,12 +522,13 @@ def open_runner(runtime: str, *, network: nn.Module | None = None, onnx: PathLik
     if runtime == "torch":
         if network is None:
             raise InputError("the torch runtime needs the torch network")
-        return TorchRunner(network, precision=precision, threads=threads, device=device)
+        return TorchRunner(network, precision=precision, threads=threads, device=device,
+                           normalization=normalization)
     if onnx is None:
         raise InputError("the openvino runtime needs the exported network (ONNX file)")
     if device is not None and str(device) != "cpu":
         raise InputError(f"the openvino runtime runs on the CPU, not {device}; use --runtime torch for it")
-    return OpenVINORunner(onnx, precision=precision, threads=threads)
+    return OpenVINORunner(onnx, precision=precision, threads=threads, normalization=normalization)
 
 
 __all__ = [
@@ -470,6 +544,7 @@ __all__ = [
     "check_runtime",
     "cpu_has_bf16",
     "export_onnx",
+    "normalize",
     "open_runner",
     "relative_error",
     "resolve_precision",

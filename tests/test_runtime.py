@@ -123,7 +123,10 @@ def test_runner_choices_are_checked(tiny_export):
     runner = open_runner("openvino", onnx=path, precision="fp32", threads=2)
     assert runner.describe() == {"runtime": "openvino", "precision": "fp32", "threads": 2}
     assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 2
-    with pytest.raises(TypeError, match="not pickled"):
+    with pytest.raises(InputError, match="without the network's normalization"):
+        runner.chips(np.zeros((1, 3, 32, 32), np.uint8))
+    with pytest.raises(InputError, match="as many means as positive stds"):
+        open_runner("openvino", onnx=path, normalization=((0.5, 0.5), (0.2,)))
         pickle.dumps(runner)
 
 
@@ -140,7 +143,9 @@ def test_an_unreadable_export_is_one_line(tmp_path):
     ("resnet18", "none", "logits"),
 ])
 def test_accuracy_guard(name, weights, part, scene_chips, tmp_path):
-    """OpenVINO's outputs match torch fp32 within the stated tolerance, and the predicted classes agree."""
+    """OpenVINO's outputs match torch fp32 within the stated tolerance, and the predicted classes agree: fed
+    normalized input, and fed the uint8 chips themselves (the normalization in OpenVINO's graph, as scoring
+    runs it)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -167,12 +172,15 @@ def test_accuracy_guard(name, weights, part, scene_chips, tmp_path):
     expected = predict(reference)
     precisions = {"fp32": FP32_RTOL, **({"bf16": BF16_RTOL} if cpu_has_bf16() else {})}
     for precision, tolerance in precisions.items():
-        outputs = run(open_runner("openvino", onnx=path, precision=precision, threads=2))
-        assert outputs.shape == reference.shape
-        error = relative_error(outputs, reference)
-        assert error <= tolerance, f"{name} {precision}: relative error {error:.2g} > {tolerance}"
-        agreement = float(np.mean(predict(outputs) == expected))
-        assert agreement >= MIN_AGREEMENT, f"{name} {precision}: classes agree on {agreement:.1%} of chips"
+        runner = open_runner("openvino", onnx=path, precision=precision, threads=2,
+                             normalization=(backbone.mean, backbone.std))
+        from_chips = np.concatenate([runner.chips(chips[i:i + 32]) for i in range(0, len(chips), 32)])
+        for how, outputs in (("normalized input", run(runner)), ("uint8 chips", from_chips)):
+            assert outputs.shape == reference.shape
+            error = relative_error(outputs, reference)
+            assert error <= tolerance, f"{name} {precision} {how}: relative error {error:.2g} > {tolerance}"
+            agreement = float(np.mean(predict(outputs) == expected))
+            assert agreement >= MIN_AGREEMENT, f"{name} {precision} {how}: classes agree on {agreement:.1%}"
 
 
 @needs_bf16

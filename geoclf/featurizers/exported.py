@@ -14,7 +14,7 @@ object computes the spectral statistics at training and at scoring time, on eith
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -77,19 +77,20 @@ class ExportedCNNFeaturizer(CNNFeaturizer):
         if self._runner is None:
             path = verified_onnx(self.export_dir, self.export)
             self._runner = open_runner(self.runtime, onnx=path, precision=self.precision,
-                                       threads=thread_budget(self.threads))
+                                       threads=thread_budget(self.threads), normalization=(self.mean, self.std))
         return self._runner
 
     def featurize(self, chips: np.ndarray) -> np.ndarray:
         """``(N, 3, S, S)`` uint8 RGB chips -> ``(N, feature_dim)`` float32, through the exported network.
 
-        Chips already of the network's input size are normalized with numpy, so a worker without torch (the
-        ``geoclf[score]`` install) featurizes and scores them; chips to resize go through torch's
-        :func:`geoclf.backbones.to_tensor`, as training resized them.
+        Chips already of the network's input size go to the runtime as they are, normalized in its graph
+        (:meth:`geoclf.runtime.Runner.chips`), so a worker without torch (the ``geoclf[score]`` install)
+        featurizes and scores them; chips to resize go through torch's :func:`geoclf.backbones.to_tensor`, as
+        training resized them.
         """
         chips = self.check_chips(chips)
         if self.input_size is None or chips.shape[-2:] == (self.input_size, self.input_size):
-            return self.runner()(normalize(chips, self.mean, self.std))
+            return self.runner().chips(chips)
         from geoclf.backbones import to_tensor  # here: resizing as torch did at training time needs torch
 
         batch = to_tensor(chips, self.mean, self.std, rgb=range(len(self.bands)), size=self.input_size)
@@ -98,14 +99,6 @@ class ExportedCNNFeaturizer(CNNFeaturizer):
     def __getstate__(self) -> dict[str, Any]:
         # the description and the export's place travel (to Dask workers); the compiled network does not
         return {**super().__getstate__(), "_runner": None}
-
-
-def normalize(chips: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``(N, C, H, W)`` uint8 -> float32 ``(x / 255 - mean) / std``, computed as
-    :func:`geoclf.backbones.to_tensor` computes it (one multiply and one subtraction in float32), without torch."""
-    scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(1, -1, 1, 1)
-    shift = np.asarray([m / s for m, s in zip(mean, std, strict=True)], dtype=np.float32).reshape(1, -1, 1, 1)
-    return chips.astype(np.float32) * scale - shift
 
 
 #: The record of a features directory's export, beside it (``features.json`` is written only at the end).
@@ -174,4 +167,4 @@ def exported_record(featurizer: Featurizer) -> dict[str, Any]:
 
 
 __all__ = ["EXPORT_RECORD", "ExportedCNNFeaturizer", "export_featurizer", "exported_record", "network_block",
-           "normalize", "on_runtime"]
+           "on_runtime"]

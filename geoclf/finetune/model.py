@@ -16,7 +16,7 @@ import numpy as np
 
 from geoclf import artifact
 from geoclf.artifact import LandUseModel, PathLike
-from geoclf.runtime import check_model_runtime, open_runner, thread_budget, verified_onnx
+from geoclf.runtime import Runner, check_model_runtime, open_runner, thread_budget, verified_onnx
 from tiling.errors import InputError
 
 if TYPE_CHECKING:  # the module is Lightning's; a scoring worker loading an artifact never imports it
@@ -85,7 +85,9 @@ class FinetuneModel(LandUseModel):
         self._runner = None
         if check_model_runtime(runtime, precision):
             path = verified_onnx(self.path or ".", self.spec.get("export"))
-            self._runner = open_runner(runtime, onnx=path, precision=precision, threads=thread_budget(threads))
+            norm = self.spec["normalization"]
+            self._runner = open_runner(runtime, onnx=path, precision=precision, threads=thread_budget(threads),
+                                       normalization=(norm["mean"], norm["std"]))
         return self
 
     def predict_proba(self, chips: np.ndarray) -> np.ndarray:
@@ -95,8 +97,9 @@ class FinetuneModel(LandUseModel):
         norm = self.spec["normalization"]
         if self._runner is not None:
             for start in range(0, len(chips), self.batch_size):
-                batch = _runtime_input(chips[start:start + self.batch_size], norm)
-                out[start:start + len(batch)] = _softmax(np.asarray(self._runner(batch), dtype=np.float32))
+                batch = chips[start:start + self.batch_size]
+                logits = _run_exported(self._runner, batch, norm)
+                out[start:start + len(batch)] = _softmax(np.asarray(logits, dtype=np.float32))
             return out
         import torch
 
@@ -156,17 +159,15 @@ def _read_network(directory: Path, spec: Mapping[str, Any]) -> nn.Module:
     return loaded.model
 
 
-def _runtime_input(chips: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
-    """A batch as the exported network takes it: normalized with numpy when the chips are of its input size
-    (no torch needed), else resized and normalized by torch as in training."""
+def _run_exported(runner: Runner, chips: np.ndarray, norm: Mapping[str, Any]) -> np.ndarray:
+    """The exported network's outputs of a batch: chips of its input size go to the runtime as they are
+    (normalized in its graph, no torch needed); others are resized and normalized by torch as in training."""
     size = norm.get("input_size")
     if size is None or chips.shape[-2:] == (size, size):
-        from geoclf.featurizers.exported import normalize
-
-        return normalize(chips, norm["mean"], norm["std"])
+        return runner.chips(chips)
     from geoclf.backbones import to_tensor  # resizing as torch did at training time needs torch
 
-    return to_tensor(chips, norm["mean"], norm["std"], rgb=range(chips.shape[1]), size=size).numpy()
+    return runner(to_tensor(chips, norm["mean"], norm["std"], rgb=range(chips.shape[1]), size=size).numpy())
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
