@@ -459,10 +459,13 @@ def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFact
         Output name -> path, the keys of :func:`write_maps`.
     """
     # the page's imagery needs only the rasters: read on a thread (GDAL decodes and warps without the GIL)
-    # while this one writes the COGs, polygons and PNG; a raster without overviews is decoded whole
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoclf-imagery") as pool:
+    # while this one writes the COGs, polygons and PNG; a raster without overviews is decoded whole. The
+    # drawing libraries (~1 s of imports) load on another while the COGs are written.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="geoclf-maps") as pool:
         overlap = OVERLAP_IMAGERY and html_map and facts.sources
         imagery = pool.submit(page_imagery, list(facts.sources)) if overlap else None
+        if OVERLAP_IMAGERY:
+            pool.submit(_import_drawing, html_map)
         try:
             written = {"landuse": mosaic_to_cog(output.mosaic, output.landuse, classes, smooth=smooth)}
             written.update(categories=output.categories, qml=output.qml, sld=output.sld)
@@ -485,6 +488,15 @@ def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFact
             if imagery is not None:
                 imagery.cancel()
     return {key: written[key] for key in _PRODUCT_ORDER if key in written}
+
+
+def _import_drawing(html_map: bool) -> None:
+    """Import what the PNG (matplotlib) and the page (folium) are drawn with, ahead of their drawing."""
+    import matplotlib.figure
+    import matplotlib.patches  # noqa: F401
+
+    if html_map:
+        import folium  # noqa: F401
 
 
 #: The order write_maps returns its products in (what the CLI lists)
