@@ -55,12 +55,20 @@ from geoclf.partitions import (
     worker_model,
 )
 from geoclf.runtime import check_export, check_model_runtime
-from tiling.blocks import SceneBlock, block_chips, plan_blocks
+from tiling.blocks import SceneBlock, block_chips, block_pixels, plan_blocks
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.grid import parse_cell
 from tiling.index import TileParams, read_index, write_index
-from tiling.io import ChipReader, PathLike, SceneInfo, atomic_path, describe_naip, normalize_source
+from tiling.io import (
+    ChipReader,
+    PathLike,
+    SceneInfo,
+    WindowPixels,
+    atomic_path,
+    describe_naip,
+    normalize_source,
+)
 from tiling.locks import locks_output
 from tiling.parallel import Scheduler, StartingCluster, check_counts
 
@@ -97,10 +105,13 @@ class ScoreTask:
     precision: str = "auto"
     loaded: LandUseModel | None = None
 
-    def __call__(self, part: pd.DataFrame) -> pa.Table:
+    def __call__(self, part: pd.DataFrame, pixels: WindowPixels | None = None) -> pa.Table:
+        """Class probabilities of the chips ``part`` (chip index rows); ``pixels``: a window of their raster
+        already read (:func:`tiling.blocks.block_pixels`), the chips inside it taken from it."""
         model = self.model()
         probs = []
         with ChipReader(bands=model.bands, size=model.chip_size) as reader:
+            reader.hold(pixels)
             for _, chips in iter_batches(part, reader, self.batch_size):
                 probs.append(np.asarray(model.predict_proba(chips), dtype=np.float32))
         matrix = np.concatenate(probs) if probs else np.zeros((0, len(model.classes)), np.float32)
@@ -368,10 +379,14 @@ class ScoreBlockTask:
 
     def __call__(self, block: SceneBlock) -> tuple[pa.Table, dict[str, Any]]:
         started = time.perf_counter()
-        chips = block_chips(block, self.params)
+        # the block's pixels read once, for its nodata lattice and its chips both
+        pixels = block_pixels(block, self.score.model().bands)
+        chips = block_chips(block, self.params, pixels=pixels)
         tiled = time.perf_counter()
         scheme = ClassScheme.from_mapping(self.classes)
-        scored = self.score(pd.DataFrame(chips.drop(columns="geometry"))).to_pandas() if len(chips) else None
+        scored = (self.score(pd.DataFrame(chips.drop(columns="geometry")), pixels).to_pandas() if len(chips)
+                  else None)
+        del pixels
         modelled = time.perf_counter()
         frame = chips[[c for c in _KEEP if c in chips.columns]]
         if scored is not None:

@@ -7,6 +7,9 @@ with less nodata keeps a shared cell, then the first scene name) and across UTM 
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
@@ -16,7 +19,8 @@ from rasterio.windows import Window
 from shapely import box
 
 import tiling
-from tiling.blocks import block_chips, cut_span, plan_blocks
+import tiling.blocks
+from tiling.blocks import block_chips, block_pixels, cut_span, plan_blocks
 from tiling.index import TileParams
 from tiling.labels import describe_nlcd
 
@@ -125,3 +129,82 @@ def test_cut_span_covers_every_cell_once_within_the_size(span, size):
     assert (widths * heights).max() <= size
     assert widths.max() - widths.min() <= 1 and heights.max() - heights.min() <= 1
     assert [b[3] for b in blocks] == sorted((b[3] for b in blocks), reverse=True)  # top row first
+
+
+# -- a block's pixels read once (block_pixels): for its nodata lattice and its chips both ------------------------
+
+
+@pytest.fixture(scope="module", params=["zero", "alpha", "mask"])
+def coarse_scene(request, tmp_path_factory):
+    """A 2,240 m scene at 7 m (10 x 10 chips of 32 px: the lattice's points are its pixels), with its collar
+    marked by 0, by an alpha band or by a mask."""
+    from tiling.synth import make_scene
+
+    return make_scene(tmp_path_factory.mktemp(f"coarse-{request.param}"), size_m=2240, resolution=7.0, seed=3,
+                      nlcd=False, nodata=request.param, collar_m=60)
+
+
+COARSE = TileParams(chip_size=32, chip_size_m=224.0, max_nodata=0.5)
+
+
+def test_a_blocks_pixels_give_the_chips_and_lattice_of_the_rasters_reads(coarse_scene):
+    _, blocks = plan_blocks([coarse_scene.naip], COARSE, cells_per_block=7)
+    served = 0
+    with tiling.ChipReader(size=32) as read, tiling.ChipReader(size=32) as held:
+        for block in blocks:
+            pixels = block_pixels(block, read.bands)
+            assert pixels is not None
+            chips = block_chips(block, COARSE, pixels=pixels)
+            pd.testing.assert_frame_equal(pd.DataFrame(chips), pd.DataFrame(block_chips(block, COARSE)))
+            held.hold(pixels)
+            for row in chips.itertuples():
+                window = (row.col_off, row.row_off, row.width, row.height)
+                np.testing.assert_array_equal(held.read(row.source, window), read.read(row.source, window))
+                served += pixels.slices(row.source, read.bands, *window) is not None
+    assert served == sum(len(block_chips(b, COARSE)) for b in blocks) > 50  # every chip from its block's pixels
+
+
+def test_the_lattice_is_taken_from_held_pixels_only_where_they_are_its_very_samples(coarse_scene, small_scene):
+    # pixels that are all nodata, where the lattice takes them, leave no chip; where it samples the raster
+    # otherwise (224 px chips at 1 m: a lattice point every 7 px), the raster is read and they change nothing
+    for naip, params in ((coarse_scene.naip, COARSE), (small_scene.naip, TileParams(max_nodata=0.5))):
+        _, blocks = plan_blocks([naip], params, cells_per_block=30)
+        pixels = block_pixels(blocks[0])
+        empty = replace(pixels, pixels=np.zeros_like(pixels.pixels))
+        if naip == coarse_scene.naip:
+            assert len(block_chips(blocks[0], params)) > 0 and len(block_chips(blocks[0], params, pixels=empty)) == 0
+        else:
+            pd.testing.assert_frame_equal(pd.DataFrame(block_chips(blocks[0], params, pixels=empty)),
+                                          pd.DataFrame(block_chips(blocks[0], params)))
+
+
+def test_a_held_chip_is_served_without_the_raster_and_others_are_read(coarse_scene, tmp_path):
+    copy = tmp_path / "copy.tif"
+    copy.write_bytes(Path(coarse_scene.naip).read_bytes())
+    for sidecar in Path(coarse_scene.naip).parent.glob(Path(coarse_scene.naip).name + ".*"):  # a .msk mask
+        (tmp_path / ("copy.tif" + sidecar.name[len(Path(coarse_scene.naip).name):])).write_bytes(sidecar.read_bytes())
+    _, blocks = plan_blocks([copy], COARSE, cells_per_block=30)
+    pixels = block_pixels(blocks[1])
+    inside = (pixels.col_off + 40, pixels.row_off + 3, 32, 32)
+    across = (pixels.col_off + 40, pixels.row_off + pixels.pixels.shape[1] - 16, 32, 32)  # over its lower edge
+    with tiling.ChipReader(size=32) as read, tiling.ChipReader(size=32) as held, tiling.ChipReader(size=16) as small:
+        held.hold(pixels)
+        small.hold(pixels)
+        np.testing.assert_array_equal(held.read(str(copy), across), read.read(str(copy), across))
+        expected_small = small.read(str(copy), inside)  # resampled: read from the raster
+        assert expected_small.shape == (4, 16, 16)
+        expected = read.read(str(copy), inside)
+        read.close()
+        held.close()
+        held.hold(pixels)
+        copy.unlink()
+        np.testing.assert_array_equal(held.read(str(copy), inside), expected)  # no raster needed
+        with pytest.raises(tiling.InputError):
+            held.read(str(copy), across)
+
+
+def test_a_block_too_large_to_hold_is_read_chip_by_chip(small_scene, monkeypatch):
+    _, blocks = plan_blocks([small_scene.naip], TileParams(), cells_per_block=30)
+    assert block_pixels(blocks[0]) is not None
+    monkeypatch.setattr(tiling.blocks, "BLOCK_PIXELS_MAX_BYTES", 1_000_000)
+    assert block_pixels(blocks[0]) is None

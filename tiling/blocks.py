@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +35,11 @@ import numpy as np
 import pandas as pd
 import shapely
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
-from tiling.grid import ChipGrid
+from tiling.grid import ChipGrid, scene_windows
 from tiling.index import (
     CellTask,
     TileParams,
@@ -49,7 +51,7 @@ from tiling.index import (
     scene_extent,
     with_footprints,
 )
-from tiling.io import PathLike, SceneInfo, describe_naip
+from tiling.io import PathLike, SceneInfo, WindowPixels, describe_naip, kept_dataset, open_dataset, read_pixels
 from tiling.labels import NlcdInfo, check_overlap
 
 Span = tuple[int, int, int, int]
@@ -234,19 +236,52 @@ def _inside(span: Span, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
 SHARED_CHUNK = 16
 
 
-def block_chips(block: SceneBlock, params: TileParams, nlcd: NlcdInfo | None = None) -> gpd.GeoDataFrame:
+def block_chips(block: SceneBlock, params: TileParams, nlcd: NlcdInfo | None = None,
+                pixels: WindowPixels | None = None) -> gpd.GeoDataFrame:
     """The chips of one block (runs on a worker): the rows :func:`tiling.tile` gives these cells.
 
     :func:`label_block` without its counts.
     """
-    return label_block(block, params, nlcd)[0]
+    return label_block(block, params, nlcd, pixels)[0]
 
 
-def label_block(block: SceneBlock, params: TileParams,
-                nlcd: NlcdInfo | None = None) -> tuple[gpd.GeoDataFrame, dict[str, int]]:
+#: The most bytes :func:`block_pixels` reads at once (a block of 512 chips of 32 px in 4 bands is 2 MB; of
+#: 224 px, 100 MB: those chips are read one by one, as before).
+BLOCK_PIXELS_MAX_BYTES = 32 * 2**20
+
+
+def block_pixels(block: SceneBlock, bands: Sequence[int] = ()) -> WindowPixels | None:
+    """The pixels under a block's cells, read once (runs on a worker): for its nodata lattice
+    (:func:`block_chips`'s ``pixels``) and its chips (:meth:`tiling.io.ChipReader.hold`) both.
+
+    The window is the union of the cells' chip windows, inside the raster; the bands are the ones the nodata
+    lattice reads and ``bands``. ``None`` where the window is larger than :data:`BLOCK_PIXELS_MAX_BYTES`, or
+    ``bands`` are not the raster's image bands: the readers then read the raster themselves.
+    """
+    scene = block.scene
+    lattice = [b for b in range(1, scene.count + 1 + (scene.alpha_band is not None)) if b != scene.alpha_band][:4]
+    wanted = tuple(dict.fromkeys([*lattice, *bands]))
+    if any(b < 1 or b > scene.count + (scene.alpha_band is not None) or b == scene.alpha_band for b in wanted):
+        return None
+    ix0, ix1, iy0, iy1 = block.span
+    windows = scene_windows(scene, block.grid, np.array([ix0, ix1]), np.array([iy1, iy0]))
+    col0, row0 = max(int(windows[0, 0]), 0), max(int(windows[0, 1]), 0)
+    col1 = min(int(windows[1, 0] + windows[1, 2]), scene.width)
+    row1 = min(int(windows[1, 1] + windows[1, 3]), scene.height)
+    if col1 <= col0 or row1 <= row0 or len(wanted) * (col1 - col0) * (row1 - row0) > BLOCK_PIXELS_MAX_BYTES:
+        return None
+    window = Window(col0, row0, col1 - col0, row1 - row0)
+    with ExitStack() as stack:
+        dataset = kept_dataset(scene.source) or stack.enter_context(open_dataset(scene.source))
+        return read_pixels(dataset, scene.source, window, wanted, scene.mask, scene.alpha_band)
+
+
+def label_block(block: SceneBlock, params: TileParams, nlcd: NlcdInfo | None = None,
+                pixels: WindowPixels | None = None) -> tuple[gpd.GeoDataFrame, dict[str, int]]:
     """The chips of one block (runs on a worker) and what the filters saw: the rows :func:`tiling.tile` gives
     these cells, and ``{"candidates": cells labeled, "with_data": cells within the nodata limit}`` counted as
     :func:`tiling.tile` counts them for its "no chip left" messages (before overlapping rasters are resolved).
+    ``pixels``: the block's pixels already read (:func:`block_pixels`), for the nodata lattice.
 
     Columns as the chip index's (see docs/architecture.md), without ``split``: the split needs every chip of
     the area. Cells a rival raster keeps are left out, so neighbouring rasters' blocks never share a chip.
@@ -264,7 +299,7 @@ def label_block(block: SceneBlock, params: TileParams,
         keep = shapely.within(boxes, shape) if block.aoi_predicate == "within" else shapely.intersects(boxes, shape)
         ix, iy = ix[keep], iy[keep]
     labeled = nlcd is not None
-    measure = (nlcd, scheme, params.samples, params.block_size_m)
+    measure = (nlcd, scheme, params.samples, params.block_size_m, pixels)
     frame = label_cells(CellTask(block.scene, block.grid, ix, iy), *measure)
     shared = np.zeros(len(frame), dtype=bool)
     for rival in block.rivals:
@@ -307,4 +342,5 @@ def _shared_measure(scene: SceneInfo, grid: ChipGrid, span: Span, ix: np.ndarray
     return measured.loc[list(zip(ix.tolist(), iy.tolist(), strict=True))].reset_index(drop=True)
 
 
-__all__ = ["Rival", "SceneBlock", "block_chips", "cut_span", "label_block", "plan_blocks"]
+__all__ = ["BLOCK_PIXELS_MAX_BYTES", "Rival", "SceneBlock", "block_chips", "block_pixels", "cut_span", "label_block",
+           "plan_blocks"]

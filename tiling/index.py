@@ -23,7 +23,7 @@ from rasterio.crs import CRS
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.grid import ChipGrid, scene_windows
-from tiling.io import PathLike, SceneInfo, atomic_path, describe_naip, normalize_source, open_raster
+from tiling.io import PathLike, SceneInfo, WindowPixels, atomic_path, describe_naip, normalize_source, open_raster
 from tiling.labels import NlcdInfo, check_overlap, chip_fractions, describe_nlcd
 from tiling.parallel import Scheduler, dask_client, for_tasks, map_tasks
 from tiling.split import SPLIT_METHODS, assign_split, balance_classes, block_keys
@@ -201,10 +201,11 @@ def read_aoi(path: PathLike) -> gpd.GeoSeries:
 
 
 def label_cells(task: CellTask, nlcd: NlcdInfo | None, scheme: ClassScheme, samples: int,
-                block_size_m: float | None) -> pd.DataFrame:
-    """Label one task's cells: a plain DataFrame (geometry is built once, on the client)."""
+                block_size_m: float | None, pixels: WindowPixels | None = None) -> pd.DataFrame:
+    """Label one task's cells: a plain DataFrame (geometry is built once, on the client). ``pixels``: some of
+    the raster's pixels already read, for its nodata lattice (see :func:`tiling.labels.chip_fractions`)."""
     scene, grid = task.scene, task.grid
-    fractions = chip_fractions(scene, grid, task.ix, task.iy, nlcd, scheme, samples)
+    fractions = chip_fractions(scene, grid, task.ix, task.iy, nlcd, scheme, samples, pixels)
     windows = scene_windows(scene, grid, task.ix, task.iy)
     bounds = grid.cell_bounds(task.ix, task.iy)
     crs = scene.crs.to_string()

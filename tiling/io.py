@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -344,6 +345,89 @@ def read_valid(dataset: rasterio.DatasetReader, mask: str | None, alpha_band: in
     return values > 0
 
 
+#: The local raster last opened by each thread through :func:`kept_dataset`, kept open.
+_KEPT = threading.local()
+
+
+def kept_dataset(source: str) -> rasterio.DatasetReader | None:
+    """The local raster ``source`` open for reading, kept open for this thread's next call (``None`` for a URL
+    or a GDAL path that is not a file: the caller opens those itself, and closes them).
+
+    A worker's next block is mostly of the same raster and its strips share the raster's internal blocks with
+    this one's; GDAL keeps decoded blocks per open dataset, so a raster reopened for every block decodes them
+    again (measured: 2-3x the time of a strip's read). The file's size, modification time and inode are part of
+    what is kept: a raster rewritten in place is opened again. URLs are opened per call (a signed URL's token
+    may expire while kept open).
+    """
+    if is_remote(source):
+        return None
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    key = (source, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    kept = getattr(_KEPT, "dataset", None)
+    if kept is not None and kept[0] == key and not kept[1].closed:
+        return kept[1]
+    if kept is not None:
+        kept[1].close()
+    _KEPT.dataset = None
+    dataset = open_dataset(source)
+    _KEPT.dataset = (key, dataset)
+    return dataset
+
+
+@dataclass(frozen=True)
+class WindowPixels:
+    """A window of one raster's pixels read once, for several readers of the same pixels: the nodata lattice
+    of a block's cells (:func:`tiling.labels.chip_fractions`) and its chips (:meth:`ChipReader.hold`).
+
+    Attributes:
+        source: the raster (as :attr:`SceneInfo.source`).
+        col_off, row_off: the window's first pixel column and row in the raster (the window lies inside it).
+        bands: the band numbers read, in the order of ``pixels``.
+        pixels: ``(len(bands), height, width)`` array of the raster's values, as read (nodata not zeroed).
+        valid: ``(height, width)``: where the raster's alpha band or nodata mask says there is data (see
+            :func:`read_valid`); ``None`` for a raster without one.
+    """
+
+    source: str
+    col_off: int
+    row_off: int
+    bands: tuple[int, ...]
+    pixels: np.ndarray
+    valid: np.ndarray | None
+
+    def slices(self, source: str, bands: Sequence[int], col_off: int, row_off: int, width: int,
+               height: int) -> tuple[list[int], slice, slice] | None:
+        """Where the window ``(col_off, row_off, width, height)`` of ``bands`` of ``source`` lies in these
+        pixels, as ``(band positions, rows, columns)``; ``None`` when they do not hold all of it."""
+        if source != self.source or not set(bands) <= set(self.bands):
+            return None
+        r0, c0 = row_off - self.row_off, col_off - self.col_off
+        if r0 < 0 or c0 < 0 or r0 + height > self.pixels.shape[1] or c0 + width > self.pixels.shape[2]:
+            return None
+        return [self.bands.index(b) for b in bands], slice(r0, r0 + height), slice(c0, c0 + width)
+
+
+def read_pixels(dataset: rasterio.DatasetReader, source: str, window: Window, bands: Sequence[int],
+                mask: str | None, alpha_band: int | None) -> WindowPixels:
+    """Read ``bands`` and the mask (``mask``, ``alpha_band``: see :func:`nodata_mask`) of a window inside
+    ``dataset`` once, for the readers of :class:`WindowPixels`.
+
+    Raises:
+        InputError: the window cannot be read.
+    """
+    col, row, width, height = (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
+    inside = Window(col, row, width, height)
+    try:
+        pixels = dataset.read(list(bands), window=inside)
+        valid = read_valid(dataset, mask, alpha_band, inside, (height, width))
+    except RasterioError as exc:
+        raise InputError(f"window {inside} cannot be read ({_first_line(exc)})", source) from exc
+    return WindowPixels(source, col, row, tuple(bands), pixels, valid)
+
+
 def _bands_text(count: int, alpha_band: int | None) -> str:
     return f"{count} band(s)" if alpha_band is None else f"{count} image band(s) and an alpha band (band {alpha_band})"
 
@@ -412,6 +496,17 @@ class ChipReader:
         self.bands = list(bands)
         self.size = int(size)
         self._open: dict[str, tuple[rasterio.DatasetReader, str | None, int | None]] = {}
+        self._held: WindowPixels | None = None
+
+    def hold(self, pixels: WindowPixels | None) -> None:
+        """Serve the chips that lie inside ``pixels`` (a window of one raster, already read) from them, until
+        the next call (``None``: none).
+
+        A chip window inside ``pixels`` at the reader's own size is those very pixels, its masked ones 0: the
+        array :meth:`read` gives from the raster, without opening it or decoding its blocks again. Others
+        (resampled, crossing the window's edge, of another raster) are read from the raster as before.
+        """
+        self._held = pixels
 
     def _dataset(self, source: str, renew: bool = False) -> tuple[rasterio.DatasetReader, str | None, int | None]:
         opened = self._open.get(source)
@@ -437,6 +532,10 @@ class ChipReader:
         """
         if not isinstance(window, Window):
             window = Window(*window)
+        if self._held is not None:
+            chip = self._held_chip(source, window)
+            if chip is not None:
+                return chip
         opened = self._dataset(source)
         try:
             return self._read(opened, source, window)
@@ -446,6 +545,22 @@ class ChipReader:
             # the token may have expired while the raster was open: reopen it with a fresh one, once
             self._open.pop(source)[0].close()
             return self._read(self._dataset(source, renew=True), source, window)
+
+    def _held_chip(self, source: str, window: Window) -> np.ndarray | None:
+        """The chip ``window`` of ``source`` from the held pixels, or ``None`` when they do not hold it."""
+        held = self._held
+        col, row, width, height = (int(window.col_off), int(window.row_off), int(window.width),
+                                   int(window.height))
+        if (width, height) != (self.size, self.size) or (col, row, width, height) != tuple(window.flatten()):
+            return None
+        where = held.slices(source, self.bands, col, row, width, height)
+        if where is None:
+            return None
+        positions, rows, columns = where
+        chip = held.pixels[positions, rows, columns]  # a copy (fancy indexing on the bands)
+        if held.valid is not None:
+            chip[:, ~held.valid[rows, columns]] = 0
+        return chip
 
     def _read(self, opened: tuple[rasterio.DatasetReader, str | None, int | None], source: str,
               window: Window) -> np.ndarray:

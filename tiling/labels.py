@@ -9,8 +9,6 @@ accurate to about 1/1000 of a chip, and labeling a scene costs one small warp, n
 
 from __future__ import annotations
 
-import os
-import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -24,7 +22,7 @@ from rasterio.windows import Window
 from tiling.classes import NLCD_NODATA, ClassScheme, valid_nlcd_codes
 from tiling.errors import InputError
 from tiling.grid import ChipGrid
-from tiling.io import SceneInfo, describe_naip, is_remote, open_dataset, open_raster, read_valid
+from tiling.io import SceneInfo, WindowPixels, describe_naip, kept_dataset, open_dataset, open_raster, read_valid
 
 #: Largest lattice (in sample points) warped at once; bounds memory to a few tens of MB per task.
 _MAX_LATTICE = 4_000_000
@@ -75,10 +73,12 @@ class ChipFractions:
 
 
 def chip_fractions(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndarray, nlcd: NlcdInfo | None,
-                   scheme: ClassScheme, samples: int = 32) -> ChipFractions:
+                   scheme: ClassScheme, samples: int = 32, pixels: WindowPixels | None = None) -> ChipFractions:
     """Fractions of each land-use class, of unmapped codes and of nodata in the chips ``(ix, iy)``.
 
-    Without ``nlcd`` (scoring unlabeled imagery) only the NAIP nodata fraction is measured.
+    Without ``nlcd`` (scoring unlabeled imagery) only the NAIP nodata fraction is measured. ``pixels``: some of
+    the raster's pixels already read (:func:`tiling.io.read_pixels`); a lattice strip that samples exactly
+    pixels they hold is taken from them instead of read again (see :func:`_naip_nodata`).
 
     Raises:
         InputError: the NLCD raster holds values that are not NLCD codes.
@@ -95,7 +95,7 @@ def chip_fractions(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndar
     widest = int(np.unique(iy, return_counts=True)[1].max()) if n else 1
     rows_per_strip = max(1, _MAX_LATTICE // (samples * samples * widest))
     with ExitStack() as stack:
-        naip_ds = _kept_naip(scene.source) or stack.enter_context(open_dataset(scene.source))
+        naip_ds = kept_dataset(scene.source) or stack.enter_context(open_dataset(scene.source))
         nlcd_ds = stack.enter_context(open_dataset(nlcd.source)) if nlcd is not None else None
         for start in range(0, len(rows), rows_per_strip):
             strip_rows = rows[start:start + rows_per_strip]
@@ -117,7 +117,7 @@ def chip_fractions(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndar
                                      "is it an NLCD land-cover raster?", nlcd.source)
                 category = lut[codes]
                 category[codes == nlcd.nodata] = k + 1
-            category[_naip_nodata(naip_ds, scene, transform, shape)] = k + 1
+            category[_naip_nodata(naip_ds, scene, transform, shape, pixels)] = k + 1
             # Gather every chip's samples x samples block and count categories per chip in one bincount.
             rr = row0[:, None, None] + np.arange(samples)[None, :, None]
             cc = col0[:, None, None] + np.arange(samples)[None, None, :]
@@ -140,45 +140,17 @@ def _warp_nlcd(nlcd_ds: rasterio.DatasetReader, nlcd: NlcdInfo, transform: Affin
     return out
 
 
-#: The local NAIP raster last measured by each thread, kept open: see :func:`_kept_naip`.
-_KEPT = threading.local()
-
-
-def _kept_naip(source: str) -> rasterio.DatasetReader | None:
-    """The local raster ``source`` open for reading, kept open for this thread's next call (``None`` for a URL
-    or a GDAL path that is not a file: the caller opens those itself).
-
-    A worker's next block is mostly of the same raster and its strips share the raster's internal blocks with
-    this one's; GDAL keeps decoded blocks per open dataset, so a raster reopened for every block decodes them
-    again (measured: 2-3x the time of a strip's read). The file's size, modification time and inode are part of
-    what is kept: a raster rewritten in place is opened again. URLs are opened per call (a signed URL's token
-    may expire while kept open).
-    """
-    if is_remote(source):
-        return None
-    try:
-        stat = os.stat(source)
-    except OSError:
-        return None
-    key = (source, stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    kept = getattr(_KEPT, "naip", None)
-    if kept is not None and kept[0] == key and not kept[1].closed:
-        return kept[1]
-    if kept is not None:
-        kept[1].close()
-    _KEPT.naip = None
-    dataset = open_dataset(source)
-    _KEPT.naip = (key, dataset)
-    return dataset
-
-
-def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: Affine, shape) -> np.ndarray:
+def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: Affine, shape,
+                 pixels: WindowPixels | None = None) -> np.ndarray:
     """True at lattice points where the NAIP raster has no data: outside it, 0 (or the declared nodata) in
     every image band, or marked so by its alpha band or nodata mask.
 
     NAIP marks its collar by 0 in every band. Mosaics and warped copies often mark it by an alpha band or a
     mask instead, with pixel values left in place; both count (see :func:`tiling.io.nodata_mask` for when a
     band tagged alpha is NIR instead, as in many NAIP files).
+
+    A lattice whose points are the raster's pixels (its step the pixel size, its origin on a pixel corner)
+    inside ``pixels`` is those pixels: it is taken from them, not read again.
     """
     step = transform.a
     res_x, res_y = scene.res
@@ -189,6 +161,9 @@ def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: A
     window = Window(col, row, width, height)
     fill = 0 if scene.nodata is None else scene.nodata
     bands = [b for b in range(1, scene.count + 1 + (scene.alpha_band is not None)) if b != scene.alpha_band][:4]
+    held = _held_lattice(pixels, scene, bands, col, row, step, shape)
+    if held is not None:
+        return held
     # a boundless read goes through a temporary VRT (~3x the time of the read itself). A lattice inside the
     # raster and no coarser than its pixels samples the very same pixels without it; a coarser one would be read
     # from the raster's overviews instead (the VRT has none), other samples, so it stays boundless
@@ -199,5 +174,21 @@ def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: A
     nodata = np.all(pixels == fill, axis=0)
     valid = read_valid(naip_ds, scene.mask, scene.alpha_band, window, shape, boundless=boundless)
     return nodata if valid is None else nodata | ~valid
+
+def _held_lattice(pixels: WindowPixels | None, scene: SceneInfo, bands: list[int], col: float, row: float,
+                  step: float, shape) -> np.ndarray | None:
+    """:func:`_naip_nodata` of a lattice from ``pixels``, where it samples exactly pixels they hold: a step of
+    exactly the pixel size and an origin exactly on a pixel corner (the plain read of that window, no
+    resampling), else ``None``."""
+    if pixels is None or step != scene.res[0] or step != scene.res[1] or col != int(col) or row != int(row):
+        return None
+    where = pixels.slices(scene.source, bands, int(col), int(row), shape[1], shape[0])
+    if where is None:
+        return None
+    positions, rows, columns = where
+    fill = 0 if scene.nodata is None else scene.nodata
+    nodata = np.all(pixels.pixels[positions, rows, columns] == fill, axis=0)
+    return nodata if pixels.valid is None else nodata | ~pixels.valid[rows, columns]
+
 
 __all__ = ["ChipFractions", "NlcdInfo", "check_overlap", "chip_fractions", "describe_naip", "describe_nlcd"]
