@@ -208,3 +208,16 @@ def test_a_block_too_large_to_hold_is_read_chip_by_chip(small_scene, monkeypatch
     assert block_pixels(blocks[0]) is not None
     monkeypatch.setattr(tiling.blocks, "BLOCK_PIXELS_MAX_BYTES", 1_000_000)
     assert block_pixels(blocks[0]) is None
+
+
+@pytest.mark.parametrize("stride", [32, 16, 20])
+def test_unlabeled_nodata_counts_are_each_windows_own_count(stride):
+    # chips as far apart as they are wide (one sum per square) or overlapping (a summed-area table)
+    from tiling.labels import _window_sums
+
+    rng = np.random.default_rng(stride)
+    row0 = np.repeat(np.arange(4) * stride, 9)
+    col0 = np.tile(np.arange(9) * stride, 4)
+    mask = rng.random((int(row0.max()) + 32, int(col0.max()) + 32)) < 0.3
+    expected = [int(mask[r:r + 32, c:c + 32].sum()) for r, c in zip(row0, col0, strict=True)]
+    assert _window_sums(mask, row0, col0, 32).tolist() == expected

@@ -295,3 +295,42 @@ def test_a_date_compared_with_itself_over_a_dataset_shows_no_change(two_dates, t
     transitions = pd.read_csv(written["transitions"])
     assert transitions.loc[transitions["changed"], "chips"].sum() == 0
     assert transitions["chips"].sum() == info["paired"]
+
+
+@pytest.mark.parametrize("rows", [3, 0])
+def test_a_partition_table_is_the_geoparquet_geopandas_writes(rows):
+    # a block's table is built without writing Parquet and reading it back: the very table that round trip
+    # gives (columns, types, geo and pandas metadata), also for an empty block's all-missing columns
+    import datetime as dt
+    import io
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from shapely import box
+
+    from geoclf.score import _geoparquet
+
+    frame = gpd.GeoDataFrame({
+        "chip_id": [f"s:{i}_0" for i in range(rows)], "cell": [f"EPSG:26919:224:224:{i}:0" for i in range(rows)],
+        "ix": np.arange(rows, dtype=np.int64), "crs": ["EPSG:26919"] * rows,
+        "date": pd.Series([dt.date(2016, 8, 17)] * rows, dtype="object"),
+        "label": pd.Series([None] * rows, dtype=object),
+        "pred": pd.Series(["Forest"] * rows, dtype=object), "prob_Forest": np.ones(rows, dtype=np.float32),
+        "nodata_frac": np.zeros(rows)}, geometry=[box(i * 224, 0, i * 224 + 224, 224) for i in range(rows)],
+        crs="EPSG:26919")
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    written = pq.read_table(io.BytesIO(buffer.getvalue()))
+    table = _geoparquet(frame)
+    assert table.num_rows == rows
+    assert table.equals(_geoparquet_of(written)) and table.schema.metadata == _geoparquet_of(written).schema.metadata
+
+
+def _geoparquet_of(table):
+    import pyarrow as pa
+
+    from geoclf.score import _TYPES
+
+    fields = [field.with_type(_TYPES[field.name]) if field.name in _TYPES and pa.types.is_null(field.type)
+              else field for field in table.schema]
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))

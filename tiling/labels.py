@@ -107,16 +107,20 @@ def chip_fractions(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndar
             shape = (int(row0.max()) + samples, int(col0.max()) + samples)
             transform = Affine(step, 0, left, 0, -step, top)
             if nlcd is None:
-                category = np.zeros(shape, dtype=np.int64)
-            else:
-                codes = _warp_nlcd(nlcd_ds, nlcd, transform, scene.crs, shape)
-                bad = ~valid[codes]
-                if bad.any():
-                    values = ", ".join(map(str, np.unique(codes[bad])[:8]))
-                    raise InputError(f"holds values that are not NLCD codes ({values}); "
-                                     "is it an NLCD land-cover raster?", nlcd.source)
-                category = lut[codes]
-                category[codes == nlcd.nodata] = k + 1
+                # nodata is all there is to count: each chip's count of nodata points from the lattice's
+                # summed-area table (four look-ups a chip), the counts the bincount below gives
+                nodata = _window_sums(_naip_nodata(naip_ds, scene, transform, shape, pixels), row0, col0, samples)
+                counts[members, k + 1] = nodata
+                counts[members, 0] = samples * samples - nodata
+                continue
+            codes = _warp_nlcd(nlcd_ds, nlcd, transform, scene.crs, shape)
+            bad = ~valid[codes]
+            if bad.any():
+                values = ", ".join(map(str, np.unique(codes[bad])[:8]))
+                raise InputError(f"holds values that are not NLCD codes ({values}); "
+                                 "is it an NLCD land-cover raster?", nlcd.source)
+            category = lut[codes]
+            category[codes == nlcd.nodata] = k + 1
             category[_naip_nodata(naip_ds, scene, transform, shape, pixels)] = k + 1
             # Gather every chip's samples x samples block and count categories per chip in one bincount.
             rr = row0[:, None, None] + np.arange(samples)[None, :, None]
@@ -130,6 +134,19 @@ def chip_fractions(scene: SceneInfo, grid: ChipGrid, ix: np.ndarray, iy: np.ndar
     denom = np.maximum(valid_counts, 1)[:, None]
     return ChipFractions(classes=counts[:, 1:k + 1] / denom, unmapped=counts[:, 0] / denom[:, 0],
                          nodata=counts[:, k + 1] / total)
+
+
+def _window_sums(mask: np.ndarray, row0: np.ndarray, col0: np.ndarray, side: int) -> np.ndarray:
+    """How many points of ``mask`` are set in each ``side`` x ``side`` window at ``(row0, col0)``."""
+    height, width = mask.shape
+    if height % side == 0 and width % side == 0 and not (row0 % side).any() and not (col0 % side).any():
+        # windows on a lattice of their own size (chips as far apart as they are wide): one sum per square
+        squares = mask.reshape(height // side, side, width // side, side).sum(axis=(1, 3), dtype=np.int64)
+        return squares[row0 // side, col0 // side]
+    table = np.zeros((height + 1, width + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    r1, c1 = row0 + side, col0 + side
+    return table[r1, c1] - table[row0, c1] - table[r1, col0] + table[row0, col0]
 
 
 def _warp_nlcd(nlcd_ds: rasterio.DatasetReader, nlcd: NlcdInfo, transform: Affine, crs, shape) -> np.ndarray:
