@@ -221,3 +221,20 @@ def test_unlabeled_nodata_counts_are_each_windows_own_count(stride):
     mask = rng.random((int(row0.max()) + 32, int(col0.max()) + 32)) < 0.3
     expected = [int(mask[r:r + 32, c:c + 32].sum()) for r, c in zip(row0, col0, strict=True)]
     assert _window_sums(mask, row0, col0, 32).tolist() == expected
+
+
+def test_footprints_in_the_rasters_own_crs_are_its_boxes_however_the_crs_is_written():
+    # a block's chips are in its raster's CRS ("EPSG:26919"), the index CRS is the same one as WKT: their
+    # boxes are the footprints (to_crs's noop), where each block used to reproject them
+    from rasterio.crs import CRS
+
+    from tiling.index import _exact_same_crs, with_footprints
+
+    index_crs = CRS.from_user_input("EPSG:26919")
+    assert _exact_same_crs("EPSG:26919", index_crs.to_wkt())
+    assert not _exact_same_crs("EPSG:26918", index_crs.to_wkt())
+    x = 258_174.0 + 224.0 * np.arange(50)
+    frame = pd.DataFrame({"crs": "EPSG:26919", "minx": x, "miny": 4_703_412.0, "maxx": x + 224, "maxy": 4_703_636.0})
+    got = with_footprints(frame, index_crs)
+    expected = gpd.GeoSeries(box(x, 4_703_412.0, x + 224, 4_703_636.0), crs="EPSG:26919").to_crs(index_crs)
+    assert got.geometry.geom_equals_exact(expected, tolerance=0).all() and got.crs == index_crs

@@ -350,9 +350,16 @@ def with_footprints(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
 
 @functools.lru_cache(maxsize=64)
 def _exact_same_crs(native: str, index_wkt: str) -> bool:
-    """Whether footprints in ``native`` need no reprojection into the index CRS: the test ``GeoSeries.to_crs``
-    makes (pyproj's ``is_exact_same``), answered once per pair (building the two pyproj CRSes is most of it)."""
-    return pyproj.CRS.from_user_input(native).is_exact_same(pyproj.CRS.from_user_input(index_wkt))
+    """Whether footprints in ``native`` need no reprojection into the index CRS, answered once per pair
+    (building the two pyproj CRSes is most of it): the test ``GeoSeries.to_crs`` makes (pyproj's
+    ``is_exact_same``), or else a transformation between them that is PROJ's ``noop``, which leaves every
+    coordinate as it is: one CRS written two ways (a raster's ``EPSG:26919`` and the index CRS's WKT of it,
+    which ``is_exact_same`` tells apart)."""
+    source, target = pyproj.CRS.from_user_input(native), pyproj.CRS.from_user_input(index_wkt)
+    if source.is_exact_same(target):
+        return True
+    # the very transformer to_crs builds (geopandas: Transformer.from_crs(..., always_xy=True))
+    return pyproj.Transformer.from_crs(source, target, always_xy=True).name == "noop"
 
 
 def _split(index: gpd.GeoDataFrame, params: TileParams) -> gpd.GeoDataFrame:
