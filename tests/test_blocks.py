@@ -238,3 +238,16 @@ def test_footprints_in_the_rasters_own_crs_are_its_boxes_however_the_crs_is_writ
     got = with_footprints(frame, index_crs)
     expected = gpd.GeoSeries(box(x, 4_703_412.0, x + 224, 4_703_636.0), crs="EPSG:26919").to_crs(index_crs)
     assert got.geometry.geom_equals_exact(expected, tolerance=0).all() and got.crs == index_crs
+
+
+@pytest.mark.parametrize("fill", [0, 0.0, 255, 7.0, -1, 0.5, 300, float("nan")])
+def test_nodata_by_fill_is_every_bands_own_comparison(fill):
+    # compared in the pixels' own type (uint8), the answer of comparing them as floats
+    from tiling.labels import _all_fill
+
+    rng = np.random.default_rng(0)
+    pixels = rng.choice(np.array([0, 7, 255], dtype=np.uint8), size=(4, 30, 40), p=[0.8, 0.1, 0.1])
+    expected = np.all(pixels == fill, axis=0)
+    np.testing.assert_array_equal(_all_fill(pixels, range(4), slice(None), slice(None), fill), expected)
+    np.testing.assert_array_equal(_all_fill(pixels, [1, 3], slice(2, 9), slice(5, 25), fill),
+                                  np.all(pixels[[1, 3], 2:9, 5:25] == fill, axis=0))

@@ -188,7 +188,7 @@ def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: A
     boundless = not (inside and step <= min(res_x, res_y) * (1 + 1e-9))
     pixels = naip_ds.read(bands, window=window, out_shape=(len(bands), *shape), boundless=boundless,
                           fill_value=fill, resampling=Resampling.nearest)
-    nodata = np.all(pixels == fill, axis=0)
+    nodata = _all_fill(pixels, range(len(bands)), slice(None), slice(None), fill)
     valid = read_valid(naip_ds, scene.mask, scene.alpha_band, window, shape, boundless=boundless)
     return nodata if valid is None else nodata | ~valid
 
@@ -203,9 +203,24 @@ def _held_lattice(pixels: WindowPixels | None, scene: SceneInfo, bands: list[int
     if where is None:
         return None
     positions, rows, columns = where
-    fill = 0 if scene.nodata is None else scene.nodata
-    nodata = np.all(pixels.pixels[positions, rows, columns] == fill, axis=0)
+    nodata = _all_fill(pixels.pixels, positions, rows, columns, 0 if scene.nodata is None else scene.nodata)
     return nodata if pixels.valid is None else nodata | ~pixels.valid[rows, columns]
+
+
+def _all_fill(pixels: np.ndarray, bands, rows: slice, columns: slice, fill: float) -> np.ndarray:
+    """Where every band ``bands`` of ``pixels[:, rows, columns]`` is ``fill``: ``np.all(pixels == fill, 0)``
+    band by band, with ``fill`` in the pixels' own type (a float nodata makes ``==`` cast every pixel to
+    float64: 8x the memory, most of the time)."""
+    if np.issubdtype(pixels.dtype, np.integer):
+        limits = np.iinfo(pixels.dtype)
+        if not (float(fill).is_integer() and limits.min <= fill <= limits.max):  # no pixel can equal it
+            return np.zeros(pixels[0, rows, columns].shape, dtype=bool)
+        fill = pixels.dtype.type(fill)
+    bands = list(bands)
+    nodata = pixels[bands[0], rows, columns] == fill
+    for band in bands[1:]:
+        nodata &= pixels[band, rows, columns] == fill
+    return nodata
 
 
 __all__ = ["ChipFractions", "NlcdInfo", "check_overlap", "chip_fractions", "describe_naip", "describe_nlcd"]
