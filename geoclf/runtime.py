@@ -270,6 +270,36 @@ def check_export(directory: PathLike, record: Mapping[str, Any] | None, runtime:
     return path
 
 
+#: What scoring runs by default: OpenVINO where it pays off and is possible (:func:`choose_runtime`), else torch.
+AUTO = "auto"
+
+
+def cuda_visible() -> bool:
+    """Whether an NVIDIA GPU is visible to this process (its device nodes), found without importing torch."""
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def choose_runtime(runtime: str, export: Mapping[str, Any] | None) -> str:
+    """The runtime a model runs on: ``runtime`` itself, or for :data:`AUTO` OpenVINO where the model holds an
+    exported network (``export``, its record), the openvino package is installed and no CUDA GPU is visible
+    (torch runs there), else torch.
+
+    Raises:
+        InputError: an unknown runtime.
+    """
+    if runtime != AUTO:
+        return check_runtime(runtime)
+    import importlib.util
+
+    if export and importlib.util.find_spec("openvino") is not None and not cuda_visible():
+        return "openvino"
+    return "torch"
+
+
 def check_runtime(runtime: str) -> str:
     """``runtime`` if it is one of :data:`RUNTIMES`, else an InputError listing them."""
     if runtime not in RUNTIMES:
@@ -532,6 +562,7 @@ def open_runner(runtime: str, *, network: nn.Module | None = None, onnx: PathLik
 
 
 __all__ = [
+    "AUTO",
     "ONNX_FILE",
     "ONNX_OPSET",
     "PRECISIONS",
@@ -542,7 +573,9 @@ __all__ = [
     "check_export",
     "check_model_runtime",
     "check_runtime",
+    "choose_runtime",
     "cpu_has_bf16",
+    "cuda_visible",
     "export_onnx",
     "normalize",
     "open_runner",

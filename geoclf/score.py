@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -54,7 +55,7 @@ from geoclf.partitions import (
     task_threads,
     worker_model,
 )
-from geoclf.runtime import check_export, check_model_runtime
+from geoclf.runtime import AUTO, check_export, check_model_runtime, choose_runtime, resolve_precision
 from tiling.blocks import SceneBlock, block_chips, block_pixels, plan_blocks
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -170,7 +171,7 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
           batch_size: int = 32, chips_per_partition: int = 512, max_nodata: float = 0.5,
           chip_size_m: float | None = None, crs: Any = None,
           smooth: bool | int = False, probabilities: bool = False, html_map: bool = True, trusted: bool = False,
-          runs_dir: PathLike | None = None, progress: bool = True, runtime: str = "torch",
+          runs_dir: PathLike | None = None, progress: bool = True, runtime: str = "auto",
           precision: str = "auto") -> dict[str, Path]:
     """Score an area with a model and write ``predictions.parquet`` and the maps into ``out``.
 
@@ -197,8 +198,10 @@ def score(model: str, out: PathLike, *, naip: list[PathLike] | None = None, chip
         runs_dir: run history in which ``model`` names a run or a registered model (default: ``GEOCLF_RUNS``
             or the current directory).
         progress: show progress bars.
-        runtime: inference runtime of the model's network: ``"torch"``, or ``"openvino"`` (the network exported
-            into the artifact by ``geoclf models export``, run on the CPU; see :mod:`geoclf.runtime`).
+        runtime: inference runtime of the model's network: ``"auto"`` (OpenVINO where the artifact holds an
+            export, openvino is installed and no CUDA GPU is visible, else torch:
+            :func:`geoclf.runtime.choose_runtime`), ``"torch"``, or ``"openvino"`` (the network exported into
+            the artifact by ``geoclf models export``, run on the CPU; see :mod:`geoclf.runtime`).
         precision: ``"auto"`` (OpenVINO: bf16 where the CPU has it, else fp32), ``"fp32"`` or ``"bf16"``.
 
     Returns:
@@ -237,10 +240,14 @@ def _score(model: str, model_dir: str, out: PathLike, naip: list[PathLike] | Non
     # is neither built nor shipped (seconds here, and torch, which a slim worker does not have)
     loaded = load_model(model_dir, trusted=trusted)
     digest = artifact_digest(model_dir)  # what the workers must find (see ScoreTask)
-    if check_model_runtime(runtime, precision):
-        check_export(model_dir, loaded.spec.get("export"), runtime, precision)
+    chosen = choose_runtime(runtime, loaded.spec.get("export"))
+    if check_model_runtime(chosen, precision):
+        check_export(model_dir, loaded.spec.get("export"), chosen, precision)
     else:
         loaded.prepare()
+    if progress and runtime == AUTO:
+        print(f"network on {chosen} ({resolve_precision(chosen, precision)})", file=sys.stderr)
+    runtime = chosen
     output = ScoreOutput.at(out)
     # torch_threads is set once the partitions, and hence where they run, are known (_placed)
     task = ScoreTask(model_dir=model_dir, batch_size=batch_size,

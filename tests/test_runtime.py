@@ -284,6 +284,32 @@ def test_scoring_on_openvino_matches_torch_on_the_quickstart_scene(exported_quic
     assert agreement >= MIN_AGREEMENT, f"classes agree on {agreement:.1%} of the chips"
 
 
+def test_scoring_runs_an_exported_model_on_openvino_by_default(exported_quickstart_model, quickstart, tmp_path,
+                                                              capfd):
+    """``runtime="auto"`` (the default of score and ``geoclf score``): OpenVINO for a model holding an export,
+    torch for one without; what ran is said, and recorded with the output so a rerun on torch is not mixed in."""
+    from geoclf.partitions import recorded_settings
+    from geoclf.runtime import choose_runtime
+    from geoclf.score import score
+
+    workdir, artifact, record = exported_quickstart_model
+    assert choose_runtime("auto", record) == "openvino" and choose_runtime("auto", None) == "torch"
+    assert choose_runtime("torch", record) == "torch"
+    with pytest.raises(InputError, match="unknown inference runtime"):
+        choose_runtime("onnx", record)
+    naip = [workdir / "scene" / "naip_2016.tif"]
+    score(str(artifact), tmp_path / "map", naip=naip, scheduler="sync", html_map=False)
+    assert "network on openvino" in capfd.readouterr().err
+    found = [recorded_settings(p.parent) for p in (tmp_path / "map").rglob("_inputs.json")]
+    assert found and all(s["runtime"]["runtime"] == "openvino" for s in found)
+    with pytest.raises(InputError, match="other chips or settings"):
+        score(str(artifact), tmp_path / "map", naip=naip, scheduler="sync", html_map=False, runtime="torch",
+              progress=False)
+    score("lr-lite0", tmp_path / "torch-map", naip=naip, scheduler="sync", html_map=False,
+          runs_dir=workdir / "runs")  # the quickstart's own artifact has no export
+    assert "network on torch (fp32)" in capfd.readouterr().err
+
+
 def test_a_worker_refuses_an_export_that_is_not_the_recorded_one(exported_quickstart_model, tmp_path):
     import shutil
 

@@ -35,6 +35,11 @@ runtime_option = click.option(
     "--runtime", type=click.Choice(["torch", "openvino"]), default="torch", show_default=True,
     help="Inference runtime of the network: torch, or openvino (the network exported to ONNX, on the CPU; "
          "scoring needs `geoclf models export MODEL` first).")
+score_runtime_option = click.option(
+    "--runtime", type=click.Choice(["auto", "torch", "openvino"]), default="auto", show_default=True,
+    help="Inference runtime of the network: auto = openvino where the model holds an export (`geoclf models "
+         "export MODEL`), openvino is installed and no CUDA GPU is visible, else torch; torch; or openvino (the "
+         "exported network on the CPU).")
 precision_option = click.option(
     "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
     help="Precision of the openvino runtime: auto = bf16 where the CPU has BF16 instructions, else fp32.")

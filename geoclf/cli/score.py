@@ -8,7 +8,7 @@ from geoclf.cli.common import (
     batch_size_option,
     chips_per_partition_option,
     precision_option,
-    runtime_option,
+    score_runtime_option,
     score_scheduler_option,
     smooth_option,
     workers_option,
@@ -43,7 +43,7 @@ from geoclf.cluster import scheduler_from_option
               help="Also write per-class probability bands (landuse_probs.tif).")
 @click.option("--trust", is_flag=True, default=False,
               help="Load a model artifact whose classifier needs types geoclf does not trust by default.")
-@runtime_option
+@score_runtime_option
 @precision_option
 @score_scheduler_option
 @runs_dir_option
