@@ -334,3 +334,32 @@ def _geoparquet_of(table):
     fields = [field.with_type(_TYPES[field.name]) if field.name in _TYPES and pa.types.is_null(field.type)
               else field for field in table.schema]
     return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def test_the_change_tally_joins_the_changed_pairs_of_many_partitions_into_a_few_frames(two_dates, monkeypatch):
+    """A frame per partition's few changed pairs made the client grow with the area (~100 kB each, issue 16): the
+    tally joins every CHANGED_BATCH partitions' frames into one, and the changed pairs stay those of each
+    partition, in order."""
+    import pandas as pd
+
+    from geoclf.change import partitioned
+    from geoclf.change.partitioned import ChangeTally, area_crs, date_partitions, partition_pairs
+    from geoclf.change.run import _partition_classes, load_scheme
+
+    before, after = (date_partitions(d) for d in two_dates)
+    scheme = load_scheme(two_dates[0], _partition_classes(before[0]))
+    monkeypatch.setattr(partitioned, "CHANGED_BATCH", 4)
+    tally = ChangeTally(list(scheme.names))
+    each = []
+    for found in partition_pairs(before, after, crs=area_crs(after)):
+        aligned = found.aligned
+        changed = aligned[aligned["class_before"].astype(str) != aligned["class_after"].astype(str)]
+        if len(changed):
+            each.append(changed)
+        tally.add(found)
+    assert len(each) >= 12
+    assert len(tally.changed) <= len(each) // 4 + 3  # one per partition before the fix
+    expected = pd.concat(each, ignore_index=True)
+    got = tally.changed_pairs()
+    assert got.crs == expected.crs and list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(pd.DataFrame(got), pd.DataFrame(expected))

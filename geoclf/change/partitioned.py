@@ -49,6 +49,13 @@ PathLike = str | os.PathLike[str]
 BOX_SLACK_DEG = 1e-5
 
 
+#: How many partitions' changed pairs :class:`ChangeTally` keeps as frames of their own before it joins them into
+#: one: a frame of a few changed pairs costs the client far more than its rows (its blocks, index and the heap
+#: it pins between the partitions' passing tables: ~100 kB of resident memory each, measured), so a tally that
+#: kept one per partition grew with the area.
+CHANGED_BATCH = 32
+
+
 #: Columns of a dataset partition that ``predictions.parquet`` leaves to ``chips.parquet`` (the chip index's
 #: windows and labels): not read, so that a partition's pairs are the predictions table's.
 INDEX_ONLY = frozenset({"label", "col_off", "row_off", "width", "height", "nodata_frac", "block"})
@@ -256,7 +263,7 @@ class ChangeTally:
     map_crs: str | None = None
     resolution: float | None = None
     transitions: TransitionTally = field(init=False)
-    changed: list[gpd.GeoDataFrame] = field(default_factory=list)
+    changed: list[gpd.GeoDataFrame] = field(default_factory=list)  # the changed pairs, in order, a few frames
     map_tiles: list[MapTile] = field(default_factory=list)
     zone_table: pd.DataFrame | None = None
     paired_before: dict[int, np.ndarray] = field(default_factory=dict)
@@ -270,6 +277,7 @@ class ChangeTally:
     models: set[str] = field(default_factory=set)
     crs: object = None
     columns: gpd.GeoDataFrame | None = None  # no pairs, the pairs' columns: what the ranking of no change reads
+    _fresh: int = field(default=0, init=False, repr=False)  # frames at the end of ``changed`` of one partition each
 
     def __post_init__(self) -> None:
         self.transitions = TransitionTally(self.classes)
@@ -298,7 +306,7 @@ class ChangeTally:
         self.compared_km2 += float(aligned["area_km2"].sum())
         changed = aligned[aligned["class_before"].astype(str) != aligned["class_after"].astype(str)]
         if len(changed):
-            self.changed.append(changed)
+            self._keep_changed(changed)
         for which in ("before", "after"):
             column = f"date_{which}"
             if column in aligned.columns:
@@ -317,6 +325,14 @@ class ChangeTally:
             grid = transition_grid(aligned, self.scheme, crs=self.map_crs, resolution=self.resolution)
             name = f"part-{len(self.map_tiles):06d}"
             self.map_tiles.append(write_tile(self.tiles.parent, f"{self.tiles.name}/{name}", grid))
+
+    def _keep_changed(self, changed: gpd.GeoDataFrame) -> None:
+        """Keep a partition's changed pairs; every :data:`CHANGED_BATCH` partitions' frames become one."""
+        self.changed.append(changed)
+        self._fresh += 1
+        if self._fresh >= CHANGED_BATCH:
+            self.changed[-self._fresh:] = [pd.concat(self.changed[-self._fresh:], ignore_index=True)]
+            self._fresh = 0
 
     def changed_pairs(self) -> gpd.GeoDataFrame:
         """The changed pairs of the whole area, in the pairs' order (none: no row, the pairs' columns)."""
