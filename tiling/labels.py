@@ -181,11 +181,13 @@ def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: A
     held = _held_lattice(pixels, scene, bands, col, row, step, shape)
     if held is not None:
         return held
-    # a boundless read goes through a temporary VRT (~3x the time of the read itself). A lattice inside the
-    # raster and no coarser than its pixels samples the very same pixels without it; a coarser one would be read
-    # from the raster's overviews instead (the VRT has none), other samples, so it stays boundless
+    # a boundless read goes through a temporary VRT (~3x the time of the read itself, and its blocks decoded
+    # again for every read: the VRT keeps no cache between reads). A lattice inside the raster samples the very
+    # same pixels without it where it is no coarser than the pixels, or where the raster has no overviews; a
+    # coarser lattice of a raster with overviews would be read from them (the VRT has none): other samples, so
+    # it stays boundless
     inside = col >= 0 and row >= 0 and col + width <= naip_ds.width and row + height <= naip_ds.height
-    boundless = not (inside and step <= min(res_x, res_y) * (1 + 1e-9))
+    boundless = not (inside and (step <= min(res_x, res_y) * (1 + 1e-9) or not naip_ds.overviews(1)))
     pixels = naip_ds.read(bands, window=window, out_shape=(len(bands), *shape), boundless=boundless,
                           fill_value=fill, resampling=Resampling.nearest)
     nodata = _all_fill(pixels, range(len(bands)), slice(None), slice(None), fill)
