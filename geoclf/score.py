@@ -68,6 +68,7 @@ from tiling.io import (
     WindowPixels,
     atomic_path,
     describe_naip,
+    kept_dataset,
     normalize_source,
 )
 from tiling.locks import locks_output
@@ -116,7 +117,8 @@ class ScoreTask:
             columns[f"prob_{name}"] = pa.array(matrix[:, i])
         return pa.table(columns)
 
-    def probabilities(self, part: pd.DataFrame, pixels: WindowPixels | None = None) -> tuple[np.ndarray, list[str]]:
+    def probabilities(self, part: pd.DataFrame, pixels: WindowPixels | None = None,
+                      lent: tuple[str, Any] | None = None) -> tuple[np.ndarray, list[str]]:
         """The class probabilities of the chips ``part`` (chip index rows), ``(chips, classes)`` float32 in
         their order, and the classes' names.
 
@@ -124,11 +126,15 @@ class ScoreTask:
             part: the chips.
             pixels: a window of their raster already read (:func:`tiling.blocks.block_pixels`): the chips
                 inside it are taken from it.
+            lent: ``(source, dataset)``: a raster of the chips open in the caller, read through
+                (:meth:`tiling.io.ChipReader.lend`) and left open.
         """
         model = self.model()
         probs = []
         with ChipReader(bands=model.bands, size=model.chip_size) as reader:
             reader.hold(pixels)
+            if lent is not None:
+                reader.lend(*lent)
             for _, chips in iter_batches(part, reader, self.batch_size):
                 probs.append(np.asarray(model.predict_proba(chips), dtype=np.float32))
         matrix = np.concatenate(probs) if probs else np.zeros((0, len(model.classes)), np.float32)
@@ -399,9 +405,14 @@ class ScoreBlockTask:
         # the block's pixels read once, for its nodata lattice and its chips both
         pixels = block_pixels(block, self.score.model().bands)
         chips = block_chips(block, self.params, pixels=pixels)
+        # too many pixels to hold (chips of 224 px): the chips are read through the dataset the lattice was
+        # just read from, whose blocks GDAL keeps decoded
+        lent = kept_dataset(block.scene.source) if pixels is None else None
         tiled = time.perf_counter()
         scheme = ClassScheme.from_mapping(self.classes)
-        scored = self.score.probabilities(pd.DataFrame(chips.drop(columns="geometry")), pixels) if len(chips) else None
+        scored = (self.score.probabilities(pd.DataFrame(chips.drop(columns="geometry")), pixels,
+                                           lent=None if lent is None else (block.scene.source, lent))
+                  if len(chips) else None)
         del pixels
         modelled = time.perf_counter()
         frame = chips[[c for c in _KEEP if c in chips.columns]]

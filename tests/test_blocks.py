@@ -251,3 +251,26 @@ def test_nodata_by_fill_is_every_bands_own_comparison(fill):
     np.testing.assert_array_equal(_all_fill(pixels, range(4), slice(None), slice(None), fill), expected)
     np.testing.assert_array_equal(_all_fill(pixels, [1, 3], slice(2, 9), slice(5, 25), fill),
                                   np.all(pixels[[1, 3], 2:9, 5:25] == fill, axis=0))
+
+
+def test_a_lent_dataset_gives_the_chips_of_an_own_read_and_stays_open(small_scene):
+    # chips of 224 px are too many pixels to hold: they are read through the dataset their block's lattice
+    # was read from (its decoded blocks kept by GDAL), which the reader leaves open for its owner
+    import rasterio
+
+    from tiling.io import kept_dataset
+
+    _, blocks = plan_blocks([small_scene.naip], TileParams(max_nodata=0.5), cells_per_block=30)
+    chips = block_chips(blocks[0], TileParams(max_nodata=0.5))
+    dataset = kept_dataset(str(small_scene.naip))
+    assert len(chips) > 3 and dataset is kept_dataset(str(small_scene.naip))
+    with tiling.ChipReader(bands=(1, 2, 3)) as own, tiling.ChipReader(bands=(1, 2, 3)) as lent:
+        lent.lend(str(small_scene.naip), dataset)
+        for row in chips.itertuples():
+            window = (row.col_off, row.row_off, row.width, row.height)
+            np.testing.assert_array_equal(lent.read(row.source, window), own.read(row.source, window))
+    assert not dataset.closed
+    with rasterio.open(small_scene.naip) as three_bands, tiling.ChipReader(bands=(1, 2, 5)) as reader:
+        with pytest.raises(tiling.InputError, match="band 5 was asked for"):
+            reader.lend(str(small_scene.naip), three_bands)
+        assert not three_bands.closed

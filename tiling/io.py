@@ -497,6 +497,20 @@ class ChipReader:
         self.size = int(size)
         self._open: dict[str, tuple[rasterio.DatasetReader, str | None, int | None]] = {}
         self._held: WindowPixels | None = None
+        self._lent: set[str] = set()
+
+    def lend(self, source: str, dataset: rasterio.DatasetReader) -> None:
+        """Read ``source`` through ``dataset``, a reader of it the caller keeps open (and closes): the chips then
+        come from the blocks GDAL already decoded for it (its block cache is per open dataset), e.g. for the
+        block's nodata lattice. The caller must not use ``dataset`` while this reader reads.
+
+        Raises:
+            InputError: as :meth:`read` for a raster without the bands asked for.
+        """
+        if source in self._open and source not in self._lent:
+            self._open.pop(source)[0].close()
+        self._open[source] = self._checked(dataset, source, close=False)
+        self._lent.add(source)
 
     def hold(self, pixels: WindowPixels | None) -> None:
         """Serve the chips that lie inside ``pixels`` (a window of one raster, already read) from them, until
@@ -513,15 +527,26 @@ class ChipReader:
         if opened is None:
             try:
                 dataset = rasterio.open(signing.for_reading(source, renew=True)) if renew else open_dataset(source)
-                mask, alpha_band = nodata_mask(dataset)
             except RasterioError as exc:
                 raise InputError(f"cannot be read as a raster ({_first_line(exc)})", source) from exc
-            count = dataset.count - (alpha_band is not None)
-            if count < max(self.bands) or alpha_band in self.bands:
-                dataset.close()
-                raise InputError(f"has {_bands_text(count, alpha_band)}; band {max(self.bands)} was asked for", source)
-            opened = self._open[source] = (dataset, mask, alpha_band)
+            opened = self._open[source] = self._checked(dataset, source, close=True)
         return opened
+
+    def _checked(self, dataset: rasterio.DatasetReader, source: str,
+                 close: bool) -> tuple[rasterio.DatasetReader, str | None, int | None]:
+        """``dataset`` with its nodata mask, once it has the bands asked for (else closed, if ``close``)."""
+        try:
+            mask, alpha_band = nodata_mask(dataset)
+        except RasterioError as exc:
+            if close:
+                dataset.close()
+            raise InputError(f"cannot be read as a raster ({_first_line(exc)})", source) from exc
+        count = dataset.count - (alpha_band is not None)
+        if count < max(self.bands) or alpha_band in self.bands:
+            if close:
+                dataset.close()
+            raise InputError(f"has {_bands_text(count, alpha_band)}; band {max(self.bands)} was asked for", source)
+        return dataset, mask, alpha_band
 
     def read(self, source: str, window: Window | tuple[int, int, int, int]) -> np.ndarray:
         """Read one chip as a ``(bands, size, size)`` uint8 array; parts outside the raster are 0.
@@ -540,7 +565,7 @@ class ChipReader:
         try:
             return self._read(opened, source, window)
         except InputError:
-            if not signing.signable(source):
+            if not signing.signable(source) or source in self._lent:
                 raise
             # the token may have expired while the raster was open: reopen it with a fresh one, once
             self._open.pop(source)[0].close()
@@ -622,10 +647,12 @@ class ChipReader:
                                  resampling=Resampling.bilinear)
 
     def close(self) -> None:
-        """Close every raster this reader opened."""
-        for dataset, _, _ in self._open.values():
-            dataset.close()
+        """Close every raster this reader opened (not those lent to it: :meth:`lend`)."""
+        for source, (dataset, _, _) in self._open.items():
+            if source not in self._lent:
+                dataset.close()
         self._open.clear()
+        self._lent.clear()
 
     def __enter__(self) -> ChipReader:
         return self
