@@ -338,8 +338,8 @@ def _geoparquet_of(table):
 
 def test_the_change_tally_joins_the_changed_pairs_of_many_partitions_into_a_few_frames(two_dates, monkeypatch):
     """A frame per partition's few changed pairs made the client grow with the area (~100 kB each, issue 16): the
-    tally joins every CHANGED_BATCH partitions' frames into one, and the changed pairs stay those of each
-    partition, in order."""
+    tally joins every CHANGED_BATCH partitions' frames into one, its string columns one Arrow chunk each (not a
+    chunk of a few strings per frame), and the changed pairs stay those of each partition, in order."""
     import pandas as pd
 
     from geoclf.change import partitioned
@@ -359,6 +359,12 @@ def test_the_change_tally_joins_the_changed_pairs_of_many_partitions_into_a_few_
         tally.add(found)
     assert len(each) >= 12
     assert len(tally.changed) <= len(each) // 4 + 3  # one per partition before the fix
+    import pyarrow as pa
+
+    joined = pa.Table.from_pandas(pd.DataFrame(tally.changed[0]).drop(columns="geometry"))
+    strings = [name for name in joined.column_names if pa.types.is_string(joined.column(name).type)
+               or pa.types.is_large_string(joined.column(name).type)]
+    assert "cell" in strings and all(joined.column(name).num_chunks == 1 for name in strings)  # not one a frame
     expected = pd.concat(each, ignore_index=True)
     got = tally.changed_pairs()
     assert got.crs == expected.crs and list(got.columns) == list(expected.columns)

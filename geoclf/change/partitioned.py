@@ -266,6 +266,7 @@ class ChangeTally:
     changed: list[gpd.GeoDataFrame] = field(default_factory=list)  # the changed pairs, in order, a few frames
     map_tiles: list[MapTile] = field(default_factory=list)
     zone_table: pd.DataFrame | None = None
+    # per before-date partition met, a mask of its rows that pairs took / left out as another copy of a cell
     paired_before: dict[int, np.ndarray] = field(default_factory=dict)
     dropped_before: dict[int, np.ndarray] = field(default_factory=dict)
     before_rows: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -294,7 +295,10 @@ class ChangeTally:
         self.before_rows.update(pairs.rows)
         for store, found in ((self.paired_before, pairs.paired), (self.dropped_before, pairs.dropped)):
             for i, rows in found.items():
-                store[i] = np.union1d(store[i], rows) if i in store else np.unique(rows)
+                # a mask of the partition's rows, not the positions: a byte a row, not eight a row taken
+                if i not in store:
+                    store[i] = np.zeros(pairs.rows[i][0], dtype=bool)
+                store[i][rows] = True
         if not len(aligned):
             return
         if self.crs is None:
@@ -331,7 +335,7 @@ class ChangeTally:
         self.changed.append(changed)
         self._fresh += 1
         if self._fresh >= CHANGED_BATCH:
-            self.changed[-self._fresh:] = [pd.concat(self.changed[-self._fresh:], ignore_index=True)]
+            self.changed[-self._fresh:] = [_joined(self.changed[-self._fresh:])]
             self._fresh = 0
 
     def changed_pairs(self) -> gpd.GeoDataFrame:
@@ -352,8 +356,8 @@ class ChangeTally:
         """The alignment figures of ``change.json`` (:func:`geoclf.change.align_dates`'s ``attrs``); the rows of
         before-date partitions no after-date partition met are counted from their footers."""
         rows = [self.before_rows[i] if i in self.before_rows else _pred_rows(p) for i, p in enumerate(before)]
-        dropped = sum(len(r) for r in self.dropped_before.values())
-        paired_before = sum(len(r) for r in self.paired_before.values())
+        dropped = sum(int(r.sum()) for r in self.dropped_before.values())
+        paired_before = sum(int(r.sum()) for r in self.paired_before.values())
         return {"classes": list(self.classes), "before_chips": sum(r[0] for r in rows),
                 "after_chips": self.counts["after_chips"],
                 "duplicate_cells_dropped": {"before": dropped, "after": self.counts["dropped_after"]},
@@ -369,6 +373,16 @@ class ChangeTally:
         legend = _legend_scheme(self.scheme)
         mosaic = write_mosaic(self.tiles.parent / f"{self.tiles.name}.vrt", self.map_tiles, legend)
         return mosaic_to_cog(mosaic, path, legend)
+
+
+def _joined(frames: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:
+    """The frames as one, each Arrow-backed column (pandas' strings) in one piece: ``pd.concat`` keeps such a
+    column as a chunked array, a chunk of a few strings a frame, each with its own buffers and headers."""
+    frame = pd.concat(frames, ignore_index=True)
+    for name, dtype in frame.dtypes.items():
+        if isinstance(dtype, pd.StringDtype):
+            frame[name] = frame[name].astype(object).astype(dtype)
+    return frame
 
 
 def _pred_rows(partition: Partition) -> tuple[int, int]:
