@@ -81,3 +81,37 @@ def test_the_smoothed_mosaic_is_the_whole_map_smoothed(block_predictions, tmp_pa
     expected = majority_filter(grid.codes, 3 if smooth is True else smooth)
     assert (expected != grid.codes).any()
     np.testing.assert_array_equal(smoothed, expected)
+
+
+def test_the_painted_mosaic_is_the_raster_the_vrt_shows(block_predictions, tmp_path, monkeypatch):
+    """paint_mosaic (the change step's change.tif: no VRT of thousands of tiles held open by GDAL) gives the VRT's
+    raster, painted in strips of 3 rows; where tiles overlap the earlier one keeps its pixels, nodata shows
+    through, as in the VRT."""
+    import geoclf.landuse.mosaic as mosaic
+    from geoclf.landuse import LandUseGrid
+
+    monkeypatch.setattr(mosaic, "_PAINT_ROWS", 3)
+    scheme, parts = block_predictions
+    tiles = _tiles(parts, scheme, tmp_path)
+    # a tile over two blocks' corner, with a nodata hole, first in the list (it wins); another, of other codes, over
+    # the same pixels last (it loses)
+    with rasterio.open(tmp_path / tiles[0].codes) as first:
+        transform, crs, (height, width) = first.transform, first.crs, first.shape
+    codes = ((np.arange(height * 2 * width).reshape(height * 2, width) % len(scheme.names)) + 1).astype(np.uint8)
+    codes[1:3, 1:3] = 0
+    over = LandUseGrid(codes, transform * transform.translation(width // 2, -height), crs)
+    under = over._replace(codes=np.where(codes > 0, codes % len(scheme.names) + 1, 0).astype(np.uint8))
+    tiles = [write_tile(tmp_path, "tiles/over-first", over), *tiles, write_tile(tmp_path, "tiles/over-last", under)]
+    write_mosaic(tmp_path / "landuse.vrt", tiles, scheme)
+    painted = mosaic.paint_mosaic(tmp_path / "painted.tif", tiles, scheme)
+    with rasterio.open(tmp_path / "landuse.vrt") as vrt, rasterio.open(painted) as tif:
+        assert tif.height > 3 * 3 and (tif.transform, tif.crs, tif.shape) == (vrt.transform, vrt.crs, vrt.shape)
+        pixels = tif.read(1)
+        np.testing.assert_array_equal(pixels, vrt.read(1))
+        assert (pixels == 0).any() and tif.nodata == vrt.nodata == 0
+        classes = range(len(scheme.names) + 1)  # a GeoTIFF's colour table has 256 entries, the VRT's one a code
+        assert [tif.colormap(1)[c] for c in classes] == [vrt.colormap(1)[c] for c in classes]
+        assert tif.tags() == vrt.tags() and tif.descriptions == vrt.descriptions
+    mosaic_to_cog(tmp_path / "landuse.vrt", tmp_path / "from-vrt.tif", scheme)
+    mosaic_to_cog(painted, tmp_path / "from-painted.tif", scheme)
+    assert fingerprint(tmp_path / "from-painted.tif") == fingerprint(tmp_path / "from-vrt.tif")

@@ -7,9 +7,10 @@ are found among the before-date partitions whose boxes meet its box: :func:`part
 after-date partition and those neighbours at a time, aligns them, and hands the pairs on. What the change
 products need of the whole area is added up as the partitions go by (:class:`ChangeTally`): the transition
 matrix, the changed chips (the products list every one), the figures of ``change.json``, the zonal summary,
-and a map tile of transition codes per partition, which a VRT mosaic turns into ``change.tif`` (as
-:mod:`geoclf.landuse.mosaic` does for the land-use map). The client holds one partition and its neighbours,
-never the area's table; the results are those of the whole table, read at once (same pairs, same order).
+and a map tile of transition codes per partition, painted into one raster that is copied to ``change.tif``
+(:func:`geoclf.landuse.mosaic.paint_mosaic`: the raster a VRT mosaic of the tiles shows). The client holds one
+partition and its neighbours, never the area's table; the results are those of the whole table, read at once
+(same pairs, same order).
 
 Two things of the whole-table rule are taken per neighbourhood: a grid cell predicted twice keeps its most
 confident prediction among the copies in one partition and its neighbours (copies of one cell overlap, so all
@@ -38,7 +39,7 @@ from geoclf.change.maps import transition_grid, transition_legend
 from geoclf.change.pairs import MIN_OVERLAP, pair_dates
 from geoclf.change.summaries import TransitionTally, zonal_summary
 from geoclf.landuse import ScoreOutput, prediction_classes
-from geoclf.landuse.mosaic import MapTile, mosaic_to_cog, write_mosaic, write_tile
+from geoclf.landuse.mosaic import MapTile, mosaic_to_cog, paint_mosaic, write_tile
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 
@@ -367,12 +368,17 @@ class ChangeTally:
                 "min_overlap": float(min_overlap)}
 
     def write_map(self, path: Path) -> Path:
-        """``change.tif`` from the tiles: a VRT mosaic copied to a COG, as ``landuse.tif`` is written."""
+        """``change.tif`` from the tiles: painted into one GeoTIFF (not a VRT of them, whose every tile costs GDAL
+        memory while it is copied: :func:`geoclf.landuse.mosaic.paint_mosaic`), copied to a COG as ``landuse.tif``
+        is written."""
         if self.tiles is None or self.scheme is None:
             raise ValueError("this tally keeps no map tiles")
         legend = _legend_scheme(self.scheme)
-        mosaic = write_mosaic(self.tiles.parent / f"{self.tiles.name}.vrt", self.map_tiles, legend)
-        return mosaic_to_cog(mosaic, path, legend)
+        mosaic = paint_mosaic(self.tiles.parent / f"{self.tiles.name}.tif", self.map_tiles, legend)
+        try:
+            return mosaic_to_cog(mosaic, path, legend)
+        finally:
+            mosaic.unlink(missing_ok=True)
 
 
 def _joined(frames: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:

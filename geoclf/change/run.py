@@ -146,7 +146,6 @@ def run_change(before: PathLike, after: PathLike, out: PathLike, *, zones: PathL
         written["changes"] = _write_table(ranked, out / "changes.parquet", index=False)
         written["change_tif"] = tally.write_map(out / "change.tif")
         shutil.rmtree(out / _TILES, ignore_errors=True)
-        (out / f"{_TILES}.vrt").unlink(missing_ok=True)
         picture = read_map(written["change_tif"], max_pixels=MAP_MAX_PIXELS)
         km2 = changed_km2(tally.transitions.matrix("km2"), tally.transitions.matrix("chips"))
         display = transition_display(picture, scheme, km2)
