@@ -311,12 +311,14 @@ def main() -> None:
         for r in rows:
             print(f"| {r['chips']:,} | {r['change_s']} | {r['change_rss_start_mb']} / {r['change_rss_peak_mb']} "
                   f"| {r['change_reads']} | {r['change_largest_read_rows']} | {r['change_paired']:,} |")
-    by_chips = {r["chips"]: r for r in scored}
-    big = [c for c in by_chips if c >= 1_000_000]
-    mid = [c for c in by_chips if 100_000 <= c < 1_000_000]
-    if big and mid:
-        ratio = by_chips[big[0]]["client_rss_peak_mb"] / by_chips[mid[0]]["client_rss_peak_mb"]
-        log(f"client memory 1M / 100k: {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'not met'})")
+    changes = rows if args.change or args.change_only else []
+    for step, key, measured in (("", "client_rss_peak_mb", scored), ("change step ", "change_rss_peak_mb", changes)):
+        by_chips = {r["chips"]: r for r in measured}
+        big = [c for c in by_chips if c >= 1_000_000]
+        mid = [c for c in by_chips if 100_000 <= c < 1_000_000]
+        if big and mid:
+            ratio = by_chips[big[0]][key] / by_chips[mid[0]][key]
+            log(f"{step}client memory 1M / 100k: {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'not met'})")
 
 
 if __name__ == "__main__":
