@@ -251,9 +251,7 @@ def _score(model: str, model_dir: str, out: PathLike, naip: list[PathLike] | Non
         check_export(model_dir, loaded.spec.get("export"), chosen, precision)
     else:
         loaded.prepare()
-    if progress and runtime == AUTO:
-        print(f"network on {chosen} ({resolve_precision(chosen, precision)})", file=sys.stderr)
-    runtime = chosen
+    auto, runtime = runtime == AUTO, chosen
     output = ScoreOutput.at(out)
     # torch_threads is set once the partitions, and hence where they run, are known (_placed)
     task = ScoreTask(model_dir=model_dir, batch_size=batch_size,
@@ -263,11 +261,15 @@ def _score(model: str, model_dir: str, out: PathLike, naip: list[PathLike] | Non
         settings["runtime"] = {"runtime": runtime, "precision": precision}
     run = {"scheduler": scheduler, "cluster": cluster, "n_workers": n_workers, "progress": progress}
     if chips is not None:
-        return _score_index(loaded, model, output, chips, task, settings, chips_per_partition, maps, run)
-    if not naip:
+        written = _score_index(loaded, model, output, chips, task, settings, chips_per_partition, maps, run)
+    elif not naip:
         raise InputError("nothing to score: give NAIP rasters or a chip index")
-    return _score_scenes(loaded, model, output, naip, aoi, task, settings, chips_per_partition, max_nodata,
-                         chip_size_m, maps, run)
+    else:
+        written = _score_scenes(loaded, model, output, naip, aoi, task, settings, chips_per_partition, max_nodata,
+                                chip_size_m, maps, run)
+    if progress and auto:  # said once it is done: a refusal stays the one line it is
+        print(f"network ran on {runtime} ({resolve_precision(runtime, precision)})", file=sys.stderr)
+    return written
 
 
 def _score_index(loaded: Any, name: str, output: ScoreOutput, chips: PathLike, task: ScoreTask,

@@ -299,7 +299,7 @@ def test_scoring_runs_an_exported_model_on_openvino_by_default(exported_quicksta
         choose_runtime("onnx", record)
     naip = [workdir / "scene" / "naip_2016.tif"]
     score(str(artifact), tmp_path / "map", naip=naip, scheduler="sync", html_map=False)
-    assert "network on openvino" in capfd.readouterr().err
+    assert "network ran on openvino" in capfd.readouterr().err
     found = [recorded_settings(p.parent) for p in (tmp_path / "map").rglob("_inputs.json")]
     assert found and all(s["runtime"]["runtime"] == "openvino" for s in found)
     with pytest.raises(InputError, match="other chips or settings"):
@@ -307,7 +307,7 @@ def test_scoring_runs_an_exported_model_on_openvino_by_default(exported_quicksta
               progress=False)
     score("lr-lite0", tmp_path / "torch-map", naip=naip, scheduler="sync", html_map=False,
           runs_dir=workdir / "runs")  # the quickstart's own artifact has no export
-    assert "network on torch (fp32)" in capfd.readouterr().err
+    assert "network ran on torch (fp32)" in capfd.readouterr().err
 
 
 def test_a_worker_refuses_an_export_that_is_not_the_recorded_one(exported_quickstart_model, tmp_path):
