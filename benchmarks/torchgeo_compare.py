@@ -264,14 +264,10 @@ def bare_forward(runtime: str, model: str, batches: int, threads: int) -> None:
         # uint8 chips into the network as geoclf compiles it (its normalization in OpenVINO's graph):
         # the forward pass scoring runs, with nothing of Python's around it
         spec = json.loads((Path(model) / "model.json").read_text())
-        runner = open_runner("openvino", onnx=verified_onnx(model, spec["export"]), precision="auto",
-                             threads=threads, normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
-        chips = np.random.default_rng(0).integers(0, 256, (32, 3, CHIP, CHIP), dtype=np.uint8)
-
-        def forward(_: Any) -> np.ndarray:
-            return runner.chips(chips)
-
-        runner, x = forward, None
+        compiled = open_runner("openvino", onnx=verified_onnx(model, spec["export"]), precision="auto",
+                               threads=threads, normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+        x = np.random.default_rng(0).integers(0, 256, (32, 3, CHIP, CHIP), dtype=np.uint8)
+        runner = compiled.chips
     for _ in range(2):
         runner(x)
     started, cpu = time.perf_counter(), time.process_time()
