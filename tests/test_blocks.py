@@ -274,3 +274,30 @@ def test_a_lent_dataset_gives_the_chips_of_an_own_read_and_stays_open(small_scen
         with pytest.raises(tiling.InputError, match="band 5 was asked for"):
             reader.lend(str(small_scene.naip), three_bands)
         assert not three_bands.closed
+
+
+def test_a_raster_with_a_nodata_value_and_an_alpha_band_tiles_and_reads_without_warnings(tmp_path):
+    # both marks are applied (the value in every band, the alpha band); rasterio's NodataShadowWarning on each
+    # plain read was one more stderr line a tiling or scoring run printed
+    import warnings
+
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.errors import NodataShadowWarning
+    from rasterio.transform import from_origin
+
+    pixels = np.random.default_rng(0).integers(1, 255, (4, 448, 448), dtype=np.uint8)
+    pixels[3] = 255
+    path = tmp_path / "alpha_and_nodata.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=448, height=448, count=4, dtype="uint8", nodata=0,
+                       crs="EPSG:26914", transform=from_origin(224.0 * 1000, 224.0 * 25000, 1.0, 1.0)) as out:
+        out.write(pixels)
+        out.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    params = TileParams(max_nodata=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NodataShadowWarning)
+        _, blocks = plan_blocks([path], params)
+        chips = block_chips(blocks[0], params)
+        with tiling.ChipReader(bands=(1, 2, 3)) as reader:
+            chip = reader.read(str(path), (0, 0, 224, 224))
+    assert len(chips) == 4 and chip.shape == (3, 224, 224)

@@ -9,6 +9,7 @@ import re
 import secrets
 import shutil
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from affine import Affine
 from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import CRSError, RasterioError
+from rasterio.errors import CRSError, NodataShadowWarning, RasterioError
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
@@ -337,8 +338,10 @@ def read_valid(dataset: rasterio.DatasetReader, mask: str | None, alpha_band: in
     if mask is None:
         return None
     if mask == "alpha":
-        values = dataset.read(alpha_band, window=window, out_shape=out_shape, boundless=boundless, fill_value=0,
-                              resampling=Resampling.nearest)
+        with warnings.catch_warnings():  # a declared nodata beside the alpha band: rasterio's warning is noise here
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            values = dataset.read(alpha_band, window=window, out_shape=out_shape, boundless=boundless,
+                                  fill_value=0, resampling=Resampling.nearest)
     else:
         values = dataset.read_masks(1, window=window, out_shape=out_shape, boundless=boundless,
                                     resampling=Resampling.nearest)

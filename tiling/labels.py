@@ -9,6 +9,7 @@ accurate to about 1/1000 of a chip, and labeling a scene costs one small warp, n
 
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.errors import NodataShadowWarning
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
 
@@ -188,8 +190,10 @@ def _naip_nodata(naip_ds: rasterio.DatasetReader, scene: SceneInfo, transform: A
     # it stays boundless
     inside = col >= 0 and row >= 0 and col + width <= naip_ds.width and row + height <= naip_ds.height
     boundless = not (inside and (step <= min(res_x, res_y) * (1 + 1e-9) or not naip_ds.overviews(1)))
-    pixels = naip_ds.read(bands, window=window, out_shape=(len(bands), *shape), boundless=boundless,
-                          fill_value=fill, resampling=Resampling.nearest)
+    with warnings.catch_warnings():  # a declared nodata beside an alpha band: both are applied below
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        pixels = naip_ds.read(bands, window=window, out_shape=(len(bands), *shape), boundless=boundless,
+                              fill_value=fill, resampling=Resampling.nearest)
     nodata = _all_fill(pixels, range(len(bands)), slice(None), slice(None), fill)
     valid = read_valid(naip_ds, scene.mask, scene.alpha_band, window, shape, boundless=boundless)
     return nodata if valid is None else nodata | ~valid
