@@ -40,7 +40,7 @@ from geoclf.landuse import (  # noqa: F401  (re-exported: the land-use map contr
     write_landuse_cog,
     write_probability_cog,
 )
-from geoclf.landuse.mosaic import mosaic_to_cog, read_map
+from geoclf.landuse.mosaic import MapTile, read_map, tiles_to_cog
 from geoclf.metrics import evaluate, evaluation_to_json
 from geoclf.webmap import (  # noqa: F401  (re-exported: the page builder's parts lived here)
     CIR_BANDS,
@@ -437,18 +437,21 @@ POLYGON_MAX_PIXELS = 250_000
 OVERLAP_IMAGERY = True
 
 
-def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFacts, *,
+def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: ClassScheme, facts: AreaFacts, *,
                       predictions: Callable[[], gpd.GeoDataFrame] | None = None, smooth: bool | int = False,
                       probabilities: bool = False, html_map: bool = True) -> dict[str, Path]:
-    """Write the map products of a score output whose map tiles are mosaicked in ``landuse.vrt``.
+    """Write the map products of a score output from its blocks' map tiles.
 
-    The products of :func:`write_maps`, without a predictions table in memory: ``landuse.tif`` is copied from
-    the mosaic block by block (:func:`geoclf.landuse.mosaic.mosaic_to_cog`), ``landuse_probs.tif`` from
-    ``landuse_probs.vrt``; the class polygons are drawn from the map up to :data:`POLYGON_MAX_PIXELS` pixels;
-    the PNG and the page's overlay from the map read at most 2,048 pixels a side (from its overviews).
+    The products of :func:`write_maps`, without a predictions table in memory: ``landuse.tif`` and
+    ``landuse_probs.tif`` are painted from the tiles strip by strip and copied to COGs
+    (:func:`geoclf.landuse.mosaic.tiles_to_cog`: the rasters ``landuse.vrt`` and ``landuse_probs.vrt`` show);
+    the class polygons are drawn from the map up to :data:`POLYGON_MAX_PIXELS` pixels; the PNG and the page's
+    overlay from the map read at most 2,048 pixels a side (from its overviews).
 
     Args:
-        output: the score output (its ``mosaic`` and ``probability_mosaic`` written).
+        output: the score output.
+        tiles: its map tiles (paths relative to the output directory), in the plan's order: where tiles
+            overlap, the earlier one keeps its pixels.
         classes: the class scheme.
         facts: what the page says of the area (chips, km², dates, models, scenes, rasters).
         predictions: reads the predictions table, for the page's chip popups (small areas only: ``None`` leaves
@@ -467,11 +470,12 @@ def write_mosaic_maps(output: ScoreOutput, classes: ClassScheme, facts: AreaFact
         if OVERLAP_IMAGERY:
             pool.submit(_import_drawing, html_map)
         try:
-            written = {"landuse": mosaic_to_cog(output.mosaic, output.landuse, classes, smooth=smooth)}
+            written = {"landuse": tiles_to_cog(output.landuse, tiles, classes, directory=output.directory,
+                                               smooth=smooth)}
             written.update(categories=output.categories, qml=output.qml, sld=output.sld)
             if probabilities:
-                written["probabilities"] = mosaic_to_cog(output.probability_mosaic, output.probabilities, classes,
-                                                         probabilities=True)
+                written["probabilities"] = tiles_to_cog(output.probabilities, tiles, classes,
+                                                        directory=output.directory, probabilities=True)
             with rasterio.open(output.landuse) as dataset:
                 pixels = dataset.width * dataset.height
             if pixels <= POLYGON_MAX_PIXELS:

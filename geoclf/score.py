@@ -7,9 +7,10 @@ no NLCD needed), scores its chips in one pass (windows read, model, probabilitie
 files) and writes its own outputs: a GeoParquet partition of the predictions dataset
 (``predictions/<scene>/part-NNNNN.parquet``) and the block's map tile. Only block descriptions go out and small
 summaries come back, so the client's memory does not grow with the area; partitions are written atomically,
-so reruns resume and a killed worker costs only its block. The land-use COG is copied from a VRT mosaic of the
-tiles (:mod:`geoclf.landuse.mosaic`); areas up to :data:`SINGLE_FILE_CHIPS` also get ``predictions.parquet``
-and ``chips.parquet``, streamed from the dataset one partition at a time.
+so reruns resume and a killed worker costs only its block. The land-use COG is painted from the tiles strip
+by strip (:mod:`geoclf.landuse.mosaic`; ``landuse.vrt`` shows the same raster); areas up to
+:data:`SINGLE_FILE_CHIPS` also get ``predictions.parquet`` and ``chips.parquet``, streamed from the dataset one
+partition at a time.
 
 A chip index given instead of rasters (its labels then give an accuracy report) is a table the client
 already holds: it is scored in partitions of that table (:func:`geoclf.partitions.run_partitions`).
@@ -327,7 +328,7 @@ SINGLE_FILE_CHIPS = 250_000
 def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLike], aoi: PathLike | None,
                   task: ScoreTask, settings: dict[str, Any], chips_per_partition: int, max_nodata: float,
                   chip_size_m: float | None, maps: dict[str, Any], run: dict[str, Any]) -> dict[str, Path]:
-    """Score rasters block by block: workers tile, score and map their blocks; the client writes the mosaic."""
+    """Score rasters block by block: workers tile, score and map their blocks; the client writes the maps."""
     scenes = [describe_naip(path) for path in naip]
     need = max(loaded.bands)
     for scene in scenes:
@@ -372,7 +373,7 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     written["probability_mosaic"] = write_mosaic(output.probability_mosaic, tiles, scheme, probabilities=True)
     facts = AreaFacts.combine([AreaFacts(**summary["facts"]) for summary in summaries if summary.get("facts")])
     popups = (lambda: output.read_predictions()) if "predictions" in written and total <= 5000 else None
-    written.update(write_mosaic_maps(output, scheme, facts, predictions=popups, smooth=maps["smooth"],
+    written.update(write_mosaic_maps(output, tiles, scheme, facts, predictions=popups, smooth=maps["smooth"],
                                      probabilities=maps["probabilities"], html_map=maps["html_map"]))
     return written
 

@@ -115,3 +115,61 @@ def test_the_painted_mosaic_is_the_raster_the_vrt_shows(block_predictions, tmp_p
     mosaic_to_cog(tmp_path / "landuse.vrt", tmp_path / "from-vrt.tif", scheme)
     mosaic_to_cog(painted, tmp_path / "from-painted.tif", scheme)
     assert fingerprint(tmp_path / "from-painted.tif") == fingerprint(tmp_path / "from-vrt.tif")
+
+
+def test_the_painted_probabilities_are_the_raster_the_vrt_shows(block_predictions, tmp_path, monkeypatch):
+    """paint_mosaic's probabilities (landuse_probs.tif without a VRT of every tile held open by GDAL): the
+    probabilities' VRT raster band by band, painted in strips of 3 rows, NaN where no tile has a chip; an
+    overlapping tile first in the list keeps its pixels band by band, also where another band of it is NaN."""
+    import geoclf.landuse.mosaic as mosaic
+    from geoclf.landuse import LandUseGrid
+
+    monkeypatch.setattr(mosaic, "_PAINT_ROWS", 3)
+    scheme, parts = block_predictions
+    tiles = _tiles(parts, scheme, tmp_path)
+    with rasterio.open(tmp_path / tiles[0].codes) as first:
+        transform, crs, (height, width) = first.transform, first.crs, first.shape
+    n = len(scheme.names)
+    probs = np.random.default_rng(1).random((n, height * 2, width)).astype(np.float32)
+    probs[:, 1:3, 1:3] = np.nan  # a hole: the tiles beneath show through
+    probs[0, 0, :] = np.nan  # one band's row: the other bands of that row still win
+    codes = np.where(np.isnan(probs).all(axis=0), 0, 1).astype(np.uint8)
+    over = LandUseGrid(codes, transform * transform.translation(width // 2, -height), crs, probs)
+    under = over._replace(probs=np.where(np.isnan(probs), np.nan, 1 - probs).astype(np.float32))
+    tiles = [write_tile(tmp_path, "tiles/over-first", over), *tiles, write_tile(tmp_path, "tiles/over-last", under)]
+    write_mosaic(tmp_path / "landuse_probs.vrt", tiles, scheme, probabilities=True)
+    painted = mosaic.paint_mosaic(tmp_path / "painted_probs.tif", tiles, scheme, probabilities=True)
+    with rasterio.open(tmp_path / "landuse_probs.vrt") as vrt, rasterio.open(painted) as tif:
+        assert tif.height > 3 * 3 and (tif.transform, tif.crs, tif.shape) == (vrt.transform, vrt.crs, vrt.shape)
+        assert tif.count == vrt.count == n and tif.dtypes == vrt.dtypes
+        pixels = tif.read()
+        np.testing.assert_array_equal(pixels, vrt.read())  # NaN where NaN
+        assert np.isnan(pixels).any() and np.isnan(tif.nodata) and np.isnan(vrt.nodata)
+        assert tif.tags() == vrt.tags() and tif.descriptions == vrt.descriptions == tuple(scheme.names)
+    mosaic_to_cog(tmp_path / "landuse_probs.vrt", tmp_path / "from-vrt.tif", scheme, probabilities=True)
+    mosaic_to_cog(painted, tmp_path / "from-painted.tif", scheme, probabilities=True)
+    assert fingerprint(tmp_path / "from-painted.tif") == fingerprint(tmp_path / "from-vrt.tif")
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_the_cogs_from_the_tiles_are_the_cogs_of_their_vrts(block_predictions, tmp_path, smooth):
+    """tiles_to_cog (score's landuse.tif and landuse_probs.tif): what the VRT of the tiles copied gives, also
+    smoothed, with its styles; the painted file is gone."""
+    import geoclf.landuse.mosaic as mosaic
+
+    scheme, parts = block_predictions
+    tiles = _tiles(parts, scheme, tmp_path)
+    write_mosaic(tmp_path / "landuse.vrt", tiles, scheme)
+    write_mosaic(tmp_path / "landuse_probs.vrt", tiles, scheme, probabilities=True)
+    (tmp_path / "vrt").mkdir()
+    mosaic_to_cog(tmp_path / "landuse.vrt", tmp_path / "vrt" / "landuse.tif", scheme, smooth=smooth)
+    mosaic_to_cog(tmp_path / "landuse_probs.vrt", tmp_path / "vrt" / "landuse_probs.tif", scheme, probabilities=True)
+    before = set(tmp_path.iterdir())
+    mosaic.tiles_to_cog(tmp_path / "landuse.tif", tiles, scheme, directory=tmp_path, smooth=smooth)
+    mosaic.tiles_to_cog(tmp_path / "landuse_probs.tif", tiles, scheme, directory=tmp_path, probabilities=True)
+    new = {p.name for p in set(tmp_path.iterdir()) - before}
+    assert new == {"landuse.tif", "landuse.tif.aux.xml", "landuse.qml", "landuse.sld", "landuse_probs.tif"}
+    for name in ("landuse.tif", "landuse_probs.tif"):
+        assert fingerprint(tmp_path / name) == fingerprint(tmp_path / "vrt" / name)
+    for name in ("landuse.tif.aux.xml", "landuse.qml", "landuse.sld"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "vrt" / name).read_bytes()

@@ -299,6 +299,8 @@ def test_map_products_are_the_same_with_the_imagery_read_alongside(trained, tmp_
 
     from geoclf import maps
     from geoclf.landuse import ScoreOutput
+    from geoclf.landuse.mosaic import MapTile
+    from geoclf.partitions import read_summary
     from geoclf.score import _model_scheme
 
     workdir, model = trained
@@ -308,7 +310,8 @@ def test_map_products_are_the_same_with_the_imagery_read_alongside(trained, tmp_
         out = ScoreOutput.at(shutil.copytree(workdir / "map-2016", tmp_path / str(overlap)))
         predictions = gpd.read_parquet(out.predictions)
         monkeypatch.setattr(maps, "OVERLAP_IMAGERY", overlap)
-        written = maps.write_mosaic_maps(out, scheme, maps.AreaFacts.of(predictions),
+        tiles = [MapTile.from_summary(read_summary(file)["tile"]) for file in out.dataset_files()]
+        written = maps.write_mosaic_maps(out, tiles, scheme, maps.AreaFacts.of(predictions),
                                          predictions=lambda table=predictions: table)
         assert list(written) == ["landuse", "categories", "qml", "sld", "polygons", "geojson", "html", "png"]
         pages[overlap] = {key: path.read_bytes() for key, path in written.items()}

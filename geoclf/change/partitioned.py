@@ -40,7 +40,7 @@ from geoclf.change.maps import transition_grid, transition_legend
 from geoclf.change.pairs import MIN_OVERLAP, pair_dates
 from geoclf.change.summaries import TransitionTally, zonal_summary
 from geoclf.landuse import ScoreOutput, prediction_classes
-from geoclf.landuse.mosaic import MapTile, mosaic_to_cog, paint_mosaic, write_tile
+from geoclf.landuse.mosaic import MapTile, tiles_to_cog, write_tile
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 
@@ -378,16 +378,11 @@ class ChangeTally:
 
     def write_map(self, path: Path) -> Path:
         """``change.tif`` from the tiles: painted into one GeoTIFF (not a VRT of them, whose every tile costs GDAL
-        memory while it is copied: :func:`geoclf.landuse.mosaic.paint_mosaic`), copied to a COG as ``landuse.tif``
-        is written."""
+        memory while it is copied) and copied to a COG, as ``landuse.tif`` is written
+        (:func:`geoclf.landuse.mosaic.tiles_to_cog`)."""
         if self.tiles is None or self.scheme is None:
             raise ValueError("this tally keeps no map tiles")
-        legend = _legend_scheme(self.scheme)
-        mosaic = paint_mosaic(self.tiles.parent / f"{self.tiles.name}.tif", self.map_tiles, legend)
-        try:
-            return mosaic_to_cog(mosaic, path, legend)
-        finally:
-            mosaic.unlink(missing_ok=True)
+        return tiles_to_cog(path, self.map_tiles, _legend_scheme(self.scheme), directory=self.tiles.parent)
 
 
 def _joined(frames: list[gpd.GeoDataFrame]) -> gpd.GeoDataFrame:

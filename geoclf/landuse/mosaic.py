@@ -1,14 +1,14 @@
-"""Land-use maps that are never gathered: map tiles written by workers, a VRT mosaic over them, COGs from it.
+"""Land-use maps that are never gathered: map tiles written by workers, mosaics of them, COGs from those.
 
 A worker that scores a block of a raster (:class:`geoclf.score.ScoreBlockTask`) also writes that block's map:
 a small GeoTIFF of class codes and one of probabilities (:func:`write_tile`), on the area's map lattice (the
 chip grid itself, or a grid in the map CRS aligned to multiples of the pixel size, so tiles of neighbouring
-blocks meet without resampling). The client then writes a GDAL VRT (:func:`write_mosaic`) that places every
-tile in one raster, with the colour table and the class scheme as its metadata, and copies it to
-``landuse.tif`` with GDAL's COG driver (:func:`mosaic_to_cog`), which reads the tiles block by block: no
-process ever holds the area's map, let alone its predictions table. A mosaic that is only copied once (the
-change step's ``change.tif``) is painted into one GeoTIFF strip by strip instead (:func:`paint_mosaic`): a VRT of
-thousands of tiles costs GDAL memory for each while it is read.
+blocks meet without resampling). The client writes a GDAL VRT of them (:func:`write_mosaic`: ``landuse.vrt``,
+which GIS tools open as one raster, with the colour table and the class scheme as its metadata) and writes
+``landuse.tif`` from the tiles themselves (:func:`tiles_to_cog`): they are painted into one GeoTIFF strip by
+strip (:func:`paint_mosaic`, the raster the VRT shows) and that is copied with GDAL's COG driver
+(:func:`mosaic_to_cog`), which builds the overviews. No process ever holds the area's map, let alone its
+predictions table; a VRT of thousands of tiles would cost GDAL memory for each while the COG driver read it.
 
 For one scene the result is the COG :func:`geoclf.landuse.write_landuse_cog` writes from the whole table.
 Where tiles overlap (UTM zones warped into one CRS, several dates of one place), the tile of the earlier
@@ -178,47 +178,91 @@ def write_mosaic(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme,
     return target
 
 
-#: Rows of the mosaic :func:`paint_mosaic` paints at a time.
+#: Most rows of the mosaic :func:`paint_mosaic` paints at a time.
 _PAINT_ROWS = 1024
 
+#: Most bytes of a strip :func:`paint_mosaic` holds (the probabilities' bands, 4 bytes a class, take fewer rows).
+_PAINT_BYTES = 8 * 2**20
 
-def paint_mosaic(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme) -> Path:
-    """Paint the tiles' class codes into one tiled GeoTIFF: the raster :func:`write_mosaic`'s VRT shows, with its
-    colour table, tags, band description and nodata, for a mosaic that is copied once (:func:`mosaic_to_cog`).
+#: Rows of a tiled GeoTIFF's blocks (GDAL's default): strips are whole blocks of rows, so none is written twice.
+_BLOCK_ROWS = 256
+
+
+def paint_mosaic(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme, *,
+                 probabilities: bool = False) -> Path:
+    """Paint the tiles into one tiled GeoTIFF: the raster :func:`write_mosaic`'s VRT shows, with its colour
+    table, tags, band descriptions and nodata, for a mosaic that is copied once (:func:`mosaic_to_cog`). With
+    ``probabilities`` the tiles' probabilities, one float32 band per class (NaN nodata), instead of their codes.
 
     A VRT costs GDAL memory for every source while it is open (~10 kB each, and more while the COG driver
     reads it: +62 MB over 2,060 tiles, measured), so the client's memory would grow with the area; painting
-    holds one strip of :data:`_PAINT_ROWS` rows and one tile at a time. Where tiles overlap the earlier tile
-    keeps its pixels, as in the VRT. Tile paths are relative to ``path``'s folder, as in :func:`write_mosaic`.
+    holds one strip (at most :data:`_PAINT_ROWS` rows and :data:`_PAINT_BYTES`) and one tile at a time.
+    Where tiles overlap the earlier tile keeps its pixels (band by band), as in the VRT. Tile paths are
+    relative to ``path``'s folder, as in :func:`write_mosaic`.
 
     Raises:
-        InputError: no tiles, or tiles on different lattices (CRS or pixel size).
+        InputError: no tiles, tiles on different lattices (CRS or pixel size), or (with ``probabilities``) a
+            tile without probabilities.
     """
     target = Path(path)
     lattice = _Lattice.of(tiles)
+    sources = [tile.probs if probabilities else tile.codes for tile in tiles]
+    for tile, source in zip(tiles, sources, strict=True):
+        if source is None:
+            raise InputError(f"map tile {tile.codes} has no probabilities")
     places = [lattice.offset(tile) for tile in tiles]
-    table = color_table(classes)
-    profile = {"driver": "GTiff", "width": lattice.width, "height": lattice.height, "count": 1, "dtype": "uint8",
-               "nodata": NODATA, "crs": CRS.from_user_input(lattice.crs),
+    count = len(classes.names) if probabilities else 1
+    dtype = np.dtype(np.float32 if probabilities else np.uint8)
+    nodata = float("nan") if probabilities else NODATA
+    profile = {"driver": "GTiff", "width": lattice.width, "height": lattice.height, "count": count,
+               "dtype": dtype.name, "nodata": nodata, "crs": CRS.from_user_input(lattice.crs),
                "transform": Affine(lattice.a, 0.0, lattice.left, 0.0, lattice.e, lattice.top), "tiled": True,
                "compress": "deflate"}
+    fitting = _PAINT_BYTES // (lattice.width * count * dtype.itemsize)
+    step = min(_PAINT_ROWS, max(_BLOCK_ROWS, fitting // _BLOCK_ROWS * _BLOCK_ROWS))
     with atomic_path(target) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.update_tags(AREA_OR_POINT="Area", **classes.to_tags())
-        dst.set_band_description(1, "land_use_class")
-        dst.write_colormap(1, {code: tuple(int(v) for v in table[code]) for code in range(len(classes.names) + 1)})
-        for top in range(0, lattice.height, _PAINT_ROWS):
-            rows = min(_PAINT_ROWS, lattice.height - top)
-            strip = np.full((rows, lattice.width), NODATA, dtype=np.uint8)
-            for tile, (x, y) in zip(tiles, places, strict=True):
+        if probabilities:
+            for band, name in enumerate(classes.names, start=1):
+                dst.set_band_description(band, name)
+        else:
+            table = color_table(classes)
+            dst.set_band_description(1, "land_use_class")
+            dst.write_colormap(1, {code: tuple(int(v) for v in table[code])
+                                   for code in range(len(classes.names) + 1)})
+        for top in range(0, lattice.height, step):
+            rows = min(step, lattice.height - top)
+            strip = np.full((count, rows, lattice.width), nodata, dtype=dtype)
+            for tile, source, (x, y) in zip(tiles, sources, places, strict=True):
                 start, stop = max(y, top), min(y + tile.height, top + rows)
                 if start >= stop:
                     continue
-                with rasterio.open(target.parent / tile.codes) as src:
-                    codes = src.read(1, window=Window(0, start - y, tile.width, stop - start))
-                painted = strip[start - top:stop - top, x:x + tile.width]
-                np.copyto(painted, codes, where=(painted == NODATA) & (codes != NODATA))
-            dst.write(strip, 1, window=Window(0, top, lattice.width, rows))
+                with rasterio.open(target.parent / source) as src:
+                    pixels = src.read(window=Window(0, start - y, tile.width, stop - start))
+                painted = strip[:, start - top:stop - top, x:x + tile.width]
+                if probabilities:  # NaN is the nodata: no pixel equals it
+                    np.copyto(painted, pixels, where=np.isnan(painted) & ~np.isnan(pixels))
+                else:
+                    np.copyto(painted, pixels, where=(painted == NODATA) & (pixels != NODATA))
+            dst.write(strip, window=Window(0, top, lattice.width, rows))
     return target
+
+
+def tiles_to_cog(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme, *, directory: PathLike,
+                 smooth: bool | int = False, probabilities: bool = False) -> Path:
+    """Write ``landuse.tif`` (or, with ``probabilities``, ``landuse_probs.tif``) from map tiles: painted into a
+    temporary GeoTIFF (:func:`paint_mosaic`) that :func:`mosaic_to_cog` copies, then removed.
+
+    What a VRT of the tiles copied to a COG gives, without GDAL holding every tile while the COG driver reads
+    them. ``directory`` is the folder the tiles' paths are relative to, where the temporary file goes.
+    """
+    target = Path(path)
+    painted = Path(directory) / f".{target.name}.{os.getpid()}.painted.tif"
+    try:
+        paint_mosaic(painted, tiles, classes, probabilities=probabilities)
+        return mosaic_to_cog(painted, target, classes, smooth=smooth, probabilities=probabilities)
+    finally:
+        painted.unlink(missing_ok=True)
 
 
 #: Rows of the mosaic the majority filter reads at a time (with a row of halo either side).
@@ -227,9 +271,10 @@ _SMOOTH_ROWS = 1024
 
 def mosaic_to_cog(mosaic: PathLike, path: PathLike, classes: ClassScheme, *, smooth: bool | int = False,
                   probabilities: bool = False, blocksize: int = 256) -> Path:
-    """Copy a mosaic VRT to ``landuse.tif`` (or, with ``probabilities``, ``landuse_probs.tif``) as a COG.
+    """Copy a mosaic (a painted GeoTIFF or a VRT) to ``landuse.tif`` (or, with ``probabilities``,
+    ``landuse_probs.tif``) as a COG.
 
-    GDAL's COG driver reads the mosaic's tiles block by block and builds the overviews (mode for classes,
+    GDAL's COG driver reads the mosaic block by block and builds the overviews (mode for classes,
     average for probabilities), as :func:`geoclf.landuse.write_landuse_cog` does from an array. With
     ``smooth`` (a window width, see :func:`geoclf.landuse.smoothing_window`; ``True`` is 3 x 3), the majority
     filter (:func:`geoclf.landuse.majority_filter`) runs over strips of rows with half a window of halo each
@@ -279,4 +324,5 @@ def read_map(path: PathLike, max_pixels: int | None = None) -> LandUseGrid:
         return LandUseGrid(codes, transform, src.crs)
 
 
-__all__ = ["MapTile", "mosaic_to_cog", "paint_mosaic", "read_map", "write_mosaic", "write_tile"]
+__all__ = ["MapTile", "mosaic_to_cog", "paint_mosaic", "read_map", "tiles_to_cog", "write_mosaic",
+           "write_tile"]
