@@ -9,7 +9,7 @@ run measures the system, not a CNN: a logistic regression on the spectral featur
 read them upsampled to 224 px), trained once on the base scene and cached.
 
 Each size runs :func:`geoclf.score.score` (the library's own path: blocks planned on the client from the
-rasters' headers, tiled, scored and written by the workers, the VRT mosaic and ``landuse.tif`` written by
+rasters' headers, tiled, scored and written by the workers, the VRT mosaics and ``landuse.tif`` written by
 the client) on a fresh LocalCluster of ``--workers`` workers, into a fresh output directory, with
 ``html_map=False`` (the page's imagery layers read every raster's overviews: a cost of its own). Measured:
 
@@ -32,6 +32,14 @@ chips' classes changed, partition by partition (:func:`later_date`: the change s
 does not care how they were made, and a second scoring would double the run). Measured: the client's peak
 RSS during the change step (this process: the change runs in the client, there are no workers), its
 time, and the partitions read.
+
+With ``--maps-only --map-method painted|vrt``, each size's client map step is run again in this process over
+the score output an earlier run left in ``--work`` (nothing is scored): the tiles' places read from the
+partitions' footers, ``landuse.vrt`` and ``landuse_probs.vrt`` written, then ``landuse.tif`` and
+``landuse_probs.tif`` either painted from the tiles and copied (``painted``: what ``score`` does,
+:func:`geoclf.landuse.mosaic.tiles_to_cog`) or copied from the VRTs (``vrt``: what it did before). Measured:
+the client's RSS at the start of the step and its peak during it, and the seconds of each part. Run the
+two methods as separate processes, one after the other, for figures side by side.
 
 ``.venv/bin/python benchmarks/scale_benchmark.py --chips 10000 100000`` for the small sizes; add 1000000
 (hours on this shared 2-core machine: run it with nohup when the load is low). Results go to stdout as a
@@ -252,6 +260,47 @@ def run_change_size(before: Path, after: Path, out: Path) -> dict[str, Any]:
             "change_changed_chips": info["changed_chips"]}
 
 
+def run_maps_size(out: Path, method: str) -> dict[str, Any]:
+    """The client's map step over the score output ``out``, in this process (``method``: ``painted`` or ``vrt``,
+    see the module docstring); the COGs go to ``out/bench-maps-<method>/``."""
+    from geoclf.landuse import ScoreOutput
+    from geoclf.landuse.cog import read_header
+    from geoclf.landuse.mosaic import MapTile, mosaic_to_cog, tiles_to_cog, write_mosaic
+    from geoclf.partitions import read_summary
+
+    output = ScoreOutput(out)
+    scheme = read_header(output.landuse).classes
+    target = out / f"bench-maps-{method}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    ends: dict[str, float] = {}  # part -> epoch seconds at its end
+    with ClientMemory(out / "none") as memory:
+        started = time.time()
+        # sorted by name, not in plan order: the virtual scenes do not overlap, so the order changes no pixel
+        tiles = [MapTile.from_summary(tile) for f in output.dataset_files() if (tile := read_summary(f).get("tile"))]
+        ends["footers"] = time.time()
+        write_mosaic(output.mosaic, tiles, scheme)
+        write_mosaic(output.probability_mosaic, tiles, scheme, probabilities=True)
+        ends["vrts"] = time.time()
+        for name, probabilities in (("landuse.tif", False), ("landuse_probs.tif", True)):
+            if method == "painted":
+                tiles_to_cog(target / name, tiles, scheme, directory=output.directory, probabilities=probabilities)
+            else:
+                mosaic_to_cog(output.probability_mosaic if probabilities else output.mosaic, target / name, scheme,
+                              probabilities=probabilities)
+            ends[name] = time.time()
+    row: dict[str, Any] = {"chips": sum(read_summary(f)["rows"] for f in output.dataset_files()),
+                           "tiles": len(tiles), "map_method": method, "map_step_s": round(time.time() - started, 2),
+                           "map_rss_start_mb": round(memory.baseline), "map_rss_peak_mb": round(memory.peak)}
+    begin = started
+    for part, end in ends.items():  # each part's seconds and the peak while it ran
+        row[f"{part}_s"] = round(end - begin, 2)
+        row[f"{part}_peak_mb"] = round(max((rss for when, rss in memory.samples if begin <= when <= end),
+                                           default=memory.baseline))
+        begin = end
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chips", type=int, nargs="+", default=[10_000, 100_000])
@@ -262,12 +311,28 @@ def main() -> None:
     parser.add_argument("--change", action="store_true", help="also run the change step against a later date")
     parser.add_argument("--change-only", action="store_true",
                         help="the change step only, over the outputs an earlier --change run left in --work")
+    parser.add_argument("--maps-only", action="store_true",
+                        help="the client's map step only, over the score outputs an earlier run left in --work")
+    parser.add_argument("--map-method", choices=["painted", "vrt"], default="painted",
+                        help="with --maps-only: COGs painted from the tiles (score's way) or copied from the VRTs")
     args = parser.parse_args()
     import pyarrow.parquet as pq
 
     from geoclf.landuse import ScoreOutput
     from tiling.synth import virtual_scenes
 
+    if args.maps_only:  # nothing scored: the sizes' outputs are there
+        for chips in args.chips:
+            load = machine_load()
+            # the scenes a scoring run of that size had (cells_per_scene: one row and column fewer than the base)
+            out = args.work / f"scale-out-{max(1, math.ceil(chips / (SCENE_CELLS - 1) ** 2))}"
+            row = {**run_maps_size(out, args.map_method), "load": describe_load(load, machine_load()),
+                   "command": command_line()}
+            log(json.dumps(row))
+            if args.json is not None:
+                with args.json.open("a") as sink:
+                    sink.write(json.dumps(row) + "\n")
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     naip = base_scene(args.work)
     model = cached_model(args.work, naip)
