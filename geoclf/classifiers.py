@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from geoclf import runs
+from geoclf.export import EXPORT_ERROR_TAG, featurizer_has_network, wants_export
 from geoclf.metrics import evaluate, scalar_metrics
 from geoclf.training import (
     FeatureSet,
@@ -61,7 +62,7 @@ class TrainResult:
         evaluation: :func:`geoclf.metrics.evaluate` on the validation split.
         artifact_dir: the saved model artifact.
         n_train, n_val: chips trained and evaluated on.
-        warnings: fit warnings worth showing (e.g. no convergence).
+        warnings: fit warnings worth showing (e.g. no convergence), and why the export failed if it did.
         comparison: the model's validation accuracy with its 95% confidence interval beside the spectral
             baseline's (:func:`geoclf.training.comparison`), as recorded in ``comparison.json``.
     """
@@ -154,7 +155,7 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
 
 def train_classifier(features: PathLike | Sequence[PathLike], classifier: str = "logistic_regression",
                      params: Mapping[str, Any] | None = None, name: str | None = None, seed: int = 0,
-                     runs_dir: PathLike | None = None) -> TrainResult:
+                     runs_dir: PathLike | None = None, export: bool | None = False) -> TrainResult:
     """Train a classifier on CNN features, evaluate it, save the model artifact and record the run.
 
     Args:
@@ -165,15 +166,24 @@ def train_classifier(features: PathLike | Sequence[PathLike], classifier: str = 
         name: run name (default ``<classifier>-<backbone>``).
         seed: random seed of the classifier.
         runs_dir: runs directory or tracking URI (see :func:`geoclf.runs.run_store`).
+        export: export the featurizer's network into the model artifact (``network.onnx``, its hash in
+            ``model.json``, as ``geoclf models export`` does) before the run records it, so the model scores
+            on OpenVINO by default; ``None``: where the featurizer has a network and the ONNX exporter is
+            installed (``geoclf train``'s default). A failed export keeps the model (without export) and adds
+            a warning; see :func:`geoclf.export.export_trained`. The library's default is no export: a
+            CNN's export takes 10-30 s, more than many fits.
 
     Returns:
         The fitted pipeline, its validation metrics, the artifact directory and the run id.
 
     Raises:
         InputError: bad features (see :func:`load_features`), no train or no validation chips, a class in
-            validation that training never saw, unknown classifier or parameter, an invalid parameter value.
+            validation that training never saw, unknown classifier or parameter, an invalid parameter value,
+            ``export=True`` for a featurizer without a network or without the ONNX exporter installed.
     """
     data = load_features(features)
+    exported = wants_export(export, featurizer_has_network(data.featurizer),
+                            f"a model on {data.featurizer.kind} features")
     split = prepare_split(data)
     pipeline = make_classifier(classifier, params, seed, blocks=data.meta.get("blocks"))
     name = name or f"{classifier}-{data.meta.get('backbone') or data.featurizer.kind}"
@@ -193,11 +203,13 @@ def train_classifier(features: PathLike | Sequence[PathLike], classifier: str = 
     compared = comparison(split, predicted, fit_baseline(data, split, seed))
     run_id = record_features_model(name, pipeline, data, split, evaluation, classifier=classifier,
                                    params=params or {}, seed=seed, metrics={"fit_seconds": fit_seconds},
-                                   notes=notes, compared=compared, runs_dir=runs_dir)
-    artifact_dir = runs.artifact_path(runs.get_run(run_id, runs_dir=runs_dir))
+                                   notes=notes, compared=compared, runs_dir=runs_dir, export=exported)
+    recorded = runs.get_run(run_id, runs_dir=runs_dir)
+    artifact_dir = runs.artifact_path(recorded)
+    failed = recorded.tags.get(EXPORT_ERROR_TAG)
     return TrainResult(name=name, run_id=run_id, classifier=pipeline, classes=split.classes, evaluation=evaluation,
                        artifact_dir=artifact_dir, n_train=len(split.y_train), n_val=len(split.y_val),
-                       warnings=tuple(notes), comparison=compared)
+                       warnings=(*notes, *([failed] if failed else [])), comparison=compared)
 
 
 def _parse_value(text: str) -> Any:

@@ -10,6 +10,11 @@ file with ``--runtime openvino`` and refuse it if its hash is not the recorded o
 The export is made from the artifact's own checked contents (weights verified against their recorded hashes,
 a classifier loaded with geoclf's type allowlist), by geoclf's own code: a model from elsewhere is exported only
 after it loaded as any model does, never by running a network file that came with it.
+
+The same export is made where a model is made or published, so that a model scores on OpenVINO without a
+separate step: ``geoclf train`` and ``geoclf finetune`` export the artifact before the run records it
+(:func:`wants_export` decides, :func:`export_trained` exports without ever losing the trained model), and
+``geoclf models register --export`` exports the run's artifact before the version is created.
 """
 
 from __future__ import annotations
@@ -19,14 +24,84 @@ from pathlib import Path
 from typing import Any
 
 from geoclf.artifact import MODEL_JSON, LandUseModel, PathLike, load_model_dir, read_model_json
+from geoclf.featurizers import Featurizer
 from geoclf.featurizers.exported import network_block
 from geoclf.models import resolve_model_dir
-from geoclf.runtime import ONNX_FILE, export_onnx, verified_onnx
+from geoclf.runtime import ONNX_FILE, export_onnx, onnx_exporter_installed, verified_onnx
 from tiling.errors import InputError
 from tiling.io import atomic_path
 
 #: The ``model.json`` field recording the exported network (what :func:`geoclf.runtime.export_onnx` returns).
 EXPORT_FIELD = "export"
+#: Run tag of a training run whose model artifact holds its export: the SHA-256 of ``network.onnx``.
+EXPORT_TAG = "geoclf.export.sha256"
+#: Run tag of a training run whose export failed (the model was kept, on torch): the one-line reason.
+EXPORT_ERROR_TAG = "geoclf.export.error"
+
+
+def featurizer_has_network(featurizer: Featurizer) -> bool:
+    """Whether a featurizer holds a network to export (a CNN one, a combined one's CNN block), found from its
+    description: nothing is built."""
+    try:
+        network_block(featurizer)
+    except InputError:
+        return False
+    return True
+
+
+def model_has_network(model: LandUseModel) -> bool:
+    """Whether a loaded model predicts through a torch network that :func:`export_model` can export."""
+    if model.kind == "finetune":
+        return True
+    return model.kind == "features" and featurizer_has_network(model.featurizer)  # type: ignore[attr-defined]
+
+
+def wants_export(export: bool | None, has_network: bool, what: str) -> bool:
+    """Whether a training run exports its model: ``export`` as given, or for ``None`` (``auto``, the CLI's
+    default) where the model has a network and torch's ONNX exporter is installed.
+
+    Checked before training, so that an export asked for and impossible costs no training time.
+
+    Args:
+        export: ``True``, ``False`` or ``None`` (auto).
+        has_network: the model will predict through a network (:func:`featurizer_has_network`).
+        what: the model, for messages (e.g. ``"a spectral featurizer's model"``).
+
+    Raises:
+        InputError: ``export=True`` for a model without a network, or where the exporter is not installed.
+    """
+    if export is None:
+        return has_network and onnx_exporter_installed()
+    if export and not has_network:
+        raise InputError(f"{what} has no network to export (it scores with numpy on any runtime); train it "
+                         "without --export")
+    if export and not onnx_exporter_installed():
+        raise InputError("exporting needs torch's ONNX exporter (torch, onnx and onnxscript), which is not "
+                         "installed here; train with --no-export")
+    return bool(export)
+
+
+def export_trained(directory: PathLike, name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Export a model artifact that training just wrote (:func:`export_model`), never losing the model.
+
+    Returns:
+        ``(record, None)``, or ``(None, reason)`` where the export failed: one line saying why and how to
+        retry (``geoclf models export NAME``). The artifact is then as it was (the export is written
+        atomically, ``model.json`` only once it passed its check): a valid model on torch.
+    """
+    try:
+        return export_model(directory), None
+    except Exception as exc:  # hours of training outweigh an exporter's failure of any kind: warn and keep
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return None, (f"model {name!r} was not exported to ONNX ({first}); it scores on torch until "
+                      f"`geoclf models export {name}` exports it")
+
+
+def export_tags(record: dict[str, Any] | None, error: str | None) -> dict[str, str]:
+    """The run tags recording an export's outcome (:data:`EXPORT_TAG` or :data:`EXPORT_ERROR_TAG`)."""
+    if record is not None:
+        return {EXPORT_TAG: str(record["sha256"])}
+    return {EXPORT_ERROR_TAG: error} if error else {}
 
 
 def inference_network(model: LandUseModel) -> tuple[Any, tuple[int, int, int]]:
@@ -86,4 +161,5 @@ def export_model(ref: PathLike | str, *, runs_dir: PathLike | None = None, trust
     return record
 
 
-__all__ = ["EXPORT_FIELD", "export_model", "inference_network"]
+__all__ = ["EXPORT_ERROR_TAG", "EXPORT_FIELD", "EXPORT_TAG", "export_model", "export_tags", "export_trained",
+           "featurizer_has_network", "inference_network", "model_has_network", "wants_export"]

@@ -456,11 +456,13 @@ def score_stage(model: str, out: str, naip: list[str] | str | None = None, **kwa
 
 def train_stage(features: str | list[str], classifier: str = "logistic_regression",
                 params: Mapping[str, Any] | None = None, name: str | None = None, seed: int = 0,
-                runs_dir: str | None = None) -> Any:
-    """``train`` stage: :func:`geoclf.classifiers.train_classifier`."""
+                runs_dir: str | None = None, export: bool | None = False) -> Any:
+    """``train`` stage: :func:`geoclf.classifiers.train_classifier` (``export: true`` exports the model's network
+    to ONNX, as ``geoclf train`` does by default)."""
     from geoclf.classifiers import train_classifier  # here: scikit-learn takes seconds to import
 
-    return train_classifier(features, classifier, params=params, name=name, seed=seed, runs_dir=runs_dir)
+    return train_classifier(features, classifier, params=params, name=name, seed=seed, runs_dir=runs_dir,
+                            export=export)
 
 
 def synth_stage(out: str, **kwargs: Any) -> Any:

@@ -5,6 +5,8 @@ database in the runs directory, or a tracking server). Registering a run's model
 version of a name; a version points at the run's ``model`` artifact directory and records where it came
 from: the source run, the chip index hash of its training data, its validation metrics, the model kind and
 the geoclf version. Aliases (MLflow's successor of stages) name a version: ``promote`` moves an alias.
+``register --export`` exports the run's artifact to ONNX first (:mod:`geoclf.export`), so that the version
+carries its export.
 
 Model references, accepted wherever a model is (``geoclf score --model``, :func:`geoclf.models.load_model`):
 
@@ -30,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from geoclf import __version__, runs
-from geoclf.artifact import read_model_json
+from geoclf.artifact import MODEL_JSON, read_model_json
 from tiling.errors import InputError
 
 PathLike = str | os.PathLike[str]
@@ -42,6 +44,8 @@ CHIP_INDEX_TAG = "geoclf.chip_index_sha256"
 METRICS_TAG = "geoclf.metrics"
 KIND_TAG = "geoclf.kind"
 VERSION_TAG = "geoclf.version"
+#: SHA-256 of the exported network (``network.onnx``) the version's artifact holds; absent without one.
+EXPORT_TAG = "geoclf.export_sha256"
 
 # A registered name: what MLflow allows minus the characters that make references ambiguous (@ and /).
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
@@ -60,7 +64,7 @@ class ModelVersion:
         run_id: the run whose model artifact this version is.
         source: URI of the model artifact directory.
         created: when the version was registered (UTC).
-        tags: provenance tags (source run, chip index hash, metrics, kind, geoclf version).
+        tags: provenance tags (source run, chip index hash, metrics, kind, geoclf version, export hash).
         description: free text given at registration.
     """
 
@@ -92,7 +96,8 @@ class ModelVersion:
                 "source": self.source, "created": None if self.created is None else self.created.isoformat(),
                 "metrics": self.metrics, "chip_index_sha256": self.tags.get(CHIP_INDEX_TAG),
                 "kind": self.tags.get(KIND_TAG), "geoclf_version": self.tags.get(VERSION_TAG),
-                "source_run_name": self.tags.get(SOURCE_RUN_NAME_TAG), "description": self.description}
+                "source_run_name": self.tags.get(SOURCE_RUN_NAME_TAG), "description": self.description,
+                "export_sha256": self.tags.get(EXPORT_TAG)}
 
 
 def is_model_ref(text: str) -> bool:
@@ -115,7 +120,7 @@ def parse_model_ref(text: str) -> tuple[str, str | None, int | None]:
 
 
 def register_model(run: str, name: str, description: str | None = None,
-                   runs_dir: PathLike | None = None) -> ModelVersion:
+                   runs_dir: PathLike | None = None, export: bool = False, trusted: bool = False) -> ModelVersion:
     """Register a run's model artifact as the next version of ``name`` (created if new).
 
     Any run with a model artifact can be registered: ``train``, sweep children and ``finetune`` runs alike.
@@ -125,15 +130,23 @@ def register_model(run: str, name: str, description: str | None = None,
         name: registered model name (letters, digits, ``_``, ``-``, ``.``).
         description: free text stored with the version.
         runs_dir: runs directory or tracking URI (see :func:`geoclf.runs.run_store`).
+        export: first export the network of the run's model artifact to ONNX
+            (:func:`geoclf.export.export_model`, kept if a valid export is there already), into that artifact
+            itself, which is what the version loads: the version then scores on OpenVINO. On a tracking server
+            the exported files are uploaded into the run's ``model`` artifact.
+        trusted: with ``export``, load a classifier with types outside geoclf's allowlist to export it.
 
     Raises:
-        InputError: an invalid name, no such run, or a run without a model artifact.
+        InputError: an invalid name, no such run, a run without a model artifact, or (with ``export``) a model
+            that cannot be exported: then nothing is registered.
     """
     if not re.fullmatch(_NAME, name or ""):
         raise InputError(f"model name {name!r} must start with a letter or digit and hold only letters, digits, "
                          "'_', '-' and '.'")
     record = runs.get_run(run, runs_dir=runs_dir)
     directory = runs.artifact_path(record, runs.MODEL_ARTIFACT, runs_dir=runs_dir)  # fails if it has none
+    if export:
+        _export_artifact(record, directory, trusted, runs_dir)
     spec = read_model_json(directory)
     client = runs.mlflow_client(runs_dir)
     metrics = {k: v for k, v in record.metrics.items() if not math.isnan(v)}
@@ -146,6 +159,8 @@ def register_model(run: str, name: str, description: str | None = None,
         KIND_TAG: str(spec.get("kind", "")),
         VERSION_TAG: str(spec.get("geoclf_version") or __version__),
     }
+    if isinstance(spec.get("export"), dict) and spec["export"].get("sha256"):
+        tags[EXPORT_TAG] = str(spec["export"]["sha256"])
     if _find_model(client, name) is None:
         _create_model(client, name)
     source = record.artifact_uri.rstrip("/") + "/" + runs.MODEL_ARTIFACT
@@ -313,6 +328,20 @@ def _version(v: Any, aliases: list[str] | None = None) -> ModelVersion:
     return ModelVersion(name=v.name, version=int(v.version), aliases=sorted(aliases),
                         run_id=v.run_id or None, source=v.source, created=_time(v.creation_timestamp),
                         tags=dict(v.tags or {}), description=v.description or "")
+
+
+def _export_artifact(record: runs.RunRecord, directory: Path, trusted: bool, runs_dir: PathLike | None) -> None:
+    """Export a run's model artifact in place (``register --export``) and tag the run with the export."""
+    from geoclf.export import EXPORT_FIELD, export_model, export_tags  # here: torch's exporter
+
+    before = read_model_json(directory).get(EXPORT_FIELD)
+    exported = export_model(directory, trusted=trusted)
+    client = runs.mlflow_client(runs_dir)
+    if record.artifact_dir is None and exported != before:  # a server's artifact: downloaded, so upload the export
+        for name in (str(exported["file"]), MODEL_JSON):
+            client.log_artifact(record.run_id, str(directory / name), runs.MODEL_ARTIFACT)
+    for key, value in export_tags(exported, None).items():
+        client.set_tag(record.run_id, key, value)
 
 
 def _provenance(spec: dict[str, Any]) -> dict[str, Any]:

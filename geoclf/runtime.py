@@ -283,21 +283,32 @@ def cuda_visible() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def openvino_preferred() -> bool:
+    """Whether :data:`AUTO` runs an exported network on OpenVINO here: the openvino package is installed and no
+    CUDA GPU is visible (torch runs there)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None and not cuda_visible()
+
+
 def choose_runtime(runtime: str, export: Mapping[str, Any] | None) -> str:
     """The runtime a model runs on: ``runtime`` itself, or for :data:`AUTO` OpenVINO where the model holds an
-    exported network (``export``, its record), the openvino package is installed and no CUDA GPU is visible
-    (torch runs there), else torch.
+    exported network (``export``, its record) and :func:`openvino_preferred`, else torch.
 
     Raises:
         InputError: an unknown runtime.
     """
     if runtime != AUTO:
         return check_runtime(runtime)
+    return "openvino" if export and openvino_preferred() else "torch"
+
+
+def onnx_exporter_installed() -> bool:
+    """Whether torch's ONNX exporter can run here: torch, onnx and onnxscript (what ``dynamo=True`` needs) are
+    installed. A slim install (``geoclf[score]``) has none of them; geoclf's full install has all three."""
     import importlib.util
 
-    if export and importlib.util.find_spec("openvino") is not None and not cuda_visible():
-        return "openvino"
-    return "torch"
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx", "onnxscript"))
 
 
 def check_runtime(runtime: str) -> str:
@@ -578,7 +589,9 @@ __all__ = [
     "cuda_visible",
     "export_onnx",
     "normalize",
+    "onnx_exporter_installed",
     "open_runner",
+    "openvino_preferred",
     "relative_error",
     "resolve_precision",
     "thread_budget",

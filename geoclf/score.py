@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -40,6 +41,7 @@ from rasterio.crs import CRS
 from geoclf.area import equal_area_crs
 from geoclf.artifact import LandUseModel, artifact_digest, load_model_dir
 from geoclf.chips import iter_batches
+from geoclf.export import EXPORT_FIELD, model_has_network
 from geoclf.landuse import MOSAIC_CRS, ScoreOutput, check_map_extent, classes_of
 from geoclf.landuse.grid import block_to_grid, projected_crs
 from geoclf.landuse.mosaic import MapTile, write_mosaic, write_tile
@@ -56,7 +58,14 @@ from geoclf.partitions import (
     task_threads,
     worker_model,
 )
-from geoclf.runtime import AUTO, check_export, check_model_runtime, choose_runtime, resolve_precision
+from geoclf.runtime import (
+    AUTO,
+    check_export,
+    check_model_runtime,
+    choose_runtime,
+    openvino_preferred,
+    resolve_precision,
+)
 from tiling.blocks import SceneBlock, block_chips, block_pixels, plan_blocks
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
@@ -269,8 +278,18 @@ def _score(model: str, model_dir: str, out: PathLike, naip: list[PathLike] | Non
         written = _score_scenes(loaded, model, output, naip, aoi, task, settings, chips_per_partition, max_nodata,
                                 chip_size_m, maps, run)
     if progress and auto:  # said once it is done: a refusal stays the one line it is
-        print(f"network ran on {runtime} ({resolve_precision(runtime, precision)})", file=sys.stderr)
+        print(f"network ran on {runtime} ({resolve_precision(runtime, precision)}){_no_export_hint(loaded, model)}",
+              file=sys.stderr)
     return written
+
+
+def _no_export_hint(loaded: LandUseModel, model: str) -> str:
+    """Why ``auto`` ran a model's network on torch where an export would have run on OpenVINO, and how to make
+    one (the end of the ``network ran on`` line); empty where no export would change the choice."""
+    if loaded.spec.get(EXPORT_FIELD) or not openvino_preferred() or not model_has_network(loaded):
+        return ""
+    return (f": model {model!r} has no exported network; `geoclf models export {shlex.quote(model)}` makes one, "
+            "and then it runs on OpenVINO")
 
 
 def _score_index(loaded: Any, name: str, output: ScoreOutput, chips: PathLike, task: ScoreTask,

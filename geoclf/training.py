@@ -33,6 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from geoclf import runs
+from geoclf.export import export_tags, export_trained
 from geoclf.features import BASELINE_COLUMN, read_features
 from geoclf.features_model import save_features_model
 from geoclf.featurizers import Featurizer, featurizer_from_meta
@@ -334,7 +335,7 @@ def record_features_model(name: str, pipeline: Any, data: FeatureSet, split: Tra
                           seed: int, metrics: Mapping[str, float] | None = None, notes: Sequence[str] = (),
                           run_params: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None,
                           parent: str | None = None, compared: Mapping[str, Any] | None = None,
-                          runs_dir: PathLike | None = None) -> str:
+                          runs_dir: PathLike | None = None, export: bool = False) -> str:
     """Record a fitted classifier as a ``train`` run: parameters, the evaluation, its ``features`` model artifact.
 
     Args:
@@ -354,6 +355,10 @@ def record_features_model(name: str, pipeline: Any, data: FeatureSet, split: Tra
         compared: the model beside the spectral baseline (:func:`comparison`), recorded as ``comparison.json``
             and as :func:`comparison_metrics`.
         runs_dir: runs directory or tracking URI (see :func:`geoclf.runs.run_store`).
+        export: export the artifact's network to ONNX before the run records it
+            (:func:`geoclf.export.export_trained`), so the model scores on OpenVINO; the outcome is tagged on
+            the run (:data:`geoclf.export.EXPORT_TAG`, or :data:`geoclf.export.EXPORT_ERROR_TAG` when the
+            export failed and the model was recorded without it).
 
     Returns:
         The run id.
@@ -399,6 +404,8 @@ def record_features_model(name: str, pipeline: Any, data: FeatureSet, split: Tra
                 featurizer=data.featurizer, chip_size=int(meta["chip_size"]), name=name,
                 metrics=evaluation_to_json(evaluation),
                 class_groups=class_groups(split.classes, features_scheme(meta)), provenance=origin)
+            if export:  # into the staged artifact: the run records it whole, on a tracking server too
+                run.set_tags(export_tags(*export_trained(staged, name)))
             run.log_artifact_dir(staged, runs.MODEL_ARTIFACT)
         return run.run_id
 

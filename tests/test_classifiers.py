@@ -128,8 +128,16 @@ def test_cli_train_then_list_and_show(tmp_path: Path, runs_dir: Path, capsys: py
     main(["train", "--features", str(feats), "--classifier", "logistic_regression", "--name", "lr-lite0"])
     main(["train", "--features", str(feats), "--classifier", "random_forest", "--name", "rf-lite0",
           "--param", "n_estimators=5", "--param", "max_depth=1"])  # a deliberately weak forest
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "lr-lite0" in out and "accuracy" in out and "Cultivated" in out
+    # the features' made-up weights give no network to export (1280 features, not 16): trained and recorded
+    # all the same, on torch, with one line saying so and how to retry
+    warned = [line for line in captured.err.splitlines() if "not exported" in line]
+    assert len(warned) == 2 and warned[0].startswith("geoclf: warning: model 'lr-lite0' was not exported to ONNX (")
+    assert warned[0].endswith("it scores on torch until `geoclf models export lr-lite0` exports it")
+    assert "exported network" not in out
+    assert runs.get_run("rf-lite0").tags["geoclf.export.error"] == warned[1].removeprefix("geoclf: warning: ")
     artifact_line = next(line for line in out.splitlines() if line.startswith("model artifact -> "))
     assert (Path(artifact_line.removeprefix("model artifact -> ")) / "model.json").is_file()
 

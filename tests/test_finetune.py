@@ -14,6 +14,7 @@ from geoclf import runs
 from geoclf.artifact import load_model
 from geoclf.backbones import load_backbone
 from geoclf.chips import read_batch
+from geoclf.export import EXPORT_TAG
 from geoclf.finetune import (
     ChipDataModule,
     EpochHistory,
@@ -24,6 +25,7 @@ from geoclf.finetune import (
     finetune,
     save_finetune_model,
 )
+from geoclf.runtime import verified_onnx
 from tiling.errors import InputError
 from tiling.io import ChipReader
 
@@ -236,7 +238,14 @@ def test_cli_finetune_end_to_end(index_path, tmp_path):
     assert "r18-cli: resnet18 last_only, 15,622 of 11,182,726 parameters trained, 1 epoch(s)" in result.output
     assert "model artifact -> " in result.output
     assert (tmp_path / "finetune" / "r18-cli" / "checkpoints" / "last.ckpt").is_file()
-    assert load_model("r18-cli", runs_dir=tmp_path).kind == "finetune"
+    model = load_model("r18-cli", runs_dir=tmp_path)
+    assert model.kind == "finetune"
+    # exported by default (the ONNX exporter is installed): the whole network, its four bands, its head
+    record = model.spec["export"]
+    verified_onnx(model.path, record)
+    assert record["input_shape"][:2] == [None, 4] and record["output_dim"] == len(model.classes)
+    assert f"exported network -> {model.path / record['file']}" in result.output
+    assert runs.get_run("r18-cli", runs_dir=tmp_path).tags[EXPORT_TAG] == record["sha256"]
 
 
 def test_four_band_input_extends_first_conv_and_scores(index_path, tmp_path):

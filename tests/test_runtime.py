@@ -299,7 +299,8 @@ def test_scoring_runs_an_exported_model_on_openvino_by_default(exported_quicksta
         choose_runtime("onnx", record)
     naip = [workdir / "scene" / "naip_2016.tif"]
     score(str(artifact), tmp_path / "map", naip=naip, scheduler="sync", html_map=False)
-    assert "network ran on openvino" in capfd.readouterr().err
+    said = capfd.readouterr().err
+    assert "network ran on openvino" in said and "no exported network" not in said
     found = [recorded_settings(p.parent) for p in (tmp_path / "map").rglob("_inputs.json")]
     assert found and all(s["runtime"]["runtime"] == "openvino" for s in found)
     with pytest.raises(InputError, match="other chips or settings"):
@@ -307,7 +308,10 @@ def test_scoring_runs_an_exported_model_on_openvino_by_default(exported_quicksta
               progress=False)
     score("lr-lite0", tmp_path / "torch-map", naip=naip, scheduler="sync", html_map=False,
           runs_dir=workdir / "runs")  # the quickstart's own artifact has no export
-    assert "network ran on torch (fp32)" in capfd.readouterr().err
+    # why it ran on torch, and what to do about it, in the one line that says what ran
+    said = [line for line in capfd.readouterr().err.splitlines() if "network ran on" in line]
+    assert said == ["network ran on torch (fp32): model 'lr-lite0' has no exported network; `geoclf models export "
+                    "lr-lite0` makes one, and then it runs on OpenVINO"]
 
 
 def test_a_worker_refuses_an_export_that_is_not_the_recorded_one(exported_quickstart_model, tmp_path):

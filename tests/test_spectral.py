@@ -14,6 +14,7 @@ import pytest
 import tiling
 from geoclf.features import featurize, read_features
 from geoclf.featurizers.spectral import SpectralFeaturizer
+from tiling.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,10 @@ def test_a_spectral_model_trains_registers_and_scores(spectral, chips, runs_dir,
     from geoclf.registry import register_model
     from geoclf.score import score
 
-    result = train_classifier(spectral, name="lr-spectral", runs_dir=runs_dir)
+    with pytest.raises(InputError, match="a model on spectral features has no network to export"):
+        train_classifier(spectral, name="lr-spectral", runs_dir=runs_dir, export=True)  # refused before fitting
+    result = train_classifier(spectral, name="lr-spectral", runs_dir=runs_dir, export=None)  # geoclf train's auto
+    assert not result.warnings and not (result.artifact_dir / "network.onnx").exists()  # nothing to export
     assert result.evaluation["accuracy"] > 0.8  # band statistics separate the synthetic classes well
     version = register_model("lr-spectral", "landuse-spectral", runs_dir=runs_dir)
     model = load_model(version.ref, runs_dir=runs_dir)

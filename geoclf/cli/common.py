@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -40,6 +41,11 @@ score_runtime_option = click.option(
     help="Inference runtime of the network: auto = openvino where the model holds an export (`geoclf models "
          "export MODEL`), openvino is installed and no CUDA GPU is visible, else torch; torch; or openvino (the "
          "exported network on the CPU).")
+export_option = click.option(
+    "--export/--no-export", "export", default=None,
+    help="Export the model's network to ONNX into its artifact (as `geoclf models export` does), so that `geoclf "
+         "score` runs it on OpenVINO. Default: export where the model has a network and the ONNX exporter is "
+         "installed. A failed export keeps the trained model, on torch, with a one-line warning.")
 precision_option = click.option(
     "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
     help="Precision of the openvino runtime: auto = bf16 where the CPU has BF16 instructions, else fp32.")
@@ -52,6 +58,15 @@ def echo_evaluation(evaluation: dict[str, Any]) -> None:
         if value is not None:
             click.echo(f"  {key:<18} {value:.4f}")
     click.echo(evaluation["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+def echo_export(artifact_dir: Path) -> None:
+    """Print where a just-trained model's export is, if it has one (train and finetune)."""
+    from geoclf.artifact import read_model_json
+
+    record = read_model_json(artifact_dir).get("export") or {}
+    if record.get("file"):
+        click.echo(f"exported network -> {artifact_dir / record['file']}  sha256 {str(record['sha256'])[:12]}...")
 
 
 def _odd_window(ctx: click.Context, param: click.Parameter, value: int) -> int:

@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from geoclf.cli.common import echo_evaluation
+from geoclf.cli.common import echo_evaluation, echo_export, export_option
 from geoclf.cli.runs import runs_dir_option
 
 _DEPTHS = ("last_only", "fully_connected", "all")
@@ -62,13 +62,14 @@ def _devices(value: str) -> int | str:
               help="Working directory for checkpoints (default: <runs dir>/finetune/<name>).")
 @click.option("--min-chips-per-class", default=10, show_default=True, help="Fewest training chips a class may have.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@export_option
 @runs_dir_option
 def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int, name: str | None, batch_size: int,
              lr: float | None, head_init: str, optimizer: str, label_smoothing: float, class_weights: str,
              patience: int, nir: bool | None,
              no_augment: bool, input_size: int | None, accelerator: str, devices: str, precision: str,
              num_workers: int | None, seed: int, resume: str | None, out: str | None, min_chips_per_class: int,
-             quiet: bool, runs_dir: str | None) -> None:
+             quiet: bool, export: bool | None, runs_dir: str | None) -> None:
     """Fine-tune a CNN on the train split of CHIPS, evaluate it on the validation split, save and record it."""
     # the library (torch, Lightning) is imported when the command runs: `geoclf finetune --help` stays instant
     from geoclf.finetune import FinetuneConfig  # here: the fine-tuning run loads Lightning and torch
@@ -84,10 +85,12 @@ def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int,
         bands=None if nir is None else (1, 2, 3, 4) if nir else (1, 2, 3), augment=not no_augment,
         input_size=input_size, accelerator=accelerator, devices=_devices(devices), precision=precision,
         num_workers=num_workers, seed=seed, resume=resume, out=out, runs_dir=runs_dir,
-        min_chips_per_class=min_chips_per_class, progress=not quiet)
+        min_chips_per_class=min_chips_per_class, progress=not quiet, export=export)
     result = run_finetune(chips, config)
     if result.run_id is None and not result.evaluation:
         return  # a DDP worker process: rank zero reports
+    for note in result.warnings:
+        click.echo(f"geoclf: warning: {note}", err=True)
     click.echo(f"{result.name}: {backbone} {retrain}, {result.trainable_params:,} of {result.total_params:,} "
                f"parameters trained, {result.epochs} epoch(s){' (stopped early)' if result.stopped_early else ''}, "
                f"best epoch {result.best_epoch}")
@@ -99,5 +102,6 @@ def finetune(chips: str, backbone: str, retrain: str, weights: str, epochs: int,
     echo_evaluation(result.evaluation)
     click.echo(f"checkpoints -> {result.best_checkpoint.parent}")
     click.echo(f"model artifact -> {result.artifact_dir}")
+    echo_export(result.artifact_dir)
     if result.run_id:
         click.echo(f"run {result.run_id}  (geoclf runs show {result.name})")

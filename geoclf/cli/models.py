@@ -7,7 +7,7 @@ import json
 import click
 
 from geoclf.cli.runs import runs_dir_option
-from geoclf.registry import list_models, promote, register_model, show_model
+from geoclf.registry import EXPORT_TAG, list_models, promote, register_model, show_model
 
 
 @click.group("models")
@@ -21,8 +21,14 @@ def models() -> None:
               help="Run name or id whose model artifact to register; with best-of-sweep, the sweep's parent run.")
 @click.option("--name", required=True, help="Registered model name, e.g. landuse-naip.")
 @click.option("--description", default=None, help="Free text stored with the version.")
+@click.option("--export", is_flag=True, default=False,
+              help="First export the model's network to ONNX into the run's artifact (as `geoclf models export` "
+                   "does), so the version scores on OpenVINO; nothing is registered if the export fails.")
+@click.option("--trust", is_flag=True, default=False,
+              help="With --export: load a classifier whose types geoclf does not trust by default.")
 @runs_dir_option
-def register_command(what: str, run: str, name: str, description: str | None, runs_dir: str | None) -> None:
+def register_command(what: str, run: str, name: str, description: str | None, export: bool, trust: bool,
+                     runs_dir: str | None) -> None:
     """Register a run's model (or the best fit of a sweep) as the next version of NAME."""
     if what == "best-of-sweep":
         from geoclf.sweep import best_of_sweep  # here: scikit-learn takes seconds to import
@@ -30,9 +36,11 @@ def register_command(what: str, run: str, name: str, description: str | None, ru
         best = best_of_sweep(run, runs_dir=runs_dir)
         run = best.run_id
         description = description or f"best of sweep {run}"
-    version = register_model(run, name, description=description, runs_dir=runs_dir)
+    version = register_model(run, name, description=description, runs_dir=runs_dir, export=export, trusted=trust)
+    exported = version.tags.get(EXPORT_TAG)
     click.echo(f"registered run {version.tags.get('geoclf.source_run_name')} ({version.run_id[:8]}) as "
-               f"{name} version {version.version}  ({version.ref})")
+               f"{name} version {version.version}  ({version.ref})"
+               + (f", exported network sha256 {exported[:12]}..." if exported else ""))
 
 
 @models.command("list")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geoclf.cli.common import echo_evaluation
+from geoclf.cli.common import echo_evaluation, echo_export, export_option
 from geoclf.cli.runs import runs_dir_option
 
 
@@ -18,15 +18,16 @@ from geoclf.cli.runs import runs_dir_option
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
               help="Classifier parameter, e.g. C=0.5, n_estimators=500, class_weight=balanced; repeatable.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the classifier.")
+@export_option
 @runs_dir_option
 def train(features: tuple[str, ...], classifier: str, name: str | None, params: tuple[str, ...], seed: int,
-          runs_dir: str | None) -> None:
+          export: bool | None, runs_dir: str | None) -> None:
     """Train a classifier on the train split of features, evaluate it on the validation split."""
     # the library is imported when the command runs, not when the CLI lists commands or shows --help
     from geoclf.classifiers import parse_params, train_classifier  # here: scikit-learn takes seconds to import
 
     result = train_classifier(list(features), classifier=classifier, params=parse_params(params), name=name,
-                              seed=seed, runs_dir=runs_dir)
+                              seed=seed, runs_dir=runs_dir, export=export)
     for note in result.warnings:
         click.echo(f"geoclf: warning: {note}", err=True)
     click.echo(f"{result.name}: {classifier} on {result.n_train} train chips, "
@@ -43,4 +44,5 @@ def train(features: tuple[str, ...], classifier: str, name: str | None, params: 
     if compared and not compared.get("baseline"):
         click.echo("  (no spectral baseline: these features predate it; featurize again to get one)")
     click.echo(f"model artifact -> {result.artifact_dir}")
+    echo_export(result.artifact_dir)
     click.echo(f"run {result.run_id}  (geoclf runs show {result.name})")

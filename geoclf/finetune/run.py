@@ -29,6 +29,7 @@ from geoclf import runs
 from geoclf.artifact import LandUseModel
 from geoclf.backbones import DEFAULT_BACKBONE, get_spec
 from geoclf.chips import iter_batches
+from geoclf.export import export_tags, export_trained, wants_export
 from geoclf.finetune.data import ChipDataModule
 from geoclf.finetune.model import FinetuneModel, finetune_spec, save_finetune_model
 from geoclf.finetune.module import (
@@ -152,6 +153,11 @@ class FinetuneConfig:
         out: working directory (default :func:`default_out_dir`).
         runs_dir: runs directory or tracking URI (see :func:`geoclf.runs.run_store`).
         record_run: record the run in the run history.
+        export: export the fine-tuned network into the model artifact (``network.onnx``, its hash in
+            ``model.json``, as ``geoclf models export`` does) before the run records it, so the model scores
+            on OpenVINO by default; ``None``: where the ONNX exporter is installed (``geoclf finetune``'s
+            default). A failed export keeps the model (without export) and adds a warning to the result;
+            see :func:`geoclf.export.export_trained`.
         min_chips_per_class: fewest training chips per class.
         progress: show Lightning's progress bar.
         trainer_options: more ``lightning.Trainer`` arguments (e.g. ``limit_train_batches``).
@@ -183,6 +189,7 @@ class FinetuneConfig:
     out: PathLike | None = None
     runs_dir: PathLike | None = None
     record_run: bool = True
+    export: bool | None = False
     min_chips_per_class: int = 10
     progress: bool = True
     trainer_options: Mapping[str, Any] | None = None
@@ -217,6 +224,7 @@ class FinetuneResult:
         best_epoch: epoch of the best checkpoint.
         stopped_early: early stopping ended the run before ``epochs``.
         trainable_params, total_params: parameters trained, and in the network.
+        warnings: what went wrong without stopping the run (a failed export).
     """
 
     name: str
@@ -234,6 +242,7 @@ class FinetuneResult:
     stopped_early: bool
     trainable_params: int
     total_params: int
+    warnings: tuple[str, ...] = ()
 
 
 def default_out_dir(name: str, runs_dir: PathLike | None = None) -> Path:
@@ -302,6 +311,7 @@ def finetune(chips: PathLike, config: FinetuneConfig | Mapping[str, Any] | None 
     get_spec(config.backbone)  # an unknown name fails here, before the index is read
     if config.epochs < 1:
         raise InputError(f"epochs must be at least 1, not {config.epochs}")
+    export = wants_export(config.export, True, "a fine-tuned model")  # before hours of training, not after
     name = config.name or f"{config.backbone}-{config.retrain}"
     out_dir = Path(config.out).expanduser() if config.out is not None else default_out_dir(name, config.runs_dir)
     checkpoints = out_dir / "checkpoints"
@@ -395,9 +405,11 @@ def finetune(chips: PathLike, config: FinetuneConfig | Mapping[str, Any] | None 
                                     metrics=evaluation_to_json(evaluation), class_groups=data.class_groups,
                                     provenance=provenance, overwrite=True)
         artifact_dir = local
+        exported, failed = export_trained(local, name) if export else (None, None)
         if recorder is not None:
             recorder.log_evaluation(evaluation)
             recorder.log_metrics({"best_epoch": best_epoch or 0, "epochs_run": trainer.current_epoch})
+            recorder.set_tags(export_tags(exported, failed))
             recorder.log_artifact_dir(local, runs.MODEL_ARTIFACT)
             run_id: str | None = recorder.run_id
     if run_id is not None:
@@ -407,7 +419,7 @@ def finetune(chips: PathLike, config: FinetuneConfig | Mapping[str, Any] | None 
         last_checkpoint=last, classes=data.classes, evaluation=evaluation, history=list(history.history),
         epochs=trainer.current_epoch, global_step=trainer.global_step, best_epoch=best_epoch,
         stopped_early=trainer.current_epoch < config.epochs, trainable_params=module.trainable_params,
-        total_params=module.total_params)
+        total_params=module.total_params, warnings=(failed,) if failed else ())
 
 
 __all__ = ["EpochHistory", "FinetuneConfig", "FinetuneResult", "default_out_dir", "evaluate_model", "finetune"]
