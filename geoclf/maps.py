@@ -178,7 +178,9 @@ class AreaFacts:
     def of(cls, predictions: pd.DataFrame, area_crs: Any = None) -> AreaFacts:
         """The facts of a predictions table (its scored chips); ``area_crs``: the equal-area CRS its chips'
         areas are measured in (see :func:`geoclf.area.chip_area_km2`)."""
-        scored = predictions[predictions["pred"].notna()] if "pred" in predictions.columns else predictions
+        scored = predictions
+        if "pred" in predictions.columns and predictions["pred"].isna().any():  # no copy of a block where all are
+            scored = predictions[predictions["pred"].notna()]
 
         def values(column: str) -> tuple[str, ...]:
             return tuple(sorted(str(v) for v in scored[column].dropna().unique())) if column in scored else ()

@@ -347,3 +347,23 @@ def test_mapped_area_per_class():
     areas = mapped_area(chips)
     assert areas["Forest"] / areas["Developed"] == pytest.approx(12 / 8, rel=1e-3)
     assert areas.sum() == pytest.approx(20 * 0.065536, rel=1e-3)
+
+
+@pytest.mark.parametrize("keys", [
+    ["EPSG:26919:256:128:1870:18359", "EPSG:26919:256:128:1871:18359", "EPSG:32618:224:224:-3:7"],
+    ["EPSG:26919:0.6:0.3:1:2", "EPSG:26919:224.0:56:1:2", "EPSG:26919:1e2:25:1:2", "x:256:abc:1:2"],
+    ["EPSG:26919:256:128:1:2", "not:a:key", "256:128:1:2", "EPSG:26919:256:128:a:b"],  # four and three parts
+    ["EPSG:26919:256:128:1:2", None],
+])
+@pytest.mark.parametrize("dtype", [object, "str"])
+def test_stride_ratios_are_those_parse_cell_reads(keys, dtype):
+    # chip_area_km2 reads the keys' size and stride once per distinct pair (Arrow splits the keys): the very
+    # floats parse_cell's size and stride give, also for keys of several grids, decimal sizes, keys parse_cell
+    # reads in part or not at all, and missing keys
+    from geoclf.area import _stride_ratio
+
+    cells = pd.Series(keys, index=np.arange(10, 10 + len(keys)), dtype=dtype)
+    parsed = parse_cell(cells)
+    expected = (parsed["stride"] / parsed["size"]).to_numpy(dtype=float)
+    np.testing.assert_array_equal(_stride_ratio(cells), expected)  # NaN where NaN
+

@@ -332,13 +332,16 @@ def index_crs_of(scenes: Sequence[SceneInfo]) -> CRS:
 def with_footprints(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
     """Footprints in the index CRS; native bounds dropped (they follow from the grid cell)."""
     crses = frame["crs"].unique()
-    if len(crses) == 1 and _exact_same_crs(str(crses[0]), index_crs.to_wkt()):
+    index_wkt = index_crs.to_wkt()
+    # geopandas makes a pyproj CRS of a rasterio one each time it is given one (~1 ms, three times a block)
+    index_crs = _pyproj_crs(index_wkt)
+    if len(crses) == 1 and _exact_same_crs(str(crses[0]), index_wkt):
         # the chips of one raster in its own CRS (every scored block): their boxes are the footprints, as
         # to_crs keeps them; building them once skips the GeoSeries per CRS and their CRS comparisons
         boxes = shapely.box(frame["minx"].to_numpy(), frame["miny"].to_numpy(), frame["maxx"].to_numpy(),
                             frame["maxy"].to_numpy())
         return gpd.GeoDataFrame(frame.drop(columns=["minx", "miny", "maxx", "maxy"]),
-                                geometry=gpd.GeoSeries(boxes, index=frame.index, crs=index_crs), crs=index_crs)
+                                geometry=gpd.GeoSeries(boxes, index=frame.index, crs=index_crs))
     geometry = gpd.GeoSeries(index=frame.index, dtype="geometry", crs=index_crs)
     for crs, rows in frame.groupby("crs", sort=False):
         native = gpd.GeoSeries(shapely.box(rows["minx"], rows["miny"], rows["maxx"], rows["maxy"]),
@@ -346,6 +349,12 @@ def with_footprints(frame: pd.DataFrame, index_crs: CRS) -> gpd.GeoDataFrame:
         geometry.loc[rows.index] = native.to_crs(index_crs)
     return gpd.GeoDataFrame(frame.drop(columns=["minx", "miny", "maxx", "maxy"]), geometry=geometry,
                             crs=index_crs)
+
+
+@functools.lru_cache(maxsize=64)
+def _pyproj_crs(wkt: str) -> pyproj.CRS:
+    """The pyproj CRS of a WKT, built once per process: what geopandas builds of a rasterio CRS (from its WKT)."""
+    return pyproj.CRS.from_user_input(wkt)
 
 
 @functools.lru_cache(maxsize=64)
