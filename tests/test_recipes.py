@@ -40,6 +40,8 @@ def test_every_recipe_validates(path):
     ({"stages": [{"featurize": {"out": "f"}}]}, "missing parameter(s) chips"),
     ({"stages": []}, "non-empty 'stages'"),
     ({"stages": [{"train": {"features": "f"}}], "workers": 2}, "unknown recipe keys: workers"),
+    ({"stages": [{"train": {"features": "f", "export": "sometimes"}}]},
+     'export must be true or false or null, not "sometimes"'),
 ])
 def test_bad_recipes_are_one_line(tmp_path, capsys, document, needle):
     path = tmp_path / "bad.yaml"

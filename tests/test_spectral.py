@@ -92,7 +92,10 @@ def test_a_spectral_model_trains_registers_and_scores(spectral, chips, runs_dir,
     result = train_classifier(spectral, name="lr-spectral", runs_dir=runs_dir, export=None)  # geoclf train's auto
     assert not result.warnings and not (result.artifact_dir / "network.onnx").exists()  # nothing to export
     assert result.evaluation["accuracy"] > 0.8  # band statistics separate the synthetic classes well
+    with pytest.raises(InputError, match="has no network to export"):  # --export that cannot: nothing registered
+        register_model("lr-spectral", "landuse-spectral", runs_dir=runs_dir, export=True)
     version = register_model("lr-spectral", "landuse-spectral", runs_dir=runs_dir)
+    assert version.version == 1 and "geoclf.export_sha256" not in version.tags
     model = load_model(version.ref, runs_dir=runs_dir)
     spec = json.loads((model.path / "model.json").read_text())
     assert spec["featurizer"] == "spectral" and spec["bands"] == [1, 2, 3, 4]
