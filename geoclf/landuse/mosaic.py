@@ -133,17 +133,23 @@ def write_mosaic(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme,
     probabilities' ``landuse_probs.vrt``. Paths inside are relative to the VRT, so the output moves as a whole.
 
     The codes VRT carries what ``landuse.tif`` carries: the colour table, the class scheme as metadata tags, the
-    band description and nodata 0; the probabilities' one band per class named after it, nodata NaN.
+    band description and nodata 0; the probabilities' one band per class named after it, nodata NaN. The
+    sources are written one at a time into what ElementTree writes of the rest: the file ElementTree writes of
+    the whole tree, without a tree of every source in memory (+22 MB for the two VRTs of 2,060 tiles).
 
     Raises:
         InputError: no tiles, or tiles on different lattices (CRS or pixel size).
     """
     target = Path(path)
     lattice = _Lattice.of(tiles)
-    a, e, left, top = lattice.a, lattice.e, lattice.left, lattice.top
+    sources = [tile.probs if probabilities else tile.codes for tile in tiles]
+    for tile, source in zip(tiles, sources, strict=True):
+        if source is None:
+            raise InputError(f"map tile {tile.codes} has no probabilities")
     root = ET.Element("VRTDataset", rasterXSize=str(lattice.width), rasterYSize=str(lattice.height))
     ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = CRS.from_user_input(lattice.crs).to_wkt()
-    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in (left, a, 0.0, top, 0.0, e))
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(float(v)) for v in (lattice.left, lattice.a, 0.0, lattice.top, 0.0, lattice.e))
     metadata = ET.SubElement(root, "Metadata")
     for key, value in {"AREA_OR_POINT": "Area", **classes.to_tags()}.items():
         ET.SubElement(metadata, "MDI", key=key).text = value
@@ -158,24 +164,38 @@ def write_mosaic(path: PathLike, tiles: Sequence[MapTile], classes: ClassScheme,
             table = ET.SubElement(element, "ColorTable")
             for rgba in color_table(classes)[:len(classes.names) + 1]:
                 ET.SubElement(table, "Entry", c1=str(rgba[0]), c2=str(rgba[1]), c3=str(rgba[2]), c4=str(rgba[3]))
-        for tile in reversed(tiles):  # later sources paint over earlier ones: the first block keeps an overlap
-            source = tile.probs if probabilities else tile.codes
-            if source is None:
-                raise InputError(f"map tile {tile.codes} has no probabilities")
-            relative = os.path.relpath(target.parent / source, target.parent)  # tiles are named from the VRT's folder
-            complex_source = ET.SubElement(element, "ComplexSource")
-            ET.SubElement(complex_source, "SourceFilename", relativeToVRT="1").text = relative
-            ET.SubElement(complex_source, "SourceBand").text = str(band)
-            ET.SubElement(complex_source, "SrcRect", xOff="0", yOff="0", xSize=str(tile.width),
-                          ySize=str(tile.height))
-            x, y = lattice.offset(tile)
-            ET.SubElement(complex_source, "DstRect", xOff=str(x), yOff=str(y), xSize=str(tile.width),
-                          ySize=str(tile.height))
-            ET.SubElement(complex_source, "NODATA").text = "nan" if probabilities else str(NODATA)
+        ET.SubElement(element, _SOURCES)  # where the band's sources go, indented as they are
     ET.indent(root)
-    with atomic_path(target) as tmp:
-        ET.ElementTree(root).write(tmp, encoding="utf-8")
+    head, *parts = ET.tostring(root, encoding="unicode").split(f"<{_SOURCES} />")
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as sink:
+        sink.write(head)
+        for band, rest in zip(bands, parts, strict=True):
+            # later sources paint over earlier ones: the first block keeps an overlap
+            for i, (tile, source) in enumerate(zip(reversed(tiles), reversed(sources), strict=True)):
+                sink.write(("\n" + 2 * _INDENT if i else "")
+                           + ET.tostring(_source(lattice, tile, target.parent, source, band, probabilities),
+                                        encoding="unicode"))
+            sink.write(rest)
     return target
+
+
+#: The placeholder of a band's sources in :func:`write_mosaic`'s tree, and ElementTree's indentation.
+_SOURCES, _INDENT = "geoclf-sources", "  "
+
+
+def _source(lattice: _Lattice, tile: MapTile, folder: Path, source: str, band: int,
+            probabilities: bool) -> ET.Element:
+    """One tile's ``ComplexSource`` in band ``band`` of :func:`write_mosaic`'s VRT, indented as in it."""
+    element = ET.Element("ComplexSource")
+    # named from the VRT's folder, which the tiles' paths are relative to
+    ET.SubElement(element, "SourceFilename", relativeToVRT="1").text = os.path.relpath(folder / source, folder)
+    ET.SubElement(element, "SourceBand").text = str(band)
+    ET.SubElement(element, "SrcRect", xOff="0", yOff="0", xSize=str(tile.width), ySize=str(tile.height))
+    x, y = lattice.offset(tile)
+    ET.SubElement(element, "DstRect", xOff=str(x), yOff=str(y), xSize=str(tile.width), ySize=str(tile.height))
+    ET.SubElement(element, "NODATA").text = "nan" if probabilities else str(NODATA)
+    ET.indent(element, _INDENT, level=2)
+    return element
 
 
 #: Most rows of the mosaic :func:`paint_mosaic` paints at a time.
