@@ -65,7 +65,7 @@ def wants_export(export: bool | None, has_network: bool, what: str) -> bool:
     Args:
         export: ``True``, ``False`` or ``None`` (auto).
         has_network: the model will predict through a network (:func:`featurizer_has_network`).
-        what: the model, for messages (e.g. ``"a spectral featurizer's model"``).
+        what: the model, for messages (e.g. ``"a model on spectral features"``).
 
     Raises:
         InputError: ``export=True`` for a model without a network, or where the exporter is not installed.
@@ -86,8 +86,8 @@ def export_trained(directory: PathLike, name: str) -> tuple[dict[str, Any] | Non
 
     Returns:
         ``(record, None)``, or ``(None, reason)`` where the export failed: one line saying why and how to
-        retry (``geoclf models export NAME``). The artifact is then as it was (the export is written
-        atomically, ``model.json`` only once it passed its check): a valid model on torch.
+        retry (``geoclf models export NAME``). The artifact is then as it was (``network.onnx`` is written
+        atomically once it passed its check against torch, ``model.json`` after it): a valid model on torch.
     """
     try:
         return export_model(directory), None

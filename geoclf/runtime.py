@@ -308,7 +308,10 @@ def onnx_exporter_installed() -> bool:
     installed. A slim install (``geoclf[score]``) has none of them; geoclf's full install has all three."""
     import importlib.util
 
-    return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx", "onnxscript"))
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx", "onnxscript"))
+    except (ImportError, ValueError):  # an import hook that refuses the name, or a half-imported module
+        return False
 
 
 def check_runtime(runtime: str) -> str:

@@ -8,7 +8,10 @@ the session's quickstart, which other tests read as torch made it, keeps its une
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,42 @@ def test_train_exports_its_model_unless_told_not_to(quickstart, history, capsys)
     plain = resolve_model_dir("lr-plain")
     assert not (plain / ONNX_FILE).exists() and "export" not in json.loads((plain / "model.json").read_text())
     assert not {EXPORT_TAG, EXPORT_ERROR_TAG} & set(runs.get_run("lr-plain").tags)
+
+
+#: A sitecustomize hiding onnxscript (what torch's exporter needs), as on an install without it.
+NO_EXPORTER = """
+import importlib.abc
+import sys
+
+
+class NoExporter(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "onnxscript":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+sys.meta_path.insert(0, NoExporter())
+"""
+
+
+def test_without_the_exporter_train_refuses_export_and_by_default_skips_it(quickstart, tmp_path):
+    workdir, _, _ = quickstart
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NO_EXPORTER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+
+    def train(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "geoclf", "train", "--features", str(workdir / "features"),
+                               "--runs-dir", str(tmp_path / "runs"), *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    asked = train("--name", "lr-asked", "--export")  # refused in one line, before fitting: no run recorded
+    assert asked.returncode == 2 and asked.stderr.strip() == (
+        "geoclf: error: exporting needs torch's ONNX exporter (torch, onnx and onnxscript), which is not installed "
+        "here; train with --no-export")
+    default = train("--name", "lr-default")  # trained and recorded as before, without an export or a warning
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert "exported network" not in default.stdout and "warning" not in default.stderr
+    assert [r.name for r in runs.list_run_records(runs_dir=tmp_path / "runs")] == ["lr-default"]
+    assert not (resolve_model_dir("lr-default", tmp_path / "runs") / ONNX_FILE).exists()
