@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -98,6 +98,10 @@ class FeaturizeTask:
     torch_threads: int | None = None
     nir: bool = True
     baseline: Featurizer | None = None
+
+    #: Two partitions may run at once in one process (:func:`geoclf.partitions.run_partitions`): one's chip
+    #: reads and statistics while the other's network runs.
+    side_by_side: ClassVar[bool] = True
 
     def __call__(self, part: pd.DataFrame) -> pa.Table:
         featurizer = worker_model(self.featurizer.key, self.featurizer.load, self.torch_threads)
@@ -185,6 +189,9 @@ class FeaturizeSliceTask:
     (:meth:`tiling.slices.IndexSlice.read`) and returns :class:`FeaturizeTask`'s table and a small summary."""
 
     featurize: FeaturizeTask
+
+    #: as :attr:`FeaturizeTask.side_by_side` (:func:`geoclf.partitions.run_plan`)
+    side_by_side: ClassVar[bool] = True
 
     def __call__(self, spec: IndexSlice) -> tuple[pa.Table, dict[str, Any]]:
         # by chip id within the slice, as a chip table's partitions are: an index of one partition gives the

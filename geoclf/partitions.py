@@ -28,12 +28,14 @@ Tasks keep their model (a featurizer's network, a model artifact) in the worker 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -54,6 +56,8 @@ T = TypeVar("T")
 # The model of this process, by key: loading one costs seconds, so tasks on a worker share it; one at a time,
 # so a worker's memory holds a single model whatever the run asked of it before.
 _WORKER_MODEL: dict[str, Any] = {}
+#: Held while a model loads: threads of one process running tasks side by side load it once.
+_WORKER_MODEL_LOCK = threading.Lock()
 
 
 #: On this many cores or fewer, one process given every core scored faster than a new LocalCluster of one worker
@@ -105,11 +109,13 @@ def worker_model(key: str, load: Callable[[], T], threads: int | None = None) ->
         load: builds it.
         threads: threads it may use (see :func:`task_threads`); ``None`` for the worker's own count.
     """
-    if key not in _WORKER_MODEL:
-        _WORKER_MODEL.clear()  # before loading: never two models in memory at once
-        _WORKER_MODEL[key] = load()
+    with _WORKER_MODEL_LOCK:
+        if key not in _WORKER_MODEL:
+            _WORKER_MODEL.clear()  # before loading: never two models in memory at once
+            _WORKER_MODEL[key] = load()
+        model = _WORKER_MODEL[key]
     _limit_torch_threads(threads or _dask_worker_threads())
-    return _WORKER_MODEL[key]
+    return model
 
 
 def _limit_torch_threads(threads: int | None) -> None:
@@ -261,8 +267,8 @@ def _compute(parts: Sequence[pd.DataFrame], todo: list[int], out: Path, task: Ca
                 on_client(client)  # before the bar is drawn: a line printed later would land inside the bar
             bar = tqdm(total=sum(len(parts[i]) for i in todo), desc=desc, unit="chip", disable=not progress)
             if client is None:
-                for i in todo:
-                    _run_one(parts[i], i, str(out), task)
+                for i, _ in _in_process(todo, lambda i: _run_one(parts[i], i, str(out), task),
+                                        getattr(task, "side_by_side", False)):
                     bar.update(len(parts[i]))
                 return
             # distributed only with a cluster: a run in this process does without its import
@@ -412,8 +418,9 @@ def run_plan(plan: Sequence[PlannedPartition], out_dir: str | os.PathLike[str],
                     on_client(client)  # before the bar is drawn: a line printed later would land inside the bar
                 bar = tqdm(total=sum(plan[i].cells for i in todo), desc=desc, unit="cell", disable=not progress)
                 if client is None:
-                    for i in todo:
-                        summaries[i] = _run_planned(plan[i], str(out), task)
+                    for i, summary in _in_process(todo, lambda i: _run_planned(plan[i], str(out), task),
+                                                  getattr(task, "side_by_side", False)):
+                        summaries[i] = summary
                         bar.update(plan[i].cells)
                 else:
                     _compute_planned(client, plan, todo, out, task, desc, summaries, bar)
@@ -421,6 +428,41 @@ def run_plan(plan: Sequence[PlannedPartition], out_dir: str | os.PathLike[str],
         if bar is not None:
             bar.close()
     return summaries  # type: ignore[return-value]
+
+
+#: Tasks run side by side in this process (``scheduler="sync"``) when the task allows it (its
+#: ``side_by_side`` attribute): one task's raster reads and Python work run while the other's model runs
+#: (runners take turns for the forward pass itself, see :class:`geoclf.runtime.Runner`), where one task at a
+#: time left a core idle through every read.
+SIDE_BY_SIDE = 2
+
+
+def _in_process(todo: list[int], run: Callable[[int], T], side_by_side: bool) -> Iterator[tuple[int, T]]:
+    """Run ``run(i)`` for every ``i`` of ``todo`` in this process, yielding ``(i, result)`` as each finishes:
+    in turn, or with ``side_by_side`` :data:`SIDE_BY_SIDE` at a time on threads of their own.
+
+    An error (or Ctrl-C) ends the run: no further task starts, and the one still running beside it finishes
+    on its thread and writes its partition (which a rerun then skips)."""
+    if not side_by_side or SIDE_BY_SIDE < 2 or len(todo) < 2:
+        for i in todo:
+            yield i, run(i)
+        return
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(max_workers=SIDE_BY_SIDE, thread_name_prefix="geoclf-task")
+    queue = iter(todo)
+    pending = {pool.submit(run, i): i for i in itertools.islice(queue, SIDE_BY_SIDE)}
+    try:
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                result = future.result()
+                for j in itertools.islice(queue, 1):
+                    pending[pool.submit(run, j)] = j
+                yield i, result
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _compute_planned(client: Any, plan: Sequence[PlannedPartition], todo: list[int], out: Path, task: Callable,

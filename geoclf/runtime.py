@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -348,6 +349,9 @@ class Runner(ABC):
     built inside the process that runs them (a Dask worker) and never pickled. A runner given the network's
     ``normalization`` also takes the chips themselves (:meth:`chips`).
 
+    One batch runs at a time: threads sharing a runner (a process scoring two blocks at once, so that one's
+    raster reads overlap the other's forward pass) take turns for the forward pass itself.
+
     Attributes:
         precision: what it computes in, ``"fp32"`` or ``"bf16"``.
         threads: the threads it may use (``None``: the runtime's default, every core).
@@ -370,6 +374,8 @@ class Runner(ABC):
                 raise InputError(f"a normalization needs as many means as positive stds, not {mean} and {std}")
             normalization = (mean, std)
         self.normalization = normalization
+        # the forward pass already uses every thread the runner was given: two at once would share them
+        self._turn = threading.Lock()
 
     @abstractmethod
     def __call__(self, batch: Any) -> np.ndarray:
@@ -429,8 +435,8 @@ class TorchRunner(Runner):
 
         x = torch.as_tensor(batch, dtype=torch.float32)
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
+        with self._turn, torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                                enabled=self.precision == "bf16"):
             out = self.network(x)
         return out.float().reshape(len(x), -1).cpu().numpy()
 
@@ -483,36 +489,40 @@ class OpenVINORunner(Runner):
     def _request(self, *, chips: bool) -> Any:
         """The infer request of the float-input model, or (``chips``) of the uint8 one, compiled on first use."""
         request = self._requests.get(chips)
-        if request is None:
-            import openvino as ov
-            from openvino.preprocess import PrePostProcessor
+        if request is not None:
+            return request
+        with self._turn:  # compiled once, whichever thread asks first
+            request = self._requests.get(chips)
+            if request is None:
+                import openvino as ov
+                from openvino.preprocess import PrePostProcessor
 
-            try:
-                model = openvino_core().read_model(str(self.path))
-                ppp = PrePostProcessor(model)
-                if chips:
-                    assert self.normalization is not None
-                    mean, std = self.normalization
-                    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
-                    ppp.input().preprocess().convert_element_type(ov.Type.f32) \
-                        .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
-                else:
-                    ppp.input().tensor().set_layout(ov.Layout("NHWC"))
-                ppp.input().model().set_layout(ov.Layout("NCHW"))
-                config: dict[str, Any] = {
-                    "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                    "PERFORMANCE_HINT": "LATENCY",
-                    "NUM_STREAMS": 1,
-                    "ENABLE_CPU_PINNING": False,
-                }
-                if self.threads is not None:
-                    config["INFERENCE_NUM_THREADS"] = self.threads
-                compiled = openvino_core().compile_model(ppp.build(), "CPU", config)
-            except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable models
-                first = (str(exc).strip().splitlines() or ["?"])[0]
-                raise InputError(f"OpenVINO cannot load the exported network ({first})", self.path) from None
-            self._compiled[chips] = compiled
-            request = self._requests[chips] = compiled.create_infer_request()
+                try:
+                    model = openvino_core().read_model(str(self.path))
+                    ppp = PrePostProcessor(model)
+                    if chips:
+                        assert self.normalization is not None
+                        mean, std = self.normalization
+                        ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+                        ppp.input().preprocess().convert_element_type(ov.Type.f32) \
+                            .mean([255.0 * m for m in mean]).scale([255.0 * s for s in std])
+                    else:
+                        ppp.input().tensor().set_layout(ov.Layout("NHWC"))
+                    ppp.input().model().set_layout(ov.Layout("NCHW"))
+                    config: dict[str, Any] = {
+                        "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                        "PERFORMANCE_HINT": "LATENCY",
+                        "NUM_STREAMS": 1,
+                        "ENABLE_CPU_PINNING": False,
+                    }
+                    if self.threads is not None:
+                        config["INFERENCE_NUM_THREADS"] = self.threads
+                    compiled = openvino_core().compile_model(ppp.build(), "CPU", config)
+                except RuntimeError as exc:  # OpenVINO raises RuntimeError for unreadable and uncompilable models
+                    first = (str(exc).strip().splitlines() or ["?"])[0]
+                    raise InputError(f"OpenVINO cannot load the exported network ({first})", self.path) from None
+                self._compiled[chips] = compiled
+                request = self._requests[chips] = compiled.create_infer_request()
         return request
 
     def __call__(self, batch: Any) -> np.ndarray:
@@ -530,10 +540,11 @@ class OpenVINORunner(Runner):
                              f"{chips.shape} {chips.dtype}")
         return self._infer(self._request(chips=True), np.ascontiguousarray(chips))
 
-    @staticmethod
-    def _infer(request: Any, batch: np.ndarray) -> np.ndarray:
-        # share_inputs: OpenVINO reads the array in place (it stays alive for this synchronous call)
-        out = next(iter(request.infer({0: batch}, share_inputs=True).values()))
+    def _infer(self, request: Any, batch: np.ndarray) -> np.ndarray:
+        # share_inputs: OpenVINO reads the array in place (it stays alive for this synchronous call); the
+        # outputs are copies (share_outputs is off), so the next turn cannot overwrite them
+        with self._turn:
+            out = next(iter(request.infer({0: batch}, share_inputs=True).values()))
         return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
 
 

@@ -27,7 +27,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import geopandas as gpd
 import numpy as np
@@ -116,6 +116,10 @@ class ScoreTask:
     runtime: str = "torch"
     precision: str = "auto"
     loaded: LandUseModel | None = None
+
+    #: Two partitions may run at once in one process (:func:`geoclf.partitions.run_partitions`): one's chip
+    #: reads while the other's model runs.
+    side_by_side: ClassVar[bool] = True
 
     def __call__(self, part: pd.DataFrame) -> pa.Table:
         matrix, classes = self.probabilities(part)
@@ -421,6 +425,10 @@ class ScoreBlockTask:
     map_crs: str
     resolution: float
     area_crs: str | None = None
+
+    #: Two blocks may run at once in one process (:func:`geoclf.partitions.run_plan`): what one reads while
+    #: the other's model runs.
+    side_by_side: ClassVar[bool] = True
 
     def __call__(self, block: SceneBlock) -> tuple[pa.Table, dict[str, Any]]:
         started = time.perf_counter()

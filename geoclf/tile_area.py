@@ -30,7 +30,7 @@ import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import geopandas as gpd
 import numpy as np
@@ -87,6 +87,10 @@ class TileBlockTask:
 
     params: TileParams
     nlcd: NlcdInfo | None
+
+    #: Two blocks may be labeled at once in one process (:func:`geoclf.partitions.run_plan`): GDAL decodes and
+    #: warps without Python's lock, so they use two cores where one block at a time used one.
+    side_by_side: ClassVar[bool] = True
 
     def __call__(self, block: SceneBlock) -> tuple[pa.Table, dict[str, Any]]:
         frame, counts = label_block(block, self.params, self.nlcd)

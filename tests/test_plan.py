@@ -7,6 +7,8 @@ an output of another plan or other settings is refused.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,60 @@ def test_a_plan_runs_on_a_local_cluster(tmp_path):
     assert sorted(ran(log)) == sorted(p.name for p in PLAN)
     dataset = pq.read_table(out)  # the partitions are one dataset
     assert sorted(dataset.column("value").to_pylist()) == [0, 0, 1, 1, 2, 2, 3, 4, 100, 101]
+
+
+@dataclass
+class Overlapping(Squares):
+    """Squares that say how many of its calls ran at once (``running`` and ``most``, shared by the threads of
+    one process), each call ``pause`` seconds long; a call of part ``fail`` raises."""
+
+    pause: float = 0.2
+    fail: str | None = None
+    side_by_side = True  # a class attribute, as the real tasks declare it
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def __call__(self, part: Part) -> tuple[pa.Table, dict[str, Any]]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.pause)
+            if part.name == self.fail:
+                raise InputError("cannot be read", part.name)
+            return super().__call__(part)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_tasks_that_allow_it_run_two_at_a_time_in_this_process(tmp_path):
+    # a scene block's raster reads run while the other block's model runs (geoclf.score.ScoreBlockTask)
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    task = Overlapping(str(log))
+    summaries = run_plan(PLAN, out, task, settings={}, scheduler="sync", progress=False)
+    assert task.most == 2
+    assert [s["rows"] for s in summaries] == [3, 0, 5, 2] and [s["total"] for s in summaries] == [3, 0, 10, 201]
+    assert sorted(ran(log)) == sorted(p.name for p in PLAN)  # each once
+
+    plain = Squares(str(tmp_path / "plain.txt"))  # a task that does not say so runs one at a time
+    run_plan(PLAN, tmp_path / "plain", plain, settings={}, scheduler="sync", progress=False)
+    assert pq.read_table(tmp_path / "plain").sort_by("value").equals(pq.read_table(out).sort_by("value"))
+
+
+def test_a_task_failing_beside_another_ends_the_run_and_a_rerun_resumes(tmp_path):
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    with pytest.raises(InputError, match="cannot be read"):
+        run_plan(PLAN, out, Overlapping(str(log), fail="a/part-00001.parquet"), settings={}, scheduler="sync",
+                 progress=False)
+    time.sleep(0.5)  # the task beside it finishes and writes its partition after the error reached the caller
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("part-*.parquet"))
+    assert "a/part-00001.parquet" not in written and "a/part-00000.parquet" in written
+    assert len(written) < len(PLAN)  # no task started after the error
+    again = Overlapping(str(log))
+    summaries = run_plan(PLAN, out, again, settings={}, scheduler="sync", progress=False)
+    assert [s["total"] for s in summaries] == [3, 0, 10, 201]
+    assert sorted(ran(log)) == sorted(p.name for p in PLAN)  # across both runs each once: the written ones not again
+    assert not list(out.rglob("*.tmp"))

@@ -198,6 +198,27 @@ def test_bf16_is_what_runs(tiny_export):
     assert 0 < relative_error(bf16(x), fp32(x)) < BF16_RTOL
 
 
+@pytest.mark.parametrize("runtime", ["openvino", "torch"])
+def test_threads_sharing_a_runner_get_each_their_own_outputs(runtime, tiny_export):
+    """Two blocks scored side by side in one process share the model's runner: their forward passes take turns
+    (one OpenVINO infer request, torch's intra-op threads), each gets the outputs of its own batches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    network, directory, record = tiny_export
+    runner = (open_runner("openvino", onnx=verified_onnx(directory, record), precision="fp32", threads=1)
+              if runtime == "openvino" else open_runner("torch", network=network, precision="fp32", threads=1))
+    batches = [torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    expected = [runner(x) for x in batches]
+
+    def run(k: int) -> list[np.ndarray]:
+        return [runner(batches[k]) for _ in range(40)]
+
+    with ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(run, [0, 1]))
+    for k in range(2):
+        assert all(np.array_equal(out, expected[k]) for out in outputs[k])
+
+
 # -- the runtime in scoring ----------------------------------------------------------------------------------
 
 
