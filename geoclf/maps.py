@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -439,9 +440,53 @@ POLYGON_MAX_PIXELS = 250_000
 OVERLAP_IMAGERY = True
 
 
+class PageImagery:
+    """The page's imagery layers (:func:`page_imagery`) read on a thread of their own from the moment a run
+    knows its rasters, while its partitions are computed: the client waits on its workers meanwhile (or, in
+    this process, the reads fill the cores the tasks leave idle), and a raster without overviews is decoded
+    whole (seconds for a quarter-quad, minutes for a county's plain GeoTIFFs).
+
+    The thread is a daemon: a run that fails or is interrupted exits without waiting for it.
+
+    Args:
+        sources: the rasters the run will read, as :class:`AreaFacts` lists them (sorted).
+    """
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        self.sources = tuple(sources)
+        self._layers: list[ImageLayer | None] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, name="geoclf-imagery", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            self._layers = page_imagery(list(self.sources))
+        except BaseException as error:  # re-raised in the caller of layers()
+            self._error = error
+
+    def layers(self, sources: Sequence[str]) -> list[ImageLayer | None]:
+        """The layers of ``sources``: those read on the thread when they are its sources (waiting for it),
+        else read now (the run kept chips of fewer rasters than it planned)."""
+        if tuple(sources) != self.sources:
+            return page_imagery(list(sources))
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._layers is not None
+        return self._layers
+
+
+def early_imagery(sources: Sequence[str], html_map: bool = True) -> PageImagery | None:
+    """:class:`PageImagery` of ``sources`` started now, for a run whose page will show them (``None`` without a
+    page, without sources, or with :data:`OVERLAP_IMAGERY` off)."""
+    return PageImagery(sources) if html_map and OVERLAP_IMAGERY and sources else None
+
+
 def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: ClassScheme, facts: AreaFacts, *,
                       predictions: Callable[[], gpd.GeoDataFrame] | None = None, smooth: bool | int = False,
-                      probabilities: bool = False, html_map: bool = True) -> dict[str, Path]:
+                      probabilities: bool = False, html_map: bool = True,
+                      imagery: PageImagery | None = None) -> dict[str, Path]:
     """Write the map products of a score output from its blocks' map tiles.
 
     The products of :func:`write_maps`, without a predictions table in memory: ``landuse.tif`` and
@@ -459,6 +504,8 @@ def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: Cl
         predictions: reads the predictions table, for the page's chip popups (small areas only: ``None`` leaves
             the popups out).
         smooth, probabilities, html_map: as :func:`write_maps`.
+        imagery: the page's imagery, being read since the run began (:class:`PageImagery`); ``None``: read
+            here, on a thread while the other products are written.
 
     Returns:
         Output name -> path, the keys of :func:`write_maps`.
@@ -468,7 +515,10 @@ def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: Cl
     # drawing libraries (~1 s of imports) load on another while the COGs are written.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="geoclf-maps") as pool:
         overlap = OVERLAP_IMAGERY and html_map and facts.sources
-        imagery = pool.submit(page_imagery, list(facts.sources)) if overlap else None
+        if imagery is not None and html_map and facts.sources:
+            layers = pool.submit(imagery.layers, facts.sources)
+        else:
+            layers = pool.submit(page_imagery, list(facts.sources)) if overlap else None
         if OVERLAP_IMAGERY:
             pool.submit(_import_drawing, html_map)
         try:
@@ -489,10 +539,10 @@ def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: Cl
             if html_map:
                 table = predictions() if predictions is not None else None
                 written["html"] = folium_map(table, classes, output.html, grid=picture, facts=facts,
-                                             imagery_layers=None if imagery is None else imagery.result())
+                                             imagery_layers=None if layers is None else layers.result())
         finally:
-            if imagery is not None:
-                imagery.cancel()
+            if layers is not None:
+                layers.cancel()
     return {key: written[key] for key in _PRODUCT_ORDER if key in written}
 
 

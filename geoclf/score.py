@@ -45,7 +45,7 @@ from geoclf.export import EXPORT_FIELD, model_has_network
 from geoclf.landuse import MOSAIC_CRS, ScoreOutput, check_map_extent, classes_of
 from geoclf.landuse.grid import block_to_grid, projected_crs
 from geoclf.landuse.mosaic import MapTile, write_mosaic, write_tile
-from geoclf.maps import AreaFacts, write_maps, write_mosaic_maps
+from geoclf.maps import AreaFacts, early_imagery, write_maps, write_mosaic_maps
 from geoclf.models import load_model, resolve_model_dir
 from geoclf.partitions import (
     part_name,
@@ -376,6 +376,8 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     block_task = ScoreBlockTask(task, params, scheme.to_dict(), _model_name(loaded, name), str(output.directory),
                                 map_crs.to_string(), size_m, _area_crs(scenes))
     settings = {**settings, "grid": grid, "map": {"crs": map_crs.to_string(), "resolution": size_m}}
+    # the page's imagery needs only the rasters: read from now on, while the blocks are scored
+    imagery = early_imagery(sorted({block.scene.source for block in blocks}), maps["html_map"])
     summaries = run_plan(blocks, output.dataset, block_task, settings=settings, desc="scoring",
                          on_client=print_dashboard, **run)
     _done_with(run)
@@ -397,7 +399,8 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     facts = AreaFacts.combine([AreaFacts(**summary["facts"]) for summary in summaries if summary.get("facts")])
     popups = (lambda: output.read_predictions()) if "predictions" in written and total <= 5000 else None
     written.update(write_mosaic_maps(output, tiles, scheme, facts, predictions=popups, smooth=maps["smooth"],
-                                     probabilities=maps["probabilities"], html_map=maps["html_map"]))
+                                     probabilities=maps["probabilities"], html_map=maps["html_map"],
+                                     imagery=imagery))
     return written
 
 

@@ -319,3 +319,32 @@ def test_map_products_are_the_same_with_the_imagery_read_alongside(trained, tmp_
               for overlap, files in pages.items()}
     assert len(images[True]) == 4 and images[True] == images[False]  # class overlay, two imagery layers, ...
     assert pages[True] == pages[False]
+
+
+def test_the_page_imagery_is_read_while_the_blocks_are_scored(trained, tmp_path, monkeypatch):
+    # the page's imagery needs only the rasters (a raster without overviews is decoded whole: seconds a
+    # quarter-quad): it is read from the moment the run knows its rasters, not after the last block, and once
+    import re
+    import time
+
+    from geoclf import maps
+
+    workdir, model = trained
+    naip = workdir / "scene" / "naip_2016.tif"
+    calls: list[tuple[float, list[str]]] = []
+    page_imagery = maps.page_imagery
+
+    def reading(sources, *args, **kwargs):  # the real read, noting when it began
+        calls.append((time.time(), list(sources)))
+        return page_imagery(sources, *args, **kwargs)
+
+    monkeypatch.setattr(maps, "page_imagery", reading)
+    out = tmp_path / "out"
+    aoi = _corner_aoi(naip, tmp_path / "aoi.geojson", 700)  # a few blocks of a few chips
+    score(str(model.path), out, naip=[naip], aoi=aoi, scheduler="sync", chips_per_partition=4, progress=False)
+    assert [sources for _, sources in calls] == [[str(naip)]]
+    first_written = min(path.stat().st_mtime for path in (out / "predictions").rglob("part-*.parquet"))
+    assert calls[0][0] < first_written
+    page = (out / "map.html").read_text()
+    assert "Imagery (natural colour)" in page and "Imagery (colour infrared)" in page
+    assert len(re.findall(r"data:image/webp;base64,", page)) == 2
