@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from geoclf.partitions import check_stopped
 from tiling.errors import InputError
 from tiling.io import ChipReader
 
@@ -59,4 +60,5 @@ def iter_batches(rows: pd.DataFrame, reader: ChipReader, batch_size: int = 32):
             if n + 1 < len(starts):
                 nxt = starts[n + 1]
                 pending = pool.submit(read_batch, rows.iloc[nxt:nxt + batch_size], reader)
+            check_stopped()  # a run stopped beside this task (an error, Ctrl-C): end here, not after the block
             yield rows.iloc[start:start + batch_size], chips

@@ -437,21 +437,48 @@ def run_plan(plan: Sequence[PlannedPartition], out_dir: str | os.PathLike[str],
 SIDE_BY_SIDE = 2
 
 
+class RunStopped(Exception):
+    """Raised in a task running beside another (:data:`SIDE_BY_SIDE`) at its next batch once the run stopped: the
+    other task failed, or Ctrl-C reached the run. Its partition is not written; a rerun computes it."""
+
+
+#: The stop event of the run whose task this thread runs (threads of :func:`_in_process` only).
+_TASK_THREAD = threading.local()
+
+
+def check_stopped() -> None:
+    """Raise :class:`RunStopped` in a task thread whose run has stopped; called between a task's batches
+    (:func:`geoclf.chips.iter_batches`), so that an error or Ctrl-C ends the run within a batch, not a block.
+    Anywhere else (the main thread, a Dask worker) it does nothing."""
+    stop = getattr(_TASK_THREAD, "stop", None)
+    if stop is not None and stop.is_set():
+        raise RunStopped("the run stopped")
+
+
 def _in_process(todo: list[int], run: Callable[[int], T], side_by_side: bool) -> Iterator[tuple[int, T]]:
     """Run ``run(i)`` for every ``i`` of ``todo`` in this process, yielding ``(i, result)`` as each finishes:
     in turn, or with ``side_by_side`` :data:`SIDE_BY_SIDE` at a time on threads of their own.
 
-    An error (or Ctrl-C) ends the run: no further task starts, and the one still running beside it finishes
-    on its thread and writes its partition (which a rerun then skips)."""
+    An error (or Ctrl-C) ends the run: no further task starts, and the one running beside it stops at its next
+    batch (:func:`check_stopped`) without writing its partition."""
     if not side_by_side or SIDE_BY_SIDE < 2 or len(todo) < 2:
         for i in todo:
             yield i, run(i)
         return
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+    stop = threading.Event()
+
+    def in_thread(i: int) -> T:
+        _TASK_THREAD.stop = stop
+        try:
+            return run(i)
+        finally:
+            _TASK_THREAD.stop = None
+
     pool = ThreadPoolExecutor(max_workers=SIDE_BY_SIDE, thread_name_prefix="geoclf-task")
     queue = iter(todo)
-    pending = {pool.submit(run, i): i for i in itertools.islice(queue, SIDE_BY_SIDE)}
+    pending = {pool.submit(in_thread, i): i for i in itertools.islice(queue, SIDE_BY_SIDE)}
     try:
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -459,9 +486,10 @@ def _in_process(todo: list[int], run: Callable[[int], T], side_by_side: bool) ->
                 i = pending.pop(future)
                 result = future.result()
                 for j in itertools.islice(queue, 1):
-                    pending[pool.submit(run, j)] = j
+                    pending[pool.submit(in_thread, j)] = j
                 yield i, result
     finally:
+        stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from geoclf.partitions import read_summary, recorded_settings, run_plan
+from geoclf.partitions import RunStopped, check_stopped, read_summary, recorded_settings, run_plan
 from tiling.errors import InputError
 
 
@@ -155,3 +155,43 @@ def test_a_task_failing_beside_another_ends_the_run_and_a_rerun_resumes(tmp_path
     assert [s["total"] for s in summaries] == [3, 0, 10, 201]
     assert sorted(ran(log)) == sorted(p.name for p in PLAN)  # across both runs each once: the written ones not again
     assert not list(out.rglob("*.tmp"))
+
+
+@dataclass
+class Patient(Squares):
+    """Part ``a/0`` fails at once; any other part works ``batches`` batches of 20 ms, asking between them
+    whether its run stopped (as a model's batches do, geoclf.chips.iter_batches); ``stopped`` names the parts
+    that were told to stop."""
+
+    batches: int = 200
+    side_by_side = True
+
+    def __post_init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def __call__(self, part: Part) -> tuple[pa.Table, dict[str, Any]]:
+        if part.name == "a/part-00000.parquet":
+            time.sleep(0.1)
+            raise InputError("cannot be read", part.name)
+        try:
+            for _ in range(self.batches):
+                time.sleep(0.02)
+                check_stopped()
+        except RunStopped:
+            self.stopped.append(part.name)
+            raise
+        return super().__call__(part)
+
+
+def test_a_task_beside_a_failed_one_stops_at_its_next_batch(tmp_path):
+    # Ctrl-C or an error in one block must not wait for the block beside it (seconds of a model's batches)
+    out, log = tmp_path / "out", tmp_path / "log.txt"
+    task = Patient(str(log))
+    with pytest.raises(InputError, match="cannot be read"):
+        run_plan([Part("a", 0, 1), Part("a", 1, 1)], out, task, settings={}, scheduler="sync", progress=False)
+    deadline = time.monotonic() + 2  # its 200 batches would take 4 s
+    while not task.stopped and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert task.stopped == ["a/part-00001.parquet"]
+    assert not list(out.rglob("part-*.parquet")) and not ran(log)
+    check_stopped()  # this thread runs no task: nothing to stop
