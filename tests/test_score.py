@@ -124,6 +124,15 @@ def test_workers_score_the_model_the_client_checked_not_the_files(trained, tmp_p
     assert np.allclose(ours[columns].to_numpy(), reference[columns].to_numpy(), atol=1e-5)
 
 
+@pytest.fixture
+def quick_unreachable(monkeypatch):
+    """Connecting to an address where no scheduler listens is given up after 1 s, not the default 10 s: the tests
+    below check the one-line error, not how long Dask keeps trying a refused port."""
+    import tiling.parallel
+
+    monkeypatch.setattr(tiling.parallel, "SCHEDULER_CONNECT_TIMEOUT", "1s")
+
+
 def _cli_error(capsys, args) -> str:
     with pytest.raises(SystemExit) as exited:
         main(args)
@@ -132,7 +141,7 @@ def _cli_error(capsys, args) -> str:
     return err
 
 
-def test_bad_inputs_are_one_line(trained, tmp_path, capsys):
+def test_bad_inputs_are_one_line(trained, tmp_path, capsys, quick_unreachable):
     workdir, model = trained
     naip = workdir / "scene" / "naip_2016.tif"
     broken = tmp_path / "broken"
@@ -199,7 +208,8 @@ def test_rerun_with_other_grid_parameters_refuses_before_tiling(trained, tmp_pat
     assert {p: p.stat().st_mtime_ns for p in parts} == parts
 
 
-def test_a_first_run_that_failed_before_scoring_does_not_block_the_corrected_rerun(trained, tmp_path, capsys):
+def test_a_first_run_that_failed_before_scoring_does_not_block_the_corrected_rerun(trained, tmp_path, capsys,
+                                                                                       quick_unreachable):
     workdir, model = trained
     naip = workdir / "scene" / "naip_2016.tif"
     aoi = _corner_aoi(naip, tmp_path / "aoi.geojson", 900)

@@ -40,6 +40,8 @@ Scheduler = Any  # None | "sync" | "local" | "tcp://host:port" | distributed.Cli
 DASHBOARD_ENV = "GEOCLF_DASHBOARD"
 #: The default: loopback only, on a free port.
 DEFAULT_DASHBOARD = "127.0.0.1:0"
+#: How long :func:`dask_client` keeps trying a scheduler's address before calling it unreachable.
+SCHEDULER_CONNECT_TIMEOUT = "10s"
 
 # A worker preload (Python source, which Dask runs in each worker process as it starts): Ctrl-C in a
 # terminal reaches every process of the group, and a worker that dies of it prints a traceback and makes
@@ -268,7 +270,7 @@ def dask_client(scheduler: Scheduler = None, n_workers: int | None = None, threa
         return
     if isinstance(scheduler, str):
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT)
         except OSError as exc:
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
         try:
