@@ -1,7 +1,9 @@
 """Trust boundaries and failure behaviour: what a listening port, a bad count, a bad recipe or Ctrl-C can do.
 
-Commands run as a user runs them (``python -m geoclf`` in a process of its own, Ctrl-C as the terminal
-sends it: SIGINT to the whole process group), on real LocalClusters and a real model artifact.
+Commands whose process is what is checked (Ctrl-C, locks, progress bars, untrusted payloads) run as a user
+runs them (``python -m geoclf`` in a process of its own, Ctrl-C as the terminal sends it: SIGINT to the whole
+process group), on real LocalClusters and a real model artifact; what the client refuses before any output is
+checked through the CLI's ``main`` in this process, with what reached its stdout and stderr.
 """
 
 from __future__ import annotations
@@ -73,6 +75,20 @@ def geoclf(*args: str, env: dict[str, str] | None = None, timeout: float = 600) 
     done = subprocess.run([sys.executable, "-m", "geoclf", *args], capture_output=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def geoclf_here(capfd: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """``geoclf ARGS`` in this process (the CLI's ``main``, as the console script calls it), with what reached the
+    file descriptors of stdout and stderr: for what the client refuses before any output, which needs no process
+    of its own (Ctrl-C, locks, progress bars and untrusted payloads keep :func:`geoclf`'s)."""
+    capfd.readouterr()
+    try:
+        main(list(args))
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["geoclf", *args], status, out, err)
 
 
 def error_line(stderr: str) -> str:
@@ -725,10 +741,10 @@ def _swap_backbone(spec):
     (lambda spec: (spec.update(backbone="resnet18"), spec["weights_ref"].update(weights="none")),
      "gives 512 features where 1280 were recorded"),
 ], ids=["backbone-swapped-weights_ref-removed", "random-weights", "feature-dim", "backbone-other-dim"])
-def test_a_tampered_model_description_fails_before_tiling(change, needle, artifact, small_scene, tmp_path):
+def test_a_tampered_model_description_fails_before_tiling(change, needle, artifact, small_scene, tmp_path, capfd):
     model = _tampered(artifact, tmp_path, change)
     out = tmp_path / "map"
-    done = geoclf("score", "--model", str(model), "--naip", str(small_scene.naip), "--out", str(out),
+    done = geoclf_here(capfd, "score", "--model", str(model), "--naip", str(small_scene.naip), "--out", str(out),
                   "--scheduler", "sync")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert needle in error_line(done.stderr)
@@ -753,7 +769,7 @@ def trained(chips, tmp_path_factory):
     return root
 
 
-def test_a_report_refuses_features_of_another_backbone_before_writing(trained, chips, tmp_path):
+def test_a_report_refuses_features_of_another_backbone_before_writing(trained, chips, tmp_path, capfd):
     from geoclf.features import featurize
 
     # the validation chips featurized with another network of the same feature length
@@ -762,23 +778,23 @@ def test_a_report_refuses_features_of_another_backbone_before_writing(trained, c
     featurize(tmp_path / "val", tmp_path / "mnv2", backbone="mobilenet_v2", scheduler="sync", progress=False,
               record_run=False)
     out = tmp_path / "report"
-    done = geoclf("report", "--run", "lr-security", "--runs-dir", str(trained / "runs"), "--features",
-                  str(tmp_path / "mnv2"), "--out", str(out), "--gallery", "0")
+    done = geoclf_here(capfd, "report", "--run", "lr-security", "--runs-dir", str(trained / "runs"), "--features",
+                       str(tmp_path / "mnv2"), "--out", str(out), "--gallery", "0")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "holds features of mobilenet_v2" in error_line(done.stderr)
     assert not out.exists()
 
 
-def test_a_report_refused_halfway_writes_nothing(trained, chips, tmp_path):
+def test_a_report_refused_halfway_writes_nothing(trained, chips, tmp_path, capfd):
     """The gallery's chips are read last: a chip index whose rasters are gone fails there, after the tables and
     figures are computed; none of them is left in the output directory."""
     index = tiling.read_index(chips)
     index["source"] = str(tmp_path / "moved" / "naip.tif")
     tiling.write_index(index, tmp_path / "moved-chips" / "chips.parquet")
     out = tmp_path / "report"
-    done = geoclf("report", "--run", "lr-security", "--runs-dir", str(trained / "runs"), "--features",
-                  str(trained / "feats"), "--chips", str(tmp_path / "moved-chips"), "--out", str(out),
-                  "--gallery", "4")
+    done = geoclf_here(capfd, "report", "--run", "lr-security", "--runs-dir", str(trained / "runs"),
+                       "--features", str(trained / "feats"), "--chips", str(tmp_path / "moved-chips"), "--out",
+                       str(out), "--gallery", "4")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "naip.tif" in error_line(done.stderr)
     assert not out.exists() and not list(tmp_path.glob(".report.*"))
