@@ -40,7 +40,8 @@ demo: install
 # The suite runs as three pytest processes, one per group of test files (together: every tests/test_*.py), which
 # bounds what one long process accumulates (one process for all of it once died of a silent SIGSEGV: OpenVINO's
 # per-Core alternate signal stack, fixed in geoclf.runtime.openvino_core). The processes share one fresh
-# directory ($GEOCLF_TEST_SHARED) where the quickstart fixture is built once and resumed by the others.
+# directory ($GEOCLF_TEST_SHARED) where the quickstart fixture is built once and resumed by the others, and the
+# session's synthetic scenes and empty run database are built once and read by all (tests/conftest.py).
 TEST_GROUPS := 'tests/test_[a-c]*.py' 'tests/test_[d-p]*.py' 'tests/test_[q-z]*.py'
 
 test: install browser

@@ -28,12 +28,38 @@ def _runs_in_tmp(tmp_path_factory):
         os.environ["GEOCLF_RUNS"] = saved
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """``build(directory)`` of a session fixture whose files tests only read, made once for the whole suite.
+
+    Without ``$GEOCLF_TEST_SHARED`` it is built in a temporary directory of this session. With it (``make test``'s
+    pytest processes, which run one after another), the first process builds it in ``$GEOCLF_TEST_SHARED/name``
+    and leaves what it returned beside it (pickled, written last); the others load that. A directory without it
+    (a process killed while building) is built again.
+    """
+    import pickle
+
+    shared = os.environ.get("GEOCLF_TEST_SHARED")
+    if not shared:
+        return build(tmp_path_factory.mktemp(name))
+    directory = Path(shared) / name
+    built = directory / ".built.pickle"
+    if built.exists():
+        return pickle.loads(built.read_bytes())
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    value = build(directory)
+    partial = built.with_suffix(".partial")
+    partial.write_bytes(pickle.dumps(value))
+    partial.replace(built)
+    return value
+
+
 @pytest.fixture(scope="session")
 def small_scene(tmp_path_factory):
     """A 2,240 m synthetic scene (10 x 10 chips of 224 m at 1 m) with its NLCD, in EPSG:26919."""
     from tiling.synth import make_scene
 
-    return make_scene(tmp_path_factory.mktemp("scene"), size_m=2240, seed=0)
+    return built_once(tmp_path_factory, "scene", lambda directory: make_scene(directory, size_m=2240, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +67,7 @@ def utm_pair(tmp_path_factory):
     """Two synthetic scenes either side of the UTM 18/19 boundary, and one NLCD under both."""
     from tiling.synth import make_utm_pair
 
-    return make_utm_pair(tmp_path_factory.mktemp("utm-pair"), size_m=1344, seed=1)
+    return built_once(tmp_path_factory, "utm-pair", lambda directory: make_utm_pair(directory, size_m=1344, seed=1))
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +76,11 @@ def empty_db(tmp_path_factory):
     milliseconds, so each test that wants a fresh run history gets a copy."""
     from geoclf import runs
 
-    directory = tmp_path_factory.mktemp("template")
-    runs.mlflow_client(directory)  # the client creates the tables, no experiment yet
-    return directory / runs.DB_NAME
+    def build(directory: Path) -> Path:
+        runs.mlflow_client(directory)  # the client creates the tables, no experiment yet
+        return directory / runs.DB_NAME
+
+    return built_once(tmp_path_factory, "template", build)
 
 
 @pytest.fixture
