@@ -305,6 +305,18 @@ def test_scoring_on_openvino_matches_torch_on_the_quickstart_scene(exported_quic
     assert agreement >= MIN_AGREEMENT, f"classes agree on {agreement:.1%} of the chips"
 
 
+def _middle_aoi(naip, path):
+    """An AOI of 900 m x 900 m in the middle of the scene: about 16 chips, all with imagery."""
+    import geopandas as gpd
+    import rasterio
+    from shapely.geometry import box
+
+    with rasterio.open(naip) as ds:
+        x, y = (ds.bounds.left + ds.bounds.right) / 2, (ds.bounds.bottom + ds.bounds.top) / 2
+        gpd.GeoDataFrame(geometry=[box(x - 450, y - 450, x + 450, y + 450)], crs=ds.crs).to_file(path)
+    return path
+
+
 def test_scoring_runs_an_exported_model_on_openvino_by_default(exported_quickstart_model, quickstart, tmp_path,
                                                               capfd):
     """``runtime="auto"`` (the default of score and ``geoclf score``): OpenVINO for a model holding an export,
@@ -319,15 +331,16 @@ def test_scoring_runs_an_exported_model_on_openvino_by_default(exported_quicksta
     with pytest.raises(InputError, match="unknown inference runtime"):
         choose_runtime("onnx", record)
     naip = [workdir / "scene" / "naip_2016.tif"]
-    score(str(artifact), tmp_path / "map", naip=naip, scheduler="sync", html_map=False)
+    aoi = _middle_aoi(naip[0], tmp_path / "aoi.geojson")  # what ran and what was recorded: a few chips tell
+    score(str(artifact), tmp_path / "map", naip=naip, aoi=aoi, scheduler="sync", html_map=False)
     said = capfd.readouterr().err
     assert "network ran on openvino" in said and "no exported network" not in said
     found = [recorded_settings(p.parent) for p in (tmp_path / "map").rglob("_inputs.json")]
     assert found and all(s["runtime"]["runtime"] == "openvino" for s in found)
     with pytest.raises(InputError, match="other chips or settings"):
-        score(str(artifact), tmp_path / "map", naip=naip, scheduler="sync", html_map=False, runtime="torch",
-              progress=False)
-    score("lr-lite0", tmp_path / "torch-map", naip=naip, scheduler="sync", html_map=False,
+        score(str(artifact), tmp_path / "map", naip=naip, aoi=aoi, scheduler="sync", html_map=False,
+              runtime="torch", progress=False)  # the same chips: refused for the other runtime
+    score("lr-lite0", tmp_path / "torch-map", naip=naip, aoi=aoi, scheduler="sync", html_map=False,
           runs_dir=workdir / "runs")  # the quickstart's own artifact has no export
     # why it ran on torch, and what to do about it, in the one line that says what ran
     said = [line for line in capfd.readouterr().err.splitlines() if "network ran on" in line]
