@@ -379,12 +379,14 @@ def test_openvino_needs_an_export(quickstart, tmp_path):
               runs_dir=workdir / "runs", progress=False)
 
 
-def test_a_finetuned_model_on_openvino_predicts_torchs_classes(small_scene, tmp_path):
-    """The fine-tuned kind: its whole network (4-band input, land-use head) exported and run by OpenVINO.
+@pytest.fixture(scope="module")
+def finetuned_export(small_scene, tmp_path_factory):
+    """A model of the fine-tuned kind, exported: MobileNetV2 (offline weights) on 4 bands, its land-use head fitted
+    to the small scene's labels (a logistic regression on the network's penultimate features, what ``last_only``
+    fine-tuning converges towards), so its classes are a trained model's, not a random head's near-ties.
 
-    The head is fitted to the scene's labels (a logistic regression on the network's penultimate features, what
-    ``last_only`` fine-tuning converges towards), so the classes are a trained model's, not a random head's
-    near-ties.
+    Returns:
+        (artifact directory, export record, the scene's chips (4 bands), classes).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -396,6 +398,7 @@ def test_a_finetuned_model_on_openvino_predicts_torchs_classes(small_scene, tmp_
     from geoclf.models import load_model
     from tiling.io import ChipReader
 
+    tmp_path = tmp_path_factory.mktemp("finetuned-export")
     index = tiling.tile([small_scene.naip], small_scene.nlcd, tmp_path / "chips", progress=False)
     with ChipReader(bands=(1, 2, 3, 4), size=224) as reader:
         chips = read_batch(pd.DataFrame(index.drop(columns="geometry")), reader)
@@ -414,7 +417,14 @@ def test_a_finetuned_model_on_openvino_predicts_torchs_classes(small_scene, tmp_
         module.network.get_submodule("classifier.1").weight.copy_(torch.from_numpy(fitted.coef_[order]))
         module.network.get_submodule("classifier.1").bias.copy_(torch.from_numpy(fitted.intercept_[order]))
     artifact = save_finetune_model(tmp_path / "mnv2", module, chip_size=224)
-    record = export_model(artifact)
+    return artifact, export_model(artifact), chips, classes
+
+
+def test_a_finetuned_model_on_openvino_predicts_torchs_classes(finetuned_export):
+    """The fine-tuned kind: its whole network (4-band input, land-use head) exported and run by OpenVINO."""
+    from geoclf.models import load_model
+
+    artifact, record, chips, classes = finetuned_export
     assert record["input_shape"] == [None, 4, 224, 224] and record["output_dim"] == len(classes)
     reference = load_model(artifact).predict_proba(chips)
     for precision, tolerance in {"fp32": FP32_RTOL, **({"bf16": BF16_RTOL} if cpu_has_bf16() else {})}.items():
@@ -512,7 +522,7 @@ def test_a_worker_without_torch_scores_and_featurizes_an_exported_model(exported
     assert relative_error(np.stack(ours["features"]), np.stack(torchs["features"])) <= FP32_RTOL
 
 
-def test_a_client_without_torch_scores_a_finetuned_exported_model(small_scene, tmp_path):
+def test_a_client_without_torch_scores_a_finetuned_exported_model(finetuned_export, small_scene, tmp_path):
     """``geoclf score --runtime openvino`` of a fine-tuned model in a process where torch cannot be imported:
     the client loads only the export (no torch network built), and the model runs without torch (slim worker)."""
     import os
@@ -523,15 +533,10 @@ def test_a_client_without_torch_scores_a_finetuned_exported_model(small_scene, t
 
     import tiling
     from geoclf.chips import read_batch
-    from geoclf.export import export_model
-    from geoclf.finetune.model import save_finetune_model
-    from geoclf.finetune.module import LandUseModule
     from geoclf.models import load_model
     from tiling.io import ChipReader
 
-    module = LandUseModule("mobilenet_v2", classes=["a", "b", "c"], bands=(1, 2, 3, 4))
-    artifact = save_finetune_model(tmp_path / "mnv2", module, chip_size=224)
-    export_model(artifact)
+    artifact, _, _, classes = finetuned_export
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(NO_TORCH)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
@@ -548,7 +553,7 @@ def test_a_client_without_torch_scores_a_finetuned_exported_model(small_scene, t
     with ChipReader(bands=(1, 2, 3, 4), size=224) as reader:
         batch = read_batch(chips.reset_index().drop(columns="geometry"), reader)
     reference = load_model(artifact).predict_proba(batch)  # torch fp32, in this process
-    ours = predictions[[f"prob_{c}" for c in ["a", "b", "c"]]].to_numpy()
+    ours = predictions[[f"prob_{c}" for c in classes]].to_numpy()
     assert len(predictions) == len(tiling.read_index(out / "chips.parquet")) >= 50
     assert relative_error(ours, reference) <= FP32_RTOL
 
