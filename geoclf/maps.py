@@ -10,7 +10,7 @@ import html
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,9 +294,11 @@ def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: Pat
     return page.save(path)
 
 
-def page_imagery(sources: Sequence[str], max_pixels: int = 1536) -> list[ImageLayer | None]:
-    """The imagery layers :func:`folium_map` draws of ``sources`` (natural colour, colour infrared), read."""
-    return imagery_images(sources, band_sets=(RGB_BANDS, CIR_BANDS), max_pixels=max_pixels)
+def page_imagery(sources: Sequence[str], max_pixels: int = 1536,
+                 stand_ins: Mapping[str, Sequence[str]] | None = None) -> list[ImageLayer | None]:
+    """The imagery layers :func:`folium_map` draws of ``sources`` (natural colour, colour infrared), read
+    (some of them from ``stand_ins``, see :func:`geoclf.webmap.imagery_images`)."""
+    return imagery_images(sources, band_sets=(RGB_BANDS, CIR_BANDS), max_pixels=max_pixels, stand_ins=stand_ins)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -485,8 +487,8 @@ def early_imagery(sources: Sequence[str], html_map: bool = True) -> PageImagery 
 
 def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: ClassScheme, facts: AreaFacts, *,
                       predictions: Callable[[], gpd.GeoDataFrame] | None = None, smooth: bool | int = False,
-                      probabilities: bool = False, html_map: bool = True,
-                      imagery: PageImagery | None = None) -> dict[str, Path]:
+                      probabilities: bool = False, html_map: bool = True, imagery: PageImagery | None = None,
+                      stand_ins: Mapping[str, Sequence[str]] | None = None) -> dict[str, Path]:
     """Write the map products of a score output from its blocks' map tiles.
 
     The products of :func:`write_maps`, without a predictions table in memory: ``landuse.tif`` and
@@ -506,6 +508,8 @@ def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: Cl
         smooth, probabilities, html_map: as :func:`write_maps`.
         imagery: the page's imagery, being read since the run began (:class:`PageImagery`); ``None``: read
             here, on a thread while the other products are written.
+        stand_ins: previews of rasters written by the blocks that decoded them (``imagery_images``'s
+            ``stand_ins``), read here in the rasters' place.
 
     Returns:
         Output name -> path, the keys of :func:`write_maps`.
@@ -518,7 +522,7 @@ def write_mosaic_maps(output: ScoreOutput, tiles: Sequence[MapTile], classes: Cl
         if imagery is not None and html_map and facts.sources:
             layers = pool.submit(imagery.layers, facts.sources)
         else:
-            layers = pool.submit(page_imagery, list(facts.sources)) if overlap else None
+            layers = pool.submit(page_imagery, list(facts.sources), stand_ins=stand_ins) if overlap else None
         if OVERLAP_IMAGERY:
             pool.submit(_import_drawing, html_map)
         try:

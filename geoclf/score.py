@@ -66,7 +66,8 @@ from geoclf.runtime import (
     openvino_preferred,
     resolve_precision,
 )
-from tiling.blocks import SceneBlock, block_chips, block_pixels, plan_blocks
+from geoclf.webmap import imagery_resolution, preview_step, write_imagery_preview
+from tiling.blocks import SceneBlock, block_chips, block_pixels, block_window, plan_blocks
 from tiling.classes import ClassScheme
 from tiling.errors import InputError
 from tiling.grid import parse_cell
@@ -78,6 +79,7 @@ from tiling.io import (
     WindowPixels,
     atomic_path,
     describe_naip,
+    is_remote,
     kept_dataset,
     normalize_source,
 )
@@ -373,11 +375,17 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     scheme = _model_scheme(loaded)
     map_crs = _map_crs(scenes, maps["crs"])
     task, run = _placed(task, run, sum(not (output.dataset / block.name).exists() for block in blocks))
+    # the page's imagery: of rasters without overviews, from the previews their blocks write as they decode
+    # them (a raster of the area is one block's or more, whole, without an AOI); of the others, read from now
+    # on, while the blocks are scored
+    sources = sorted({block.scene.source for block in blocks})
+    previewed = maps["html_map"] and aoi is None and any(
+        not scene.overviews and not is_remote(scene.source) for scene in scenes)
+    resolution = imagery_resolution([(scene.crs, scene.bounds) for scene in scenes]) if previewed else None
     block_task = ScoreBlockTask(task, params, scheme.to_dict(), _model_name(loaded, name), str(output.directory),
-                                map_crs.to_string(), size_m, _area_crs(scenes))
+                                map_crs.to_string(), size_m, _area_crs(scenes), resolution)
     settings = {**settings, "grid": grid, "map": {"crs": map_crs.to_string(), "resolution": size_m}}
-    # the page's imagery needs only the rasters: read from now on, while the blocks are scored
-    imagery = early_imagery(sorted({block.scene.source for block in blocks}), maps["html_map"])
+    imagery = None if previewed else early_imagery(sources, maps["html_map"])
     summaries = run_plan(blocks, output.dataset, block_task, settings=settings, desc="scoring",
                          on_client=print_dashboard, **run)
     _done_with(run)
@@ -400,7 +408,8 @@ def _score_scenes(loaded: Any, name: str, output: ScoreOutput, naip: list[PathLi
     popups = (lambda: output.read_predictions()) if "predictions" in written and total <= 5000 else None
     written.update(write_mosaic_maps(output, tiles, scheme, facts, predictions=popups, smooth=maps["smooth"],
                                      probabilities=maps["probabilities"], html_map=maps["html_map"],
-                                     imagery=imagery))
+                                     imagery=imagery,
+                                     stand_ins=imagery_stand_ins(blocks, summaries, output.directory)))
     return written
 
 
@@ -418,6 +427,9 @@ class ScoreBlockTask:
         resolution: the map's pixel size (the chip stride).
         area_crs: the equal-area CRS every block measures its chips' areas in (one for the area, so that a
             worker builds one transformer for all its blocks); ``None``: one centred on each block.
+        imagery_resolution: the page imagery's pixel size (:func:`geoclf.webmap.imagery_resolution`): a block
+            of a local raster without overviews writes the preview of its pixels the page is drawn from
+            (:func:`geoclf.webmap.write_imagery_preview`), while GDAL still holds them decoded; ``None``: none.
     """
 
     score: ScoreTask
@@ -428,6 +440,7 @@ class ScoreBlockTask:
     map_crs: str
     resolution: float
     area_crs: str | None = None
+    imagery_resolution: float | None = None
 
     #: Two blocks may run at once in one process (:func:`geoclf.partitions.run_plan`): what one reads while
     #: the other's model runs.
@@ -471,11 +484,42 @@ class ScoreBlockTask:
         facts = None
         if len(frame):
             facts = asdict(AreaFacts.of(frame, self.area_crs))
-        summary = {"chips": len(frame), "cells": block.cells, "tile": tile, "facts": facts,
+        imagery = self._preview(block)
+        summary = {"chips": len(frame), "cells": block.cells, "tile": tile, "facts": facts, "imagery": imagery,
                    "classes": {str(k): int(v) for k, v in frame["pred"].value_counts().items()},
                    "seconds": {"tile": tiled - started, "model": modelled - tiled,
                                "write": time.perf_counter() - modelled}}
         return _geoparquet(frame), summary
+
+    def _preview(self, block: SceneBlock) -> dict[str, str] | None:
+        """The block's imagery preview written (``{"source", "path"}``, the path relative to the output), or
+        ``None``: no page imagery wanted, a raster with overviews (the page reads those) or not local."""
+        if self.imagery_resolution is None:
+            return None
+        dataset = kept_dataset(block.scene.source)
+        window = block_window(block, to_edges=True)
+        if dataset is None or window is None or dataset.overviews(1):
+            return None
+        step = preview_step(self.imagery_resolution, block.scene.res[0])
+        name = f"{ScoreOutput.TILES}/{block.name.removesuffix('.parquet')}.imagery.tif"
+        write_imagery_preview(dataset, window, step, Path(self.directory) / name, mask=block.scene.mask,
+                              alpha_band=block.scene.alpha_band)
+        return {"source": block.scene.source, "path": name}
+
+
+def imagery_stand_ins(blocks: list[SceneBlock], summaries: list[dict[str, Any]],
+                      directory: PathLike) -> dict[str, list[str]]:
+    """The previews each raster's blocks wrote (:meth:`ScoreBlockTask._preview`), for the rasters where every
+    block wrote one that is still there: the page reads those in the raster's place."""
+    wanted: dict[str, int] = {}
+    for block in blocks:
+        wanted[block.scene.source] = wanted.get(block.scene.source, 0) + 1
+    found: dict[str, list[str]] = {}
+    for summary in summaries:
+        preview = summary.get("imagery")
+        if preview and (Path(directory) / preview["path"]).is_file():
+            found.setdefault(preview["source"], []).append(str(Path(directory) / preview["path"]))
+    return {source: files for source, files in found.items() if len(files) == wanted.get(source)}
 
 
 #: Columns of a predictions table taken from the chips, in contract order (see docs/architecture.md).

@@ -49,7 +49,7 @@ from branca.element import MacroElement
 from jinja2 import Template
 from PIL import Image
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window, from_bounds
 
@@ -231,13 +231,18 @@ def imagery_image(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
 
 def imagery_images(sources: Sequence[str], bounds: LatLonBounds | None = None, *,
                    band_sets: Sequence[Sequence[int]] = (RGB_BANDS, CIR_BANDS), max_pixels: int = 1536,
-                   quality: int = 82) -> list[ImageLayer | None]:
+                   quality: int = 82, stand_ins: Mapping[str, Sequence[str]] | None = None) -> list[ImageLayer | None]:
     """:func:`imagery_image` of several band triples (natural colour and colour infrared), each raster read once.
 
     A raster without overviews is decoded whole by a decimated read (seconds for a NAIP quarter-quad), so the
     layers of one page share that read: the union of their bands is read and warped together. Each layer is
     what :func:`imagery_image` of its bands gives, ``missing`` included (a 3-band raster is missing from the
     colour-infrared layer only).
+
+    ``stand_ins``: for some sources, small rasters that hold their pixels at about the page's resolution
+    (:func:`write_imagery_preview`, written by the workers that decoded them anyway): those are read in the
+    source's place. The page covers the sources' own footprints; a source whose stand-ins cannot be read is
+    missing, as the source itself would be.
 
     Returns:
         One layer (or None) per band triple, in order.
@@ -266,7 +271,10 @@ def imagery_images(sources: Sequence[str], bounds: LatLonBounds | None = None, *
     painted = {id(canvas): False for canvas in canvases}
     for source in footprints:
         try:
-            pieces = _read_imagery(source, extent, transform, width, height, sets)
+            if stand_ins and source in stand_ins:
+                pieces = _read_stand_ins(stand_ins[source], extent, transform, width, height, sets)
+            else:
+                pieces = _read_imagery(source, extent, transform, width, height, sets)
         except (InputError, RasterioError, OSError, ValueError):
             pieces = [InputError("cannot be read", source)] * len(sets)
         for canvas, unread, piece in zip(canvases, missing, pieces, strict=True):
@@ -324,25 +332,125 @@ def _read_imagery(source: str, mercator: tuple[float, float, float, float], tran
         bands = sorted({band for i in readable for band in band_sets[i]})
         data = dataset.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.average)
         valid = read_valid(dataset, mask, alpha_band, window, shape)
-        alphas = []
-        for i in readable:
-            triple = data[[bands.index(band) for band in band_sets[i]]]
-            alpha = (triple.max(axis=0) > 0) if valid is None else valid & (triple.max(axis=0) > 0)
-            alphas.append((alpha * 255).astype(np.uint8))
         source_transform = dataset.window_transform(window) * Affine.scale(window.width / shape[1],
                                                                            window.height / shape[0])
-        # one warp for all triples: bilinear warps each band on its own, the coordinates are computed once; a
-        # band two triples share (red and green) is warped once, then each triple's alpha
-        stack = np.concatenate([data.astype(np.uint8, copy=False), np.stack(alphas)])
-        out = np.zeros((len(stack), height, width), dtype=np.uint8)
-        rasterio.warp.reproject(stack, out, src_transform=source_transform, src_crs=dataset.crs,
-                                dst_transform=transform, dst_crs=_MERCATOR, resampling=Resampling.bilinear)
+        crs = dataset.crs
+    return _warp_imagery(pieces, band_sets, bands, data, valid, source_transform, crs, transform, width, height)
+
+
+def _warp_imagery(pieces: list[np.ndarray | InputError | None], band_sets: list[list[int]], bands: list[int],
+                  data: np.ndarray, valid: np.ndarray | None, source_transform: Affine, crs: Any,
+                  transform: Affine, width: int, height: int) -> list[np.ndarray | InputError | None]:
+    """``pieces`` with the band triples still ``None`` in them warped from ``data`` (``bands`` of a raster at
+    ``source_transform``, ``valid`` where it has data by its mask) onto the Mercator canvas."""
+    readable = [i for i, piece in enumerate(pieces) if piece is None]
+    alphas = []
+    for i in readable:
+        triple = data[[bands.index(band) for band in band_sets[i]]]
+        alpha = (triple.max(axis=0) > 0) if valid is None else valid & (triple.max(axis=0) > 0)
+        alphas.append((alpha * 255).astype(np.uint8))
+    # one warp for all triples: bilinear warps each band on its own, the coordinates are computed once; a
+    # band two triples share (red and green) is warped once, then each triple's alpha
+    stack = np.concatenate([data.astype(np.uint8, copy=False), np.stack(alphas)])
+    out = np.zeros((len(stack), height, width), dtype=np.uint8)
+    rasterio.warp.reproject(stack, out, src_transform=source_transform, src_crs=crs,
+                            dst_transform=transform, dst_crs=_MERCATOR, resampling=Resampling.bilinear)
     for n, i in enumerate(readable):
         piece = np.concatenate([out[[bands.index(band) for band in band_sets[i]]], out[len(bands) + n][None]])
         piece[3] = np.where(piece[3] >= 128, 255, 0)  # a hard edge: half-transparent collars look like haze
         piece[:3, piece[3] == 0] = 0
         pieces[i] = piece
     return pieces
+
+
+def _read_stand_ins(files: Sequence[str], mercator: tuple[float, float, float, float], transform: Affine,
+                    width: int, height: int, band_sets: list[list[int]]) -> list[np.ndarray | InputError | None]:
+    """:func:`_read_imagery` of one source from the previews of its parts (:func:`write_imagery_preview`: one
+    lattice, overlapping by at most a pixel of the same values), laid together and warped once."""
+    previews = []
+    for file in files:
+        with rasterio.open(file) as preview:
+            previews.append((preview.read(), preview.transform, preview.crs))
+    count = len(previews[0][0]) - 1  # the image bands; the last is the alpha
+    pieces: list[np.ndarray | InputError | None] = [
+        InputError(f"has {count} band(s); band {max(bands)} was asked for", files[0]) if max(bands) > count
+        else None for bands in band_sets]
+    if all(piece is not None for piece in pieces):
+        return pieces
+    (_, first, crs) = previews[0]
+    left = min(t.c for _, t, _ in previews)
+    top = max(t.f for _, t, _ in previews)
+    places = [(round((t.f - top) / first.e), round((t.c - left) / first.a)) for _, t, _ in previews]
+    rows = max(row + pixels.shape[1] for (row, _), (pixels, _, _) in zip(places, previews, strict=True))
+    cols = max(col + pixels.shape[2] for (_, col), (pixels, _, _) in zip(places, previews, strict=True))
+    laid = np.zeros((count + 1, rows, cols), dtype=np.uint8)
+    for (row, col), (pixels, _, _) in zip(places, previews, strict=True):
+        laid[:, row:row + pixels.shape[1], col:col + pixels.shape[2]] = pixels
+    bands = sorted({band for i, piece in enumerate(pieces) if piece is None for band in band_sets[i]})
+    return _warp_imagery(pieces, band_sets, bands, laid[[band - 1 for band in bands]], laid[count] > 0,
+                         Affine(first.a, 0.0, left, 0.0, first.e, top), crs, transform, width, height)
+
+
+def imagery_resolution(footprints: Sequence[tuple[Any, tuple[float, float, float, float]]],
+                       max_pixels: int = 1536) -> float:
+    """The pixel size (Web Mercator metres) of the page imagery :func:`imagery_images` draws of rasters with
+    these ``(crs, bounds)`` footprints: what their previews are written at (:func:`write_imagery_preview`)."""
+    boxes = np.array([rasterio.warp.transform_bounds(crs, _MERCATOR, *box, densify_pts=21) for crs, box in footprints])
+    extent = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+    return float(_mercator_canvas(extent, 0.0, max_pixels)[0].a)
+
+
+def preview_step(resolution: float, pixel_size: float) -> int:
+    """How many of a raster's pixels (of ``pixel_size``) a side of a pixel of its preview averages: the ratio
+    :func:`_read_imagery` reads the raster itself at for a page of ``resolution``, rounded, at least one."""
+    return max(1, round(resolution / max(pixel_size, 1e-12)))
+
+
+def write_imagery_preview(dataset: rasterio.DatasetReader, window: Window, step: int, path: PathLike, *,
+                          mask: str | None, alpha_band: int | None) -> Path:
+    """Write the pixels of ``window`` averaged over ``step`` x ``step`` squares, with their data mask as an alpha
+    band: a stand-in for the window in the page imagery (:func:`imagery_images`'s ``stand_ins``), read in
+    milliseconds where the raster itself, without overviews, is decoded whole.
+
+    The squares lie on one lattice of the raster (from its first pixel), whatever the window, so the previews
+    of neighbouring windows fit together (sharing at most a row or column of squares, of the same values); a
+    square at the raster's edge averages the pixels it has. A worker writes it right after it read the window's
+    pixels for its chips: GDAL still holds them decoded, so the preview costs an average, not a second decode.
+    Bands: the raster's image bands (alpha excluded), then the alpha (255 where the raster's mask or alpha band
+    says there is data, everywhere without one).
+    """
+    step = max(1, int(step))
+    bands = [b for b in range(1, dataset.count + 1) if b != alpha_band]
+    col0, row0 = int(window.col_off) // step, int(window.row_off) // step
+    col1 = -(-min(int(window.col_off + window.width), dataset.width) // step)
+    row1 = -(-min(int(window.row_off + window.height), dataset.height) // step)
+    shape = (row1 - row0, col1 - col0)
+    data = np.zeros((len(bands) + 1, *shape), dtype=np.uint8)
+    # whole squares in one read, the raster's last part-squares (its right and bottom edges) in their own
+    whole_cols = min(col1, dataset.width // step) - col0
+    whole_rows = min(row1, dataset.height // step) - row0
+    for rows in ((0, whole_rows), (whole_rows, shape[0])):
+        for cols in ((0, whole_cols), (whole_cols, shape[1])):
+            if rows[1] <= rows[0] or cols[1] <= cols[0]:
+                continue
+            top, left = (row0 + rows[0]) * step, (col0 + cols[0]) * step
+            part = Window(left, top, min((col0 + cols[1]) * step, dataset.width) - left,
+                          min((row0 + rows[1]) * step, dataset.height) - top)
+            size = (rows[1] - rows[0], cols[1] - cols[0])
+            target = (slice(rows[0], rows[1]), slice(cols[0], cols[1]))
+            data[(slice(0, len(bands)), *target)] = dataset.read(bands, window=part, out_shape=(len(bands), *size),
+                                                                 resampling=Resampling.average)
+            valid = read_valid(dataset, mask, alpha_band, part, size)
+            data[(len(bands), *target)] = 255 if valid is None else valid * np.uint8(255)
+    origin = dataset.transform * Affine.translation(col0 * step, row0 * step)
+    profile = {"driver": "GTiff", "width": shape[1], "height": shape[0], "count": len(bands) + 1, "dtype": "uint8",
+               "crs": dataset.crs, "transform": origin * Affine.scale(step), "compress": "deflate",
+               "photometric": "MINISBLACK"}
+    with atomic_path(path) as temporary, rasterio.open(temporary, "w", **profile) as out:
+        # before the pixels: GDAL's GeoTIFF keeps the extra samples' meaning only when it is set first
+        out.colorinterp = [ColorInterp.gray, *[ColorInterp.undefined] * (len(bands) - 1), ColorInterp.alpha]
+        out.write(data)
+    return Path(path)
 
 
 _SWATCH = ("display:inline-block;width:14px;height:14px;margin-right:6px;vertical-align:middle;"
@@ -743,12 +851,15 @@ __all__ = [
     "hex_color",
     "imagery_image",
     "imagery_images",
+    "imagery_resolution",
     "leaflet_assets",
     "legend_box",
     "legend_html",
     "legend_section",
     "offline_map",
     "overlay_image",
+    "preview_step",
     "save_map",
     "title_html",
+    "write_imagery_preview",
 ]

@@ -448,3 +448,89 @@ def test_trend_of_undated_maps_asks_for_dates(nd_maps, wv, work):
     written = analyze_trends(outs, work / "trend-dated", dates=["2009-08-18", "2020-08-31"], html_map=False)
     assert written
     shutil.rmtree(work / "trend-undated", ignore_errors=True)
+
+
+def _layer_pixels(layer) -> np.ndarray:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(layer.url.split(",", 1)[1]))).convert("RGBA"))
+
+
+@pytest.mark.parametrize("max_pixels", [1536, 300])
+@pytest.mark.parametrize("variant", ["zero-gaps", "rgb", "internal-mask", "alpha-band", "nir-tagged-alpha"])
+def test_page_imagery_from_block_previews_is_the_rasters_own(wv, work, variant, max_pixels):
+    """A raster without overviews is decoded whole for the page's imagery: its blocks write previews of the
+    pixels they decoded anyway (their margins beyond whole cells included), and the page drawn from those is
+    the one the raster itself gives: gaps transparent whether zeros, a mask or an alpha band mark them, NIR
+    kept where it is tagged alpha, colour infrared missing from RGB imagery."""
+    from scipy import ndimage
+
+    from geoclf.webmap import imagery_images, imagery_resolution, preview_step, write_imagery_preview
+    from tiling.blocks import block_window, plan_blocks
+
+    naip = {"zero-gaps": lambda: wv["naip"], "rgb": lambda: real.rgb_copy(wv["naip"], work / "wv-rgb-page.tif"),
+            "internal-mask": lambda: real.masked_copy(wv["naip"], work / "wv-mask-page.tif"),
+            "alpha-band": lambda: real.alpha_copy(wv["naip"], work / "wv-alpha-page.tif"),
+            "nir-tagged-alpha": lambda: naip_path("zone11-0.6m")}[variant]()
+    scenes, blocks = plan_blocks([naip], tiling.TileParams(chip_size=48), cells_per_block=6)
+    (scene,) = scenes
+    assert scene.overviews == 0 and len(blocks) > 2
+    step = preview_step(imagery_resolution([(scene.crs, scene.bounds)], max_pixels), scene.res[0])
+    files = []
+    with rasterio.open(naip) as dataset:
+        for block in blocks:
+            path = work / f"preview-{variant}-{max_pixels}" / f"{block.number}.tif"
+            write_imagery_preview(dataset, block_window(block, to_edges=True), step, path, mask=scene.mask,
+                                  alpha_band=scene.alpha_band)
+            files.append(str(path))
+    # the previews cover the raster, on one lattice of squares from its first pixel
+    assert_previews_cover(files, scene.bounds, (step * scene.res[0], step * scene.res[1]), 3 if variant == "rgb" else 4)
+
+    source = str(naip)
+    direct = imagery_images([source], max_pixels=max_pixels)
+    previewed = imagery_images([source], max_pixels=max_pixels, stand_ins={source: files})
+    for got, expected in zip(previewed, direct, strict=True):
+        if variant == "rgb" and expected is not None and not expected.url:
+            assert got == expected  # no NIR: missing from the colour-infrared layer either way
+            continue
+        assert got.bounds == expected.bounds and got.missing == expected.missing == []
+        a, b = _layer_pixels(got), _layer_pixels(expected)
+        assert a.shape == b.shape
+        # the gaps are where they are: their edges may move by a pixel or so (the preview's squares and the
+        # page's own decimation are not one lattice; the raster's read for the page rounds its last row away)
+        edges = np.zeros(b.shape[:2], dtype=bool)
+        edges[1:] |= b[1:, :, 3] != b[:-1, :, 3]
+        edges[:, 1:] |= b[:, 1:, 3] != b[:, :-1, 3]
+        far = ~ndimage.binary_dilation(edges, iterations=10)
+        assert (a[..., 3] == b[..., 3]).mean() > 0.98 and (a[far, 3] == b[far, 3]).mean() > 0.999
+        both = (a[..., 3] > 0) & (b[..., 3] > 0)
+        assert both.mean() > 0.5
+        # each side is lossy WebP, which alone moves forest texture by 3-4 grey levels at these sizes (the two
+        # canvases before encoding differ by < 3): a page pixel off differs by ~9, other bands by ~17
+        assert np.abs(a[both][:, :3].astype(int) - b[both][:, :3].astype(int)).mean() < 6
+
+
+def assert_previews_cover(files: list[str], bounds, square: tuple[float, float], bands: int) -> None:
+    """The previews (image bands + alpha) cover ``bounds`` whole, their pixels on one lattice of ``square``
+    (x, y) from its top-left corner, overlapping neighbours by at most a square, past the edges by less than one."""
+    import shapely
+
+    left, bottom, right, top = bounds
+    (sx, sy), boxes = square, []
+    for file in files:
+        with rasterio.open(file) as preview:
+            assert preview.count == bands + 1 and preview.colorinterp[-1] == rasterio.enums.ColorInterp.alpha
+            t = preview.transform
+            assert t.a == pytest.approx(sx) and t.e == pytest.approx(-sy)
+            assert (t.c - left) / sx == pytest.approx(round((t.c - left) / sx), abs=1e-6)
+            assert (top - t.f) / sy == pytest.approx(round((top - t.f) / sy), abs=1e-6)
+            boxes.append(shapely.box(*preview.bounds))
+    union = shapely.union_all([b.buffer(sx * 1e-6, join_style="mitre") for b in boxes])  # edges meet in floats
+    assert union.covers(shapely.box(left, bottom, right, top)) and union.geom_type == "Polygon"
+    u_left, u_bottom, u_right, u_top = union.bounds
+    assert (u_left, u_top) == pytest.approx((left, top), abs=sx * 1e-5) and right <= u_right < right + sx
+    assert bottom - sy < u_bottom <= bottom
+    assert sum(b.area for b in boxes) < union.area * 1.5

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from shapely import box
 
@@ -358,3 +359,67 @@ def test_the_page_imagery_is_read_while_the_blocks_are_scored(trained, tmp_path,
     page = (out / "map.html").read_text()
     assert "Imagery (natural colour)" in page and "Imagery (colour infrared)" in page
     assert len(re.findall(r"data:image/webp;base64,", page)) == 2
+
+
+def test_the_page_imagery_of_a_raster_without_overviews_is_read_from_its_blocks_previews(trained, tmp_path,
+                                                                                         monkeypatch):
+    # a raster without overviews is decoded whole for the page's imagery (a second decode of every pixel the
+    # blocks decoded: ~15% of a whole in-process score): its blocks write previews of what they read, and the
+    # page reads those, never the raster
+    import re
+
+    from rasterio.windows import Window
+
+    from geoclf import webmap
+
+    workdir, model = trained
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(workdir / "scene" / "naip_2016.tif") as src:
+        window = Window(101, 57, 1650, 1420)  # off the 224 m grid: margins beyond the whole cells on all sides
+        profile = src.profile | {"width": window.width, "height": window.height,
+                                 "transform": src.window_transform(window)}
+        with rasterio.open(plain, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    read: list[str] = []  # rasters the page read
+    stood_in: list[list[str]] = []  # the previews it read instead
+    original, stand_ins = webmap._read_imagery, webmap._read_stand_ins
+
+    def reading(source, *args, **kwargs):  # the real reads, noting what they read
+        read.append(str(source))
+        return original(source, *args, **kwargs)
+
+    def reading_previews(files, *args, **kwargs):
+        stood_in.append(sorted(files))
+        return stand_ins(files, *args, **kwargs)
+
+    monkeypatch.setattr(webmap, "_read_imagery", reading)
+    monkeypatch.setattr(webmap, "_read_stand_ins", reading_previews)
+    out = tmp_path / "out"
+    score(str(model.path), out, naip=[plain], scheduler="sync", chips_per_partition=8, progress=False)
+    previews = sorted(str(path) for path in (out / "tiles").rglob("*.imagery.tif"))
+    assert len(previews) == len(list((out / "predictions").rglob("part-*.parquet"))) > 2
+    assert read == [] and stood_in == [previews]
+    # together they are the whole raster, its margins included
+    with rasterio.open(plain) as ds:
+        bounds = ds.bounds
+    boxes = []
+    for path in previews:
+        with rasterio.open(path) as preview:
+            boxes.append(box(*preview.bounds).buffer(1e-6, join_style="mitre"))  # their edges meet in floats
+    assert shapely.union_all(boxes).covers(box(*bounds))
+    page = (out / "map.html").read_text()
+    assert "Imagery (natural colour)" in page and "Imagery (colour infrared)" in page
+    assert len(re.findall(r"data:image/webp;base64,", page)) == 2
+    # a raster with overviews (the page reads those: a few reads, not its pixels) gets no previews
+    import shutil
+
+    from rasterio.enums import Resampling
+
+    overviews = shutil.copy(plain, tmp_path / "overviews.tif")
+    with rasterio.open(overviews, "r+") as ds:
+        ds.build_overviews([2, 4, 8], Resampling.average)
+    read.clear()
+    score(str(model.path), tmp_path / "out-overviews", naip=[overviews], scheduler="sync", chips_per_partition=8,
+          progress=False)
+    assert not list((tmp_path / "out-overviews" / "tiles").rglob("*.imagery.tif"))
+    assert read == [str(overviews)] and stood_in == [previews]

@@ -250,6 +250,27 @@ def block_chips(block: SceneBlock, params: TileParams, nlcd: NlcdInfo | None = N
 BLOCK_PIXELS_MAX_BYTES = 32 * 2**20
 
 
+def block_window(block: SceneBlock, to_edges: bool = False) -> Window | None:
+    """The pixels of a block's raster under its cells: the union of their chip windows, inside the raster
+    (``None`` where that is empty). ``to_edges``: also the raster's margins beyond the grid's whole cells on the
+    sides where the block is the raster's last, so that a raster's blocks together cover all of it."""
+    scene = block.scene
+    ix0, ix1, iy0, iy1 = block.span
+    windows = scene_windows(scene, block.grid, np.array([ix0, ix1]), np.array([iy1, iy0]))
+    col0, row0 = max(int(windows[0, 0]), 0), max(int(windows[0, 1]), 0)
+    col1 = min(int(windows[1, 0] + windows[1, 2]), scene.width)
+    row1 = min(int(windows[1, 1] + windows[1, 3]), scene.height)
+    if col1 <= col0 or row1 <= row0:
+        return None
+    if to_edges:
+        sx0, sx1, sy0, sy1 = block.scene_span
+        col0 = 0 if ix0 == sx0 else col0
+        col1 = scene.width if ix1 == sx1 else col1
+        row0 = 0 if iy1 == sy1 else row0  # cell rows count northwards: the top row is the last
+        row1 = scene.height if iy0 == sy0 else row1
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
 def block_pixels(block: SceneBlock, bands: Sequence[int] = ()) -> WindowPixels | None:
     """The pixels under a block's cells, read once (runs on a worker): for its nodata lattice
     (:func:`block_chips`'s ``pixels``) and its chips (:meth:`tiling.io.ChipReader.hold`) both.
@@ -263,14 +284,9 @@ def block_pixels(block: SceneBlock, bands: Sequence[int] = ()) -> WindowPixels |
     wanted = tuple(dict.fromkeys([*lattice, *bands]))
     if any(b < 1 or b > scene.count + (scene.alpha_band is not None) or b == scene.alpha_band for b in wanted):
         return None
-    ix0, ix1, iy0, iy1 = block.span
-    windows = scene_windows(scene, block.grid, np.array([ix0, ix1]), np.array([iy1, iy0]))
-    col0, row0 = max(int(windows[0, 0]), 0), max(int(windows[0, 1]), 0)
-    col1 = min(int(windows[1, 0] + windows[1, 2]), scene.width)
-    row1 = min(int(windows[1, 1] + windows[1, 3]), scene.height)
-    if col1 <= col0 or row1 <= row0 or len(wanted) * (col1 - col0) * (row1 - row0) > BLOCK_PIXELS_MAX_BYTES:
+    window = block_window(block)
+    if window is None or len(wanted) * window.width * window.height > BLOCK_PIXELS_MAX_BYTES:
         return None
-    window = Window(col0, row0, col1 - col0, row1 - row0)
     with ExitStack() as stack:
         dataset = kept_dataset(scene.source) or stack.enter_context(open_dataset(scene.source))
         return read_pixels(dataset, scene.source, window, wanted, scene.mask, scene.alpha_band)
@@ -342,5 +358,5 @@ def _shared_measure(scene: SceneInfo, grid: ChipGrid, span: Span, ix: np.ndarray
     return measured.loc[list(zip(ix.tolist(), iy.tolist(), strict=True))].reset_index(drop=True)
 
 
-__all__ = ["BLOCK_PIXELS_MAX_BYTES", "Rival", "SceneBlock", "block_chips", "block_pixels", "cut_span", "label_block",
-           "plan_blocks"]
+__all__ = ["BLOCK_PIXELS_MAX_BYTES", "Rival", "SceneBlock", "block_chips", "block_pixels", "block_window", "cut_span",
+           "label_block", "plan_blocks"]

@@ -193,6 +193,7 @@ class SceneInfo:
         mask: how nodata is marked besides 0 (or the declared nodata) in every band: ``"alpha"`` (an alpha
             band), ``"mask"`` (a GDAL nodata mask, internal or ``.msk``) or None.
         alpha_band: the alpha band's number when ``mask == "alpha"``.
+        overviews: how many overview levels the raster has (0: a decimated read decodes all of its pixels).
     """
 
     source: str
@@ -206,6 +207,7 @@ class SceneInfo:
     date: dt.date | None
     mask: str | None = None
     alpha_band: int | None = None
+    overviews: int = 0
 
     @property
     def res(self) -> tuple[float, float]:
@@ -480,7 +482,7 @@ def describe_naip(path: PathLike, min_bands: int = 3) -> SceneInfo:
         stem = Path(source.split("?")[0]).stem
         return SceneInfo(source=source, name=stem, crs=ds.crs, transform=ds.transform, width=ds.width,
                          height=ds.height, count=count, nodata=ds.nodata, date=scene_date(stem, ds.tags()),
-                         mask=mask, alpha_band=alpha_band)
+                         mask=mask, alpha_band=alpha_band, overviews=len(ds.overviews(1)))
 
 
 class ChipReader:
