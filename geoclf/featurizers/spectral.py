@@ -8,7 +8,9 @@ reflectances scaled to [0, 1]. This is the baseline a CNN has to beat: on real 4
 and a logistic regression score higher than ImageNet features of the RGB bands (issue 13).
 
 The statistics come from one 256-bin histogram per chip and band (chips are uint8), so percentiles are exact
-and cost a ``bincount``, not a sort: well under a tenth of a CNN forward pass per chip (``benchmarks/``).
+and cost a ``bincount``, not a sort; bands are counted in pairs (one 65,536-bin histogram of value pairs, whose
+margins are both bands'), red with NIR, whose pair values also look each pixel's NDVI up in a table of the
+65,536 pairs': well under a tenth of a CNN forward pass per chip (``benchmarks/``).
 This module imports neither torch nor scikit-learn: spectral features are computed, trained on and scored
 without them.
 """
@@ -129,47 +131,81 @@ class SpectralFeaturizer(Featurizer):
             return np.empty((0, self.feature_dim), dtype=np.float32)
         valid = chips.any(axis=1)  # (N, S, S)
         count = np.count_nonzero(valid.reshape(n, -1), axis=1)
-        blocks = [_band_statistics(chips, valid, count)]
-        if self.has_ndvi:
-            blocks.append(_ndvi_statistics(chips[:, self.bands.index(RED)], chips[:, self.bands.index(NIR)],
-                                           valid, count))
+        red_nir = (self.bands.index(RED), self.bands.index(NIR)) if self.has_ndvi else None
+        histogram, ndvi = _histograms(chips, count, red_nir)
+        blocks = [_band_statistics(histogram, count)]
+        if ndvi is not None:
+            blocks.append(_ndvi_statistics(ndvi, count))
         if self.texture:
             rgb = [self.bands.index(b) for b in (1, 2, 3) if b in self.bands]
             blocks.append(_texture(chips[:, rgb], valid))
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
-def _band_statistics(chips: np.ndarray, valid: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """:data:`BAND_STATS` of every band, band-major, from one histogram per chip and band.
+def _histograms(chips: np.ndarray, count: np.ndarray, red_nir: tuple[int, int] | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every chip's 256-bin histogram per band of its pixels with data, ``(N, bands, 256)``, and with
+    ``red_nir`` (the red and NIR bands' positions) the sums of NDVI and of its square over each chip's pixels
+    ``(N, 2)``.
 
-    A pixel without data is 0 in every band, so the pixels with data of a band are its histogram less the
-    pixels without data in bin 0: every pixel is counted (one ``bincount`` per chip and band, no masking pass
-    over the pixels) and those are taken off.
+    Bands are counted two at a time, as one 65,536-bin histogram of their value pairs whose margins are the two
+    bands' histograms: half the ``bincount`` passes over the pixels. Red and NIR make one pair, and the same
+    pair values look NDVI up in a table of all 65,536 (float32, as NDVI was computed pixel by pixel). A pixel
+    without data is 0 in every band: the pixels without data are taken off bin 0 (pair ``(0, 0)``, whose NDVI
+    is 0), so every pixel is counted without a masking pass.
     """
     n, nbands = chips.shape[:2]
-    flat = chips.reshape(n * nbands, -1)
-    histogram = np.stack([np.bincount(row, minlength=256) for row in flat]).reshape(n, nbands, 256)
-    histogram = histogram.astype(np.float64)
-    histogram[:, :, 0] -= (flat.shape[1] - count)[:, None]
+    order = [*(red_nir or ()), *(b for b in range(nbands) if b not in (red_nir or ()))]
+    pairs = [tuple(order[i:i + 2]) for i in range(0, nbands, 2)]
+    histogram = np.empty((n, nbands, 256), dtype=np.float64)
+    ndvi = np.empty((n, 2), dtype=np.float32) if red_nir is not None else None
+    missing = chips[0, 0].size - count
+    for i in range(n):
+        for pair in pairs:
+            if len(pair) == 1:
+                counts = np.bincount(chips[i, pair[0]].ravel(), minlength=256)
+                counts[0] -= missing[i]
+                histogram[i, pair[0]] = counts
+                continue
+            a, b = pair
+            values = chips[i, a].astype(np.uint16) << 8
+            values |= chips[i, b]
+            counts = np.bincount(values.ravel(), minlength=65536)
+            counts[0] -= missing[i]
+            square = counts.reshape(256, 256)
+            histogram[i, a] = square.sum(axis=1)
+            histogram[i, b] = square.sum(axis=0)
+            if pair == red_nir:
+                index = _NDVI_TABLE[values]
+                ndvi[i] = index.sum(), (index * index).sum()
+    return histogram, ndvi
+
+
+def _band_statistics(histogram: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """:data:`BAND_STATS` of every band, band-major, from the histograms of the pixels with data (percentiles
+    exact: the lowest value whose cumulative share reaches the percentile)."""
+    n = len(histogram)
     total = np.maximum(count, 1).astype(np.float64)[:, None]
     levels = np.arange(256, dtype=np.float64) / 255.0
     mean = histogram @ levels / total
     std = np.sqrt(np.maximum(histogram @ levels**2 / total - mean**2, 0.0))
     cumulative = np.cumsum(histogram, axis=-1) / total[..., None]
-    # the q-th percentile: the lowest value whose cumulative share reaches q
     percentiles = [(cumulative < q).sum(axis=-1).clip(max=255) / 255.0 for q in _PERCENTILES]
     stats = np.stack([mean, std, *percentiles], axis=-1)  # (N, bands, stats)
     stats[count == 0] = 0.0
     return stats.reshape(n, -1)
 
 
-def _ndvi_statistics(red: np.ndarray, nir: np.ndarray, valid: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """NDVI mean and standard deviation over the pixels with data."""
-    r, ir = red.astype(np.float32), nir.astype(np.float32)
-    ndvi = (ir - r) / np.maximum(ir + r, 1.0)
+#: NDVI of every (red, NIR) pair of 8-bit values, indexed ``red << 8 | nir``.
+_NDVI_TABLE = ((lambda r, ir: (ir - r) / np.maximum(ir + r, np.float32(1.0)))(
+    *np.meshgrid(np.arange(256, dtype=np.float32), np.arange(256, dtype=np.float32), indexing="ij")).ravel())
+
+
+def _ndvi_statistics(sums: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """NDVI mean and standard deviation over the pixels with data, from the sums of NDVI and of its square."""
     total = np.maximum(count, 1)
-    mean = (ndvi * valid).sum(axis=(1, 2)) / total
-    std = np.sqrt(np.maximum((ndvi**2 * valid).sum(axis=(1, 2)) / total - mean**2, 0.0))
+    mean = sums[:, 0] / total
+    std = np.sqrt(np.maximum(sums[:, 1] / total - mean**2, 0.0))
     return np.stack([mean, std], axis=1)
 
 
