@@ -6,7 +6,6 @@ still importable from here. This module turns it into the products of a scored a
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import threading
@@ -48,6 +47,7 @@ from geoclf.webmap import (  # noqa: F401  (re-exported: the page builder's part
     RGB_BANDS,
     ImageLayer,
     WebMap,
+    escape,
     hex_color,
     imagery_images,
     leaflet_assets,
@@ -150,9 +150,14 @@ def _chip_features(predictions: pd.DataFrame, classes: ClassScheme) -> tuple[dic
             aliases.append(f"p({name})")
     # Six decimals of a degree is ~0.1 m: plenty for a footprint, and it keeps the page small.
     geometry = shapely.transform(frame.geometry.to_numpy(), lambda xy: np.round(xy, 6))
-    data = json.loads(gpd.GeoDataFrame(props.reset_index(drop=True), geometry=list(geometry),
-                                       crs=4326).to_json(drop_id=True))
-    return data, fields, aliases
+    # the FeatureCollection GeoDataFrame.to_json gives, built from shapely's GeoJSON of all footprints at once
+    # and the properties' records (to_json goes feature by feature: 0.35 s of a 3,600-chip page)
+    props = props.reset_index(drop=True)
+    for column in props.columns[props.dtypes.map(lambda dtype: dtype.kind == "f")]:
+        props[column] = props[column].astype(object).where(props[column].notna(), None)
+    features = [{"type": "Feature", "properties": record, "geometry": json.loads(shape)}
+                for record, shape in zip(props.to_dict("records"), shapely.to_geojson(geometry), strict=True)]
+    return {"type": "FeatureCollection", "features": features}, fields, aliases
 
 
 @dataclass(frozen=True)
@@ -279,7 +284,7 @@ def folium_map(predictions: pd.DataFrame | None, classes: ClassScheme, path: Pat
     if predictions is not None and count <= max_popup_chips:
         data, fields, aliases = _chip_features(predictions, classes)
         # the page's properties are escaped (webmap.WebMap.add_features), so are the colour keys
-        colors = {html.escape(name): hex_color(classes.color(name)) for name in classes.names}
+        colors = {escape(name): hex_color(classes.color(name)) for name in classes.names}
         page.add_features(data, name="Chips (click for details)", fields=fields, aliases=aliases,
                           style=lambda feature: {"color": colors[feature["properties"]["land_use_class"]],
                                                  "weight": 1, "opacity": 0.6, "fillOpacity": 0.0},

@@ -146,15 +146,22 @@ class ScoreTask:
                 (:meth:`tiling.io.ChipReader.lend`) and left open.
         """
         model = self.model()
-        probs = []
+        # a features model's classifier runs once on the part's features: sklearn's checks and its column
+        # transformer's dispatch cost about as much for 32 rows as for 512
+        features = getattr(model, "predict_proba_features", None) is not None
+        outputs = []
         with ChipReader(bands=model.bands, size=model.chip_size) as reader:
             reader.hold(pixels)
             if lent is not None:
                 reader.lend(*lent)
             for _, chips in iter_batches(part, reader, self.batch_size):
-                probs.append(np.asarray(model.predict_proba(chips), dtype=np.float32))
-        matrix = np.concatenate(probs) if probs else np.zeros((0, len(model.classes)), np.float32)
-        return matrix, list(model.classes)
+                outputs.append(model.featurize(chips) if features else model.predict_proba(chips))
+        if not outputs:
+            return np.zeros((0, len(model.classes)), np.float32), list(model.classes)
+        matrix = np.concatenate(outputs)
+        if features:
+            matrix = model.predict_proba_features(matrix)
+        return np.asarray(matrix, dtype=np.float32), list(model.classes)
 
     def model(self) -> LandUseModel:
         """The model of this worker process, loaded on its first task and ready to predict.

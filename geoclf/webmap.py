@@ -76,6 +76,30 @@ RGB_BANDS = (1, 2, 3)
 CIR_BANDS = (4, 1, 2)
 
 
+class Verbatim(folium.Element):
+    """HTML that goes into a page as it is (a ``folium.Element`` whose text is not a jinja template).
+
+    branca compiles an element's text as a jinja template and renders it: ``{{ ... }}`` in it is evaluated, with
+    access to Python objects. The pages hold text from the data (raster and scene names from file names, STAC
+    items or URLs; class names; titles), HTML-escaped, which leaves braces alone: a raster named
+    ``{{ cycler.__init__.__globals__.os.popen('...').read() }}.tif`` would run a command while the page is
+    written. Every piece of HTML geoclf adds to a page is one of these (compiling a page's megabytes of inlined
+    Leaflet and images as templates also cost ~0.2 s a page).
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def render(self, **kwargs: Any) -> str:
+        """The text, as given."""
+        return self.text
+
+
+#: The template of :meth:`WebMap.add_script`'s elements: the code is put in as a value, not compiled.
+_SCRIPT = Template("{% macro script(this, kwargs) %}{{ this.code }}{% endmacro %}")
+
+
 class ImageLayer(NamedTuple):
     """An image for a page: a data URL, its lat/lon bounds, and what could not be drawn (for a note)."""
 
@@ -84,15 +108,24 @@ class ImageLayer(NamedTuple):
     missing: list[str]
 
 
-def escape(value: Any) -> Any:
-    """``value`` made safe to show as HTML text: strings escaped (``<>&"'``), other JSON values as they are.
+#: Braces as HTML character references: what :func:`escape` writes for ``{`` and ``}``.
+_BRACES = str.maketrans({"{": "&#123;", "}": "&#125;"})
 
-    Lists and mappings are escaped element by element, since folium's popups show them as JSON text.
+
+def escape(value: Any) -> Any:
+    """``value`` made safe to show as HTML text: strings escaped (``<>&"'``, and the braces), other JSON values as
+    they are.
+
+    Lists and mappings are escaped element by element (a mapping's keys too: they name popup fields), since
+    folium's popups show them as JSON text. Braces become character references (shown as braces) because folium
+    renders every layer's script, with the names and properties in it, and branca compiles that output once
+    more as a jinja template: ``{{ ... }}`` from the data would be evaluated there, with Python's objects at
+    hand (see :class:`Verbatim` for the HTML geoclf adds itself).
     """
     if isinstance(value, str):
-        return html.escape(value)
+        return html.escape(value).translate(_BRACES)
     if isinstance(value, Mapping):
-        return {key: escape(item) for key, item in value.items()}
+        return {escape(key): escape(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [escape(item) for item in value]
     return value
@@ -123,12 +156,12 @@ def offline_map(bounds: LatLonBounds, basemap: str | None = "OpenStreetMap") -> 
     fmap.default_css = []
     leaflet_js, leaflet_css = leaflet_assets()
     root = fmap.get_root()
-    root.header.add_child(folium.Element(f"<style>{leaflet_css}</style>"), name="leaflet_css")
-    root.header.add_child(folium.Element(f"<script>{leaflet_js}</script>"), name="leaflet")
+    root.header.add_child(Verbatim(f"<style>{leaflet_css}</style>"), name="leaflet_css")
+    root.header.add_child(Verbatim(f"<script>{leaflet_js}</script>"), name="leaflet")
     if basemap is not None:
         template = "{" in basemap  # a tile URL rather than a provider name: folium then wants an attribution
         folium.TileLayer(basemap, attr="basemap" if template else None,
-                         name="Basemap" if template else html.escape(f"Basemap ({basemap})"), overlay=False,
+                         name="Basemap" if template else escape(f"Basemap ({basemap})"), overlay=False,
                          control=True).add_to(fmap)
     return fmap
 
@@ -467,12 +500,12 @@ def legend_section(classes: Legend, title: str, note: str | None = None, nodata:
     shown = list(classes.names if names is None else names)
     items = "".join(
         f'<div class="geoclf-legend-entry"><span style="{_SWATCH}background:{hex_color(classes.color(name))}">'
-        f"</span>{html.escape(name)}</div>" for name in shown)
+        f"</span>{escape(name)}</div>" for name in shown)
     if nodata is not None:
         items += (f'<div class="geoclf-legend-entry geoclf-legend-nodata"><span style="{_SWATCH}{_CHECKER}"></span>'
-                  f"{html.escape(nodata)}</div>")
-    extra = f'<div style="margin-top:4px;color:#555;max-width:260px">{html.escape(note)}</div>' if note else ""
-    return f'<div class="geoclf-legend-section"><b>{html.escape(title)}</b>{items}{extra}</div>'
+                  f"{escape(nodata)}</div>")
+    extra = f'<div style="margin-top:4px;color:#555;max-width:260px">{escape(note)}</div>' if note else ""
+    return f'<div class="geoclf-legend-section"><b>{escape(title)}</b>{items}{extra}</div>'
 
 
 def legend_box(sections: Sequence[str]) -> str:
@@ -501,12 +534,12 @@ def legend_html(classes: Legend, title: str, note: str | None, nodata: str | Non
 def title_html(title: str, lines: Sequence[str] = ()) -> str:
     """A fixed-position title box (top left, beside the zoom buttons and clear of the layer list at the top
     right) with lines of detail under it; all text escaped."""
-    details = "".join(f'<div class="geoclf-title-line">{html.escape(line)}</div>' for line in lines if line)
+    details = "".join(f'<div class="geoclf-title-line">{escape(line)}</div>' for line in lines if line)
     return ('<div class="geoclf-title" style="position:absolute;top:10px;left:54px;'
             "z-index:1000;background:rgba(255,255,255,0.92);padding:4px 12px;border-radius:4px;"
             "font:12px/1.4 sans-serif;color:#333;max-width:calc(100% - 360px);min-width:180px;"
             'box-shadow:0 1px 4px rgba(0,0,0,0.3)">'
-            f'<div class="geoclf-title-text" style="font-size:15px;font-weight:bold;color:#111">{html.escape(title)}'
+            f'<div class="geoclf-title-text" style="font-size:15px;font-weight:bold;color:#111">{escape(title)}'
             f"</div>{details}</div>")
 
 
@@ -547,7 +580,7 @@ class WebMap:
         self._panes: set[str] = set()
         self._legend: list[str] = []
         # imagery is smoothed when scaled; folium's pixelated style is for every image layer
-        self.map.get_root().header.add_child(folium.Element(
+        self.map.get_root().header.add_child(Verbatim(
             "<style>.leaflet-image-layer.geoclf-imagery{image-rendering:auto!important}</style>"),
             name="geoclf_imagery_css")
 
@@ -576,7 +609,7 @@ class WebMap:
         elif imagery:
             options["pane"] = self.add_pane("geoclf-imagery", 250)
         layer = folium.raster_layers.ImageOverlay(url, bounds=bounds, opacity=opacity,
-                                                  name=None if name is None else html.escape(name),
+                                                  name=None if name is None else escape(name),
                                                   pixelated=True, interactive=False, control=control, show=show,
                                                   **options)
         layer.add_to(self.map)
@@ -633,8 +666,8 @@ class WebMap:
                      ) -> folium.GeoJson:
         """Add vector features (in EPSG:4326) whose ``fields`` open in a popup (or show in a tooltip).
 
-        Every property and alias is escaped, so ``style`` and ``highlight`` see escaped properties: key any
-        lookup by ``html.escape(value)``.
+        Every property (key and value) and alias is escaped (:func:`escape`), so ``style`` and ``highlight`` see
+        escaped properties: key any lookup by ``escape(value)``.
 
         Args:
             features: a GeoDataFrame (any CRS) or a GeoJSON FeatureCollection (EPSG:4326).
@@ -647,10 +680,11 @@ class WebMap:
             tooltip: show the fields in a tooltip on hover.
         """
         labels = escape(list(aliases if aliases is not None else fields))
+        keys = escape(list(fields))  # as the properties' escaped keys
         layer = folium.GeoJson(
-            escaped_geojson(features), name=html.escape(name), style_function=style, highlight_function=highlight,
-            popup=folium.GeoJsonPopup(fields=list(fields), aliases=labels) if popup else None,
-            tooltip=folium.GeoJsonTooltip(fields=list(fields), aliases=labels) if tooltip else None)
+            escaped_geojson(features), name=escape(name), style_function=style, highlight_function=highlight,
+            popup=folium.GeoJsonPopup(fields=keys, aliases=labels) if popup else None,
+            tooltip=folium.GeoJsonTooltip(fields=keys, aliases=labels) if tooltip else None)
         layer.add_to(self.map)
         return layer
 
@@ -659,7 +693,7 @@ class WebMap:
         """Add a section to the page's legend (one fixed-position box, :func:`legend_html`); sections show in
         the order they are added."""
         self._legend.append(legend_section(classes, title, note, nodata, names))
-        self.map.get_root().html.add_child(folium.Element(legend_box(self._legend)), name="legend")
+        self.map.get_root().html.add_child(Verbatim(legend_box(self._legend)), name="legend")
 
     def add_side_panel(self, content: str, width: str = "30%", wide: str = "65%") -> None:
         """Put ``content`` (HTML the caller has escaped) in a panel beside the map, on its right, so that charts
@@ -669,7 +703,7 @@ class WebMap:
         back, the map shrinking and growing beside it.
         """
         self.map.width = (f"calc(100% - {width})", "")  # folium writes width[0] + width[1] into the map's CSS
-        self.map.get_root().html.add_child(folium.Element(
+        self.map.get_root().html.add_child(Verbatim(
             f'<div class="geoclf-side-panel" style="position:absolute;top:0;right:0;width:{width};height:100%;'
             "box-sizing:border-box;overflow:auto;padding:8px 10px;background:#fff;border-left:1px solid #ccc;"
             f'font:12px/1.4 sans-serif;color:#222">{content}</div>'), name="side_panel")
@@ -713,14 +747,16 @@ class WebMap:
 
     def add_title(self, title: str, lines: Sequence[str] = ()) -> None:
         """Title the page: a box at the top of the map (:func:`title_html`) and the document's ``<title>``."""
-        self.map.get_root().title = html.escape(title)  # branca puts it into <title> unescaped
-        self.map.get_root().html.add_child(folium.Element(title_html(title, lines)), name="title")
+        self.map.get_root().title = escape(title)  # branca puts it into <title> unescaped
+        self.map.get_root().html.add_child(Verbatim(title_html(title, lines)), name="title")
 
     def add_script(self, name: str, body: str) -> None:
         """Add JavaScript run once the map and its layers exist (``map`` is the Leaflet map in ``body``)."""
         script = MacroElement()
-        script._template = Template("{% macro script(this, kwargs) %}(function () {\n  var map = "
-                                    + self.map.get_name() + ";\n" + body + "\n})();{% endmacro %}")
+        # the code is a value the template puts in, never template source: jinja evaluates ``{{ }}`` in its
+        # source, and the code holds names from the data (labels, JSON)
+        script._template = _SCRIPT
+        script.code = "(function () {\n  var map = " + self.map.get_name() + ";\n" + body + "\n})();"
         self.map.add_child(script, name=name)
 
     def add_opacity_control(self, groups: Mapping[str, Sequence[folium.raster_layers.ImageOverlay]],
@@ -735,7 +771,7 @@ class WebMap:
                 for label, layers in groups.items() if layers]
         if not rows:
             return
-        spec = json.dumps([[html.escape(label), round(value * 100)] for label, _, value in rows])
+        spec = json.dumps([[escape(label), round(value * 100)] for label, _, value in rows])
         layers = "[" + ", ".join("[" + ", ".join(names) + "]" for _, names, _ in rows) + "]"
         self.add_script("geoclf_opacity", f"""
   var rows = {spec};
@@ -775,8 +811,8 @@ class WebMap:
             right_pane: pane of the right side's layers.
             labels: the two sides' names shown beside the divider (escaped).
         """
-        left, right = (html.escape(label) for label in labels)
-        self.map.get_root().header.add_child(folium.Element(
+        left, right = (escape(label) for label in labels)
+        self.map.get_root().header.add_child(Verbatim(
             "<style>.geoclf-swipe{position:absolute;top:0;bottom:0;left:0;right:0;z-index:450;pointer-events:none}"
             ".geoclf-swipe-line{position:absolute;top:0;bottom:0;width:3px;margin-left:-1px;background:#fff;"
             "box-shadow:0 0 3px rgba(0,0,0,.6)}"
@@ -845,6 +881,7 @@ __all__ = [
     "CIR_BANDS",
     "RGB_BANDS",
     "ImageLayer",
+    "Verbatim",
     "WebMap",
     "escape",
     "escaped_geojson",

@@ -611,6 +611,36 @@ def test_hostile_names_do_not_run_in_the_map(tmp_path: Path) -> None:
     assert re.search(r'class="geoclf-title-text"[^>]*>&lt;img src=x onerror=', dom)
 
 
+def test_names_with_template_syntax_are_text_in_the_pages_not_code(tmp_path: Path, monkeypatch) -> None:
+    # the page builder (branca) compiles an element's text as a jinja template: names from the data inside it
+    # (HTML-escaped, braces untouched) were evaluated, with Python's objects at hand. A class, title or label
+    # that creates a directory when evaluated, and a scene named like an expression (a file name), stay text.
+    from geoclf.webmap import WebMap
+
+    monkeypatch.chdir(tmp_path)
+    payload = "{{ cycler.__init__.__globals__.os.mkdir('evaluated') }}"  # no slash: a file or class name
+    expression = '{{ "tem" ~ "plate-ran" }}'
+    name = f"Forest {payload}"
+    scheme = ClassScheme({name if k == "Forest" else k: v for k, v in CLASSES.groups.items()})
+    cells = [*block(1480, 23950, 3, 2, "Forest"), *block(1483, 23950, 2, 2, "Developed")]
+    predictions = make_predictions(ChipGrid(UTM19, 200.0), cells, scene=f"m_{payload}")
+    predictions = predictions.rename(columns={"prob_Forest": f"prob_{name}"})
+    predictions["pred"] = predictions["pred"].replace("Forest", name)
+    predictions["model"] = expression
+    pages = [maps.folium_map(predictions, scheme, tmp_path / "map.html", title=f"Land use {payload}")]
+    page = WebMap([[45.0, -93.0], [45.1, -92.9]])
+    page.add_title(payload, [expression])
+    page.add_legend(scheme, payload, note=expression)
+    page.add_side_panel(html.escape(payload))
+    page.add_swipe(page.add_pane("left", 410), page.add_pane("right", 420), (payload, expression))
+    pages.append(page.save(tmp_path / "swipe.html"))
+    for path in pages:
+        text = path.read_text()
+        assert "template-ran" not in text  # what the expression gives, evaluated
+        assert "os.mkdir" in text and "&quot;tem&quot; ~ &quot;plate-ran&quot;" in text  # the names, as text
+    assert not (tmp_path / "evaluated").exists(), "a name in a page was evaluated as a template"
+
+
 def test_html_map_leaves_out_chip_popups_past_the_limit(tmp_path: Path) -> None:
     predictions = make_predictions(ChipGrid(UTM19, 200.0), block(1480, 23950, 10, 10, "Shrub"))
     small = maps.folium_map(predictions, CLASSES, tmp_path / "small.html", max_popup_chips=10).read_text()
