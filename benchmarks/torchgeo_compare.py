@@ -287,6 +287,63 @@ def run_bare(runtime: str, model: Path, batches: int, threads: int) -> dict[str,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def per_chip_floor(work: Path, model: Path, chips: int, rounds: int, threads: int) -> None:
+    """What no run that decodes the raster can avoid, beside the bare forward, in CPU-ms a chip (one process).
+
+    Alternating ``rounds`` times: the raster's decode (every internal tile read once, as GDAL decodes it for
+    the chips), the spectral statistics of the combined default (on 256 chips of the raster) and the bare
+    OpenVINO forward of the network (on the same chips, 2 threads). The ceiling of "end to end vs bare forward"
+    on a machine the forward keeps busy is ``forward / (forward + decode + spectral)``: per CPU-second, before
+    any Python, planning, output or map of the command.
+    """
+    import numpy as np
+    import rasterio
+
+    from geoclf.featurizers.spectral import SpectralFeaturizer
+    from geoclf.runtime import open_runner, verified_onnx
+
+    raster = bench_raster(work, chips)
+    spec = json.loads((model / "model.json").read_text())
+    runner = open_runner("openvino", onnx=verified_onnx(model, spec["export"]), precision="auto", threads=threads,
+                         normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    spectral = SpectralFeaturizer()
+    with rasterio.open(raster) as dataset:
+        windows = [w for _, w in dataset.block_windows(1)]
+        sample = np.stack([dataset.read(window=((r * CHIP, (r + 1) * CHIP), (c * CHIP, (c + 1) * CHIP)))
+                           for r in range(16) for c in range(16)])
+    batches = [sample[i:i + 32] for i in range(0, len(sample), 32)]
+    for batch in batches[:2]:
+        runner.chips(np.ascontiguousarray(batch[:, :3]))
+
+    def cpu_ms(run: Any, n: int) -> float:
+        started = time.process_time()
+        run()
+        return 1000 * (time.process_time() - started) / n
+
+    def decode() -> None:
+        with rasterio.open(raster) as dataset:
+            for window in windows:
+                dataset.read(window=window)
+
+    rows: dict[str, list[float]] = {"decode": [], "spectral": [], "forward": []}
+    for r in range(rounds):
+        steps = {"decode": (decode, chips),
+                 "spectral": (lambda: [spectral.featurize(b) for b in batches], len(sample)),
+                 "forward": (lambda: [runner.chips(np.ascontiguousarray(b[:, :3])) for b in batches], len(sample))}
+        for name in steps if r % 2 == 0 else list(steps)[::-1]:
+            rows[name].append(cpu_ms(*steps[name]))
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    ceiling = med["forward"] / sum(med.values())
+    print(f"\n{command_line()} — {chips} chips, {rounds} rounds\n")
+    print("| step | CPU ms a chip (median) | runs | vs forward |")
+    print("|---|---|---|---|")
+    for name, values in rows.items():
+        print(f"| {name} | {med[name]:.3f} | {', '.join(f'{v:.3f}' for v in values)} | "
+              f"{100 * med[name] / med['forward']:.1f}% |")
+    print(f"\nCeiling of end to end vs the bare forward, per CPU-second: {100 * ceiling:.1f}% "
+          f"(target {100 * TARGET_BARE:.0f}%)")
+
+
 # --- the comparison ---------------------------------------------------------------------------------------
 
 def compare(chips: int, rounds: int, work: Path, model: Path, python: Path | None, args: argparse.Namespace,
@@ -418,6 +475,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", default=None, help="run only these variants (names, or 'torchgeo')")
     parser.add_argument("--report", type=Path, default=None,
                         help="print the tables of the rounds saved in this rounds.json (of a stopped run), run nothing")
+    parser.add_argument("--floor", action="store_true",
+                        help="print the per-chip CPU of decode, spectral statistics and bare forward, run nothing else")
     parser.add_argument("--bare", choices=["torch", "openvino"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
@@ -431,6 +490,9 @@ def main() -> int:
                saved["end"])
         return 0
     work = (args.work or default_work_dir()).expanduser()
+    if args.floor:
+        per_chip_floor(work, resnet18_model(work), max(args.chips), 2 * args.rounds, args.threads)
+        return 0
     start = args.start = machine_load()
     python, version = torchgeo_python(args.venv or work / "torchgeo-venv")
     if python is None:
