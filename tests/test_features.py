@@ -162,8 +162,9 @@ def test_bad_backbones_are_one_line(chips, tmp_path, capsys, args, needle):
     assert not (tmp_path / "f").exists() or not list((tmp_path / "f").glob("part-*"))
 
 
-def test_runs_list_shows_featurize_runs(pretrained, capsys):
-    main(["runs", "list", "--json"])
+def test_runs_list_shows_featurize_runs(quickstart, capsys):
+    # the quickstart's run history, named: a recipe's runs_dir holds for its own stages only
+    main(["runs", "list", "--json", "--runs-dir", str(quickstart[0] / "runs")])
     import json
 
     runs = json.loads(capsys.readouterr().out)
