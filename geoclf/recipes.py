@@ -352,8 +352,23 @@ def run_recipe(recipe: Recipe | str | os.PathLike[str], *, force: bool = False,
         _check_arguments(kind, raw, f"stage {i} ({kind})", recipe.path)
     workdir = recipe.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    if recipe.runs_dir:  # every stage, and model references by run name, use the recipe's run history
-        os.environ[RUNS_ENV] = str(_resolve(recipe.runs_dir, workdir.resolve()))
+    if not recipe.runs_dir:
+        return _run_stages(recipe, workdir, force, echo)
+    # every stage, and model references by run name, use the recipe's run history (through the environment, so
+    # that worker processes started by a stage inherit it); the caller's is back once the recipe is done
+    previous = os.environ.get(RUNS_ENV)
+    os.environ[RUNS_ENV] = str(_resolve(recipe.runs_dir, workdir.resolve()))
+    try:
+        return _run_stages(recipe, workdir, force, echo)
+    finally:
+        if previous is None:
+            os.environ.pop(RUNS_ENV, None)
+        else:
+            os.environ[RUNS_ENV] = previous
+
+
+def _run_stages(recipe: Recipe, workdir: Path, force: bool, echo: Callable[[str], None]) -> list[tuple[str, str]]:
+    """:func:`run_recipe`'s stages, run or skipped in turn, once the recipe is checked."""
     stamps = workdir / ".geoclf"
     stamps.mkdir(exist_ok=True)
     report = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,25 @@ def test_a_recipe_spells_parameters_as_the_cli_does(tmp_path):
                                                               "run_name": "b"}}]}))
     with pytest.raises(InputError, match="give name or run_name, not both"):
         load_recipe(path)
+
+
+def test_a_recipe_records_into_its_run_history_and_leaves_the_callers_as_it_was(tmp_path, monkeypatch):
+    """A recipe's ``runs_dir`` holds for its stages only: once it returns (or fails), a notebook's next run is
+    recorded where it was before (a recipe once left ``GEOCLF_RUNS`` pointing at its own history, so later runs
+    of the process were recorded there)."""
+    from geoclf import runs
+    from geoclf.recipes import run_recipe
+
+    mine = tmp_path / "my-runs"
+    monkeypatch.setenv(runs.RUNS_ENV, str(mine))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "runs_dir": "recipe-runs", "stages": [
+        {"synth": {"out": "scene", "years": [2016], "size_m": 448, "seed": 0}}]}))
+    run_recipe(load_recipe(path, tmp_path / "work"), echo=lambda _: None)
+    assert (tmp_path / "work" / "scene").is_dir()
+    assert os.environ[runs.RUNS_ENV] == str(mine)
+    path.write_text(yaml.safe_dump({"name": "r", "runs_dir": "recipe-runs", "stages": [
+        {"featurize": {"chips": "no-such-chips", "out": "features"}}]}))
+    with pytest.raises(InputError):
+        run_recipe(load_recipe(path, tmp_path / "work"), echo=lambda _: None)
+    assert os.environ[runs.RUNS_ENV] == str(mine)
