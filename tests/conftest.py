@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,13 +31,22 @@ def _runs_in_tmp(tmp_path_factory):
         os.environ["GEOCLF_RUNS"] = saved
 
 
+@contextlib.contextmanager
+def shared_turn(shared: str, name: str) -> Iterator[None]:
+    """Hold ``$GEOCLF_TEST_SHARED``'s lock for ``name``: ``make test`` runs its pytest processes two at a time,
+    and the one that builds a shared fixture must finish before another reads (or builds) it."""
+    with open(Path(shared) / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or its process dies)
+        yield
+
+
 def built_once(tmp_path_factory, name: str, build):
     """``build(directory)`` of a session fixture whose files tests only read, made once for the whole suite.
 
     Without ``$GEOCLF_TEST_SHARED`` it is built in a temporary directory of this session. With it (``make test``'s
-    pytest processes, which run one after another), the first process builds it in ``$GEOCLF_TEST_SHARED/name``
-    and leaves what it returned beside it (pickled, written last); the others load that. A directory without it
-    (a process killed while building) is built again.
+    pytest processes), the first process to ask builds it in ``$GEOCLF_TEST_SHARED/name``, holding the name's
+    lock (:func:`shared_turn`), and leaves what it returned beside it (pickled, written last); the others wait for
+    the lock and load that. A directory without it (a process killed while building) is built again.
     """
     import pickle
 
@@ -43,14 +55,15 @@ def built_once(tmp_path_factory, name: str, build):
         return build(tmp_path_factory.mktemp(name))
     directory = Path(shared) / name
     built = directory / ".built.pickle"
-    if built.exists():
-        return pickle.loads(built.read_bytes())
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    value = build(directory)
-    partial = built.with_suffix(".partial")
-    partial.write_bytes(pickle.dumps(value))
-    partial.replace(built)
+    with shared_turn(shared, name):
+        if built.exists():
+            return pickle.loads(built.read_bytes())
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        value = build(directory)
+        partial = built.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(value))
+        partial.replace(built)
     return value
 
 
@@ -113,9 +126,9 @@ def quickstart(tmp_path_factory):
     end-to-end tests, so the whole pipeline is built once per test session.
 
     When ``$GEOCLF_TEST_SHARED`` names a directory (``make test`` sets a fresh one for its pytest processes,
-    which run one after another), the recipe runs there once and later processes resume it: every stage is
-    skipped, and the first run's report is returned, so each process sees what one process for the whole
-    suite would see.
+    which run two at a time), the recipe runs there once, under the directory's lock for it (:func:`shared_turn`),
+    and later processes resume it: every stage is skipped, and the first run's report is returned, so each
+    process sees what one process for the whole suite would see.
     """
     from geoclf.recipes import load_recipe, run_recipe
 
@@ -127,12 +140,13 @@ def quickstart(tmp_path_factory):
     # from one CPU to another (the maps of this machine's AMD EPYC and of the Intel CPU it replaced differ by
     # ~1e-3 in probabilities and a chip of change), and the golden fingerprints must hold on every machine
     recipe.stages = [(kind, {**args, "precision": "fp32"} if kind == "score" else args) for kind, args in recipe.stages]
-    report = run_recipe(recipe, echo=lambda _: None)
-    if shared:
-        if first_run.exists():
-            report = [tuple(entry) for entry in json.loads(first_run.read_text())]
-        else:
-            first_run.write_text(json.dumps(report))
+    with shared_turn(shared, "quickstart") if shared else contextlib.nullcontext():
+        report = run_recipe(recipe, echo=lambda _: None)
+        if shared:
+            if first_run.exists():
+                report = [tuple(entry) for entry in json.loads(first_run.read_text())]
+            else:
+                first_run.write_text(json.dumps(report))
     return workdir, recipe, report
 
 
