@@ -39,11 +39,10 @@ demo: install
 
 # The suite runs as three pytest processes, one per group of test files (together: every tests/test_*.py), which
 # bounds what one long process accumulates (one process for all of it once died of a silent SIGSEGV: OpenVINO's
-# per-Core alternate signal stack, fixed in geoclf.runtime.openvino_core). They run in two lanes at once (one
-# pytest process at a time kept 1.3 of 2 cores busy: 17.8 min; two lanes 1.84: 12.1 min; cluster starts,
-# subprocesses and browsers wait), the longest
-# group in one lane, the two others one after the other in the second; each lane's output is printed when both
-# are done. The processes share one fresh directory ($GEOCLF_TEST_SHARED) where the quickstart fixture, the
+# per-Core alternate signal stack, fixed in geoclf.runtime.openvino_core). They run in two lanes at once, the
+# longest group in one, the two others one after the other in the second (one pytest process at a time kept 1.3
+# of 2 cores busy, 17.8 min; two lanes 1.84, 12.1 min: cluster starts, subprocesses and browsers wait); each
+# lane's output is printed when both are done. The processes share one fresh directory ($GEOCLF_TEST_SHARED) where the quickstart fixture, the
 # session's synthetic scenes and the empty run database are built once, by whichever process asks first under a
 # lock, and read by the others (tests/conftest.py).
 TEST_LANE_A := 'tests/test_[q-z]*.py'

@@ -336,6 +336,13 @@ def _image_layer(canvas: np.ndarray, missing: list[str], transform: Affine, widt
     return ImageLayer(url, _latlon_bounds(transform, width, height), missing)
 
 
+def _missing_bands(count: int, band_sets: list[list[int]], source: str) -> list[np.ndarray | InputError | None]:
+    """Per band triple, the error of a raster (or its preview) of ``count`` image bands that lacks one of the
+    triple's bands, else ``None`` (the triple is read)."""
+    return [InputError(f"has {count} band(s); band {max(bands)} was asked for", source) if max(bands) > count
+            else None for bands in band_sets]
+
+
 def _read_imagery(source: str, mercator: tuple[float, float, float, float], transform: Affine, width: int,
                   height: int, band_sets: list[list[int]]) -> list[np.ndarray | InputError | None]:
     """One raster's band triples, each with its alpha, on the Mercator canvas: per triple a ``(4, height,
@@ -343,9 +350,7 @@ def _read_imagery(source: str, mercator: tuple[float, float, float, float], tran
     with open_raster(source) as dataset:
         mask, alpha_band = nodata_mask(dataset)
         count = dataset.count - (alpha_band is not None)
-        pieces: list[np.ndarray | InputError | None] = [
-            InputError(f"has {count} band(s); band {max(bands)} was asked for", source) if max(bands) > count
-            else None for bands in band_sets]
+        pieces = _missing_bands(count, band_sets, source)
         readable = [i for i, piece in enumerate(pieces) if piece is None]
         if not readable:
             return pieces
@@ -405,9 +410,7 @@ def _read_stand_ins(files: Sequence[str], mercator: tuple[float, float, float, f
         with rasterio.open(file) as preview:
             previews.append((preview.read(), preview.transform, preview.crs))
     count = len(previews[0][0]) - 1  # the image bands; the last is the alpha
-    pieces: list[np.ndarray | InputError | None] = [
-        InputError(f"has {count} band(s); band {max(bands)} was asked for", files[0]) if max(bands) > count
-        else None for bands in band_sets]
+    pieces = _missing_bands(count, band_sets, files[0])
     if all(piece is not None for piece in pieces):
         return pieces
     (_, first, crs) = previews[0]
