@@ -41,23 +41,22 @@ demo: install
 # bounds what one long process accumulates (one process for all of it once died of a silent SIGSEGV: OpenVINO's
 # per-Core alternate signal stack, fixed in geoclf.runtime.openvino_core). They run in two lanes at once, the
 # longest group in one, the two others one after the other in the second (one pytest process at a time kept 1.3
-# of 2 cores busy, 17.8 min; two lanes 1.84, 12.1 min: cluster starts, subprocesses and browsers wait); each
-# lane's output is printed when both are done. The processes share one fresh directory ($GEOCLF_TEST_SHARED) where the quickstart fixture, the
-# session's synthetic scenes and the empty run database are built once, by whichever process asks first under a
-# lock, and read by the others (tests/conftest.py).
+# of 2 cores busy, 17.8 min; two lanes 1.84, 12.1 min: cluster starts, subprocesses and browsers wait). Lane A
+# prints as it goes; lane B's output is printed when it is done. The processes share one fresh directory
+# ($GEOCLF_TEST_SHARED) where the quickstart fixture, the session's synthetic scenes and the empty run database
+# are built once, by whichever process asks first under a lock, and read by the others (tests/conftest.py).
 TEST_LANE_A := 'tests/test_[q-z]*.py'
 TEST_LANE_B := 'tests/test_[a-c]*.py' 'tests/test_[d-p]*.py'
 
 test: install browser
 	$(PY) -m ruff check geoclf tiling tests benchmarks examples
 	@shared=$$(mktemp -d); trap 'rm -rf "$$shared"' EXIT; \
-	lane() { log=$$1; shift; for group in "$$@"; do echo "pytest $$group" >> $$log; \
-	  GEOCLF_TEST_SHARED=$$shared $(PY) -m pytest -q $$group >> $$log 2>&1 || return 1; done; }; \
-	echo "pytest, two lanes: $(TEST_LANE_A) | $(TEST_LANE_B)"; \
-	lane $$shared/lane-a.log $(TEST_LANE_A) & a=$$!; \
-	lane $$shared/lane-b.log $(TEST_LANE_B) & b=$$!; \
-	wait $$a; sa=$$?; wait $$b; sb=$$?; \
-	cat $$shared/lane-a.log $$shared/lane-b.log; \
+	lane() { for group in "$$@"; do echo "pytest $$group"; \
+	  GEOCLF_TEST_SHARED=$$shared $(PY) -m pytest -q $$group 2>&1 || return 1; done; }; \
+	echo "pytest, two lanes: $(TEST_LANE_A) | $(TEST_LANE_B) (printed when done)"; \
+	lane $(TEST_LANE_B) > $$shared/lane-b.log 2>&1 & b=$$!; \
+	lane $(TEST_LANE_A); sa=$$?; wait $$b; sb=$$?; \
+	cat $$shared/lane-b.log; \
 	test $$sa = 0 && test $$sb = 0
 
 bench: install
